@@ -1,0 +1,1 @@
+"""The coordinator: runs rounds, validates and aggregates silo updates, checkpoints every round."""

@@ -1,0 +1,130 @@
+"""`fedmllm-admin`: start, watch, inspect and stop runs, authenticated by an admin certificate."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import grpc
+
+from coordinator.run_state import RunSpec
+from shared.grpc_options import CHANNEL_OPTIONS
+from shared.tls import TlsFiles, channel_credentials
+from shared.wire.v1 import federation_pb2 as pb
+from shared.wire.v1 import federation_pb2_grpc as pb_grpc
+
+_FINAL = {pb.RUN_STATE_COMPLETED, pb.RUN_STATE_STOPPED, pb.RUN_STATE_FAILED}
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    raise AssertionError
+
+
+def round_line(summary: pb.RoundSummary, total_rounds: int) -> str:
+    return (
+        f"round {summary.round}/{total_rounds}  silos {len(summary.contributed)}/"
+        f"{len(summary.selected)} ({', '.join(summary.contributed)})  "
+        f"mean train loss {summary.mean_train_loss:.4f}  "
+        f"moved {_bytes(summary.bytes_sent)} down / {_bytes(summary.bytes_received)} up  "
+        f"{summary.seconds:.1f} s"
+    )
+
+
+def status_text(status: pb.RunStatus) -> str:
+    state = pb.RunState.Name(status.state).removeprefix("RUN_STATE_").lower()
+    phase = pb.RoundPhase.Name(status.phase).removeprefix("ROUND_PHASE_").lower()
+    lines = [f"run {status.run_id or '-'}: {state}"
+             + (f", phase {phase}" if status.state == pb.RUN_STATE_RUNNING else "")
+             + f", {status.completed_rounds}/{status.spec.rounds} rounds"
+             + (f" — {status.message}" if status.message else "")]
+    lines += [round_line(s, status.spec.rounds) for s in status.history]
+    return "\n".join(lines)
+
+
+def follow(stub: pb_grpc.AdminStub, *, poll_s: float = 0.5, printed: int = 0) -> pb.RunStatus:
+    """Print one line per completed round until the run ends; return the final status."""
+    while True:
+        status = stub.GetStatus(pb.StatusRequest())
+        for summary in status.history[printed:]:
+            print(round_line(summary, status.spec.rounds), flush=True)
+        printed = len(status.history)
+        if status.state in _FINAL:
+            return status
+        time.sleep(poll_s)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedmllm-admin", description=__doc__)
+    parser.add_argument("--coordinator", default="localhost:50051", help="HOST:PORT")
+    parser.add_argument("--cert", type=Path, required=True, help="admin certificate (PEM)")
+    parser.add_argument("--key", type=Path, required=True, help="admin private key (PEM)")
+    parser.add_argument("--ca", type=Path, required=True, help="federation CA (PEM)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    start = commands.add_parser("start-run", help="start a run")
+    defaults = RunSpec()
+    start.add_argument("--rounds", type=int, default=defaults.rounds)
+    start.add_argument("--silos-per-round", type=int, default=defaults.silos_per_round)
+    start.add_argument("--min-silos", type=int, default=defaults.min_silos)
+    start.add_argument("--deadline", type=float, default=defaults.round_deadline_s,
+                       help="seconds a round waits for updates")
+    start.add_argument("--seed", type=int, default=defaults.seed)
+    start.add_argument("--lr", type=float, default=defaults.learning_rate,
+                       help="client learning rate")
+    start.add_argument("--local-epochs", type=int, default=defaults.local_epochs)
+    start.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    start.add_argument("--follow", action="store_true",
+                       help="print a line per round until the run ends")
+    status = commands.add_parser("status", help="the run's state and its rounds")
+    status.add_argument("--follow", action="store_true")
+    commands.add_parser("list-silos", help="silos that joined and whether they are connected")
+    commands.add_parser("stop", help="stop the running run after its checkpointed rounds")
+    return parser
+
+
+def _run(args: argparse.Namespace, stub: pb_grpc.AdminStub) -> int:
+    if args.command == "start-run":
+        spec = RunSpec(rounds=args.rounds, silos_per_round=args.silos_per_round,
+                       min_silos=args.min_silos, round_deadline_s=args.deadline, seed=args.seed,
+                       learning_rate=args.lr, local_epochs=args.local_epochs,
+                       batch_size=args.batch_size)
+        result = stub.StartRun(pb.StartRunRequest(spec=spec.to_proto()))
+        print(f"run {result.run_id} started", flush=True)
+        if args.follow:
+            result = follow(stub)
+            print(status_text(result).splitlines()[0])
+            return 0 if result.state == pb.RUN_STATE_COMPLETED else 1
+    elif args.command == "status":
+        if args.follow:
+            result = follow(stub)
+        print(status_text(stub.GetStatus(pb.StatusRequest())))
+    elif args.command == "list-silos":
+        silos = stub.ListSilos(pb.StatusRequest()).silos
+        print(f"{'silo':<20} {'connected':<10} {'samples':>8} {'seen':>8}  state")
+        for s in silos:
+            print(f"{s.silo_id:<20} {'yes' if s.connected else 'no':<10} "
+                  f"{s.num_train_samples:>8} {s.seconds_since_seen:>7.1f}s  {s.state}")
+    elif args.command == "stop":
+        print(status_text(stub.StopRun(pb.StopRequest())).splitlines()[0])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    credentials = channel_credentials(TlsFiles(cert=args.cert, key=args.key, ca=args.ca))
+    with grpc.secure_channel(args.coordinator, credentials, options=CHANNEL_OPTIONS) as channel:
+        try:
+            code = _run(args, pb_grpc.AdminStub(channel))
+        except grpc.RpcError as exc:
+            print(f"fedmllm-admin: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            code = 2
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Per-round checkpoints written atomically (write, fsync, rename), and resuming from the latest.
+
+Layout: `<dir>/runs/<run_id>/round-<NNNNN>/{adapter.safetensors,run.json}` plus `<dir>/current`
+naming the run to resume. Round 0 holds the run's initial adapter. A crash at any point leaves
+either the previous complete round or the new complete round, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from coordinator.run_state import RunRecord
+from shared.tensor_codec import StateDict
+
+ADAPTER_FILE = "adapter.safetensors"
+RUN_FILE = "run.json"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with path.open("rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    _fsync_file(tmp)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A loaded round checkpoint."""
+
+    round: int
+    run: RunRecord
+    adapter: StateDict
+
+
+class CheckpointStore:
+    """Writes and reads round checkpoints under one directory; keeps the last `keep` rounds."""
+
+    def __init__(self, root: Path, *, keep: int = 5) -> None:
+        self.root = root
+        self.keep = max(keep, 1)
+        root.mkdir(parents=True, exist_ok=True)
+
+    def _run_dir(self, run_id: str) -> Path:
+        return self.root / "runs" / run_id
+
+    def save_round(self, run: RunRecord, round_index: int, adapter: StateDict) -> Path:
+        run_dir = self._run_dir(run.run_id)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        final = run_dir / f"round-{round_index:05d}"
+        tmp = run_dir / f".round-{round_index:05d}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_file(adapter, str(tmp / ADAPTER_FILE))
+        (tmp / RUN_FILE).write_text(json.dumps(run.to_dict(), indent=1), encoding="utf-8")
+        for name in (ADAPTER_FILE, RUN_FILE):
+            _fsync_file(tmp / name)
+        _fsync_dir(tmp)
+        if final.exists():  # a round redone after a crash between rename and pointer update
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(run_dir)
+        _write_text_atomic(self.root / "current", run.run_id)
+        self._prune(run_dir)
+        return final
+
+    def update_run(self, run: RunRecord) -> None:
+        """Rewrite the run record of the latest round (a stop or completion), atomically."""
+        latest = self._latest_round_dir(run.run_id)
+        if latest is not None:
+            _write_text_atomic(latest / RUN_FILE, json.dumps(run.to_dict(), indent=1))
+
+    def _round_dirs(self, run_id: str) -> list[Path]:
+        run_dir = self._run_dir(run_id)
+        if not run_dir.is_dir():
+            return []
+        return sorted(p for p in run_dir.iterdir() if p.is_dir() and p.name.startswith("round-"))
+
+    def _latest_round_dir(self, run_id: str) -> Path | None:
+        dirs = self._round_dirs(run_id)
+        return dirs[-1] if dirs else None
+
+    def _prune(self, run_dir: Path) -> None:
+        dirs = self._round_dirs(run_dir.name)
+        for old in dirs[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def load_latest(self) -> Checkpoint | None:
+        """The newest complete round of the current run, or None for a fresh directory."""
+        pointer = self.root / "current"
+        if not pointer.is_file():
+            return None
+        run_id = pointer.read_text(encoding="utf-8").strip()
+        latest = self._latest_round_dir(run_id)
+        if latest is None:
+            return None
+        try:
+            run = RunRecord.from_dict(json.loads((latest / RUN_FILE).read_text(encoding="utf-8")))
+            adapter = load_file(str(latest / ADAPTER_FILE))
+        except (OSError, ValueError, KeyError) as exc:
+            raise RuntimeError(f"checkpoint {latest} is unreadable: {exc}") from exc
+        return Checkpoint(round=int(latest.name.removeprefix("round-")), run=run, adapter=adapter)

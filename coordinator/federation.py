@@ -1,0 +1,304 @@
+"""The run controller: selects silos, opens rounds, accepts validated updates, aggregates, saves.
+
+One thread runs the rounds of the current run; gRPC handler threads download adapters and fold
+updates into the open round. Everything shared is guarded by one lock and its condition.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from coordinator.aggregation import apply_delta
+from coordinator.checkpoint import CheckpointStore
+from coordinator.metrics import CoordinatorMetrics
+from coordinator.registry import SiloRegistry
+from coordinator.rounds import Contribution, OpenRound, Refusal
+from coordinator.run_state import RoundRecord, RunPhase, RunRecord, RunSpec
+from coordinator.validation import validate_update_file, validate_update_meta
+from shared.errors import UpdateRejected
+from shared.tensor_codec import AdapterLayout, StateDict, describe_layout_difference, layout_of
+from shared.wire.v1 import federation_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+# Rounds that end below min_silos are retried with a fresh selection this many times.
+MAX_ROUND_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    """Timing knobs of the run loop."""
+
+    selection_grace_s: float = 10.0  # wait this long for K silos before going on with fewer
+    poll_s: float = 0.25  # how often waiting loops re-check liveness and stop requests
+
+
+class Federation:
+    """The coordinator's state: current run, global adapter, open round, and the run thread."""
+
+    def __init__(
+        self, *, registry: SiloRegistry, store: CheckpointStore, metrics: CoordinatorMetrics,
+        initial_adapter: Callable[[int], StateDict], settings: ControllerSettings,
+    ) -> None:
+        self.registry = registry
+        self.store = store
+        self.metrics = metrics
+        self._initial_adapter = initial_adapter
+        self._settings = settings
+        self.layout: AdapterLayout = layout_of(initial_adapter(0))
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.run: RunRecord | None = None
+        self.global_adapter: StateDict | None = None
+        self.open_round: OpenRound | None = None
+        self.phase = pb.ROUND_PHASE_UNSPECIFIED
+        self._resume_from_checkpoint()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _resume_from_checkpoint(self) -> None:
+        checkpoint = self.store.load_latest()
+        if checkpoint is None:
+            return
+        problems = describe_layout_difference(self.layout, layout_of(checkpoint.adapter))
+        if problems:
+            raise RuntimeError(f"checkpoint of run {checkpoint.run.run_id} does not fit this "
+                               f"base model: {'; '.join(problems)}")
+        self.run, self.global_adapter = checkpoint.run, checkpoint.adapter
+        self.metrics.round.set(checkpoint.round)
+        if self.run.phase is RunPhase.RUNNING:
+            log.info("resuming run %s after round %d", self.run.run_id, checkpoint.round)
+            self._start_thread()
+
+    def _start_thread(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run_loop, name="run-controller", daemon=True)
+        self._thread.start()
+
+    def start_run(self, spec: RunSpec) -> RunRecord:
+        problems = spec.problems()
+        if problems:
+            raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
+        with self._lock:
+            if self.run is not None and self.run.phase is RunPhase.RUNNING:
+                raise Refusal(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"run {self.run.run_id} is still running; stop it first")
+            run_id = f"run-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+            self.run = RunRecord(run_id=run_id, spec=spec)
+            self.global_adapter = self._initial_adapter(spec.seed)
+            self.store.save_round(self.run, 0, self.global_adapter)
+        log.info("run %s started: %s", run_id, spec)
+        self._start_thread()
+        return self.run
+
+    def stop_run(self, *, timeout_s: float = 30.0) -> RunRecord:
+        with self._lock:
+            if self.run is None or self.run.phase is not RunPhase.RUNNING:
+                raise Refusal(grpc.StatusCode.FAILED_PRECONDITION, "no run is running")
+            self._stop.set()
+            self._changed.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout_s)
+        return self.run
+
+    def shutdown(self) -> None:
+        """Stop the run thread without changing the run's saved state (it resumes on restart)."""
+        self._stop.set()
+        with self._lock:
+            self._changed.notify_all()
+        if self._thread is not None:
+            self._thread.join(10.0)
+
+    # ------------------------------------------------------------------ run loop
+
+    def _run_loop(self) -> None:
+        run = self.run
+        assert run is not None
+        try:
+            while run.completed_rounds < run.spec.rounds and not self._stop.is_set():
+                self._play_round(run, run.completed_rounds + 1)
+            if run.completed_rounds >= run.spec.rounds:
+                self._finish(run, RunPhase.COMPLETED, f"{run.completed_rounds} rounds completed")
+            elif self.run is run and run.phase is RunPhase.RUNNING and self._stop_requested:
+                self._finish(run, RunPhase.STOPPED,
+                             f"stopped by the admin after round {run.completed_rounds}")
+        except Exception as exc:
+            log.exception("run %s failed", run.run_id)
+            self._finish(run, RunPhase.FAILED, f"round {run.completed_rounds + 1}: {exc}")
+
+    @property
+    def _stop_requested(self) -> bool:
+        return self._stop.is_set() and not self.registry.closed.is_set()
+
+    def _finish(self, run: RunRecord, phase: RunPhase, message: str) -> None:
+        with self._lock:
+            run.phase, run.message = phase, message
+            self.phase = pb.ROUND_PHASE_UNSPECIFIED
+            self.store.update_run(run)
+        log.info("run %s %s: %s", run.run_id, phase.value, message)
+
+    def _await_silos(self, spec: RunSpec) -> list[str] | None:
+        """Silos to select from: K of them, or at least min_silos after the grace period."""
+        self.phase = pb.ROUND_PHASE_WAITING_FOR_SILOS
+        waited_from = time.monotonic()
+        with self._lock:
+            while not self._stop.is_set():
+                available = self.registry.available()
+                self.metrics.silos_connected.set(len(available))
+                graced = time.monotonic() - waited_from >= self._settings.selection_grace_s
+                if len(available) >= spec.silos_per_round or (
+                    graced and len(available) >= spec.min_silos
+                ):
+                    return available
+                self._changed.wait(self._settings.poll_s)
+        return None
+
+    def _play_round(self, run: RunRecord, index: int) -> None:
+        for attempt in range(MAX_ROUND_ATTEMPTS):
+            available = self._await_silos(run.spec)
+            if available is None:
+                return
+            rng = random.Random(run.spec.seed * 1_000_003 + index * 1_009 + attempt)
+            k = min(run.spec.silos_per_round, len(available))
+            selected = sorted(rng.sample(available, k))
+            started = time.monotonic()
+            open_round = self._open(run, index, attempt, selected)
+            self._collect(open_round)
+            if self._stop.is_set():
+                return
+            if len(open_round.contributed) >= run.spec.min_silos:
+                self._aggregate(run, open_round, started)
+                return
+            log.warning("round %d: %d of %d updates by the deadline (minimum %d); reselecting",
+                        index, len(open_round.contributed), k, run.spec.min_silos)
+        raise RuntimeError(f"round {index}: fewer than {run.spec.min_silos} updates in "
+                           f"{MAX_ROUND_ATTEMPTS} attempts")
+
+    def _open(self, run: RunRecord, index: int, attempt: int, selected: list[str]) -> OpenRound:
+        assert self.global_adapter is not None
+        open_round = OpenRound.open(
+            run_id=run.run_id, index=index, attempt=attempt, selected=selected,
+            global_adapter=self.global_adapter, deadline_s=run.spec.round_deadline_s,
+        )
+        plan = pb.TrainingPlan(learning_rate=run.spec.learning_rate,
+                               local_epochs=run.spec.local_epochs,
+                               batch_size=run.spec.batch_size,
+                               seed=run.spec.seed * 100_003 + index)
+        with self._lock:
+            self.open_round = open_round
+            self.phase = pb.ROUND_PHASE_TRAINING
+            for silo_id in selected:
+                task = open_round.task_for(silo_id, plan)
+                if not self.registry.send(silo_id, task):
+                    log.warning("round %d: silo %s left before its task was sent", index, silo_id)
+        self.metrics.round.set(index)
+        self.metrics.silos_selected.set(len(selected))
+        log.info("round %d: selected %s", index, ", ".join(selected))
+        return open_round
+
+    def _collect(self, open_round: OpenRound) -> None:
+        """Wait until every selected silo answered, the deadline passed, or none can answer."""
+        with self._lock:
+            while not self._stop.is_set():
+                pending = open_round.pending
+                if not pending or time.monotonic() >= open_round.deadline:
+                    break
+                if not set(pending) & set(self.registry.available()):
+                    log.warning("round %d: every pending silo left (%s)", open_round.index,
+                                ", ".join(pending))
+                    break
+                self._changed.wait(self._settings.poll_s)
+            open_round.closed = True
+        self.metrics.phase_duration.labels(phase="training").observe(
+            time.monotonic() - open_round.started)
+
+    def _aggregate(self, run: RunRecord, open_round: OpenRound, started: float) -> None:
+        assert self.global_adapter is not None
+        self.phase = pb.ROUND_PHASE_AGGREGATING
+        with self.metrics.phase_duration.labels(phase="aggregation").time():
+            new_global = apply_delta(self.global_adapter, open_round.accumulator.mean_delta())
+        record = RoundRecord(
+            round=open_round.index, selected=open_round.selected,
+            contributed=sorted(open_round.contributed),
+            num_samples=open_round.accumulator.total_samples,
+            mean_train_loss=open_round.mean_train_loss(), bytes_sent=open_round.bytes_sent,
+            bytes_received=open_round.bytes_received,
+            seconds=time.monotonic() - started, rejected=open_round.rejected,
+        )
+        self.phase = pb.ROUND_PHASE_CHECKPOINTING
+        with self._lock:
+            run.history.append(record)
+            with self.metrics.phase_duration.labels(phase="checkpoint").time():
+                self.store.save_round(run, open_round.index, new_global)
+            self.global_adapter = new_global
+            self.open_round = None
+        record = run.history[-1]
+        self.metrics.rounds_completed.inc()
+        self.metrics.train_loss.set(record.mean_train_loss)
+        self.metrics.round_duration.observe(time.monotonic() - started)
+        log.info("round %d: aggregated %d updates (%d samples), mean train loss %.4f, %.1f s",
+                 record.round, len(record.contributed), record.num_samples,
+                 record.mean_train_loss, record.seconds)
+
+    # ------------------------------------------------------------------ silo requests
+
+    def round_for_task(self, task_id: str, silo_id: str) -> OpenRound:
+        with self._lock:
+            open_round = self.open_round
+            if open_round is None:
+                raise Refusal(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"no round is open; task {task_id!r} of {silo_id!r} is stale")
+            open_round.check_task(task_id, silo_id)
+            return open_round
+
+    def count_sent(self, open_round: OpenRound, nbytes: int) -> None:
+        with self._lock:
+            open_round.bytes_sent += nbytes
+        self.metrics.bytes_sent.inc(nbytes)
+
+    def reject(self, open_round: OpenRound | None, reason: str) -> None:
+        self.metrics.updates_rejected.labels(reason=reason).inc()
+        if open_round is not None:
+            with self._lock:
+                open_round.rejected += 1
+
+    def accept_update(
+        self, *, open_round: OpenRound, silo_id: str, header: pb.UpdateHeader, path: Path,
+        nbytes: int,
+    ) -> None:
+        """Validate a received update file, then fold it into the round (never before)."""
+        validate_update_meta(num_samples=header.num_samples, mean_loss=header.mean_loss)
+        with self.metrics.phase_duration.labels(phase="validation").time():
+            validate_update_file(path, self.layout)
+        with self._lock:
+            open_round.check_task(header.task_id, silo_id)  # may have closed meanwhile
+            open_round.accumulator.fold_file(path, header.num_samples)
+            open_round.contributed[silo_id] = Contribution(
+                num_samples=header.num_samples, mean_loss=header.mean_loss, steps=header.steps)
+            open_round.bytes_received += nbytes
+            self._changed.notify_all()
+        self.metrics.updates_accepted.inc()
+        self.metrics.bytes_received.inc(nbytes)
+        log.info("round %d: update from %s accepted (%d samples, loss %.4f)",
+                 open_round.index, silo_id, header.num_samples, header.mean_loss)
+
+    def status(self) -> pb.RunStatus:
+        with self._lock:
+            if self.run is None:
+                return pb.RunStatus(state=pb.RUN_STATE_IDLE, message="no run started yet")
+            return self.run.status_proto(self.phase)
+
+
+__all__ = ["ControllerSettings", "Federation", "Refusal", "UpdateRejected"]

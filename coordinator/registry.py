@@ -1,0 +1,99 @@
+"""The silos that joined: their sessions, task queues and liveness."""
+
+from __future__ import annotations
+
+import queue
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+
+from shared.wire.v1 import federation_pb2 as pb
+
+
+@dataclass
+class SiloSession:
+    """One silo's current session: a new Join replaces it, ending the old task stream."""
+
+    silo_id: str
+    session_id: str
+    num_train_samples: int
+    last_seen: float = field(default_factory=time.monotonic)
+    state: str = "joined"
+    streaming: bool = False
+    tasks: queue.Queue[pb.RoundTask] = field(default_factory=queue.Queue)
+
+
+class SiloRegistry:
+    """Thread-safe table of silo sessions; a silo is available while its task stream is open."""
+
+    def __init__(self, *, liveness_timeout_s: float) -> None:
+        self._lock = threading.Lock()
+        self._sessions: dict[str, SiloSession] = {}
+        self._by_session: dict[str, SiloSession] = {}
+        self._liveness_timeout_s = liveness_timeout_s
+        self.closed = threading.Event()
+
+    def join(self, silo_id: str, num_train_samples: int) -> SiloSession:
+        session = SiloSession(silo_id=silo_id, session_id=secrets.token_hex(16),
+                              num_train_samples=num_train_samples)
+        with self._lock:
+            old = self._sessions.get(silo_id)
+            if old is not None:
+                self._by_session.pop(old.session_id, None)
+            self._sessions[silo_id] = session
+            self._by_session[session.session_id] = session
+        return session
+
+    def session(self, session_id: str) -> SiloSession | None:
+        with self._lock:
+            return self._by_session.get(session_id)
+
+    def is_current(self, session: SiloSession) -> bool:
+        with self._lock:
+            return self._sessions.get(session.silo_id) is session
+
+    def touch(self, session_id: str, state: str | None = None) -> bool:
+        with self._lock:
+            session = self._by_session.get(session_id)
+            if session is None:
+                return False
+            session.last_seen = time.monotonic()
+            if state:
+                session.state = state
+            return True
+
+    def set_streaming(self, session: SiloSession, streaming: bool) -> None:
+        with self._lock:
+            session.streaming = streaming
+            session.last_seen = time.monotonic()
+
+    def _alive(self, session: SiloSession, now: float) -> bool:
+        return session.streaming and now - session.last_seen <= self._liveness_timeout_s
+
+    def available(self) -> list[str]:
+        """Silo ids with an open task stream and a recent heartbeat, sorted for seeded selection."""
+        now = time.monotonic()
+        with self._lock:
+            return sorted(s.silo_id for s in self._sessions.values() if self._alive(s, now))
+
+    def send(self, silo_id: str, task: pb.RoundTask) -> bool:
+        with self._lock:
+            session = self._sessions.get(silo_id)
+        if session is None or not session.streaming:
+            return False
+        session.tasks.put(task)
+        return True
+
+    def connected_count(self) -> int:
+        return len(self.available())
+
+    def snapshot(self) -> list[pb.SiloInfo]:
+        now = time.monotonic()
+        with self._lock:
+            return [
+                pb.SiloInfo(silo_id=s.silo_id, connected=self._alive(s, now),
+                            seconds_since_seen=now - s.last_seen,
+                            num_train_samples=s.num_train_samples, state=s.state)
+                for s in sorted(self._sessions.values(), key=lambda s: s.silo_id)
+            ]

@@ -1,0 +1,95 @@
+"""One open round: the selected silos, the adapter they download, and the updates folded so far."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+
+import grpc
+
+from coordinator.aggregation import FedAvgAccumulator
+from shared.errors import FedMLLMError
+from shared.payload import PayloadDigest
+from shared.tensor_codec import StateDict, encode_state
+from shared.wire.v1 import federation_pb2 as pb
+
+
+class Refusal(FedMLLMError):
+    """A request the coordinator refuses, with the exact gRPC status code to answer with."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Contribution:
+    num_samples: int
+    mean_loss: float
+    steps: int
+
+
+@dataclass
+class OpenRound:
+    """A round between selection and aggregation. Guarded by the federation's lock."""
+
+    run_id: str
+    index: int
+    attempt: int
+    selected: list[str]
+    payload: bytes
+    digest: PayloadDigest
+    deadline: float
+    accumulator: FedAvgAccumulator
+    tasks: dict[str, str] = field(default_factory=dict)  # task id -> silo id
+    contributed: dict[str, Contribution] = field(default_factory=dict)
+    rejected: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    started: float = field(default_factory=time.monotonic)
+    closed: bool = False
+
+    @classmethod
+    def open(
+        cls, *, run_id: str, index: int, attempt: int, selected: list[str],
+        global_adapter: StateDict, deadline_s: float,
+    ) -> OpenRound:
+        payload = encode_state(global_adapter)  # once per round, shared by every download
+        return cls(run_id=run_id, index=index, attempt=attempt, selected=selected,
+                   payload=payload, digest=PayloadDigest.of(payload),
+                   deadline=time.monotonic() + deadline_s,
+                   accumulator=FedAvgAccumulator(global_adapter))
+
+    def task_for(self, silo_id: str, plan: pb.TrainingPlan) -> pb.RoundTask:
+        task_id = f"{self.run_id}/r{self.index}/a{self.attempt}/{secrets.token_hex(6)}"
+        self.tasks[task_id] = silo_id
+        return pb.RoundTask(
+            run_id=self.run_id, round=self.index, task_id=task_id, training=plan,
+            adapter=pb.PayloadHeader(total_bytes=self.digest.total_bytes,
+                                     sha256=self.digest.sha256),
+        )
+
+    def check_task(self, task_id: str, silo_id: str) -> None:
+        """Refuse a task id that is not this silo's task in this open round."""
+        owner = self.tasks.get(task_id)
+        if owner is None:
+            raise Refusal(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"task {task_id!r} is not a task of open round {self.index}")
+        if owner != silo_id:
+            raise Refusal(grpc.StatusCode.PERMISSION_DENIED,
+                          f"task {task_id!r} belongs to another silo, not {silo_id!r}")
+        if self.closed:
+            raise Refusal(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"round {self.index} is closed; update from {silo_id!r} arrived late")
+        if silo_id in self.contributed:
+            raise Refusal(grpc.StatusCode.ALREADY_EXISTS,
+                          f"silo {silo_id!r} already contributed to round {self.index}")
+
+    @property
+    def pending(self) -> list[str]:
+        return [s for s in self.selected if s not in self.contributed]
+
+    def mean_train_loss(self) -> float:
+        total = sum(c.num_samples for c in self.contributed.values())
+        return sum(c.mean_loss * c.num_samples for c in self.contributed.values()) / total

@@ -1,0 +1,115 @@
+"""A run's specification, its per-round history and its lifecycle state, as saved and served."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+from shared.wire.v1 import federation_pb2 as pb
+
+
+class RunPhase(str, Enum):
+    IDLE = "idle"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+_STATE_TO_PROTO = {
+    RunPhase.IDLE: pb.RUN_STATE_IDLE,
+    RunPhase.RUNNING: pb.RUN_STATE_RUNNING,
+    RunPhase.COMPLETED: pb.RUN_STATE_COMPLETED,
+    RunPhase.STOPPED: pb.RUN_STATE_STOPPED,
+    RunPhase.FAILED: pb.RUN_STATE_FAILED,
+}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What the admin asked for when starting a run."""
+
+    rounds: int = 5  # number of federated rounds
+    silos_per_round: int = 2  # K: silos selected per round
+    min_silos: int = 1  # fewest updates a round may aggregate after its deadline
+    round_deadline_s: float = 600.0  # how long a round waits for updates
+    seed: int = 0  # seeds silo selection, the initial adapter and local shuffling
+    learning_rate: float = 2e-5  # client learning rate
+    local_epochs: int = 1  # local epochs per round
+    batch_size: int = 4  # local batch size
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.rounds < 1:
+            found.append("rounds must be at least 1")
+        if self.silos_per_round < 1:
+            found.append("silos_per_round must be at least 1")
+        if not 1 <= self.min_silos <= self.silos_per_round:
+            found.append("min_silos must be between 1 and silos_per_round")
+        if not (self.round_deadline_s > 0 and math.isfinite(self.round_deadline_s)):
+            found.append("round_deadline_s must be a positive number of seconds")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            found.append("learning_rate must be positive")
+        if self.local_epochs < 1 or self.batch_size < 1:
+            found.append("local_epochs and batch_size must be at least 1")
+        return found
+
+    def to_proto(self) -> pb.RunSpec:
+        return pb.RunSpec(**asdict(self))
+
+    @classmethod
+    def from_proto(cls, message: pb.RunSpec) -> RunSpec:
+        return cls(**{name: getattr(message, name) for name in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """One completed round, as the history and the admin's status show it."""
+
+    round: int
+    selected: list[str]
+    contributed: list[str]
+    num_samples: int
+    mean_train_loss: float
+    bytes_sent: int
+    bytes_received: int
+    seconds: float
+    rejected: int
+
+    def to_proto(self) -> pb.RoundSummary:
+        return pb.RoundSummary(**asdict(self))
+
+
+@dataclass
+class RunRecord:
+    """The whole run as checkpointed: spec, lifecycle state and the history of rounds."""
+
+    run_id: str
+    spec: RunSpec
+    phase: RunPhase = RunPhase.RUNNING
+    history: list[RoundRecord] = field(default_factory=list)
+    message: str = ""
+
+    @property
+    def completed_rounds(self) -> int:
+        return len(self.history)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": 1, "run_id": self.run_id, "spec": asdict(self.spec),
+                "phase": self.phase.value, "message": self.message,
+                "history": [asdict(r) for r in self.history]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunRecord:
+        return cls(run_id=data["run_id"], spec=RunSpec(**data["spec"]),
+                   phase=RunPhase(data["phase"]), message=data.get("message", ""),
+                   history=[RoundRecord(**r) for r in data["history"]])
+
+    def status_proto(self, round_phase: int) -> pb.RunStatus:
+        return pb.RunStatus(
+            run_id=self.run_id, state=_STATE_TO_PROTO[self.phase], spec=self.spec.to_proto(),
+            completed_rounds=self.completed_rounds, phase=round_phase,
+            history=[r.to_proto() for r in self.history], message=self.message,
+        )

@@ -1,0 +1,155 @@
+"""The federation's LoRA adapter: which modules it targets, its layout, its initial weights.
+
+Both sides derive the adapter from the same base-model config, so that the coordinator can build
+it without ever loading base weights (a model instantiated on the meta device has none).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModelForImageTextToText, PretrainedConfig, PreTrainedModel
+
+from shared.errors import IncompatibleSilo
+from shared.tensor_codec import StateDict
+
+ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+# Keys that say how a config was saved or loaded, not what the model is.
+_VOLATILE_CONFIG_KEYS = frozenset(
+    {"transformers_version", "_name_or_path", "dtype", "torch_dtype", "quantization_config",
+     "_attn_implementation", "_attn_implementation_autoset", "use_cache", "output_attentions",
+     "output_hidden_states", "return_dict"}
+)
+
+
+def default_lora_config(target_modules: str) -> LoraConfig:
+    """The paper's adapter: r 8, alpha 8, dropout 0.05, on the given modules."""
+    return LoraConfig(r=8, lora_alpha=8, lora_dropout=0.05, target_modules=target_modules,
+                      bias="none")
+
+
+def language_attention_targets(model: PreTrainedModel) -> str:
+    """A regex (PEFT full-match) for the language model's attention projections only.
+
+    Plain names like "q_proj" also hit the vision tower; anchoring on the decoder's module path
+    leaves the vision tower and the projector untouched, whatever the model family names them.
+    """
+    decoder = model.get_decoder()
+    prefix = next((name for name, module in model.named_modules() if module is decoder), None)
+    if not prefix:
+        raise IncompatibleSilo(f"cannot locate the language model inside {type(model).__name__}")
+    projections = "|".join(ATTENTION_PROJECTIONS)
+    return rf"{re.escape(prefix)}\..*\.({projections})"
+
+
+def canonical_config(config: PretrainedConfig) -> dict[str, Any]:
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in sorted(value.items()) if k not in _VOLATILE_CONFIG_KEYS}
+        return value
+
+    result: dict[str, Any] = clean(config.to_dict())
+    return result
+
+
+def config_fingerprint(canonical: dict[str, Any]) -> str:
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def describe_config_difference(
+    ours: dict[str, Any], theirs: dict[str, Any], *, limit: int = 5
+) -> list[str]:
+    """Dotted keys whose values differ, e.g. 'text_config.hidden_size: 128, expected 64'."""
+    problems: list[str] = []
+
+    def walk(a: Any, b: Any, path: str) -> None:
+        if len(problems) >= limit:
+            return
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(a.keys() | b.keys()):
+                walk(a.get(key), b.get(key), f"{path}.{key}" if path else key)
+        elif a != b:
+            problems.append(f"{path}: {json.dumps(b)}, expected {json.dumps(a)}")
+
+    walk(ours, theirs, "")
+    return problems
+
+
+def meta_model(config: PretrainedConfig) -> PreTrainedModel:
+    """The model's module tree with no weights (meta device): cheap, whatever the model's size."""
+    with torch.device("meta"):
+        model: PreTrainedModel = AutoModelForImageTextToText.from_config(config)
+    return model
+
+
+def lora_layout_state(config: PretrainedConfig, lora: LoraConfig | None) -> tuple[LoraConfig, StateDict]:
+    """The adapter's (meta) state dict as PEFT names it, and the LoRA config used."""
+    model = meta_model(config)
+    lora = lora or default_lora_config(language_attention_targets(model))
+    peft_model = get_peft_model(model, lora)
+    return lora, get_peft_model_state_dict(peft_model)
+
+
+def initial_adapter(config: PretrainedConfig, *, seed: int) -> tuple[LoraConfig, StateDict]:
+    """A fresh adapter as PEFT initialises one (A Kaiming-uniform, B zero), seeded."""
+    lora, meta_state = lora_layout_state(config, None)
+    generator = torch.Generator().manual_seed(seed)
+    state: StateDict = {}
+    for name, tensor in sorted(meta_state.items()):
+        real = torch.empty(tensor.shape, dtype=tensor.dtype)
+        if ".lora_A." in name:
+            # nn.init.kaiming_uniform_(a=sqrt(5)) bound, as PEFT's default LoRA init
+            bound = 1.0 / math.sqrt(tensor.shape[1])
+            real.uniform_(-bound, bound, generator=generator)
+        else:
+            real.zero_()
+        state[name] = real
+    return lora, state
+
+
+def load_adapter_directory(directory: Path) -> tuple[LoraConfig, StateDict]:
+    """A PEFT adapter directory (adapter_config.json + adapter_model.safetensors)."""
+    weights = directory / "adapter_model.safetensors"
+    if not (directory / "adapter_config.json").is_file() or not weights.is_file():
+        raise FileNotFoundError(
+            f"{directory}: a PEFT adapter directory needs adapter_config.json and "
+            "adapter_model.safetensors"
+        )
+    lora = LoraConfig.from_pretrained(str(directory))
+    return lora, load_file(str(weights))
+
+
+def load_base_config(model_dir: Path) -> PretrainedConfig:
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir}: no config.json; expected a Hugging Face model dir")
+    config: PretrainedConfig = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
+    return config
+
+
+def lora_identity(lora: dict[str, Any]) -> dict[str, Any]:
+    """The LoRA settings (from PEFT's config dict) that must agree across the federation.
+
+    Dropout may differ per silo: it changes training, not the adapter's layout or meaning.
+    """
+    targets = lora.get("target_modules")
+    if isinstance(targets, (set, list, tuple)):
+        targets = sorted(targets)
+    return {"r": lora.get("r"), "lora_alpha": lora.get("lora_alpha"), "target_modules": targets,
+            "bias": lora.get("bias"), "use_rslora": lora.get("use_rslora", False),
+            "use_dora": lora.get("use_dora", False)}
+
+
+def lora_json(lora: LoraConfig) -> str:
+    data = lora.to_dict()
+    data.update(lora_identity(data))
+    return json.dumps(data, default=str, sort_keys=True)

@@ -1,0 +1,35 @@
+"""Every gRPC channel and server option in one place, with the reason for its value."""
+
+from __future__ import annotations
+
+from shared.payload import CHUNK_BYTES
+
+# Payloads are chunked below 4 MiB, so the default message limits stay; this names them
+# explicitly so that a chunk plus its framing always fits.
+MAX_MESSAGE_BYTES = CHUNK_BYTES + 256 * 1024
+
+# Silos sit behind institutional firewalls and NAT that drop idle TCP flows after minutes;
+# pings every 30 s keep a task stream alive through a long local epoch.
+KEEPALIVE_TIME_MS = 30_000
+KEEPALIVE_TIMEOUT_MS = 10_000
+
+CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+SERVER_OPTIONS: list[tuple[str, int | str]] = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    # Accept the clients' keepalive pings, which arrive at most every KEEPALIVE_TIME_MS.
+    ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
+    ("grpc.keepalive_permit_without_calls", 1),
+    # A new server on the same port in tests must never share it with an old one.
+    ("grpc.so_reuseport", 0),
+]

@@ -1,0 +1,112 @@
+"""The silo data directory format (docs/silo-data.md): reading, validating, writing.
+
+A directory holds `train.jsonl` (and optionally `test.jsonl`); each line is one record
+`{"id", "image": path relative to the directory or null, "conversations": [user, assistant]}`.
+In the user turn, `<image>` marks where the image goes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared.errors import DataFormatError
+
+IMAGE_MARKER = "<image>"
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One training or test example: the prompt, the target, and the image if the sample has one."""
+
+    id: str
+    image: Path | None
+    prompt: str
+    answer: str
+
+    @property
+    def has_image(self) -> bool:
+        return self.image is not None
+
+
+def _parse(record: Any, *, directory: Path, where: str) -> Sample:
+    if not isinstance(record, dict):
+        raise DataFormatError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    for key in ("id", "image", "conversations"):
+        if key not in record:
+            raise DataFormatError(f"{where}: missing key {key!r}")
+    turns = record["conversations"]
+    if (
+        not isinstance(turns, list)
+        or len(turns) != 2
+        or not all(isinstance(t, dict) for t in turns)
+        or [t.get("role") for t in turns] != ["user", "assistant"]
+        or not all(isinstance(t.get("content"), str) for t in turns)
+    ):
+        raise DataFormatError(
+            f"{where}: 'conversations' must be [{{'role': 'user', 'content': str}}, "
+            "{'role': 'assistant', 'content': str}]"
+        )
+    image = record["image"]
+    image_path: Path | None = None
+    if image is not None:
+        if not isinstance(image, str) or Path(image).is_absolute() or ".." in Path(image).parts:
+            raise DataFormatError(f"{where}: 'image' must be a path inside the directory or null")
+        image_path = directory / image
+        if not image_path.is_file():
+            raise DataFormatError(f"{where}: image file not found: {image_path}")
+    prompt, answer = turns[0]["content"], turns[1]["content"]
+    if not answer.strip():
+        raise DataFormatError(f"{where}: the assistant's answer is empty")
+    if image_path is None and not prompt.replace(IMAGE_MARKER, "").strip():
+        raise DataFormatError(f"{where}: sample has neither an image nor any prompt text")
+    return Sample(id=str(record["id"]), image=image_path, prompt=prompt, answer=answer)
+
+
+def read_split(directory: Path, split: str = "train") -> list[Sample]:
+    """All samples of one split; the first malformed line stops with its file and line number."""
+    path = directory / f"{split}.jsonl"
+    if not path.is_file():
+        raise DataFormatError(f"{path}: not found (a silo data directory needs {split}.jsonl)")
+    samples: list[Sample] = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataFormatError(f"{where}: malformed JSON: {exc.msg}") from exc
+            samples.append(_parse(record, directory=directory, where=where))
+    if not samples:
+        raise DataFormatError(f"{path}: no samples")
+    return samples
+
+
+def has_split(directory: Path, split: str) -> bool:
+    return (directory / f"{split}.jsonl").is_file()
+
+
+def record(sample_id: str, image: str | None, prompt: str, answer: str) -> dict[str, Any]:
+    return {
+        "id": sample_id,
+        "image": image,
+        "conversations": [
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": answer},
+        ],
+    }
+
+
+def write_split(directory: Path, split: str, records: Iterable[dict[str, Any]]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{split}.jsonl"
+    with path.open("w", encoding="utf-8") as handle:
+        for item in records:
+            handle.write(json.dumps(item, ensure_ascii=False) + "\n")
+    return path

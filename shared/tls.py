@@ -1,0 +1,79 @@
+"""Mutual-TLS credentials and the caller's identity (name and role) from its certificate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of one party: its certificate, its private key and the federation CA."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+    @classmethod
+    def in_directory(cls, directory: Path, name: str) -> TlsFiles:
+        return cls(cert=directory / f"{name}.pem", key=directory / f"{name}.key",
+                   ca=directory / "ca.pem")
+
+    def read(self) -> tuple[bytes, bytes, bytes]:
+        for path in (self.cert, self.key, self.ca):
+            if not path.is_file():
+                raise FileNotFoundError(f"TLS file not found: {path}")
+        return self.cert.read_bytes(), self.key.read_bytes(), self.ca.read_bytes()
+
+
+def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
+    """Mutual TLS only: a client without a certificate signed by the CA fails the handshake."""
+    cert, key, ca = files.read()
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=True
+    )
+
+
+def channel_credentials(files: TlsFiles) -> grpc.ChannelCredentials:
+    cert, key, ca = files.read()
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca, private_key=key, certificate_chain=cert
+    )
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who is calling: the common name and the role (OrganizationalUnit) of its certificate."""
+
+    name: str
+    role: str
+
+
+def peer_of(context: grpc.ServicerContext) -> Peer | None:
+    """The verified client certificate's identity, or None when there is none."""
+    pem = context.auth_context().get("x509_pem_cert")
+    if not pem:
+        return None
+    cert = x509.load_pem_x509_certificate(pem[0])
+    common = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    unit = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    if not common or not unit:
+        return None
+    return Peer(name=str(common[0].value), role=str(unit[0].value))
+
+
+def require_role(context: grpc.ServicerContext, role: str) -> Peer:
+    """Abort with PERMISSION_DENIED unless the caller's certificate carries `role`."""
+    peer = peer_of(context)
+    if peer is None:
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, "no verified client certificate")
+    if peer.role != role:
+        context.abort(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"certificate {peer.name!r} has role {peer.role!r}; this service needs {role!r}",
+        )
+    return peer

@@ -1,0 +1,264 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RunState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RUN_STATE_UNSPECIFIED: _ClassVar[RunState]
+    RUN_STATE_IDLE: _ClassVar[RunState]
+    RUN_STATE_RUNNING: _ClassVar[RunState]
+    RUN_STATE_COMPLETED: _ClassVar[RunState]
+    RUN_STATE_STOPPED: _ClassVar[RunState]
+    RUN_STATE_FAILED: _ClassVar[RunState]
+
+class RoundPhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROUND_PHASE_UNSPECIFIED: _ClassVar[RoundPhase]
+    ROUND_PHASE_WAITING_FOR_SILOS: _ClassVar[RoundPhase]
+    ROUND_PHASE_TRAINING: _ClassVar[RoundPhase]
+    ROUND_PHASE_AGGREGATING: _ClassVar[RoundPhase]
+    ROUND_PHASE_CHECKPOINTING: _ClassVar[RoundPhase]
+RUN_STATE_UNSPECIFIED: RunState
+RUN_STATE_IDLE: RunState
+RUN_STATE_RUNNING: RunState
+RUN_STATE_COMPLETED: RunState
+RUN_STATE_STOPPED: RunState
+RUN_STATE_FAILED: RunState
+ROUND_PHASE_UNSPECIFIED: RoundPhase
+ROUND_PHASE_WAITING_FOR_SILOS: RoundPhase
+ROUND_PHASE_TRAINING: RoundPhase
+ROUND_PHASE_AGGREGATING: RoundPhase
+ROUND_PHASE_CHECKPOINTING: RoundPhase
+
+class TensorSpec(_message.Message):
+    __slots__ = ("name", "shape", "dtype")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    dtype: str
+    def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ...) -> None: ...
+
+class PayloadHeader(_message.Message):
+    __slots__ = ("total_bytes", "sha256")
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    total_bytes: int
+    sha256: str
+    def __init__(self, total_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class PayloadChunk(_message.Message):
+    __slots__ = ("header", "data")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    header: PayloadHeader
+    data: bytes
+    def __init__(self, header: _Optional[_Union[PayloadHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class JoinRequest(_message.Message):
+    __slots__ = ("agent_version", "base_model_fingerprint", "base_model_config_json", "lora_config_json", "adapter_layout", "num_train_samples")
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    LORA_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    NUM_TRAIN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    agent_version: str
+    base_model_fingerprint: str
+    base_model_config_json: str
+    lora_config_json: str
+    adapter_layout: _containers.RepeatedCompositeFieldContainer[TensorSpec]
+    num_train_samples: int
+    def __init__(self, agent_version: _Optional[str] = ..., base_model_fingerprint: _Optional[str] = ..., base_model_config_json: _Optional[str] = ..., lora_config_json: _Optional[str] = ..., adapter_layout: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., num_train_samples: _Optional[int] = ...) -> None: ...
+
+class JoinResponse(_message.Message):
+    __slots__ = ("silo_id", "session_id", "heartbeat_interval_s")
+    SILO_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    silo_id: str
+    session_id: str
+    heartbeat_interval_s: int
+    def __init__(self, silo_id: _Optional[str] = ..., session_id: _Optional[str] = ..., heartbeat_interval_s: _Optional[int] = ...) -> None: ...
+
+class TaskStreamRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class TrainingPlan(_message.Message):
+    __slots__ = ("learning_rate", "local_epochs", "batch_size", "seed")
+    LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    learning_rate: float
+    local_epochs: int
+    batch_size: int
+    seed: int
+    def __init__(self, learning_rate: _Optional[float] = ..., local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class RoundTask(_message.Message):
+    __slots__ = ("run_id", "round", "task_id", "training", "adapter")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    TRAINING_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    round: int
+    task_id: str
+    training: TrainingPlan
+    adapter: PayloadHeader
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., task_id: _Optional[str] = ..., training: _Optional[_Union[TrainingPlan, _Mapping]] = ..., adapter: _Optional[_Union[PayloadHeader, _Mapping]] = ...) -> None: ...
+
+class DownloadRequest(_message.Message):
+    __slots__ = ("task_id",)
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+
+class UpdateHeader(_message.Message):
+    __slots__ = ("task_id", "num_samples", "mean_loss", "steps", "payload")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    MEAN_LOSS_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    num_samples: int
+    mean_loss: float
+    steps: int
+    payload: PayloadHeader
+    def __init__(self, task_id: _Optional[str] = ..., num_samples: _Optional[int] = ..., mean_loss: _Optional[float] = ..., steps: _Optional[int] = ..., payload: _Optional[_Union[PayloadHeader, _Mapping]] = ...) -> None: ...
+
+class UpdateChunk(_message.Message):
+    __slots__ = ("header", "data")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    header: UpdateHeader
+    data: bytes
+    def __init__(self, header: _Optional[_Union[UpdateHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class UploadReceipt(_message.Message):
+    __slots__ = ("task_id", "bytes_received")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    bytes_received: int
+    def __init__(self, task_id: _Optional[str] = ..., bytes_received: _Optional[int] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("session_id", "state")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    state: str
+    def __init__(self, session_id: _Optional[str] = ..., state: _Optional[str] = ...) -> None: ...
+
+class HeartbeatResponse(_message.Message):
+    __slots__ = ("session_known",)
+    SESSION_KNOWN_FIELD_NUMBER: _ClassVar[int]
+    session_known: bool
+    def __init__(self, session_known: _Optional[bool] = ...) -> None: ...
+
+class RunSpec(_message.Message):
+    __slots__ = ("rounds", "silos_per_round", "min_silos", "round_deadline_s", "seed", "learning_rate", "local_epochs", "batch_size")
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    SILOS_PER_ROUND_FIELD_NUMBER: _ClassVar[int]
+    MIN_SILOS_FIELD_NUMBER: _ClassVar[int]
+    ROUND_DEADLINE_S_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    rounds: int
+    silos_per_round: int
+    min_silos: int
+    round_deadline_s: float
+    seed: int
+    learning_rate: float
+    local_epochs: int
+    batch_size: int
+    def __init__(self, rounds: _Optional[int] = ..., silos_per_round: _Optional[int] = ..., min_silos: _Optional[int] = ..., round_deadline_s: _Optional[float] = ..., seed: _Optional[int] = ..., learning_rate: _Optional[float] = ..., local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ...) -> None: ...
+
+class RoundSummary(_message.Message):
+    __slots__ = ("round", "selected", "contributed", "num_samples", "mean_train_loss", "bytes_sent", "bytes_received", "seconds", "rejected")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    SELECTED_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTED_FIELD_NUMBER: _ClassVar[int]
+    NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    MEAN_TRAIN_LOSS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
+    BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    selected: _containers.RepeatedScalarFieldContainer[str]
+    contributed: _containers.RepeatedScalarFieldContainer[str]
+    num_samples: int
+    mean_train_loss: float
+    bytes_sent: int
+    bytes_received: int
+    seconds: float
+    rejected: int
+    def __init__(self, round: _Optional[int] = ..., selected: _Optional[_Iterable[str]] = ..., contributed: _Optional[_Iterable[str]] = ..., num_samples: _Optional[int] = ..., mean_train_loss: _Optional[float] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., seconds: _Optional[float] = ..., rejected: _Optional[int] = ...) -> None: ...
+
+class RunStatus(_message.Message):
+    __slots__ = ("run_id", "state", "spec", "completed_rounds", "phase", "history", "message")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    state: RunState
+    spec: RunSpec
+    completed_rounds: int
+    phase: RoundPhase
+    history: _containers.RepeatedCompositeFieldContainer[RoundSummary]
+    message: str
+    def __init__(self, run_id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., spec: _Optional[_Union[RunSpec, _Mapping]] = ..., completed_rounds: _Optional[int] = ..., phase: _Optional[_Union[RoundPhase, str]] = ..., history: _Optional[_Iterable[_Union[RoundSummary, _Mapping]]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class StartRunRequest(_message.Message):
+    __slots__ = ("spec",)
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    spec: RunSpec
+    def __init__(self, spec: _Optional[_Union[RunSpec, _Mapping]] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SiloInfo(_message.Message):
+    __slots__ = ("silo_id", "connected", "seconds_since_seen", "num_train_samples", "state")
+    SILO_ID_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_SINCE_SEEN_FIELD_NUMBER: _ClassVar[int]
+    NUM_TRAIN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    silo_id: str
+    connected: bool
+    seconds_since_seen: float
+    num_train_samples: int
+    state: str
+    def __init__(self, silo_id: _Optional[str] = ..., connected: _Optional[bool] = ..., seconds_since_seen: _Optional[float] = ..., num_train_samples: _Optional[int] = ..., state: _Optional[str] = ...) -> None: ...
+
+class SiloList(_message.Message):
+    __slots__ = ("silos",)
+    SILOS_FIELD_NUMBER: _ClassVar[int]
+    silos: _containers.RepeatedCompositeFieldContainer[SiloInfo]
+    def __init__(self, silos: _Optional[_Iterable[_Union[SiloInfo, _Mapping]]] = ...) -> None: ...
+
+class StopRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -1,0 +1,166 @@
+"""The silo agent's connection to the coordinator: join, take round tasks, train, upload."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from shared import __version__
+from shared.errors import IncompatibleSilo, PayloadError
+from shared.grpc_options import CHANNEL_OPTIONS
+from shared.payload import PayloadDigest, assemble, iter_chunks
+from shared.silo_data import Sample
+from shared.tensor_codec import decode_state, encode_state
+from shared.tls import TlsFiles, channel_credentials
+from shared.wire.v1 import federation_pb2 as pb
+from shared.wire.v1 import federation_pb2_grpc as pb_grpc
+from silo_agent.model import SiloModel
+from silo_agent.trainer import LocalPlan, train_round
+
+log = logging.getLogger(__name__)
+
+# The global adapter a silo accepts; far above any LoRA adapter, far below a full model.
+MAX_ADAPTER_BYTES = 16 * 1024**3
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Reconnection delays: doubling from `initial_s` up to `max_s`."""
+
+    initial_s: float = 1.0
+    max_s: float = 60.0
+
+
+class SiloAgent:
+    """Runs until stopped: (re)joins, executes each round task, uploads the delta."""
+
+    def __init__(self, *, coordinator: str, tls: TlsFiles, silo: SiloModel,
+                 samples: Sequence[Sample], backoff: Backoff | None = None) -> None:
+        self._target = coordinator
+        self._credentials = channel_credentials(tls)
+        self._silo = silo
+        self._samples = samples
+        self._backoff = backoff or Backoff()
+        self._stop = threading.Event()
+        self._call: grpc.Future | None = None
+        self._state = "idle"
+        self.silo_id = ""
+
+    def stop(self) -> None:
+        self._stop.set()
+        call = self._call
+        if call is not None:
+            call.cancel()
+
+    def run(self) -> None:
+        delay = self._backoff.initial_s
+        while not self._stop.is_set():
+            try:
+                self._session()
+                delay = self._backoff.initial_s
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and not self.silo_id:
+                    raise IncompatibleSilo(exc.details() or "refused by the coordinator") from exc
+                if self._stop.is_set():
+                    break
+                log.warning("coordinator %s unreachable (%s: %s); retrying in %.0f s",
+                            self._target, exc.code().name, exc.details(), delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, self._backoff.max_s)
+
+    def _session(self) -> None:
+        with grpc.secure_channel(self._target, self._credentials,
+                                 options=CHANNEL_OPTIONS) as channel:
+            stub = pb_grpc.SiloStub(channel)
+            silo = self._silo
+            joined = stub.Join(pb.JoinRequest(
+                agent_version=__version__, base_model_fingerprint=silo.fingerprint,
+                base_model_config_json=_json(silo.canonical_config),
+                lora_config_json=silo.lora_config_json,
+                adapter_layout=[pb.TensorSpec(name=t.name, shape=list(t.shape), dtype=t.dtype)
+                                for t in silo.adapter_layout.values()],
+                num_train_samples=len(self._samples),
+            ), wait_for_ready=True, timeout=30)
+            self.silo_id = joined.silo_id
+            log.info("joined as %s with %d samples", joined.silo_id, len(self._samples))
+            beat = threading.Thread(target=self._heartbeat, daemon=True,
+                                    args=(stub, joined.session_id, joined.heartbeat_interval_s))
+            beat.start()
+            stream = stub.ReceiveTasks(pb.TaskStreamRequest(session_id=joined.session_id))
+            self._call = stream
+            try:
+                for task in stream:
+                    self._execute(stub, task)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.CANCELLED or not self._stop.is_set():
+                    raise
+            finally:
+                self._call = None
+
+    def _heartbeat(self, stub: pb_grpc.SiloStub, session_id: str, interval_s: int) -> None:
+        while not self._stop.wait(max(interval_s, 1)):
+            try:
+                reply = stub.Heartbeat(pb.HeartbeatRequest(session_id=session_id,
+                                                           state=self._state), timeout=10)
+            except grpc.RpcError:
+                return  # the task stream notices too and reconnects
+            if not reply.session_known:
+                return
+
+    def _download(self, stub: pb_grpc.SiloStub, task: pb.RoundTask) -> bytes:
+        stream = stub.DownloadAdapter(pb.DownloadRequest(task_id=task.task_id))
+        first = next(stream)
+        if first.WhichOneof("part") != "header":
+            raise PayloadError("adapter stream did not start with its header")
+        announced = PayloadDigest(first.header.total_bytes, first.header.sha256)
+        if announced != PayloadDigest(task.adapter.total_bytes, task.adapter.sha256):
+            raise PayloadError("adapter header differs from the one the round task announced")
+        return assemble(announced, (m.data for m in stream), max_bytes=MAX_ADAPTER_BYTES)
+
+    def _execute(self, stub: pb_grpc.SiloStub, task: pb.RoundTask) -> None:
+        started = time.monotonic()
+        label = f"round {task.round}"
+        try:
+            global_state = decode_state(self._download(stub, task))
+        except PayloadError as exc:
+            log.error("%s: global adapter rejected: %s", label, exc)
+            return
+        self._state = f"training round {task.round}"
+        plan = LocalPlan(learning_rate=task.training.learning_rate,
+                         local_epochs=task.training.local_epochs,
+                         batch_size=task.training.batch_size, seed=task.training.seed)
+        try:
+            result = train_round(self._silo, self._samples, plan, global_state, label=label)
+        except (FloatingPointError, ValueError, RuntimeError) as exc:
+            log.error("%s: local training failed: %s", label, exc)
+            self._state = "idle"
+            return
+        payload = encode_state(result.delta)
+        digest = PayloadDigest.of(payload)
+        header = pb.UpdateHeader(
+            task_id=task.task_id, num_samples=result.num_samples, mean_loss=result.mean_loss,
+            steps=result.steps,
+            payload=pb.PayloadHeader(total_bytes=digest.total_bytes, sha256=digest.sha256))
+        self._state = f"uploading round {task.round}"
+        stub.UploadUpdate(_update_stream(header, payload))
+        self._state = "idle"
+        log.info("%s: trained %d samples in %d steps, mean loss %.4f, sent %d bytes, %.1f s",
+                 label, result.num_samples, result.steps, result.mean_loss, len(payload),
+                 time.monotonic() - started)
+
+
+def _update_stream(header: pb.UpdateHeader, payload: bytes) -> Iterator[pb.UpdateChunk]:
+    yield pb.UpdateChunk(header=header)
+    for chunk in iter_chunks(payload):
+        yield pb.UpdateChunk(data=chunk)
+
+
+def _json(value: object) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True)
