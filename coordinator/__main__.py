@@ -17,30 +17,49 @@ def parse_args(argv: list[str] | None) -> tuple[CoordinatorConfig, Path | None]:
         prog="fedmllm-coordinator",
         description="Serve a federation over mutual TLS. Start runs with fedmllm-admin.",
     )
-    parser.add_argument("--model", type=Path, required=True,
-                        help="base model directory (only config.json is read, never weights)")
-    parser.add_argument("--adapter", type=Path,
-                        help="PEFT adapter directory to start runs from (default: a fresh one)")
-    parser.add_argument("--checkpoint-dir", type=Path, required=True,
-                        help="per-round checkpoints; an unfinished run there is resumed")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        required=True,
+        help="base model directory (only config.json is read, never weights)",
+    )
+    parser.add_argument(
+        "--adapter",
+        type=Path,
+        help="PEFT adapter directory to start runs from (default: a fresh one)",
+    )
+    parser.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        required=True,
+        help="per-round checkpoints; an unfinished run there is resumed",
+    )
     parser.add_argument("--cert", type=Path, required=True, help="coordinator certificate (PEM)")
     parser.add_argument("--key", type=Path, required=True, help="coordinator private key (PEM)")
     parser.add_argument("--ca", type=Path, required=True, help="federation CA certificate (PEM)")
     parser.add_argument("--host", default="[::]", help="listen address")
     parser.add_argument("--port", type=int, default=50051, help="gRPC port (0: any free port)")
-    parser.add_argument("--metrics-port", type=int, default=9464,
-                        help="Prometheus /metrics port (-1 disables)")
-    parser.add_argument("--keep-checkpoints", type=int, default=5,
-                        help="round checkpoints kept per run")
-    parser.add_argument("--port-file", type=Path,
-                        help="write the bound gRPC and metrics ports here once serving")
+    parser.add_argument(
+        "--metrics-port", type=int, default=9464, help="Prometheus /metrics port (-1 disables)"
+    )
+    parser.add_argument(
+        "--keep-checkpoints", type=int, default=5, help="round checkpoints kept per run"
+    )
+    parser.add_argument(
+        "--port-file", type=Path, help="write the bound gRPC and metrics ports here once serving"
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level,
-                        format="%(asctime)s %(levelname)s coordinator %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s coordinator %(name)s: %(message)s"
+    )
     config = CoordinatorConfig(
-        model_dir=args.model, checkpoint_dir=args.checkpoint_dir, adapter_dir=args.adapter,
-        tls=TlsFiles(cert=args.cert, key=args.key, ca=args.ca), host=args.host, port=args.port,
+        model_dir=args.model,
+        checkpoint_dir=args.checkpoint_dir,
+        adapter_dir=args.adapter,
+        tls=TlsFiles(cert=args.cert, key=args.key, ca=args.ca),
+        host=args.host,
+        port=args.port,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
         keep_checkpoints=args.keep_checkpoints,
     )

@@ -39,10 +39,12 @@ def round_line(summary: pb.RoundSummary, total_rounds: int) -> str:
 def status_text(status: pb.RunStatus) -> str:
     state = pb.RunState.Name(status.state).removeprefix("RUN_STATE_").lower()
     phase = pb.RoundPhase.Name(status.phase).removeprefix("ROUND_PHASE_").lower()
-    lines = [f"run {status.run_id or '-'}: {state}"
-             + (f", phase {phase}" if status.state == pb.RUN_STATE_RUNNING else "")
-             + f", {status.completed_rounds}/{status.spec.rounds} rounds"
-             + (f" — {status.message}" if status.message else "")]
+    lines = [
+        f"run {status.run_id or '-'}: {state}"
+        + (f", phase {phase}" if status.state == pb.RUN_STATE_RUNNING else "")
+        + f", {status.completed_rounds}/{status.spec.rounds} rounds"
+        + (f" — {status.message}" if status.message else "")
+    ]
     lines += [round_line(s, status.spec.rounds) for s in status.history]
     return "\n".join(lines)
 
@@ -50,7 +52,7 @@ def status_text(status: pb.RunStatus) -> str:
 def follow(stub: pb_grpc.AdminStub, *, poll_s: float = 0.5, printed: int = 0) -> pb.RunStatus:
     """Print one line per completed round until the run ends; return the final status."""
     while True:
-        status = stub.GetStatus(pb.StatusRequest())
+        status: pb.RunStatus = stub.GetStatus(pb.StatusRequest())
         for summary in status.history[printed:]:
             print(round_line(summary, status.spec.rounds), flush=True)
         printed = len(status.history)
@@ -71,15 +73,21 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--rounds", type=int, default=defaults.rounds)
     start.add_argument("--silos-per-round", type=int, default=defaults.silos_per_round)
     start.add_argument("--min-silos", type=int, default=defaults.min_silos)
-    start.add_argument("--deadline", type=float, default=defaults.round_deadline_s,
-                       help="seconds a round waits for updates")
+    start.add_argument(
+        "--deadline",
+        type=float,
+        default=defaults.round_deadline_s,
+        help="seconds a round waits for updates",
+    )
     start.add_argument("--seed", type=int, default=defaults.seed)
-    start.add_argument("--lr", type=float, default=defaults.learning_rate,
-                       help="client learning rate")
+    start.add_argument(
+        "--lr", type=float, default=defaults.learning_rate, help="client learning rate"
+    )
     start.add_argument("--local-epochs", type=int, default=defaults.local_epochs)
     start.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    start.add_argument("--follow", action="store_true",
-                       help="print a line per round until the run ends")
+    start.add_argument(
+        "--follow", action="store_true", help="print a line per round until the run ends"
+    )
     status = commands.add_parser("status", help="the run's state and its rounds")
     status.add_argument("--follow", action="store_true")
     commands.add_parser("list-silos", help="silos that joined and whether they are connected")
@@ -89,10 +97,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace, stub: pb_grpc.AdminStub) -> int:
     if args.command == "start-run":
-        spec = RunSpec(rounds=args.rounds, silos_per_round=args.silos_per_round,
-                       min_silos=args.min_silos, round_deadline_s=args.deadline, seed=args.seed,
-                       learning_rate=args.lr, local_epochs=args.local_epochs,
-                       batch_size=args.batch_size)
+        spec = RunSpec(
+            rounds=args.rounds,
+            silos_per_round=args.silos_per_round,
+            min_silos=args.min_silos,
+            round_deadline_s=args.deadline,
+            seed=args.seed,
+            learning_rate=args.lr,
+            local_epochs=args.local_epochs,
+            batch_size=args.batch_size,
+        )
         result = stub.StartRun(pb.StartRunRequest(spec=spec.to_proto()))
         print(f"run {result.run_id} started", flush=True)
         if args.follow:
@@ -107,8 +121,10 @@ def _run(args: argparse.Namespace, stub: pb_grpc.AdminStub) -> int:
         silos = stub.ListSilos(pb.StatusRequest()).silos
         print(f"{'silo':<20} {'connected':<10} {'samples':>8} {'seen':>8}  state")
         for s in silos:
-            print(f"{s.silo_id:<20} {'yes' if s.connected else 'no':<10} "
-                  f"{s.num_train_samples:>8} {s.seconds_since_seen:>7.1f}s  {s.state}")
+            print(
+                f"{s.silo_id:<20} {'yes' if s.connected else 'no':<10} "
+                f"{s.num_train_samples:>8} {s.seconds_since_seen:>7.1f}s  {s.state}"
+            )
     elif args.command == "stop":
         print(status_text(stub.StopRun(pb.StopRequest())).splitlines()[0])
     return 0

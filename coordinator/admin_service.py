@@ -17,8 +17,7 @@ class AdminService(pb_grpc.AdminServicer):
     def __init__(self, *, federation: Federation) -> None:
         self._federation = federation
 
-    def StartRun(self, request: pb.StartRunRequest,
-                 context: grpc.ServicerContext) -> pb.RunStatus:
+    def StartRun(self, request: pb.StartRunRequest, context: grpc.ServicerContext) -> pb.RunStatus:
         require_role(context, ROLE_ADMIN)
         try:
             self._federation.start_run(RunSpec.from_proto(request.spec))

@@ -18,8 +18,9 @@ class FedAvgAccumulator:
     """Running sum of n_k * delta_k in float32; the round's delta is sum / total samples."""
 
     def __init__(self, global_adapter: StateDict) -> None:
-        self._sum = {name: torch.zeros(t.shape, dtype=torch.float32)
-                     for name, t in global_adapter.items()}
+        self._sum = {
+            name: torch.zeros(t.shape, dtype=torch.float32) for name, t in global_adapter.items()
+        }
         self.total_samples = 0
         self.updates = 0
 

@@ -89,18 +89,18 @@ class CheckpointStore:
         if latest is not None:
             _write_text_atomic(latest / RUN_FILE, json.dumps(run.to_dict(), indent=1))
 
-    def _round_dirs(self, run_id: str) -> list[Path]:
+    def round_dirs(self, run_id: str) -> list[Path]:
         run_dir = self._run_dir(run_id)
         if not run_dir.is_dir():
             return []
         return sorted(p for p in run_dir.iterdir() if p.is_dir() and p.name.startswith("round-"))
 
     def _latest_round_dir(self, run_id: str) -> Path | None:
-        dirs = self._round_dirs(run_id)
+        dirs = self.round_dirs(run_id)
         return dirs[-1] if dirs else None
 
     def _prune(self, run_dir: Path) -> None:
-        dirs = self._round_dirs(run_dir.name)
+        dirs = self.round_dirs(run_dir.name)
         for old in dirs[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
 

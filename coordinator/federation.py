@@ -46,8 +46,13 @@ class Federation:
     """The coordinator's state: current run, global adapter, open round, and the run thread."""
 
     def __init__(
-        self, *, registry: SiloRegistry, store: CheckpointStore, metrics: CoordinatorMetrics,
-        initial_adapter: Callable[[int], StateDict], settings: ControllerSettings,
+        self,
+        *,
+        registry: SiloRegistry,
+        store: CheckpointStore,
+        metrics: CoordinatorMetrics,
+        initial_adapter: Callable[[int], StateDict],
+        settings: ControllerSettings,
     ) -> None:
         self.registry = registry
         self.store = store
@@ -62,7 +67,7 @@ class Federation:
         self.run: RunRecord | None = None
         self.global_adapter: StateDict | None = None
         self.open_round: OpenRound | None = None
-        self.phase = pb.ROUND_PHASE_UNSPECIFIED
+        self.phase: pb.RoundPhase = pb.ROUND_PHASE_UNSPECIFIED
         self._resume_from_checkpoint()
 
     # ------------------------------------------------------------------ lifecycle
@@ -73,8 +78,10 @@ class Federation:
             return
         problems = describe_layout_difference(self.layout, layout_of(checkpoint.adapter))
         if problems:
-            raise RuntimeError(f"checkpoint of run {checkpoint.run.run_id} does not fit this "
-                               f"base model: {'; '.join(problems)}")
+            raise RuntimeError(
+                f"checkpoint of run {checkpoint.run.run_id} does not fit this "
+                f"base model: {'; '.join(problems)}"
+            )
         self.run, self.global_adapter = checkpoint.run, checkpoint.adapter
         self.metrics.round.set(checkpoint.round)
         if self.run.phase is RunPhase.RUNNING:
@@ -92,8 +99,10 @@ class Federation:
             raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
         with self._lock:
             if self.run is not None and self.run.phase is RunPhase.RUNNING:
-                raise Refusal(grpc.StatusCode.FAILED_PRECONDITION,
-                              f"run {self.run.run_id} is still running; stop it first")
+                raise Refusal(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"run {self.run.run_id} is still running; stop it first",
+                )
             run_id = f"run-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
             self.run = RunRecord(run_id=run_id, spec=spec)
             self.global_adapter = self._initial_adapter(spec.seed)
@@ -132,8 +141,11 @@ class Federation:
             if run.completed_rounds >= run.spec.rounds:
                 self._finish(run, RunPhase.COMPLETED, f"{run.completed_rounds} rounds completed")
             elif self.run is run and run.phase is RunPhase.RUNNING and self._stop_requested:
-                self._finish(run, RunPhase.STOPPED,
-                             f"stopped by the admin after round {run.completed_rounds}")
+                self._finish(
+                    run,
+                    RunPhase.STOPPED,
+                    f"stopped by the admin after round {run.completed_rounds}",
+                )
         except Exception as exc:
             log.exception("run %s failed", run.run_id)
             self._finish(run, RunPhase.FAILED, f"round {run.completed_rounds + 1}: {exc}")
@@ -181,21 +193,34 @@ class Federation:
             if len(open_round.contributed) >= run.spec.min_silos:
                 self._aggregate(run, open_round, started)
                 return
-            log.warning("round %d: %d of %d updates by the deadline (minimum %d); reselecting",
-                        index, len(open_round.contributed), k, run.spec.min_silos)
-        raise RuntimeError(f"round {index}: fewer than {run.spec.min_silos} updates in "
-                           f"{MAX_ROUND_ATTEMPTS} attempts")
+            log.warning(
+                "round %d: %d of %d updates by the deadline (minimum %d); reselecting",
+                index,
+                len(open_round.contributed),
+                k,
+                run.spec.min_silos,
+            )
+        raise RuntimeError(
+            f"round {index}: fewer than {run.spec.min_silos} updates in "
+            f"{MAX_ROUND_ATTEMPTS} attempts"
+        )
 
     def _open(self, run: RunRecord, index: int, attempt: int, selected: list[str]) -> OpenRound:
         assert self.global_adapter is not None
         open_round = OpenRound.open(
-            run_id=run.run_id, index=index, attempt=attempt, selected=selected,
-            global_adapter=self.global_adapter, deadline_s=run.spec.round_deadline_s,
+            run_id=run.run_id,
+            index=index,
+            attempt=attempt,
+            selected=selected,
+            global_adapter=self.global_adapter,
+            deadline_s=run.spec.round_deadline_s,
         )
-        plan = pb.TrainingPlan(learning_rate=run.spec.learning_rate,
-                               local_epochs=run.spec.local_epochs,
-                               batch_size=run.spec.batch_size,
-                               seed=run.spec.seed * 100_003 + index)
+        plan = pb.TrainingPlan(
+            learning_rate=run.spec.learning_rate,
+            local_epochs=run.spec.local_epochs,
+            batch_size=run.spec.batch_size,
+            seed=run.spec.seed * 100_003 + index,
+        )
         with self._lock:
             self.open_round = open_round
             self.phase = pb.ROUND_PHASE_TRAINING
@@ -216,13 +241,17 @@ class Federation:
                 if not pending or time.monotonic() >= open_round.deadline:
                     break
                 if not set(pending) & set(self.registry.available()):
-                    log.warning("round %d: every pending silo left (%s)", open_round.index,
-                                ", ".join(pending))
+                    log.warning(
+                        "round %d: every pending silo left (%s)",
+                        open_round.index,
+                        ", ".join(pending),
+                    )
                     break
                 self._changed.wait(self._settings.poll_s)
             open_round.closed = True
         self.metrics.phase_duration.labels(phase="training").observe(
-            time.monotonic() - open_round.started)
+            time.monotonic() - open_round.started
+        )
 
     def _aggregate(self, run: RunRecord, open_round: OpenRound, started: float) -> None:
         assert self.global_adapter is not None
@@ -230,12 +259,15 @@ class Federation:
         with self.metrics.phase_duration.labels(phase="aggregation").time():
             new_global = apply_delta(self.global_adapter, open_round.accumulator.mean_delta())
         record = RoundRecord(
-            round=open_round.index, selected=open_round.selected,
+            round=open_round.index,
+            selected=open_round.selected,
             contributed=sorted(open_round.contributed),
             num_samples=open_round.accumulator.total_samples,
-            mean_train_loss=open_round.mean_train_loss(), bytes_sent=open_round.bytes_sent,
+            mean_train_loss=open_round.mean_train_loss(),
+            bytes_sent=open_round.bytes_sent,
             bytes_received=open_round.bytes_received,
-            seconds=time.monotonic() - started, rejected=open_round.rejected,
+            seconds=time.monotonic() - started,
+            rejected=open_round.rejected,
         )
         self.phase = pb.ROUND_PHASE_CHECKPOINTING
         with self._lock:
@@ -248,9 +280,14 @@ class Federation:
         self.metrics.rounds_completed.inc()
         self.metrics.train_loss.set(record.mean_train_loss)
         self.metrics.round_duration.observe(time.monotonic() - started)
-        log.info("round %d: aggregated %d updates (%d samples), mean train loss %.4f, %.1f s",
-                 record.round, len(record.contributed), record.num_samples,
-                 record.mean_train_loss, record.seconds)
+        log.info(
+            "round %d: aggregated %d updates (%d samples), mean train loss %.4f, %.1f s",
+            record.round,
+            len(record.contributed),
+            record.num_samples,
+            record.mean_train_loss,
+            record.seconds,
+        )
 
     # ------------------------------------------------------------------ silo requests
 
@@ -258,8 +295,10 @@ class Federation:
         with self._lock:
             open_round = self.open_round
             if open_round is None:
-                raise Refusal(grpc.StatusCode.FAILED_PRECONDITION,
-                              f"no round is open; task {task_id!r} of {silo_id!r} is stale")
+                raise Refusal(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"no round is open; task {task_id!r} of {silo_id!r} is stale",
+                )
             open_round.check_task(task_id, silo_id)
             return open_round
 
@@ -275,7 +314,12 @@ class Federation:
                 open_round.rejected += 1
 
     def accept_update(
-        self, *, open_round: OpenRound, silo_id: str, header: pb.UpdateHeader, path: Path,
+        self,
+        *,
+        open_round: OpenRound,
+        silo_id: str,
+        header: pb.UpdateHeader,
+        path: Path,
         nbytes: int,
     ) -> None:
         """Validate a received update file, then fold it into the round (never before)."""
@@ -286,13 +330,19 @@ class Federation:
             open_round.check_task(header.task_id, silo_id)  # may have closed meanwhile
             open_round.accumulator.fold_file(path, header.num_samples)
             open_round.contributed[silo_id] = Contribution(
-                num_samples=header.num_samples, mean_loss=header.mean_loss, steps=header.steps)
+                num_samples=header.num_samples, mean_loss=header.mean_loss, steps=header.steps
+            )
             open_round.bytes_received += nbytes
             self._changed.notify_all()
         self.metrics.updates_accepted.inc()
         self.metrics.bytes_received.inc(nbytes)
-        log.info("round %d: update from %s accepted (%d samples, loss %.4f)",
-                 open_round.index, silo_id, header.num_samples, header.mean_loss)
+        log.info(
+            "round %d: update from %s accepted (%d samples, loss %.4f)",
+            open_round.index,
+            silo_id,
+            header.num_samples,
+            header.mean_loss,
+        )
 
     def status(self) -> pb.RunStatus:
         with self._lock:

@@ -1,4 +1,4 @@
-"""The coordinator's Prometheus metrics, on a registry of its own (several coordinators per test)."""
+"""The coordinator's Prometheus metrics, on a registry of its own (one per coordinator)."""
 
 from __future__ import annotations
 
@@ -16,26 +16,42 @@ class CoordinatorMetrics:
     def __post_init__(self) -> None:
         r = self.registry
         self.round = Gauge("fedmllm_round", "Round in progress (or last completed)", registry=r)
-        self.rounds_completed = Counter("fedmllm_rounds_completed_total",
-                                        "Rounds aggregated and checkpointed", registry=r)
-        self.silos_connected = Gauge("fedmllm_silos_connected",
-                                     "Silos with an open task stream", registry=r)
-        self.silos_selected = Gauge("fedmllm_round_silos_selected",
-                                    "Silos selected for the current round", registry=r)
+        self.rounds_completed = Counter(
+            "fedmllm_rounds_completed_total", "Rounds aggregated and checkpointed", registry=r
+        )
+        self.silos_connected = Gauge(
+            "fedmllm_silos_connected", "Silos with an open task stream", registry=r
+        )
+        self.silos_selected = Gauge(
+            "fedmllm_round_silos_selected", "Silos selected for the current round", registry=r
+        )
         self.round_duration = Histogram(
-            "fedmllm_round_duration_seconds", "Wall time of a round, selection to checkpoint",
-            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600), registry=r)
+            "fedmllm_round_duration_seconds",
+            "Wall time of a round, selection to checkpoint",
+            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600),
+            registry=r,
+        )
         self.phase_duration = Histogram(
-            "fedmllm_phase_duration_seconds", "Wall time of each round phase",
-            ["phase"], buckets=(0.01, 0.1, 0.5, 1, 5, 15, 60, 300, 1800), registry=r)
-        self.bytes_received = Counter("fedmllm_received_bytes_total",
-                                      "Update payload bytes received from silos", registry=r)
-        self.bytes_sent = Counter("fedmllm_sent_bytes_total",
-                                  "Adapter payload bytes sent to silos", registry=r)
-        self.updates_accepted = Counter("fedmllm_updates_accepted_total",
-                                        "Updates validated and aggregated", registry=r)
-        self.updates_rejected = Counter("fedmllm_updates_rejected_total",
-                                        "Updates refused, by reason", ["reason"], registry=r)
-        self.train_loss = Gauge("fedmllm_round_train_loss",
-                                "Sample-weighted mean local train loss of the last round",
-                                registry=r)
+            "fedmllm_phase_duration_seconds",
+            "Wall time of each round phase",
+            ["phase"],
+            buckets=(0.01, 0.1, 0.5, 1, 5, 15, 60, 300, 1800),
+            registry=r,
+        )
+        self.bytes_received = Counter(
+            "fedmllm_received_bytes_total", "Update payload bytes received from silos", registry=r
+        )
+        self.bytes_sent = Counter(
+            "fedmllm_sent_bytes_total", "Adapter payload bytes sent to silos", registry=r
+        )
+        self.updates_accepted = Counter(
+            "fedmllm_updates_accepted_total", "Updates validated and aggregated", registry=r
+        )
+        self.updates_rejected = Counter(
+            "fedmllm_updates_rejected_total", "Updates refused, by reason", ["reason"], registry=r
+        )
+        self.train_loss = Gauge(
+            "fedmllm_round_train_loss",
+            "Sample-weighted mean local train loss of the last round",
+            registry=r,
+        )

@@ -35,8 +35,9 @@ class SiloRegistry:
         self.closed = threading.Event()
 
     def join(self, silo_id: str, num_train_samples: int) -> SiloSession:
-        session = SiloSession(silo_id=silo_id, session_id=secrets.token_hex(16),
-                              num_train_samples=num_train_samples)
+        session = SiloSession(
+            silo_id=silo_id, session_id=secrets.token_hex(16), num_train_samples=num_train_samples
+        )
         with self._lock:
             old = self._sessions.get(silo_id)
             if old is not None:
@@ -92,8 +93,12 @@ class SiloRegistry:
         now = time.monotonic()
         with self._lock:
             return [
-                pb.SiloInfo(silo_id=s.silo_id, connected=self._alive(s, now),
-                            seconds_since_seen=now - s.last_seen,
-                            num_train_samples=s.num_train_samples, state=s.state)
+                pb.SiloInfo(
+                    silo_id=s.silo_id,
+                    connected=self._alive(s, now),
+                    seconds_since_seen=now - s.last_seen,
+                    num_train_samples=s.num_train_samples,
+                    state=s.state,
+                )
                 for s in sorted(self._sessions.values(), key=lambda s: s.silo_id)
             ]

@@ -52,39 +52,63 @@ class OpenRound:
 
     @classmethod
     def open(
-        cls, *, run_id: str, index: int, attempt: int, selected: list[str],
-        global_adapter: StateDict, deadline_s: float,
+        cls,
+        *,
+        run_id: str,
+        index: int,
+        attempt: int,
+        selected: list[str],
+        global_adapter: StateDict,
+        deadline_s: float,
     ) -> OpenRound:
         payload = encode_state(global_adapter)  # once per round, shared by every download
-        return cls(run_id=run_id, index=index, attempt=attempt, selected=selected,
-                   payload=payload, digest=PayloadDigest.of(payload),
-                   deadline=time.monotonic() + deadline_s,
-                   accumulator=FedAvgAccumulator(global_adapter))
+        return cls(
+            run_id=run_id,
+            index=index,
+            attempt=attempt,
+            selected=selected,
+            payload=payload,
+            digest=PayloadDigest.of(payload),
+            deadline=time.monotonic() + deadline_s,
+            accumulator=FedAvgAccumulator(global_adapter),
+        )
 
     def task_for(self, silo_id: str, plan: pb.TrainingPlan) -> pb.RoundTask:
         task_id = f"{self.run_id}/r{self.index}/a{self.attempt}/{secrets.token_hex(6)}"
         self.tasks[task_id] = silo_id
         return pb.RoundTask(
-            run_id=self.run_id, round=self.index, task_id=task_id, training=plan,
-            adapter=pb.PayloadHeader(total_bytes=self.digest.total_bytes,
-                                     sha256=self.digest.sha256),
+            run_id=self.run_id,
+            round=self.index,
+            task_id=task_id,
+            training=plan,
+            adapter=pb.PayloadHeader(
+                total_bytes=self.digest.total_bytes, sha256=self.digest.sha256
+            ),
         )
 
     def check_task(self, task_id: str, silo_id: str) -> None:
         """Refuse a task id that is not this silo's task in this open round."""
         owner = self.tasks.get(task_id)
         if owner is None:
-            raise Refusal(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"task {task_id!r} is not a task of open round {self.index}")
+            raise Refusal(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"task {task_id!r} is not a task of open round {self.index}",
+            )
         if owner != silo_id:
-            raise Refusal(grpc.StatusCode.PERMISSION_DENIED,
-                          f"task {task_id!r} belongs to another silo, not {silo_id!r}")
+            raise Refusal(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"task {task_id!r} belongs to another silo, not {silo_id!r}",
+            )
         if self.closed:
-            raise Refusal(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"round {self.index} is closed; update from {silo_id!r} arrived late")
+            raise Refusal(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"round {self.index} is closed; update from {silo_id!r} arrived late",
+            )
         if silo_id in self.contributed:
-            raise Refusal(grpc.StatusCode.ALREADY_EXISTS,
-                          f"silo {silo_id!r} already contributed to round {self.index}")
+            raise Refusal(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"silo {silo_id!r} already contributed to round {self.index}",
+            )
 
     @property
     def pending(self) -> list[str]:

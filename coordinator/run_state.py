@@ -97,19 +97,32 @@ class RunRecord:
         return len(self.history)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": 1, "run_id": self.run_id, "spec": asdict(self.spec),
-                "phase": self.phase.value, "message": self.message,
-                "history": [asdict(r) for r in self.history]}
+        return {
+            "format": 1,
+            "run_id": self.run_id,
+            "spec": asdict(self.spec),
+            "phase": self.phase.value,
+            "message": self.message,
+            "history": [asdict(r) for r in self.history],
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunRecord:
-        return cls(run_id=data["run_id"], spec=RunSpec(**data["spec"]),
-                   phase=RunPhase(data["phase"]), message=data.get("message", ""),
-                   history=[RoundRecord(**r) for r in data["history"]])
+        return cls(
+            run_id=data["run_id"],
+            spec=RunSpec(**data["spec"]),
+            phase=RunPhase(data["phase"]),
+            message=data.get("message", ""),
+            history=[RoundRecord(**r) for r in data["history"]],
+        )
 
-    def status_proto(self, round_phase: int) -> pb.RunStatus:
+    def status_proto(self, round_phase: pb.RoundPhase) -> pb.RunStatus:
         return pb.RunStatus(
-            run_id=self.run_id, state=_STATE_TO_PROTO[self.phase], spec=self.spec.to_proto(),
-            completed_rounds=self.completed_rounds, phase=round_phase,
-            history=[r.to_proto() for r in self.history], message=self.message,
+            run_id=self.run_id,
+            state=_STATE_TO_PROTO[self.phase],
+            spec=self.spec.to_proto(),
+            completed_rounds=self.completed_rounds,
+            phase=round_phase,
+            history=[r.to_proto() for r in self.history],
+            message=self.message,
         )

@@ -24,9 +24,9 @@ from shared.adapter import (
     canonical_config,
     config_fingerprint,
     initial_adapter,
-    lora_identity,
     load_adapter_directory,
     load_base_config,
+    lora_identity,
 )
 from shared.grpc_options import SERVER_OPTIONS
 from shared.tensor_codec import StateDict
@@ -76,25 +76,37 @@ def _adapter_source(
 
 @contextmanager
 def serve(config: CoordinatorConfig) -> Iterator[RunningCoordinator]:
-    """Start the coordinator; on exit stop serving, leaving the run resumable from its checkpoint."""
+    """Start the coordinator; on exit stop serving, the run left resumable from its checkpoint."""
     base_config = load_base_config(config.model_dir)
     canonical = canonical_config(base_config)
     lora, factory = _adapter_source(config, base_config)
     metrics = CoordinatorMetrics()
     registry = SiloRegistry(liveness_timeout_s=4.0 * config.heartbeat_interval_s)
     store = CheckpointStore(config.checkpoint_dir, keep=config.keep_checkpoints)
-    federation = Federation(registry=registry, store=store, metrics=metrics,
-                            initial_adapter=factory,
-                            settings=config.controller)
-    identity = FederationIdentity(canonical_config=canonical,
-                                  fingerprint=config_fingerprint(canonical),
-                                  lora=lora_identity(lora.to_dict()))
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers),
-                         options=SERVER_OPTIONS)
+    federation = Federation(
+        registry=registry,
+        store=store,
+        metrics=metrics,
+        initial_adapter=factory,
+        settings=config.controller,
+    )
+    identity = FederationIdentity(
+        canonical_config=canonical,
+        fingerprint=config_fingerprint(canonical),
+        lora=lora_identity(lora.to_dict()),
+    )
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.max_workers), options=SERVER_OPTIONS
+    )
     pb_grpc.add_SiloServicer_to_server(
-        SiloService(federation=federation, identity=identity,
-                    incoming_dir=config.checkpoint_dir / "incoming",
-                    heartbeat_interval_s=config.heartbeat_interval_s), server)
+        SiloService(
+            federation=federation,
+            identity=identity,
+            incoming_dir=config.checkpoint_dir / "incoming",
+            heartbeat_interval_s=config.heartbeat_interval_s,
+        ),
+        server,
+    )
     pb_grpc.add_AdminServicer_to_server(AdminService(federation=federation), server)
     port = server.add_secure_port(f"{config.host}:{config.port}", server_credentials(config.tls))
     if port == 0:
@@ -107,8 +119,9 @@ def serve(config: CoordinatorConfig) -> Iterator[RunningCoordinator]:
     server.start()
     log.info("coordinator serving on port %d (metrics: %s)", port, metrics_port)
     try:
-        yield RunningCoordinator(server=server, port=port, metrics_port=metrics_port,
-                                 federation=federation)
+        yield RunningCoordinator(
+            server=server, port=port, metrics_port=metrics_port, federation=federation
+        )
     finally:
         registry.closed.set()
         federation.shutdown()
@@ -116,4 +129,3 @@ def serve(config: CoordinatorConfig) -> Iterator[RunningCoordinator]:
         if metrics_server is not None:
             metrics_server.shutdown()
             metrics_server.server_close()
-

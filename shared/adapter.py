@@ -25,16 +25,30 @@ ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 # Keys that say how a config was saved or loaded, not what the model is.
 _VOLATILE_CONFIG_KEYS = frozenset(
-    {"transformers_version", "_name_or_path", "dtype", "torch_dtype", "quantization_config",
-     "_attn_implementation", "_attn_implementation_autoset", "use_cache", "output_attentions",
-     "output_hidden_states", "return_dict"}
+    {
+        "transformers_version",
+        "_name_or_path",
+        "dtype",
+        "torch_dtype",
+        "quantization_config",
+        "_attn_implementation",
+        "_attn_implementation_autoset",
+        "use_cache",
+        "output_attentions",
+        "output_hidden_states",
+        "return_dict",
+    }
 )
+
+
+_IDENTITY_KEYS = ("model_type", "architectures")
 
 
 def default_lora_config(target_modules: str) -> LoraConfig:
     """The paper's adapter: r 8, alpha 8, dropout 0.05, on the given modules."""
-    return LoraConfig(r=8, lora_alpha=8, lora_dropout=0.05, target_modules=target_modules,
-                      bias="none")
+    return LoraConfig(
+        r=8, lora_alpha=8, lora_dropout=0.05, target_modules=target_modules, bias="none"
+    )
 
 
 def language_attention_targets(model: PreTrainedModel) -> str:
@@ -57,7 +71,8 @@ def canonical_config(config: PretrainedConfig) -> dict[str, Any]:
             return {k: clean(v) for k, v in sorted(value.items()) if k not in _VOLATILE_CONFIG_KEYS}
         return value
 
-    result: dict[str, Any] = clean(config.to_dict())
+    # through JSON, so that the silo's copy and the coordinator's compare alike (int keys)
+    result: dict[str, Any] = json.loads(json.dumps(clean(config.to_dict()), default=str))
     return result
 
 
@@ -76,7 +91,8 @@ def describe_config_difference(
         if len(problems) >= limit:
             return
         if isinstance(a, dict) and isinstance(b, dict):
-            for key in sorted(a.keys() | b.keys()):
+            # what the model is comes first, then the details
+            for key in sorted(a.keys() | b.keys(), key=lambda k: (k not in _IDENTITY_KEYS, str(k))):
                 walk(a.get(key), b.get(key), f"{path}.{key}" if path else key)
         elif a != b:
             problems.append(f"{path}: {json.dumps(b)}, expected {json.dumps(a)}")
@@ -92,7 +108,9 @@ def meta_model(config: PretrainedConfig) -> PreTrainedModel:
     return model
 
 
-def lora_layout_state(config: PretrainedConfig, lora: LoraConfig | None) -> tuple[LoraConfig, StateDict]:
+def lora_layout_state(
+    config: PretrainedConfig, lora: LoraConfig | None
+) -> tuple[LoraConfig, StateDict]:
     """The adapter's (meta) state dict as PEFT names it, and the LoRA config used."""
     model = meta_model(config)
     lora = lora or default_lora_config(language_attention_targets(model))
@@ -144,9 +162,14 @@ def lora_identity(lora: dict[str, Any]) -> dict[str, Any]:
     targets = lora.get("target_modules")
     if isinstance(targets, (set, list, tuple)):
         targets = sorted(targets)
-    return {"r": lora.get("r"), "lora_alpha": lora.get("lora_alpha"), "target_modules": targets,
-            "bias": lora.get("bias"), "use_rslora": lora.get("use_rslora", False),
-            "use_dora": lora.get("use_dora", False)}
+    return {
+        "r": lora.get("r"),
+        "lora_alpha": lora.get("lora_alpha"),
+        "target_modules": targets,
+        "bias": lora.get("bias"),
+        "use_rslora": lora.get("use_rslora", False),
+        "use_dora": lora.get("use_dora", False),
+    }
 
 
 def lora_json(lora: LoraConfig) -> str:

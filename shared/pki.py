@@ -82,9 +82,15 @@ def create_authority(out: Path, *, days: int) -> Authority:
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True,
-                content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -114,8 +120,10 @@ def issue(
         return cert_path
     key = ec.generate_private_key(ec.SECP256R1())
     not_before, not_after = _validity(days)
-    usage = ExtendedKeyUsageOID.SERVER_AUTH if role == ROLE_COORDINATOR else (
-        ExtendedKeyUsageOID.CLIENT_AUTH
+    usage = (
+        ExtendedKeyUsageOID.SERVER_AUTH
+        if role == ROLE_COORDINATOR
+        else (ExtendedKeyUsageOID.CLIENT_AUTH)
     )
     builder = (
         x509.CertificateBuilder()
@@ -142,7 +150,7 @@ def _is_safe_name(name: str) -> bool:
 def create_federation(
     out: Path, *, hosts: list[str], silos: list[str], admins: list[str], days: int = 365
 ) -> None:
-    """Create (or complete) the CA, the coordinator's, every silo's and every admin's certificate."""
+    """Create (or complete) the CA and the coordinator's, silos' and admins' certificates."""
     for name in [*silos, *admins]:
         if not _is_safe_name(name):
             raise ValueError(f"certificate name {name!r} may hold only letters, digits, '-_.'")
@@ -169,7 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--out", type=Path, required=True, help="directory for the PEM files")
     parser.add_argument(
-        "--hosts", default="localhost,127.0.0.1",
+        "--hosts",
+        default="localhost,127.0.0.1",
         help="comma-separated DNS names / IPs the coordinator is reached at (its SANs)",
     )
     parser.add_argument("--silos", default="", help="comma-separated silo names (their identity)")
@@ -178,8 +187,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         create_federation(
-            args.out, hosts=_split(args.hosts), silos=_split(args.silos),
-            admins=_split(args.admins), days=args.days,
+            args.out,
+            hosts=_split(args.hosts),
+            silos=_split(args.silos),
+            admins=_split(args.admins),
+            days=args.days,
         )
     except ValueError as exc:
         parser.error(str(exc))

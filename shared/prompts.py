@@ -36,16 +36,22 @@ class ChoiceTask:
 
 
 HATEFUL_MEMES = ChoiceTask(
-    stem="Is the content hateful", options=("not-hateful", "hateful"),
+    stem="Is the content hateful",
+    options=("not-hateful", "hateful"),
     full_modality="text and image",
 )
 
 CRISISMMD = ChoiceTask(
     stem="What is the humanitarian category",
     options=(
-        "affected_individuals", "infrastructure_and_utility_damage", "injured_or_dead_people",
-        "missing_or_found_people", "rescue_volunteering_or_donation_effort", "vehicle_damage",
-        "other_relevant_information", "not_humanitarian",
+        "affected_individuals",
+        "infrastructure_and_utility_damage",
+        "injured_or_dead_people",
+        "missing_or_found_people",
+        "rescue_volunteering_or_donation_effort",
+        "vehicle_damage",
+        "other_relevant_information",
+        "not_humanitarian",
     ),
     full_modality="image and text",
 )

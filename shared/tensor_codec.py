@@ -1,4 +1,4 @@
-"""LoRA state dicts <-> safetensors bytes, and the layout (names, shapes, dtypes) they must match."""
+"""LoRA state dicts <-> safetensors bytes, and the layout (names, shapes, dtypes) to match."""
 
 from __future__ import annotations
 

@@ -20,8 +20,9 @@ class TlsFiles:
 
     @classmethod
     def in_directory(cls, directory: Path, name: str) -> TlsFiles:
-        return cls(cert=directory / f"{name}.pem", key=directory / f"{name}.key",
-                   ca=directory / "ca.pem")
+        return cls(
+            cert=directory / f"{name}.pem", key=directory / f"{name}.key", ca=directory / "ca.pem"
+        )
 
     def read(self) -> tuple[bytes, bytes, bytes]:
         for path in (self.cert, self.key, self.ca):
@@ -58,7 +59,7 @@ def peer_of(context: grpc.ServicerContext) -> Peer | None:
     pem = context.auth_context().get("x509_pem_cert")
     if not pem:
         return None
-    cert = x509.load_pem_x509_certificate(pem[0])
+    cert = x509.load_pem_x509_certificate(bytes(pem[0]))
     common = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     unit = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
     if not common or not unit:

@@ -21,11 +21,19 @@ def _parser() -> argparse.ArgumentParser:
         description="Join a FedMLLM federation and train its LoRA adapter on local data. "
         "Raw data never leaves this machine: only adapter deltas are sent.",
     )
-    parser.add_argument("--data", type=Path, required=True,
-                        help="silo data directory (train.jsonl, images; see docs/silo-data.md)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="silo data directory (train.jsonl, images; see docs/silo-data.md)",
+    )
     parser.add_argument("--coordinator", required=True, help="coordinator HOST:PORT")
-    parser.add_argument("--model", type=Path, required=True,
-                        help="local Hugging Face directory of the base model and its processor")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        required=True,
+        help="local Hugging Face directory of the base model and its processor",
+    )
     parser.add_argument("--cert", type=Path, required=True, help="this silo's certificate (PEM)")
     parser.add_argument("--key", type=Path, required=True, help="this silo's private key (PEM)")
     parser.add_argument("--ca", type=Path, required=True, help="federation CA certificate (PEM)")
@@ -40,20 +48,29 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level,
-                        format=f"%(asctime)s %(levelname)s silo[{args.cert.stem}] %(message)s")
+    logging.basicConfig(
+        level=args.log_level, format=f"%(asctime)s %(levelname)s silo[{args.cert.stem}] %(message)s"
+    )
     log = logging.getLogger("silo_agent")
     try:
         samples = read_split(args.data, "train")
     except DataFormatError as exc:
         sys.exit(f"silo-agent: {exc}")
-    silo = load_silo_model(args.model, device=args.device, quantize=args.quantize,
-                           lora_r=args.lora_r, lora_alpha=args.lora_alpha,
-                           lora_dropout=args.lora_dropout)
+    silo = load_silo_model(
+        args.model,
+        device=args.device,
+        quantize=args.quantize,
+        lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+    )
     log.info("model %s loaded on %s; %d training samples", args.model, silo.device, len(samples))
-    agent = SiloAgent(coordinator=args.coordinator,
-                      tls=TlsFiles(cert=args.cert, key=args.key, ca=args.ca),
-                      silo=silo, samples=samples)
+    agent = SiloAgent(
+        coordinator=args.coordinator,
+        tls=TlsFiles(cert=args.cert, key=args.key, ca=args.ca),
+        silo=silo,
+        samples=samples,
+    )
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: agent.stop())
     try:

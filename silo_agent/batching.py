@@ -46,8 +46,7 @@ def _images(samples: Sequence[Sample]) -> list[list[Image.Image]] | None:
 
 def prompt_texts(processor: ProcessorMixin, samples: Sequence[Sample]) -> list[str]:
     return [
-        processor.apply_chat_template([user_message(s)], tokenize=False,
-                                      add_generation_prompt=True)
+        processor.apply_chat_template([user_message(s)], tokenize=False, add_generation_prompt=True)
         for s in samples
     ]
 
@@ -60,7 +59,7 @@ def answer_suffixes(processor: ProcessorMixin, samples: Sequence[Sample]) -> lis
         full = processor.apply_chat_template([user_message(sample), answer], tokenize=False)
         if not full.startswith(prompt):
             raise ValueError("the chat template does not extend the prompt with the answer")
-        suffixes.append(full[len(prompt):])
+        suffixes.append(full[len(prompt) :])
     return suffixes
 
 
@@ -72,16 +71,25 @@ def training_batch(processor: ProcessorMixin, samples: Sequence[Sample]) -> dict
     """
     tokenizer = processor.tokenizer
     tokenizer.padding_side = "right"
-    encoded = processor(text=prompt_texts(processor, samples), images=_images(samples),
-                        padding=True, return_tensors="pt")
-    answers = [tokenizer(s, add_special_tokens=False)["input_ids"]
-               for s in answer_suffixes(processor, samples)]
+    encoded = processor(
+        text=prompt_texts(processor, samples),
+        images=_images(samples),
+        padding=True,
+        return_tensors="pt",
+    )
+    answers = [
+        tokenizer(s, add_special_tokens=False)["input_ids"]
+        for s in answer_suffixes(processor, samples)
+    ]
     lengths = encoded["attention_mask"].sum(dim=1).tolist()
     width = max(n + len(a) for n, a in zip(lengths, answers, strict=True))
     rows = len(samples)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    per_token = [k for k, v in encoded.items()
-                 if isinstance(v, torch.Tensor) and v.shape[:2] == encoded["input_ids"].shape]
+    per_token = [
+        k
+        for k, v in encoded.items()
+        if isinstance(v, torch.Tensor) and v.shape[:2] == encoded["input_ids"].shape
+    ]
     batch = {k: v for k, v in encoded.items() if k not in per_token}
     for key in per_token:
         fill = pad_id if key == "input_ids" else 0

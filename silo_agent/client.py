@@ -39,15 +39,22 @@ class Backoff:
 class SiloAgent:
     """Runs until stopped: (re)joins, executes each round task, uploads the delta."""
 
-    def __init__(self, *, coordinator: str, tls: TlsFiles, silo: SiloModel,
-                 samples: Sequence[Sample], backoff: Backoff | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        coordinator: str,
+        tls: TlsFiles,
+        silo: SiloModel,
+        samples: Sequence[Sample],
+        backoff: Backoff | None = None,
+    ) -> None:
         self._target = coordinator
         self._credentials = channel_credentials(tls)
         self._silo = silo
         self._samples = samples
         self._backoff = backoff or Backoff()
         self._stop = threading.Event()
-        self._call: grpc.Future | None = None
+        self._call: grpc.RpcContext | None = None
         self._state = "idle"
         self.silo_id = ""
 
@@ -68,28 +75,44 @@ class SiloAgent:
                     raise IncompatibleSilo(exc.details() or "refused by the coordinator") from exc
                 if self._stop.is_set():
                     break
-                log.warning("coordinator %s unreachable (%s: %s); retrying in %.0f s",
-                            self._target, exc.code().name, exc.details(), delay)
+                log.warning(
+                    "coordinator %s unreachable (%s: %s); retrying in %.0f s",
+                    self._target,
+                    exc.code().name,
+                    exc.details(),
+                    delay,
+                )
                 self._stop.wait(delay)
                 delay = min(delay * 2, self._backoff.max_s)
 
     def _session(self) -> None:
-        with grpc.secure_channel(self._target, self._credentials,
-                                 options=CHANNEL_OPTIONS) as channel:
+        with grpc.secure_channel(
+            self._target, self._credentials, options=CHANNEL_OPTIONS
+        ) as channel:
             stub = pb_grpc.SiloStub(channel)
             silo = self._silo
-            joined = stub.Join(pb.JoinRequest(
-                agent_version=__version__, base_model_fingerprint=silo.fingerprint,
-                base_model_config_json=_json(silo.canonical_config),
-                lora_config_json=silo.lora_config_json,
-                adapter_layout=[pb.TensorSpec(name=t.name, shape=list(t.shape), dtype=t.dtype)
-                                for t in silo.adapter_layout.values()],
-                num_train_samples=len(self._samples),
-            ), wait_for_ready=True, timeout=30)
+            joined = stub.Join(
+                pb.JoinRequest(
+                    agent_version=__version__,
+                    base_model_fingerprint=silo.fingerprint,
+                    base_model_config_json=_json(silo.canonical_config),
+                    lora_config_json=silo.lora_config_json,
+                    adapter_layout=[
+                        pb.TensorSpec(name=t.name, shape=list(t.shape), dtype=t.dtype)
+                        for t in silo.adapter_layout.values()
+                    ],
+                    num_train_samples=len(self._samples),
+                ),
+                wait_for_ready=True,
+                timeout=30,
+            )
             self.silo_id = joined.silo_id
             log.info("joined as %s with %d samples", joined.silo_id, len(self._samples))
-            beat = threading.Thread(target=self._heartbeat, daemon=True,
-                                    args=(stub, joined.session_id, joined.heartbeat_interval_s))
+            beat = threading.Thread(
+                target=self._heartbeat,
+                daemon=True,
+                args=(stub, joined.session_id, joined.heartbeat_interval_s),
+            )
             beat.start()
             stream = stub.ReceiveTasks(pb.TaskStreamRequest(session_id=joined.session_id))
             self._call = stream
@@ -105,8 +128,9 @@ class SiloAgent:
     def _heartbeat(self, stub: pb_grpc.SiloStub, session_id: str, interval_s: int) -> None:
         while not self._stop.wait(max(interval_s, 1)):
             try:
-                reply = stub.Heartbeat(pb.HeartbeatRequest(session_id=session_id,
-                                                           state=self._state), timeout=10)
+                reply = stub.Heartbeat(
+                    pb.HeartbeatRequest(session_id=session_id, state=self._state), timeout=10
+                )
             except grpc.RpcError:
                 return  # the task stream notices too and reconnects
             if not reply.session_known:
@@ -131,9 +155,12 @@ class SiloAgent:
             log.error("%s: global adapter rejected: %s", label, exc)
             return
         self._state = f"training round {task.round}"
-        plan = LocalPlan(learning_rate=task.training.learning_rate,
-                         local_epochs=task.training.local_epochs,
-                         batch_size=task.training.batch_size, seed=task.training.seed)
+        plan = LocalPlan(
+            learning_rate=task.training.learning_rate,
+            local_epochs=task.training.local_epochs,
+            batch_size=task.training.batch_size,
+            seed=task.training.seed,
+        )
         try:
             result = train_round(self._silo, self._samples, plan, global_state, label=label)
         except (FloatingPointError, ValueError, RuntimeError) as exc:
@@ -143,15 +170,24 @@ class SiloAgent:
         payload = encode_state(result.delta)
         digest = PayloadDigest.of(payload)
         header = pb.UpdateHeader(
-            task_id=task.task_id, num_samples=result.num_samples, mean_loss=result.mean_loss,
+            task_id=task.task_id,
+            num_samples=result.num_samples,
+            mean_loss=result.mean_loss,
             steps=result.steps,
-            payload=pb.PayloadHeader(total_bytes=digest.total_bytes, sha256=digest.sha256))
+            payload=pb.PayloadHeader(total_bytes=digest.total_bytes, sha256=digest.sha256),
+        )
         self._state = f"uploading round {task.round}"
         stub.UploadUpdate(_update_stream(header, payload))
         self._state = "idle"
-        log.info("%s: trained %d samples in %d steps, mean loss %.4f, sent %d bytes, %.1f s",
-                 label, result.num_samples, result.steps, result.mean_loss, len(payload),
-                 time.monotonic() - started)
+        log.info(
+            "%s: trained %d samples in %d steps, mean loss %.4f, sent %d bytes, %.1f s",
+            label,
+            result.num_samples,
+            result.steps,
+            result.mean_loss,
+            len(payload),
+            time.monotonic() - started,
+        )
 
 
 def _update_stream(header: pb.UpdateHeader, payload: bytes) -> Iterator[pb.UpdateChunk]:

@@ -64,7 +64,9 @@ def _quantization(quantize: str | None, device: torch.device) -> dict[str, Any]:
     compute = torch.bfloat16 if device.type == "cuda" else torch.float32
     return {
         "quantization_config": BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute,
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=compute,
             bnb_4bit_use_double_quant=True,
         ),
         "device_map": {"": device.index or 0} if device.type == "cuda" else "cpu",
@@ -73,23 +75,35 @@ def _quantization(quantize: str | None, device: torch.device) -> dict[str, Any]:
 
 
 def load_silo_model(
-    model_dir: Path, *, device: str = "auto", quantize: str | None = None,
-    lora_r: int = 8, lora_alpha: int = 8, lora_dropout: float = 0.05,
+    model_dir: Path,
+    *,
+    device: str = "auto",
+    quantize: str | None = None,
+    lora_r: int = 8,
+    lora_alpha: int = 8,
+    lora_dropout: float = 0.05,
 ) -> SiloModel:
     """Base model and processor through the Auto classes, local files only; LoRA attached."""
     config = load_base_config(model_dir)
     target = pick_device(device)
     processor = AutoProcessor.from_pretrained(str(model_dir), local_files_only=True)
     if not isinstance(processor, ProcessorMixin):
-        raise ValueError(f"{model_dir}: AutoProcessor gave {type(processor).__name__}, "
-                         "not a multimodal processor")
+        raise ValueError(
+            f"{model_dir}: AutoProcessor gave {type(processor).__name__}, "
+            "not a multimodal processor"
+        )
     base = AutoModelForImageTextToText.from_pretrained(
         str(model_dir), local_files_only=True, **_quantization(quantize, target)
     )
     if quantize is None:
-        base = base.to(target)
+        base.to(target)  # type: ignore[arg-type]  # transformers types .to() narrowly
     lora = default_lora_config(language_attention_targets(base))
     lora.r, lora.lora_alpha, lora.lora_dropout = lora_r, lora_alpha, lora_dropout
     model = get_peft_model(base, lora)
-    return SiloModel(model=model, processor=processor, device=target,
-                     canonical_config=canonical_config(config), lora=lora)
+    return SiloModel(
+        model=model,
+        processor=processor,
+        device=target,
+        canonical_config=canonical_config(config),
+        lora=lora,
+    )

@@ -49,15 +49,21 @@ def load_global_adapter(silo: SiloModel, state: StateDict) -> None:
 def _batches(samples: Sequence[Sample], plan: LocalPlan, epoch: int) -> list[list[Sample]]:
     generator = torch.Generator().manual_seed(plan.seed * 1_000 + epoch)
     order = torch.randperm(len(samples), generator=generator).tolist()
-    return [[samples[i] for i in order[start : start + plan.batch_size]]
-            for start in range(0, len(order), plan.batch_size)]
+    return [
+        [samples[i] for i in order[start : start + plan.batch_size]]
+        for start in range(0, len(order), plan.batch_size)
+    ]
 
 
 def train_round(
-    silo: SiloModel, samples: Sequence[Sample], plan: LocalPlan, global_state: StateDict,
-    *, label: str = "train",
+    silo: SiloModel,
+    samples: Sequence[Sample],
+    plan: LocalPlan,
+    global_state: StateDict,
+    *,
+    label: str = "train",
 ) -> LocalResult:
-    """Train from `global_state` and return (local − global) in the layout's dtypes."""
+    """Train from `global_state` and return (local - global) in the layout's dtypes."""
     load_global_adapter(silo, global_state)
     model = silo.model
     model.train()
@@ -67,10 +73,13 @@ def train_round(
     torch.manual_seed(plan.seed)  # LoRA dropout
     for epoch in range(plan.local_epochs):
         batches = _batches(samples, plan, epoch)
-        for batch_samples in tqdm(batches, desc=f"{label} epoch {epoch + 1}", leave=False,
-                                  mininterval=2.0):
-            batch = {k: v.to(silo.device) for k, v in training_batch(silo.processor,
-                                                                      batch_samples).items()}
+        for batch_samples in tqdm(
+            batches, desc=f"{label} epoch {epoch + 1}", leave=False, mininterval=2.0
+        ):
+            batch = {
+                k: v.to(silo.device)
+                for k, v in training_batch(silo.processor, batch_samples).items()
+            }
             loss = model(**batch).loss
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{label}: non-finite loss at step {len(losses) + 1}")
@@ -85,5 +94,6 @@ def train_round(
         for name, start in global_state.items()
     }
     mean_loss = sum(losses) / len(losses) if losses else math.nan
-    return LocalResult(delta=delta, num_samples=len(samples), steps=len(losses),
-                       mean_loss=mean_loss)
+    return LocalResult(
+        delta=delta, num_samples=len(samples), steps=len(losses), mean_loss=mean_loss
+    )

@@ -22,8 +22,9 @@ from shared.pki import create_federation
 def prepare(workdir: Path, *, silos: int, family: str, train: int, seed: int) -> list[str]:
     """Certificates, the tiny model and one data directory per silo, under `workdir`."""
     names = [f"silo-{i}" for i in range(1, silos + 1)]
-    create_federation(workdir / "certs", hosts=["localhost", "127.0.0.1"], silos=names,
-                      admins=["admin"])
+    create_federation(
+        workdir / "certs", hosts=["localhost", "127.0.0.1"], silos=names, admins=["admin"]
+    )
     build_tiny_model(workdir / "model", family=family, corpus=tokenizer_corpus(), seed=seed)
     for index, name in enumerate(names, start=1):
         write_silo(workdir / "data" / name, train=train, test=train // 4, seed=seed * 100 + index)
@@ -31,19 +32,40 @@ def prepare(workdir: Path, *, silos: int, family: str, train: int, seed: int) ->
 
 
 def _tls_args(certs: Path, name: str) -> list[str]:
-    return ["--cert", str(certs / f"{name}.pem"), "--key", str(certs / f"{name}.key"),
-            "--ca", str(certs / "ca.pem")]
+    return [
+        "--cert",
+        str(certs / f"{name}.pem"),
+        "--key",
+        str(certs / f"{name}.key"),
+        "--ca",
+        str(certs / "ca.pem"),
+    ]
 
 
 def start_coordinator(workdir: Path, logs: Path) -> tuple[subprocess.Popen[bytes], int, int]:
     port_file = workdir / "coordinator.ports"
     port_file.unlink(missing_ok=True)
     process = subprocess.Popen(
-        [sys.executable, "-m", "coordinator", "--model", str(workdir / "model"),
-         "--checkpoint-dir", str(workdir / "checkpoints"), "--host", "127.0.0.1", "--port", "0",
-         "--metrics-port", "0", "--port-file", str(port_file),
-         *_tls_args(workdir / "certs", "coordinator")],
-        stdout=(logs / "coordinator.log").open("wb"), stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "coordinator",
+            "--model",
+            str(workdir / "model"),
+            "--checkpoint-dir",
+            str(workdir / "checkpoints"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--port-file",
+            str(port_file),
+            *_tls_args(workdir / "certs", "coordinator"),
+        ],
+        stdout=(logs / "coordinator.log").open("wb"),
+        stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 120
     while not port_file.exists():
@@ -56,10 +78,22 @@ def start_coordinator(workdir: Path, logs: Path) -> tuple[subprocess.Popen[bytes
 
 def start_silo(workdir: Path, logs: Path, name: str, port: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "silo_agent", "--data", str(workdir / "data" / name),
-         "--coordinator", f"127.0.0.1:{port}", "--model", str(workdir / "model"),
-         "--device", "cpu", *_tls_args(workdir / "certs", name)],
-        stdout=(logs / f"{name}.log").open("wb"), stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "silo_agent",
+            "--data",
+            str(workdir / "data" / name),
+            "--coordinator",
+            f"127.0.0.1:{port}",
+            "--model",
+            str(workdir / "model"),
+            "--device",
+            "cpu",
+            *_tls_args(workdir / "certs", name),
+        ],
+        stdout=(logs / f"{name}.log").open("wb"),
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -81,11 +115,24 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
                 process.wait()
 
 
+def wait_for_silos(admin: list[str], count: int, *, timeout_s: float = 180.0) -> None:
+    """Block until `count` silos hold an open task stream, so every round can use all of them."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        listing = subprocess.run(
+            [*admin, "list-silos"], capture_output=True, text=True, check=False
+        ).stdout
+        if sum(" yes " in line for line in listing.splitlines()) >= count:
+            return
+        time.sleep(1.0)
+    raise RuntimeError(f"fewer than {count} silos connected within {timeout_s:.0f} s")
+
+
 def _metric(metrics_port: int, name: str) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as reply:
         for line in reply.read().decode().splitlines():
             if line.startswith(name + " "):
-                return line.split()[1]
+                return str(line.split()[1])
     return "?"
 
 
@@ -103,26 +150,54 @@ def main(argv: list[str] | None = None) -> None:
     shutil.rmtree(args.workdir, ignore_errors=True)
     logs = args.workdir / "logs"
     logs.mkdir(parents=True)
-    names = prepare(args.workdir, silos=args.silos, family=args.family,
-                    train=args.train_samples, seed=args.seed)
+    names = prepare(
+        args.workdir, silos=args.silos, family=args.family, train=args.train_samples, seed=args.seed
+    )
     print(f"demo: {args.silos} silos, tiny {args.family} model, logs in {logs}", flush=True)
     with processes() as running:
         coordinator, port, metrics_port = start_coordinator(args.workdir, logs)
         running.append(coordinator)
         running.extend(start_silo(args.workdir, logs, name, port) for name in names)
-        admin = [sys.executable, "-m", "coordinator.admin_cli", "--coordinator",
-                 f"127.0.0.1:{port}", *_tls_args(args.workdir / "certs", "admin")]
+        admin = [
+            sys.executable,
+            "-m",
+            "coordinator.admin_cli",
+            "--coordinator",
+            f"127.0.0.1:{port}",
+            *_tls_args(args.workdir / "certs", "admin"),
+        ]
+        wait_for_silos(admin, len(names))
         result = subprocess.run(
-            [*admin, "start-run", "--rounds", str(args.rounds), "--silos-per-round",
-             str(args.silos), "--min-silos", str(max(1, args.silos - 1)), "--deadline", "120",
-             "--lr", str(args.lr), "--batch-size", "8", "--seed", str(args.seed), "--follow"],
+            [
+                *admin,
+                "start-run",
+                "--rounds",
+                str(args.rounds),
+                "--silos-per-round",
+                str(args.silos),
+                "--min-silos",
+                str(max(1, args.silos - 1)),
+                "--deadline",
+                "120",
+                "--lr",
+                str(args.lr),
+                "--batch-size",
+                "8",
+                "--seed",
+                str(args.seed),
+                "--follow",
+            ],
             check=False,
         )
         completed = _metric(metrics_port, "fedmllm_rounds_completed_total")
-        print(f"metrics: http://127.0.0.1:{metrics_port}/metrics reported "
-              f"fedmllm_rounds_completed_total {completed}")
-    print(f"checkpoints in {args.workdir / 'checkpoints'}; "
-          f"every process stopped; {time.monotonic() - started:.0f} s in all")
+        print(
+            f"metrics: http://127.0.0.1:{metrics_port}/metrics reported "
+            f"fedmllm_rounds_completed_total {completed}"
+        )
+    print(
+        f"checkpoints in {args.workdir / 'checkpoints'}; "
+        f"every process stopped; {time.monotonic() - started:.0f} s in all"
+    )
     sys.exit(result.returncode)
 
 

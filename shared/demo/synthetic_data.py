@@ -43,8 +43,9 @@ def _sample(rng: random.Random, directory: Path, sample_id: str) -> dict[str, ob
     image_rel = f"images/{sample_id}.png"
     _image(rng, warm).save(directory / image_rel)
     caption = _caption(rng, hostile)
-    prompt = build_prompt(HATEFUL_MEMES, text=caption, has_image=True,
-                          variant=PromptVariant.ORIGINAL)
+    prompt = build_prompt(
+        HATEFUL_MEMES, text=caption, has_image=True, variant=PromptVariant.ORIGINAL
+    )
     return record(sample_id, image_rel, prompt, HATEFUL_MEMES.target(label))
 
 
@@ -53,9 +54,13 @@ def write_silo(directory: Path, *, train: int, test: int, seed: int) -> Path:
     rng = random.Random(seed)
     (directory / "images").mkdir(parents=True, exist_ok=True)
     name = directory.name
-    write_split(directory, "train", [_sample(rng, directory, f"{name}-tr{i}") for i in range(train)])
+    write_split(
+        directory, "train", [_sample(rng, directory, f"{name}-tr{i}") for i in range(train)]
+    )
     if test:
-        write_split(directory, "test", [_sample(rng, directory, f"{name}-te{i}") for i in range(test)])
+        write_split(
+            directory, "test", [_sample(rng, directory, f"{name}-te{i}") for i in range(test)]
+        )
     return directory
 
 
@@ -67,7 +72,8 @@ def tokenizer_corpus() -> list[str]:
         for has_image, has_text in ((True, True), (True, False), (False, True)):
             for _ in range(20):
                 text = _caption(rng, rng.random() < 0.5) if has_text else None
-                corpus.append(build_prompt(HATEFUL_MEMES, text=text, has_image=has_image,
-                                           variant=variant))
+                corpus.append(
+                    build_prompt(HATEFUL_MEMES, text=text, has_image=has_image, variant=variant)
+                )
     corpus += [HATEFUL_MEMES.target(i) for i in range(len(HATEFUL_MEMES.options))] * 20
     return corpus

@@ -1,0 +1,242 @@
+"""Rounds over real gRPC and TLS: task dispatch, download, validated uploads, aggregation.
+
+The silo here is a protocol-level client (tests/helpers.py) so that tests can send exactly the
+malformed streams a faulty or hostile silo could send.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+
+from coordinator.checkpoint import CheckpointStore
+from coordinator.run_state import RunSpec
+from coordinator.server import RunningCoordinator, serve
+from shared.payload import PayloadDigest
+from shared.tensor_codec import encode_state
+from shared.wire.v1 import federation_pb2 as pb
+from shared.wire.v1 import federation_pb2_grpc as pb_grpc
+from tests.conftest import coordinator_config, tls
+from tests.helpers import ProtocolSilo, channel, constant_delta, join_request, update_stream
+
+
+def _admin(coordinator: RunningCoordinator, certs: Path) -> pb_grpc.AdminStub:
+    return pb_grpc.AdminStub(channel(coordinator.port, tls(certs, "admin")))
+
+
+def _start(admin: pb_grpc.AdminStub, **spec: object) -> pb.RunStatus:
+    values = {"rounds": 1, "silos_per_round": 2, "min_silos": 2, "round_deadline_s": 30.0, **spec}
+    return admin.StartRun(pb.StartRunRequest(spec=RunSpec(**values).to_proto()))  # type: ignore[arg-type]
+
+
+def _wait_rounds(admin: pb_grpc.AdminStub, rounds: int, timeout: float = 30) -> pb.RunStatus:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = admin.GetStatus(pb.StatusRequest())
+        last = rounds == status.spec.rounds
+        if status.state == pb.RUN_STATE_FAILED or (
+            status.completed_rounds >= rounds
+            and not (last and status.state == pb.RUN_STATE_RUNNING)
+        ):
+            return status
+        time.sleep(0.05)
+    raise TimeoutError(f"round {rounds} did not complete")
+
+
+@pytest.fixture
+def two_silos(
+    coordinator: RunningCoordinator, certs: Path, tiny_model: Path
+) -> Iterator[list[ProtocolSilo]]:
+    silos = [
+        ProtocolSilo(coordinator.port, tls(certs, name), tiny_model, num_samples=n)
+        for name, n in (("silo-1", 30), ("silo-2", 10))
+    ]
+    yield silos
+    for silo in silos:
+        silo.close()
+
+
+def test_round_aggregates_sample_weighted_and_checkpoints(
+    coordinator: RunningCoordinator, certs: Path, two_silos: list[ProtocolSilo], tmp_path: Path
+) -> None:
+    admin = _admin(coordinator, certs)
+    _start(admin)
+    tasks = [silo.next_task() for silo in two_silos]
+    assert {t.round for t in tasks} == {1}
+    start = two_silos[0].download(tasks[0])
+    assert torch.equal(start[next(iter(start))], two_silos[1].download(tasks[1])[next(iter(start))])
+    two_silos[0].upload(tasks[0], constant_delta(start, 1.0), num_samples=30)
+    two_silos[1].upload(tasks[1], constant_delta(start, -1.0), num_samples=10)
+    status = _wait_rounds(admin, 1)
+    assert status.state == pb.RUN_STATE_COMPLETED
+    assert list(status.history[0].contributed) == ["silo-1", "silo-2"]
+    assert status.history[0].num_samples == 40
+    saved = CheckpointStore(tmp_path / "checkpoints").load_latest()
+    assert saved is not None and saved.round == 1
+    for name, before in start.items():  # (30 * 1 + 10 * -1) / 40 = 0.5
+        torch.testing.assert_close(saved.adapter[name], before + 0.5)
+
+
+def _rejected(call: object) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as refused:
+        call()  # type: ignore[operator]
+    return refused.value
+
+
+def test_malformed_updates_never_touch_the_global_adapter(
+    coordinator: RunningCoordinator, certs: Path, two_silos: list[ProtocolSilo], tmp_path: Path
+) -> None:
+    admin = _admin(coordinator, certs)
+    _start(admin, min_silos=1, round_deadline_s=5.0)
+    silo, other = two_silos
+    task = silo.next_task()
+    other.next_task()  # the other silo never answers: the round ends at its deadline
+    start = silo.download(task)
+    good = encode_state(constant_delta(start, 0.25))
+    cases = {
+        "truncated": dict(chunks=[good[: len(good) // 2]]),
+        "digest": dict(announced=PayloadDigest(len(good), "0" * 64)),
+    }
+    for name, kwargs in cases.items():
+        error = _rejected(
+            lambda kwargs=kwargs: silo.stub.UploadUpdate(
+                update_stream(task.task_id, good, **kwargs)
+            )
+        )
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, name
+    first = next(iter(start))
+    wrong_shape = dict(constant_delta(start, 0.25))
+    wrong_shape[first] = torch.zeros(3, 3)
+    non_finite = dict(constant_delta(start, 0.25))
+    non_finite[first] = non_finite[first].clone().fill_(float("nan"))
+    wrong_dtype = dict(constant_delta(start, 0.25))
+    wrong_dtype[first] = wrong_dtype[first].to(torch.bfloat16)
+    missing = dict(constant_delta(start, 0.25))
+    missing.pop(first)
+    for label, delta, needle in (
+        ("shape", wrong_shape, "shape [3, 3]"),
+        ("nan", non_finite, "NaN"),
+        ("dtype", wrong_dtype, "dtype bfloat16"),
+        ("missing", missing, "missing"),
+    ):
+        error = _rejected(lambda d=delta: silo.upload(task, d))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, label
+        assert needle in (error.details() or ""), (label, error.details())
+    silo.upload(task, constant_delta(start, 0.25))
+    duplicate = _rejected(lambda: silo.upload(task, constant_delta(start, 0.25)))
+    assert duplicate.code() == grpc.StatusCode.ALREADY_EXISTS
+    stolen = _rejected(lambda: other.upload(task, constant_delta(start, 9.0)))
+    assert stolen.code() == grpc.StatusCode.PERMISSION_DENIED
+    status = _wait_rounds(admin, 1)
+    assert status.history[0].rejected == 6
+    assert list(status.history[0].contributed) == ["silo-1"]
+    saved = CheckpointStore(tmp_path / "checkpoints").load_latest()
+    assert saved is not None
+    for name, before in start.items():
+        torch.testing.assert_close(saved.adapter[name], before + 0.25)
+    late = _rejected(lambda: silo.upload(task, constant_delta(start, 0.25)))
+    assert late.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_incompatible_base_model_is_refused_saying_what_differs(
+    coordinator: RunningCoordinator, certs: Path, tiny_llava: Path
+) -> None:
+    with channel(coordinator.port, tls(certs, "silo-1")) as chan:
+        error = _rejected(lambda: pb_grpc.SiloStub(chan).Join(join_request(tiny_llava)))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "model_type" in (error.details() or "")
+
+
+def test_different_adapter_layout_is_refused(
+    coordinator: RunningCoordinator, certs: Path, tiny_model: Path
+) -> None:
+    request = join_request(tiny_model)
+    request.adapter_layout[0].shape[0] = 16
+    with channel(coordinator.port, tls(certs, "silo-1")) as chan:
+        error = _rejected(lambda: pb_grpc.SiloStub(chan).Join(request))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "adapter layout differs" in (error.details() or "")
+
+
+def test_invalid_run_spec_and_double_start_are_refused(
+    coordinator: RunningCoordinator, certs: Path
+) -> None:
+    admin = _admin(coordinator, certs)
+    bad = _rejected(lambda: _start(admin, min_silos=5))
+    assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "min_silos" in (bad.details() or "")
+    _start(admin)
+    again = _rejected(lambda: _start(admin))
+    assert again.code() == grpc.StatusCode.FAILED_PRECONDITION
+    stopped = admin.StopRun(pb.StopRequest())
+    assert stopped.state == pb.RUN_STATE_STOPPED
+    assert _rejected(lambda: admin.StopRun(pb.StopRequest())).code() == (
+        grpc.StatusCode.FAILED_PRECONDITION
+    )
+
+
+def test_restarted_coordinator_resumes_after_the_last_completed_round(
+    certs: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    config = coordinator_config(certs, tiny_model, tmp_path / "checkpoints")
+    with serve(config) as first:
+        admin = _admin(first, certs)
+        silo = ProtocolSilo(first.port, tls(certs, "silo-1"), tiny_model)
+        run_id = _start(admin, rounds=3, silos_per_round=1, min_silos=1).run_id
+        task = silo.next_task()
+        start = silo.download(task)
+        silo.upload(task, constant_delta(start, 0.5))
+        _wait_rounds(admin, 1)
+        silo.next_task()  # round 2 is open when the coordinator goes down
+        silo.close()
+    with serve(config) as second:
+        admin = _admin(second, certs)
+        status = admin.GetStatus(pb.StatusRequest())
+        assert (status.run_id, status.state, status.completed_rounds) == (
+            run_id,
+            pb.RUN_STATE_RUNNING,
+            1,
+        )
+        silo = ProtocolSilo(second.port, tls(certs, "silo-1"), tiny_model)
+        task = silo.next_task()
+        assert task.round == 2
+        resumed = silo.download(task)
+        for name, before in start.items():
+            torch.testing.assert_close(resumed[name], before + 0.5)
+        silo.close()
+
+
+def test_metrics_endpoint_reports_rounds_and_bytes(
+    coordinator: RunningCoordinator, certs: Path, two_silos: list[ProtocolSilo]
+) -> None:
+    import urllib.request
+
+    admin = _admin(coordinator, certs)
+    _start(admin)
+    sizes = []
+    for silo in two_silos:
+        task = silo.next_task()
+        delta = constant_delta(silo.download(task), 0.1)
+        sizes.append(len(encode_state(delta)))
+        silo.upload(task, delta)
+    status = _wait_rounds(admin, 1)
+    url = f"http://127.0.0.1:{coordinator.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        text = reply.read().decode()
+    values = {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert values["fedmllm_rounds_completed_total"] == 1
+    assert values["fedmllm_round"] == 1
+    assert values["fedmllm_silos_connected"] == 2
+    assert values["fedmllm_received_bytes_total"] == sum(sizes)
+    assert values["fedmllm_sent_bytes_total"] == status.history[0].bytes_sent > 0
+    assert values["fedmllm_round_duration_seconds_count"] == 1
+    assert values['fedmllm_phase_duration_seconds_count{phase="aggregation"}'] == 1

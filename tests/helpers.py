@@ -1,0 +1,123 @@
+"""A protocol-level silo for tests: speaks the wire contract directly, so that tests can send
+exactly the (malformed) streams they need. Everything it talks to is real: gRPC, TLS, coordinator.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import torch
+
+from shared.adapter import (
+    canonical_config,
+    config_fingerprint,
+    default_lora_config,
+    initial_adapter,
+    language_attention_targets,
+    load_base_config,
+    lora_json,
+    meta_model,
+)
+from shared.grpc_options import CHANNEL_OPTIONS
+from shared.payload import PayloadDigest, assemble, iter_chunks
+from shared.tensor_codec import StateDict, decode_state, encode_state, layout_of
+from shared.tls import TlsFiles, channel_credentials
+from shared.wire.v1 import federation_pb2 as pb
+from shared.wire.v1 import federation_pb2_grpc as pb_grpc
+
+
+def channel(port: int, files: TlsFiles) -> grpc.Channel:
+    return grpc.secure_channel(
+        f"localhost:{port}", channel_credentials(files), options=CHANNEL_OPTIONS
+    )
+
+
+def join_request(model_dir: Path, *, num_samples: int = 10) -> pb.JoinRequest:
+    config = load_base_config(model_dir)
+    canonical = canonical_config(config)
+    _, state = initial_adapter(config, seed=0)
+    lora = default_lora_config(language_attention_targets(meta_model(config)))
+    return pb.JoinRequest(
+        agent_version="test",
+        base_model_fingerprint=config_fingerprint(canonical),
+        base_model_config_json=json.dumps(canonical),
+        lora_config_json=lora_json(lora),
+        adapter_layout=[
+            pb.TensorSpec(name=t.name, shape=list(t.shape), dtype=t.dtype)
+            for t in layout_of(state).values()
+        ],
+        num_train_samples=num_samples,
+    )
+
+
+def update_stream(
+    task_id: str,
+    payload: bytes,
+    *,
+    num_samples: int = 10,
+    loss: float = 1.0,
+    announced: PayloadDigest | None = None,
+    chunks: list[bytes] | None = None,
+) -> Iterator[pb.UpdateChunk]:
+    digest = announced or PayloadDigest.of(payload)
+    yield pb.UpdateChunk(
+        header=pb.UpdateHeader(
+            task_id=task_id,
+            num_samples=num_samples,
+            mean_loss=loss,
+            steps=1,
+            payload=pb.PayloadHeader(total_bytes=digest.total_bytes, sha256=digest.sha256),
+        )
+    )
+    for chunk in chunks if chunks is not None else iter_chunks(payload):
+        yield pb.UpdateChunk(data=chunk)
+
+
+class ProtocolSilo:
+    """Joins, holds a task stream open and hands received tasks to the test."""
+
+    def __init__(self, port: int, files: TlsFiles, model_dir: Path, num_samples: int = 10):
+        self.channel = channel(port, files)
+        self.stub = pb_grpc.SiloStub(self.channel)
+        self.joined = self.stub.Join(join_request(model_dir, num_samples=num_samples), timeout=10)
+        self.tasks: queue.Queue[pb.RoundTask] = queue.Queue()
+        self._stream = self.stub.ReceiveTasks(
+            pb.TaskStreamRequest(session_id=self.joined.session_id)
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            for task in self._stream:
+                self.tasks.put(task)
+        except grpc.RpcError:
+            pass
+
+    def next_task(self, timeout: float = 20.0) -> pb.RoundTask:
+        return self.tasks.get(timeout=timeout)
+
+    def download(self, task: pb.RoundTask) -> StateDict:
+        stream = self.stub.DownloadAdapter(pb.DownloadRequest(task_id=task.task_id))
+        header = next(stream).header
+        payload = assemble(
+            PayloadDigest(header.total_bytes, header.sha256),
+            (m.data for m in stream),
+            max_bytes=1 << 30,
+        )
+        return decode_state(payload)
+
+    def upload(self, task: pb.RoundTask, delta: StateDict, **kwargs: object) -> pb.UploadReceipt:
+        return self.stub.UploadUpdate(update_stream(task.task_id, encode_state(delta), **kwargs))  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self._stream.cancel()
+        self.channel.close()
+
+
+def constant_delta(layout_source: StateDict, value: float) -> StateDict:
+    return {k: torch.full_like(v, value) for k, v in layout_source.items()}
