@@ -6,6 +6,7 @@ import argparse
 import logging
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 from shared.errors import DataFormatError, IncompatibleSilo
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> None:
         level=args.log_level, format=f"%(asctime)s %(levelname)s silo[{args.cert.stem}] %(message)s"
     )
     log = logging.getLogger("silo_agent")
+    # PEFT calls a transformers API deprecated for v6; nothing an operator can act on
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     try:
         samples = read_split(args.data, "train")
     except DataFormatError as exc:
