@@ -1,6 +1,7 @@
 """Per-round checkpoints written atomically (write, fsync, rename), and resuming from the latest.
 
-Layout: `<dir>/runs/<run_id>/round-<NNNNN>/{adapter.safetensors,run.json}` plus `<dir>/current`
+Layout: `<dir>/runs/<run_id>/round-<NNNNN>/{adapter,strategy}.safetensors` and `run.json`, and
+`<dir>/current`
 naming the run to resume. Round 0 holds the run's initial adapter. A crash at any point leaves
 either the previous complete round or the new complete round, never a half-written one.
 """
@@ -19,6 +20,7 @@ from coordinator.run_state import RunRecord
 from shared.tensor_codec import StateDict
 
 ADAPTER_FILE = "adapter.safetensors"
+STRATEGY_FILE = "strategy.safetensors"
 RUN_FILE = "run.json"
 
 
@@ -50,6 +52,7 @@ class Checkpoint:
     round: int
     run: RunRecord
     adapter: StateDict
+    strategy_state: StateDict
 
 
 class CheckpointStore:
@@ -63,7 +66,9 @@ class CheckpointStore:
     def _run_dir(self, run_id: str) -> Path:
         return self.root / "runs" / run_id
 
-    def save_round(self, run: RunRecord, round_index: int, adapter: StateDict) -> Path:
+    def save_round(
+        self, run: RunRecord, round_index: int, adapter: StateDict, strategy_state: StateDict
+    ) -> Path:
         run_dir = self._run_dir(run.run_id)
         run_dir.mkdir(parents=True, exist_ok=True)
         final = run_dir / f"round-{round_index:05d}"
@@ -71,8 +76,9 @@ class CheckpointStore:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         save_file(adapter, str(tmp / ADAPTER_FILE))
+        save_file({k: v.contiguous() for k, v in strategy_state.items()}, str(tmp / STRATEGY_FILE))
         (tmp / RUN_FILE).write_text(json.dumps(run.to_dict(), indent=1), encoding="utf-8")
-        for name in (ADAPTER_FILE, RUN_FILE):
+        for name in (ADAPTER_FILE, STRATEGY_FILE, RUN_FILE):
             _fsync_file(tmp / name)
         _fsync_dir(tmp)
         if final.exists():  # a round redone after a crash between rename and pointer update
@@ -116,6 +122,12 @@ class CheckpointStore:
         try:
             run = RunRecord.from_dict(json.loads((latest / RUN_FILE).read_text(encoding="utf-8")))
             adapter = load_file(str(latest / ADAPTER_FILE))
+            strategy_state = load_file(str(latest / STRATEGY_FILE))
         except (OSError, ValueError, KeyError) as exc:
             raise RuntimeError(f"checkpoint {latest} is unreadable: {exc}") from exc
-        return Checkpoint(round=int(latest.name.removeprefix("round-")), run=run, adapter=adapter)
+        return Checkpoint(
+            round=int(latest.name.removeprefix("round-")),
+            run=run,
+            adapter=adapter,
+            strategy_state=strategy_state,
+        )

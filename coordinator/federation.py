@@ -17,12 +17,14 @@ from pathlib import Path
 
 import grpc
 
-from coordinator.aggregation import apply_delta
 from coordinator.checkpoint import CheckpointStore
+from coordinator.flat_adapter import FlatLayout
+from coordinator.global_model import GlobalModel
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.registry import SiloRegistry
 from coordinator.rounds import Contribution, OpenRound, Refusal
 from coordinator.run_state import RoundRecord, RunPhase, RunRecord, RunSpec
+from coordinator.schedule import client_learning_rate
 from coordinator.validation import validate_update_file, validate_update_meta
 from shared.errors import UpdateRejected
 from shared.tensor_codec import AdapterLayout, StateDict, describe_layout_difference, layout_of
@@ -60,12 +62,13 @@ class Federation:
         self._initial_adapter = initial_adapter
         self._settings = settings
         self.layout: AdapterLayout = layout_of(initial_adapter(0))
+        self.flat = FlatLayout.from_layout(self.layout)
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.run: RunRecord | None = None
-        self.global_adapter: StateDict | None = None
+        self.model: GlobalModel | None = None
         self.open_round: OpenRound | None = None
         self.phase: pb.RoundPhase = pb.ROUND_PHASE_UNSPECIFIED
         self._resume_from_checkpoint()
@@ -82,7 +85,10 @@ class Federation:
                 f"checkpoint of run {checkpoint.run.run_id} does not fit this "
                 f"base model: {'; '.join(problems)}"
             )
-        self.run, self.global_adapter = checkpoint.run, checkpoint.adapter
+        self.run = checkpoint.run
+        self.model = GlobalModel.restore(
+            self.run.spec, self.flat, checkpoint.adapter, checkpoint.strategy_state
+        )
         self.metrics.round.set(checkpoint.round)
         if self.run.phase is RunPhase.RUNNING:
             log.info("resuming run %s after round %d", self.run.run_id, checkpoint.round)
@@ -105,8 +111,8 @@ class Federation:
                 )
             run_id = f"run-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
             self.run = RunRecord(run_id=run_id, spec=spec)
-            self.global_adapter = self._initial_adapter(spec.seed)
-            self.store.save_round(self.run, 0, self.global_adapter)
+            self.model = GlobalModel.start(spec, self.flat, self._initial_adapter(spec.seed))
+            self.store.save_round(self.run, 0, self.model.adapter(), self.model.strategy_state())
         log.info("run %s started: %s", run_id, spec)
         self._start_thread()
         return self.run
@@ -205,22 +211,36 @@ class Federation:
             f"{MAX_ROUND_ATTEMPTS} attempts"
         )
 
+    def _plan(self, spec: RunSpec, index: int) -> pb.TrainingPlan:
+        return pb.TrainingPlan(
+            learning_rate=client_learning_rate(
+                base=spec.learning_rate,
+                round_index=index,
+                rounds=spec.rounds,
+                schedule=spec.lr_schedule,
+            ),
+            local_epochs=spec.local_epochs,
+            batch_size=spec.batch_size,
+            seed=spec.seed * 100_003 + index,
+            proximal_mu=spec.proximal_mu,
+            gamma_max=spec.gamma_max,
+            mask_skip_layers=spec.mask_skip_layers,
+            prompt_variant=spec.prompt_variant,
+            control_variates=spec.strategy == "scaffold",
+        )
+
     def _open(self, run: RunRecord, index: int, attempt: int, selected: list[str]) -> OpenRound:
-        assert self.global_adapter is not None
+        assert self.model is not None
         open_round = OpenRound.open(
             run_id=run.run_id,
             index=index,
             attempt=attempt,
             selected=selected,
-            global_adapter=self.global_adapter,
+            download=self.model.download(),
+            aggregate=self.model.begin_round(population=len(self.registry.snapshot())),
             deadline_s=run.spec.round_deadline_s,
         )
-        plan = pb.TrainingPlan(
-            learning_rate=run.spec.learning_rate,
-            local_epochs=run.spec.local_epochs,
-            batch_size=run.spec.batch_size,
-            seed=run.spec.seed * 100_003 + index,
-        )
+        plan = self._plan(run.spec, index)
         with self._lock:
             self.open_round = open_round
             self.phase = pb.ROUND_PHASE_TRAINING
@@ -230,7 +250,7 @@ class Federation:
                     log.warning("round %d: silo %s left before its task was sent", index, silo_id)
         self.metrics.round.set(index)
         self.metrics.silos_selected.set(len(selected))
-        log.info("round %d: selected %s", index, ", ".join(selected))
+        log.info("round %d: selected %s (lr %.3g)", index, ", ".join(selected), plan.learning_rate)
         return open_round
 
     def _collect(self, open_round: OpenRound) -> None:
@@ -254,35 +274,40 @@ class Federation:
         )
 
     def _aggregate(self, run: RunRecord, open_round: OpenRound, started: float) -> None:
-        assert self.global_adapter is not None
+        model = self.model
+        assert model is not None
         self.phase = pb.ROUND_PHASE_AGGREGATING
         with self.metrics.phase_duration.labels(phase="aggregation").time():
-            new_global = apply_delta(self.global_adapter, open_round.accumulator.mean_delta())
+            model.apply(open_round.aggregate)
         record = RoundRecord(
             round=open_round.index,
             selected=open_round.selected,
             contributed=sorted(open_round.contributed),
-            num_samples=open_round.accumulator.total_samples,
-            mean_train_loss=open_round.mean_train_loss(),
+            num_samples=open_round.aggregate.samples,
+            mean_train_loss=open_round.sample_mean("mean_loss"),
             bytes_sent=open_round.bytes_sent,
             bytes_received=open_round.bytes_received,
             seconds=time.monotonic() - started,
             rejected=open_round.rejected,
+            mean_gamma=open_round.sample_mean("gamma"),
+            learning_rate=self._plan(run.spec, open_round.index).learning_rate,
         )
         self.phase = pb.ROUND_PHASE_CHECKPOINTING
         with self._lock:
             run.history.append(record)
             with self.metrics.phase_duration.labels(phase="checkpoint").time():
-                self.store.save_round(run, open_round.index, new_global)
-            self.global_adapter = new_global
+                self.store.save_round(
+                    run, open_round.index, model.adapter(), model.strategy_state()
+                )
             self.open_round = None
-        record = run.history[-1]
         self.metrics.rounds_completed.inc()
         self.metrics.train_loss.set(record.mean_train_loss)
+        self.metrics.mean_gamma.set(record.mean_gamma)
         self.metrics.round_duration.observe(time.monotonic() - started)
         log.info(
-            "round %d: aggregated %d updates (%d samples), mean train loss %.4f, %.1f s",
+            "round %d: %s aggregated %d updates (%d samples), mean train loss %.4f, %.1f s",
             record.round,
+            run.spec.strategy,
             len(record.contributed),
             record.num_samples,
             record.mean_train_loss,
@@ -323,19 +348,29 @@ class Federation:
         nbytes: int,
     ) -> None:
         """Validate a received update file, then fold it into the round (never before)."""
-        validate_update_meta(num_samples=header.num_samples, mean_loss=header.mean_loss)
+        model = self.model
+        assert model is not None
+        validate_update_meta(
+            num_samples=header.num_samples, mean_loss=header.mean_loss, gamma=header.gamma
+        )
         with self.metrics.phase_duration.labels(phase="validation").time():
-            validate_update_file(path, self.layout)
+            validate_update_file(path, model.update_layout())
         with self._lock:
             open_round.check_task(header.task_id, silo_id)  # may have closed meanwhile
-            open_round.accumulator.fold_file(path, header.num_samples)
+            model.fold(
+                open_round.aggregate, path, num_samples=header.num_samples, steps=header.steps
+            )
             open_round.contributed[silo_id] = Contribution(
-                num_samples=header.num_samples, mean_loss=header.mean_loss, steps=header.steps
+                num_samples=header.num_samples,
+                mean_loss=header.mean_loss,
+                steps=header.steps,
+                gamma=header.gamma,
             )
             open_round.bytes_received += nbytes
             self._changed.notify_all()
         self.metrics.updates_accepted.inc()
         self.metrics.bytes_received.inc(nbytes)
+        self.metrics.silo_gamma.labels(silo=silo_id).set(header.gamma)
         log.info(
             "round %d: update from %s accepted (%d samples, loss %.4f)",
             open_round.index,

@@ -50,6 +50,17 @@ class CoordinatorMetrics:
         self.updates_rejected = Counter(
             "fedmllm_updates_rejected_total", "Updates refused, by reason", ["reason"], registry=r
         )
+        self.mean_gamma = Gauge(
+            "fedmllm_round_mean_gamma",
+            "Sample-weighted mean adaptive-regulariser gamma of the last round",
+            registry=r,
+        )
+        self.silo_gamma = Gauge(
+            "fedmllm_silo_gamma",
+            "Adaptive-regulariser gamma a silo last reported",
+            ["silo"],
+            registry=r,
+        )
         self.train_loss = Gauge(
             "fedmllm_round_train_loss",
             "Sample-weighted mean local train loss of the last round",

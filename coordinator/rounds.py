@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from coordinator.aggregation import FedAvgAccumulator
+from coordinator.strategies import RoundAggregate
 from shared.errors import FedMLLMError
 from shared.payload import PayloadDigest
 from shared.tensor_codec import StateDict, encode_state
@@ -28,6 +28,7 @@ class Contribution:
     num_samples: int
     mean_loss: float
     steps: int
+    gamma: float
 
 
 @dataclass
@@ -41,7 +42,7 @@ class OpenRound:
     payload: bytes
     digest: PayloadDigest
     deadline: float
-    accumulator: FedAvgAccumulator
+    aggregate: RoundAggregate
     tasks: dict[str, str] = field(default_factory=dict)  # task id -> silo id
     contributed: dict[str, Contribution] = field(default_factory=dict)
     rejected: int = 0
@@ -58,10 +59,11 @@ class OpenRound:
         index: int,
         attempt: int,
         selected: list[str],
-        global_adapter: StateDict,
+        download: StateDict,
+        aggregate: RoundAggregate,
         deadline_s: float,
     ) -> OpenRound:
-        payload = encode_state(global_adapter)  # once per round, shared by every download
+        payload = encode_state(download)  # once per round, shared by every download
         return cls(
             run_id=run_id,
             index=index,
@@ -70,7 +72,7 @@ class OpenRound:
             payload=payload,
             digest=PayloadDigest.of(payload),
             deadline=time.monotonic() + deadline_s,
-            accumulator=FedAvgAccumulator(global_adapter),
+            aggregate=aggregate,
         )
 
     def task_for(self, silo_id: str, plan: pb.TrainingPlan) -> pb.RoundTask:
@@ -114,6 +116,7 @@ class OpenRound:
     def pending(self) -> list[str]:
         return [s for s in self.selected if s not in self.contributed]
 
-    def mean_train_loss(self) -> float:
+    def sample_mean(self, field: str) -> float:
+        """Sample-weighted mean of a contribution field (mean_loss, gamma) over the round."""
         total = sum(c.num_samples for c in self.contributed.values())
-        return sum(c.mean_loss * c.num_samples for c in self.contributed.values()) / total
+        return sum(getattr(c, field) * c.num_samples for c in self.contributed.values()) / total

@@ -27,18 +27,33 @@ _STATE_TO_PROTO = {
 }
 
 
+_STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "scaffold", "fednova")
+_OPTIONAL = ("eta", "tau", "beta1", "beta2", "momentum", "mask_skip_layers")
+
+
 @dataclass(frozen=True)
 class RunSpec:
-    """What the admin asked for when starting a run."""
+    """What the admin asked for when starting a run (also the keys of a run config file)."""
 
     rounds: int = 5  # number of federated rounds
     silos_per_round: int = 2  # K: silos selected per round
     min_silos: int = 1  # fewest updates a round may aggregate after its deadline
     round_deadline_s: float = 600.0  # how long a round waits for updates
     seed: int = 0  # seeds silo selection, the initial adapter and local shuffling
-    learning_rate: float = 2e-5  # client learning rate
+    learning_rate: float = 2e-5  # base client learning rate
     local_epochs: int = 1  # local epochs per round
     batch_size: int = 4  # local batch size
+    strategy: str = "fedavg"  # server strategy (see docs/strategies.md)
+    eta: float | None = None  # server learning rate; None takes the strategy's default
+    tau: float = 1e-3  # FedOpt adaptivity (v starts at tau^2)
+    beta1: float = 0.9  # FedOpt first-moment decay
+    beta2: float = 0.99  # FedOpt second-moment decay
+    momentum: float = 0.9  # FedAvgM server momentum
+    proximal_mu: float = 0.0  # FedProx mu on all LoRA weights (0: off)
+    gamma_max: float = 0.0  # adaptive masked proximal regulariser's gamma_max (0: off)
+    mask_skip_layers: int = 4  # decoder layers left out of the mask at each end
+    prompt_variant: str = ""  # "", "original" or "improved" (modality-agnostic)
+    lr_schedule: str = "cosine"  # "cosine" (1% warm-up) or "constant"
 
     def problems(self) -> list[str]:
         found = []
@@ -54,14 +69,36 @@ class RunSpec:
             found.append("learning_rate must be positive")
         if self.local_epochs < 1 or self.batch_size < 1:
             found.append("local_epochs and batch_size must be at least 1")
+        if self.strategy not in _STRATEGIES:
+            found.append(f"strategy must be one of {', '.join(_STRATEGIES)}")
+        if self.eta is not None and not (self.eta > 0 and math.isfinite(self.eta)):
+            found.append("eta must be positive")
+        if not (self.tau > 0 and 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            found.append("tau must be positive, beta1 and beta2 in [0, 1)")
+        if not 0 <= self.momentum < 1:
+            found.append("momentum must be in [0, 1)")
+        if self.proximal_mu < 0 or self.gamma_max < 0:
+            found.append("proximal_mu and gamma_max must not be negative")
+        if self.prompt_variant not in ("", "original", "improved"):
+            found.append("prompt_variant must be '', 'original' or 'improved'")
+        if self.lr_schedule not in ("cosine", "constant"):
+            found.append("lr_schedule must be 'cosine' or 'constant'")
         return found
 
     def to_proto(self) -> pb.RunSpec:
-        return pb.RunSpec(**asdict(self))
+        values = {k: v for k, v in asdict(self).items() if v is not None}
+        return pb.RunSpec(**values)
 
     @classmethod
     def from_proto(cls, message: pb.RunSpec) -> RunSpec:
-        return cls(**{name: getattr(message, name) for name in cls.__dataclass_fields__})
+        values = {}
+        for name in cls.__dataclass_fields__:
+            if name in _OPTIONAL and not message.HasField(name):
+                continue
+            values[name] = getattr(message, name)
+        if not values.get("strategy"):
+            values.pop("strategy", None)
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -77,6 +114,8 @@ class RoundRecord:
     bytes_received: int
     seconds: float
     rejected: int
+    mean_gamma: float = 0.0
+    learning_rate: float = 0.0
 
     def to_proto(self) -> pb.RoundSummary:
         return pb.RoundSummary(**asdict(self))

@@ -42,8 +42,10 @@ def validate_update_file(path: Path, layout: AdapterLayout) -> None:
                 raise UpdateRejected(reason="non_finite", detail=f"{name}: NaN or Inf values")
 
 
-def validate_update_meta(*, num_samples: int, mean_loss: float) -> None:
+def validate_update_meta(*, num_samples: int, mean_loss: float, gamma: float) -> None:
     if num_samples < 1:
         raise UpdateRejected(reason="metadata", detail="num_samples must be at least 1")
     if not math.isfinite(mean_loss):
         raise UpdateRejected(reason="metadata", detail=f"mean_loss is not finite ({mean_loss})")
+    if not (math.isfinite(gamma) and gamma >= 0):
+        raise UpdateRejected(reason="metadata", detail=f"gamma must be finite and >= 0 ({gamma})")

@@ -29,10 +29,10 @@ def _record(run: RunRecord, index: int) -> None:
 def test_latest_round_reloads_with_its_history(tmp_path: Path) -> None:
     store = CheckpointStore(tmp_path, keep=2)
     run = RunRecord(run_id="run-x", spec=RunSpec(rounds=3))
-    store.save_round(run, 0, {"w": torch.zeros(2)})
+    store.save_round(run, 0, {"w": torch.zeros(2)}, {})
     for index in (1, 2, 3):
         _record(run, index)
-        store.save_round(run, index, {"w": torch.full((2,), float(index))})
+        store.save_round(run, index, {"w": torch.full((2,), float(index))}, {"m": torch.ones(2)})
     loaded = CheckpointStore(tmp_path).load_latest()
     assert loaded is not None
     assert loaded.round == 3 and loaded.run.completed_rounds == 3
@@ -46,7 +46,7 @@ def test_half_written_round_is_ignored(tmp_path: Path) -> None:
     store = CheckpointStore(tmp_path)
     run = RunRecord(run_id="run-y", spec=RunSpec())
     _record(run, 1)
-    store.save_round(run, 1, {"w": torch.ones(2)})
+    store.save_round(run, 1, {"w": torch.ones(2)}, {})
     crashed = tmp_path / "runs" / "run-y" / ".round-00002.tmp-999"
     crashed.mkdir()
     (crashed / "adapter.safetensors").write_bytes(b"partial")
@@ -57,7 +57,7 @@ def test_half_written_round_is_ignored(tmp_path: Path) -> None:
 def test_stop_updates_the_saved_run_state(tmp_path: Path) -> None:
     store = CheckpointStore(tmp_path)
     run = RunRecord(run_id="run-z", spec=RunSpec())
-    store.save_round(run, 0, {"w": torch.ones(2)})
+    store.save_round(run, 0, {"w": torch.ones(2)}, {})
     run.phase, run.message = RunPhase.STOPPED, "stopped by the admin"
     store.update_run(run)
     loaded = store.load_latest()

@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fshared/wire/v1/federation.proto\x12\nfedmllm.v1\"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\r\n\x05\x64type\x18\x03 \x01(\t\"4\n\rPayloadHeader\x12\x13\n\x0btotal_bytes\x18\x01 \x01(\x04\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"S\n\x0cPayloadChunk\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.fedmllm.v1.PayloadHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\xc9\x01\n\x0bJoinRequest\x12\x15\n\ragent_version\x18\x01 \x01(\t\x12\x1e\n\x16\x62\x61se_model_fingerprint\x18\x02 \x01(\t\x12\x1e\n\x16\x62\x61se_model_config_json\x18\x03 \x01(\t\x12\x18\n\x10lora_config_json\x18\x04 \x01(\t\x12.\n\x0e\x61\x64\x61pter_layout\x18\x05 \x03(\x0b\x32\x16.fedmllm.v1.TensorSpec\x12\x19\n\x11num_train_samples\x18\x06 \x01(\x04\"Q\n\x0cJoinResponse\x12\x0f\n\x07silo_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x03 \x01(\r\"\'\n\x11TaskStreamRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"]\n\x0cTrainingPlan\x12\x15\n\rlearning_rate\x18\x01 \x01(\x01\x12\x14\n\x0clocal_epochs\x18\x02 \x01(\r\x12\x12\n\nbatch_size\x18\x03 \x01(\r\x12\x0c\n\x04seed\x18\x04 \x01(\x04\"\x93\x01\n\tRoundTask\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12*\n\x08training\x18\x04 \x01(\x0b\x32\x18.fedmllm.v1.TrainingPlan\x12*\n\x07\x61\x64\x61pter\x18\x05 \x01(\x0b\x32\x19.fedmllm.v1.PayloadHeader\"\"\n\x0f\x44ownloadRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"\x82\x01\n\x0cUpdateHeader\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x13\n\x0bnum_samples\x18\x02 \x01(\x04\x12\x11\n\tmean_loss\x18\x03 \x01(\x01\x12\r\n\x05steps\x18\x04 \x01(\x04\x12*\n\x07payload\x18\x05 \x01(\x0b\x32\x19.fedmllm.v1.PayloadHeader\"Q\n\x0bUpdateChunk\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedmllm.v1.UpdateHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"8\n\rUploadReceipt\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x16\n\x0e\x62ytes_received\x18\x02 \x01(\x04\"5\n\x10HeartbeatRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\"*\n\x11HeartbeatResponse\x12\x15\n\rsession_known\x18\x01 \x01(\x08\"\xae\x01\n\x07RunSpec\x12\x0e\n\x06rounds\x18\x01 \x01(\r\x12\x17\n\x0fsilos_per_round\x18\x02 \x01(\r\x12\x11\n\tmin_silos\x18\x03 \x01(\r\x12\x18\n\x10round_deadline_s\x18\x04 \x01(\x01\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12\x15\n\rlearning_rate\x18\x06 \x01(\x01\x12\x14\n\x0clocal_epochs\x18\x07 \x01(\r\x12\x12\n\nbatch_size\x18\x08 \x01(\r\"\xc1\x01\n\x0cRoundSummary\x12\r\n\x05round\x18\x01 \x01(\r\x12\x10\n\x08selected\x18\x02 \x03(\t\x12\x13\n\x0b\x63ontributed\x18\x03 \x03(\t\x12\x13\n\x0bnum_samples\x18\x04 \x01(\x04\x12\x17\n\x0fmean_train_loss\x18\x05 \x01(\x01\x12\x12\n\nbytes_sent\x18\x06 \x01(\x04\x12\x16\n\x0e\x62ytes_received\x18\x07 \x01(\x04\x12\x0f\n\x07seconds\x18\x08 \x01(\x01\x12\x10\n\x08rejected\x18\t \x01(\r\"\xe0\x01\n\tRunStatus\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.fedmllm.v1.RunState\x12!\n\x04spec\x18\x03 \x01(\x0b\x32\x13.fedmllm.v1.RunSpec\x12\x18\n\x10\x63ompleted_rounds\x18\x04 \x01(\r\x12%\n\x05phase\x18\x05 \x01(\x0e\x32\x16.fedmllm.v1.RoundPhase\x12)\n\x07history\x18\x06 \x03(\x0b\x32\x18.fedmllm.v1.RoundSummary\x12\x0f\n\x07message\x18\x07 \x01(\t\"4\n\x0fStartRunRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.fedmllm.v1.RunSpec\"\x0f\n\rStatusRequest\"t\n\x08SiloInfo\x12\x0f\n\x07silo_id\x18\x01 \x01(\t\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\x1a\n\x12seconds_since_seen\x18\x03 \x01(\x01\x12\x19\n\x11num_train_samples\x18\x04 \x01(\x04\x12\r\n\x05state\x18\x05 \x01(\t\"/\n\x08SiloList\x12#\n\x05silos\x18\x01 \x03(\x0b\x32\x14.fedmllm.v1.SiloInfo\"\r\n\x0bStopRequest*\x96\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x12\n\x0eRUN_STATE_IDLE\x10\x01\x12\x15\n\x11RUN_STATE_RUNNING\x10\x02\x12\x17\n\x13RUN_STATE_COMPLETED\x10\x03\x12\x15\n\x11RUN_STATE_STOPPED\x10\x04\x12\x14\n\x10RUN_STATE_FAILED\x10\x05*\xa2\x01\n\nRoundPhase\x12\x1b\n\x17ROUND_PHASE_UNSPECIFIED\x10\x00\x12!\n\x1dROUND_PHASE_WAITING_FOR_SILOS\x10\x01\x12\x18\n\x14ROUND_PHASE_TRAINING\x10\x02\x12\x1b\n\x17ROUND_PHASE_AGGREGATING\x10\x03\x12\x1d\n\x19ROUND_PHASE_CHECKPOINTING\x10\x04\x32\xe5\x02\n\x04Silo\x12\x39\n\x04Join\x12\x17.fedmllm.v1.JoinRequest\x1a\x18.fedmllm.v1.JoinResponse\x12\x46\n\x0cReceiveTasks\x12\x1d.fedmllm.v1.TaskStreamRequest\x1a\x15.fedmllm.v1.RoundTask0\x01\x12J\n\x0f\x44ownloadAdapter\x12\x1b.fedmllm.v1.DownloadRequest\x1a\x18.fedmllm.v1.PayloadChunk0\x01\x12\x44\n\x0cUploadUpdate\x12\x17.fedmllm.v1.UpdateChunk\x1a\x19.fedmllm.v1.UploadReceipt(\x01\x12H\n\tHeartbeat\x12\x1c.fedmllm.v1.HeartbeatRequest\x1a\x1d.fedmllm.v1.HeartbeatResponse2\xff\x01\n\x05\x41\x64min\x12>\n\x08StartRun\x12\x1b.fedmllm.v1.StartRunRequest\x1a\x15.fedmllm.v1.RunStatus\x12=\n\tGetStatus\x12\x19.fedmllm.v1.StatusRequest\x1a\x15.fedmllm.v1.RunStatus\x12<\n\tListSilos\x12\x19.fedmllm.v1.StatusRequest\x1a\x14.fedmllm.v1.SiloList\x12\x39\n\x07StopRun\x12\x17.fedmllm.v1.StopRequest\x1a\x15.fedmllm.v1.RunStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fshared/wire/v1/federation.proto\x12\nfedmllm.v1\"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\r\n\x05\x64type\x18\x03 \x01(\t\"4\n\rPayloadHeader\x12\x13\n\x0btotal_bytes\x18\x01 \x01(\x04\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"S\n\x0cPayloadChunk\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.fedmllm.v1.PayloadHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\xc9\x01\n\x0bJoinRequest\x12\x15\n\ragent_version\x18\x01 \x01(\t\x12\x1e\n\x16\x62\x61se_model_fingerprint\x18\x02 \x01(\t\x12\x1e\n\x16\x62\x61se_model_config_json\x18\x03 \x01(\t\x12\x18\n\x10lora_config_json\x18\x04 \x01(\t\x12.\n\x0e\x61\x64\x61pter_layout\x18\x05 \x03(\x0b\x32\x16.fedmllm.v1.TensorSpec\x12\x19\n\x11num_train_samples\x18\x06 \x01(\x04\"Q\n\x0cJoinResponse\x12\x0f\n\x07silo_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x03 \x01(\r\"\'\n\x11TaskStreamRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\xd1\x01\n\x0cTrainingPlan\x12\x15\n\rlearning_rate\x18\x01 \x01(\x01\x12\x14\n\x0clocal_epochs\x18\x02 \x01(\r\x12\x12\n\nbatch_size\x18\x03 \x01(\r\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x13\n\x0bproximal_mu\x18\x05 \x01(\x01\x12\x11\n\tgamma_max\x18\x06 \x01(\x01\x12\x18\n\x10mask_skip_layers\x18\x07 \x01(\r\x12\x16\n\x0eprompt_variant\x18\x08 \x01(\t\x12\x18\n\x10\x63ontrol_variates\x18\t \x01(\x08\"\x93\x01\n\tRoundTask\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12*\n\x08training\x18\x04 \x01(\x0b\x32\x18.fedmllm.v1.TrainingPlan\x12*\n\x07\x61\x64\x61pter\x18\x05 \x01(\x0b\x32\x19.fedmllm.v1.PayloadHeader\"\"\n\x0f\x44ownloadRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"\x91\x01\n\x0cUpdateHeader\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x13\n\x0bnum_samples\x18\x02 \x01(\x04\x12\x11\n\tmean_loss\x18\x03 \x01(\x01\x12\r\n\x05steps\x18\x04 \x01(\x04\x12*\n\x07payload\x18\x05 \x01(\x0b\x32\x19.fedmllm.v1.PayloadHeader\x12\r\n\x05gamma\x18\x06 \x01(\x01\"Q\n\x0bUpdateChunk\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedmllm.v1.UpdateHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"8\n\rUploadReceipt\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x16\n\x0e\x62ytes_received\x18\x02 \x01(\x04\"5\n\x10HeartbeatRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\"*\n\x11HeartbeatResponse\x12\x15\n\rsession_known\x18\x01 \x01(\x08\"\xdd\x03\n\x07RunSpec\x12\x0e\n\x06rounds\x18\x01 \x01(\r\x12\x17\n\x0fsilos_per_round\x18\x02 \x01(\r\x12\x11\n\tmin_silos\x18\x03 \x01(\r\x12\x18\n\x10round_deadline_s\x18\x04 \x01(\x01\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12\x15\n\rlearning_rate\x18\x06 \x01(\x01\x12\x14\n\x0clocal_epochs\x18\x07 \x01(\r\x12\x12\n\nbatch_size\x18\x08 \x01(\r\x12\x10\n\x08strategy\x18\t \x01(\t\x12\x10\n\x03\x65ta\x18\n \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03tau\x18\x0b \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05\x62\x65ta1\x18\x0c \x01(\x01H\x02\x88\x01\x01\x12\x12\n\x05\x62\x65ta2\x18\r \x01(\x01H\x03\x88\x01\x01\x12\x15\n\x08momentum\x18\x0e \x01(\x01H\x04\x88\x01\x01\x12\x13\n\x0bproximal_mu\x18\x0f \x01(\x01\x12\x11\n\tgamma_max\x18\x10 \x01(\x01\x12\x1d\n\x10mask_skip_layers\x18\x11 \x01(\rH\x05\x88\x01\x01\x12\x16\n\x0eprompt_variant\x18\x12 \x01(\t\x12\x13\n\x0blr_schedule\x18\x13 \x01(\tB\x06\n\x04_etaB\x06\n\x04_tauB\x08\n\x06_beta1B\x08\n\x06_beta2B\x0b\n\t_momentumB\x13\n\x11_mask_skip_layers\"\xec\x01\n\x0cRoundSummary\x12\r\n\x05round\x18\x01 \x01(\r\x12\x10\n\x08selected\x18\x02 \x03(\t\x12\x13\n\x0b\x63ontributed\x18\x03 \x03(\t\x12\x13\n\x0bnum_samples\x18\x04 \x01(\x04\x12\x17\n\x0fmean_train_loss\x18\x05 \x01(\x01\x12\x12\n\nbytes_sent\x18\x06 \x01(\x04\x12\x16\n\x0e\x62ytes_received\x18\x07 \x01(\x04\x12\x0f\n\x07seconds\x18\x08 \x01(\x01\x12\x10\n\x08rejected\x18\t \x01(\r\x12\x12\n\nmean_gamma\x18\n \x01(\x01\x12\x15\n\rlearning_rate\x18\x0b \x01(\x01\"\xe0\x01\n\tRunStatus\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.fedmllm.v1.RunState\x12!\n\x04spec\x18\x03 \x01(\x0b\x32\x13.fedmllm.v1.RunSpec\x12\x18\n\x10\x63ompleted_rounds\x18\x04 \x01(\r\x12%\n\x05phase\x18\x05 \x01(\x0e\x32\x16.fedmllm.v1.RoundPhase\x12)\n\x07history\x18\x06 \x03(\x0b\x32\x18.fedmllm.v1.RoundSummary\x12\x0f\n\x07message\x18\x07 \x01(\t\"4\n\x0fStartRunRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.fedmllm.v1.RunSpec\"\x0f\n\rStatusRequest\"t\n\x08SiloInfo\x12\x0f\n\x07silo_id\x18\x01 \x01(\t\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\x1a\n\x12seconds_since_seen\x18\x03 \x01(\x01\x12\x19\n\x11num_train_samples\x18\x04 \x01(\x04\x12\r\n\x05state\x18\x05 \x01(\t\"/\n\x08SiloList\x12#\n\x05silos\x18\x01 \x03(\x0b\x32\x14.fedmllm.v1.SiloInfo\"\r\n\x0bStopRequest*\x96\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x12\n\x0eRUN_STATE_IDLE\x10\x01\x12\x15\n\x11RUN_STATE_RUNNING\x10\x02\x12\x17\n\x13RUN_STATE_COMPLETED\x10\x03\x12\x15\n\x11RUN_STATE_STOPPED\x10\x04\x12\x14\n\x10RUN_STATE_FAILED\x10\x05*\xa2\x01\n\nRoundPhase\x12\x1b\n\x17ROUND_PHASE_UNSPECIFIED\x10\x00\x12!\n\x1dROUND_PHASE_WAITING_FOR_SILOS\x10\x01\x12\x18\n\x14ROUND_PHASE_TRAINING\x10\x02\x12\x1b\n\x17ROUND_PHASE_AGGREGATING\x10\x03\x12\x1d\n\x19ROUND_PHASE_CHECKPOINTING\x10\x04\x32\xe5\x02\n\x04Silo\x12\x39\n\x04Join\x12\x17.fedmllm.v1.JoinRequest\x1a\x18.fedmllm.v1.JoinResponse\x12\x46\n\x0cReceiveTasks\x12\x1d.fedmllm.v1.TaskStreamRequest\x1a\x15.fedmllm.v1.RoundTask0\x01\x12J\n\x0f\x44ownloadAdapter\x12\x1b.fedmllm.v1.DownloadRequest\x1a\x18.fedmllm.v1.PayloadChunk0\x01\x12\x44\n\x0cUploadUpdate\x12\x17.fedmllm.v1.UpdateChunk\x1a\x19.fedmllm.v1.UploadReceipt(\x01\x12H\n\tHeartbeat\x12\x1c.fedmllm.v1.HeartbeatRequest\x1a\x1d.fedmllm.v1.HeartbeatResponse2\xff\x01\n\x05\x41\x64min\x12>\n\x08StartRun\x12\x1b.fedmllm.v1.StartRunRequest\x1a\x15.fedmllm.v1.RunStatus\x12=\n\tGetStatus\x12\x19.fedmllm.v1.StatusRequest\x1a\x15.fedmllm.v1.RunStatus\x12<\n\tListSilos\x12\x19.fedmllm.v1.StatusRequest\x1a\x14.fedmllm.v1.SiloList\x12\x39\n\x07StopRun\x12\x17.fedmllm.v1.StopRequest\x1a\x15.fedmllm.v1.RunStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shared.wire.v1.federation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RUNSTATE']._serialized_start=2080
-  _globals['_RUNSTATE']._serialized_end=2230
-  _globals['_ROUNDPHASE']._serialized_start=2233
-  _globals['_ROUNDPHASE']._serialized_end=2395
+  _globals['_RUNSTATE']._serialized_start=2558
+  _globals['_RUNSTATE']._serialized_end=2708
+  _globals['_ROUNDPHASE']._serialized_start=2711
+  _globals['_ROUNDPHASE']._serialized_end=2873
   _globals['_TENSORSPEC']._serialized_start=47
   _globals['_TENSORSPEC']._serialized_end=103
   _globals['_PAYLOADHEADER']._serialized_start=105
@@ -47,40 +47,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOINRESPONSE']._serialized_end=529
   _globals['_TASKSTREAMREQUEST']._serialized_start=531
   _globals['_TASKSTREAMREQUEST']._serialized_end=570
-  _globals['_TRAININGPLAN']._serialized_start=572
-  _globals['_TRAININGPLAN']._serialized_end=665
-  _globals['_ROUNDTASK']._serialized_start=668
-  _globals['_ROUNDTASK']._serialized_end=815
-  _globals['_DOWNLOADREQUEST']._serialized_start=817
-  _globals['_DOWNLOADREQUEST']._serialized_end=851
-  _globals['_UPDATEHEADER']._serialized_start=854
-  _globals['_UPDATEHEADER']._serialized_end=984
-  _globals['_UPDATECHUNK']._serialized_start=986
-  _globals['_UPDATECHUNK']._serialized_end=1067
-  _globals['_UPLOADRECEIPT']._serialized_start=1069
-  _globals['_UPLOADRECEIPT']._serialized_end=1125
-  _globals['_HEARTBEATREQUEST']._serialized_start=1127
-  _globals['_HEARTBEATREQUEST']._serialized_end=1180
-  _globals['_HEARTBEATRESPONSE']._serialized_start=1182
-  _globals['_HEARTBEATRESPONSE']._serialized_end=1224
-  _globals['_RUNSPEC']._serialized_start=1227
-  _globals['_RUNSPEC']._serialized_end=1401
-  _globals['_ROUNDSUMMARY']._serialized_start=1404
-  _globals['_ROUNDSUMMARY']._serialized_end=1597
-  _globals['_RUNSTATUS']._serialized_start=1600
-  _globals['_RUNSTATUS']._serialized_end=1824
-  _globals['_STARTRUNREQUEST']._serialized_start=1826
-  _globals['_STARTRUNREQUEST']._serialized_end=1878
-  _globals['_STATUSREQUEST']._serialized_start=1880
-  _globals['_STATUSREQUEST']._serialized_end=1895
-  _globals['_SILOINFO']._serialized_start=1897
-  _globals['_SILOINFO']._serialized_end=2013
-  _globals['_SILOLIST']._serialized_start=2015
-  _globals['_SILOLIST']._serialized_end=2062
-  _globals['_STOPREQUEST']._serialized_start=2064
-  _globals['_STOPREQUEST']._serialized_end=2077
-  _globals['_SILO']._serialized_start=2398
-  _globals['_SILO']._serialized_end=2755
-  _globals['_ADMIN']._serialized_start=2758
-  _globals['_ADMIN']._serialized_end=3013
+  _globals['_TRAININGPLAN']._serialized_start=573
+  _globals['_TRAININGPLAN']._serialized_end=782
+  _globals['_ROUNDTASK']._serialized_start=785
+  _globals['_ROUNDTASK']._serialized_end=932
+  _globals['_DOWNLOADREQUEST']._serialized_start=934
+  _globals['_DOWNLOADREQUEST']._serialized_end=968
+  _globals['_UPDATEHEADER']._serialized_start=971
+  _globals['_UPDATEHEADER']._serialized_end=1116
+  _globals['_UPDATECHUNK']._serialized_start=1118
+  _globals['_UPDATECHUNK']._serialized_end=1199
+  _globals['_UPLOADRECEIPT']._serialized_start=1201
+  _globals['_UPLOADRECEIPT']._serialized_end=1257
+  _globals['_HEARTBEATREQUEST']._serialized_start=1259
+  _globals['_HEARTBEATREQUEST']._serialized_end=1312
+  _globals['_HEARTBEATRESPONSE']._serialized_start=1314
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1356
+  _globals['_RUNSPEC']._serialized_start=1359
+  _globals['_RUNSPEC']._serialized_end=1836
+  _globals['_ROUNDSUMMARY']._serialized_start=1839
+  _globals['_ROUNDSUMMARY']._serialized_end=2075
+  _globals['_RUNSTATUS']._serialized_start=2078
+  _globals['_RUNSTATUS']._serialized_end=2302
+  _globals['_STARTRUNREQUEST']._serialized_start=2304
+  _globals['_STARTRUNREQUEST']._serialized_end=2356
+  _globals['_STATUSREQUEST']._serialized_start=2358
+  _globals['_STATUSREQUEST']._serialized_end=2373
+  _globals['_SILOINFO']._serialized_start=2375
+  _globals['_SILOINFO']._serialized_end=2491
+  _globals['_SILOLIST']._serialized_start=2493
+  _globals['_SILOLIST']._serialized_end=2540
+  _globals['_STOPREQUEST']._serialized_start=2542
+  _globals['_STOPREQUEST']._serialized_end=2555
+  _globals['_SILO']._serialized_start=2876
+  _globals['_SILO']._serialized_end=3233
+  _globals['_ADMIN']._serialized_start=3236
+  _globals['_ADMIN']._serialized_end=3491
 # @@protoc_insertion_point(module_scope)

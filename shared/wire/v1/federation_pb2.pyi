@@ -94,16 +94,26 @@ class TaskStreamRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ...) -> None: ...
 
 class TrainingPlan(_message.Message):
-    __slots__ = ("learning_rate", "local_epochs", "batch_size", "seed")
+    __slots__ = ("learning_rate", "local_epochs", "batch_size", "seed", "proximal_mu", "gamma_max", "mask_skip_layers", "prompt_variant", "control_variates")
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     LOCAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    PROXIMAL_MU_FIELD_NUMBER: _ClassVar[int]
+    GAMMA_MAX_FIELD_NUMBER: _ClassVar[int]
+    MASK_SKIP_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_VARIANT_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_VARIATES_FIELD_NUMBER: _ClassVar[int]
     learning_rate: float
     local_epochs: int
     batch_size: int
     seed: int
-    def __init__(self, learning_rate: _Optional[float] = ..., local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+    proximal_mu: float
+    gamma_max: float
+    mask_skip_layers: int
+    prompt_variant: str
+    control_variates: bool
+    def __init__(self, learning_rate: _Optional[float] = ..., local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ..., proximal_mu: _Optional[float] = ..., gamma_max: _Optional[float] = ..., mask_skip_layers: _Optional[int] = ..., prompt_variant: _Optional[str] = ..., control_variates: _Optional[bool] = ...) -> None: ...
 
 class RoundTask(_message.Message):
     __slots__ = ("run_id", "round", "task_id", "training", "adapter")
@@ -126,18 +136,20 @@ class DownloadRequest(_message.Message):
     def __init__(self, task_id: _Optional[str] = ...) -> None: ...
 
 class UpdateHeader(_message.Message):
-    __slots__ = ("task_id", "num_samples", "mean_loss", "steps", "payload")
+    __slots__ = ("task_id", "num_samples", "mean_loss", "steps", "payload", "gamma")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     MEAN_LOSS_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    GAMMA_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     num_samples: int
     mean_loss: float
     steps: int
     payload: PayloadHeader
-    def __init__(self, task_id: _Optional[str] = ..., num_samples: _Optional[int] = ..., mean_loss: _Optional[float] = ..., steps: _Optional[int] = ..., payload: _Optional[_Union[PayloadHeader, _Mapping]] = ...) -> None: ...
+    gamma: float
+    def __init__(self, task_id: _Optional[str] = ..., num_samples: _Optional[int] = ..., mean_loss: _Optional[float] = ..., steps: _Optional[int] = ..., payload: _Optional[_Union[PayloadHeader, _Mapping]] = ..., gamma: _Optional[float] = ...) -> None: ...
 
 class UpdateChunk(_message.Message):
     __slots__ = ("header", "data")
@@ -170,7 +182,7 @@ class HeartbeatResponse(_message.Message):
     def __init__(self, session_known: _Optional[bool] = ...) -> None: ...
 
 class RunSpec(_message.Message):
-    __slots__ = ("rounds", "silos_per_round", "min_silos", "round_deadline_s", "seed", "learning_rate", "local_epochs", "batch_size")
+    __slots__ = ("rounds", "silos_per_round", "min_silos", "round_deadline_s", "seed", "learning_rate", "local_epochs", "batch_size", "strategy", "eta", "tau", "beta1", "beta2", "momentum", "proximal_mu", "gamma_max", "mask_skip_layers", "prompt_variant", "lr_schedule")
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
     SILOS_PER_ROUND_FIELD_NUMBER: _ClassVar[int]
     MIN_SILOS_FIELD_NUMBER: _ClassVar[int]
@@ -179,6 +191,17 @@ class RunSpec(_message.Message):
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     LOCAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    ETA_FIELD_NUMBER: _ClassVar[int]
+    TAU_FIELD_NUMBER: _ClassVar[int]
+    BETA1_FIELD_NUMBER: _ClassVar[int]
+    BETA2_FIELD_NUMBER: _ClassVar[int]
+    MOMENTUM_FIELD_NUMBER: _ClassVar[int]
+    PROXIMAL_MU_FIELD_NUMBER: _ClassVar[int]
+    GAMMA_MAX_FIELD_NUMBER: _ClassVar[int]
+    MASK_SKIP_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_VARIANT_FIELD_NUMBER: _ClassVar[int]
+    LR_SCHEDULE_FIELD_NUMBER: _ClassVar[int]
     rounds: int
     silos_per_round: int
     min_silos: int
@@ -187,10 +210,21 @@ class RunSpec(_message.Message):
     learning_rate: float
     local_epochs: int
     batch_size: int
-    def __init__(self, rounds: _Optional[int] = ..., silos_per_round: _Optional[int] = ..., min_silos: _Optional[int] = ..., round_deadline_s: _Optional[float] = ..., seed: _Optional[int] = ..., learning_rate: _Optional[float] = ..., local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ...) -> None: ...
+    strategy: str
+    eta: float
+    tau: float
+    beta1: float
+    beta2: float
+    momentum: float
+    proximal_mu: float
+    gamma_max: float
+    mask_skip_layers: int
+    prompt_variant: str
+    lr_schedule: str
+    def __init__(self, rounds: _Optional[int] = ..., silos_per_round: _Optional[int] = ..., min_silos: _Optional[int] = ..., round_deadline_s: _Optional[float] = ..., seed: _Optional[int] = ..., learning_rate: _Optional[float] = ..., local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., strategy: _Optional[str] = ..., eta: _Optional[float] = ..., tau: _Optional[float] = ..., beta1: _Optional[float] = ..., beta2: _Optional[float] = ..., momentum: _Optional[float] = ..., proximal_mu: _Optional[float] = ..., gamma_max: _Optional[float] = ..., mask_skip_layers: _Optional[int] = ..., prompt_variant: _Optional[str] = ..., lr_schedule: _Optional[str] = ...) -> None: ...
 
 class RoundSummary(_message.Message):
-    __slots__ = ("round", "selected", "contributed", "num_samples", "mean_train_loss", "bytes_sent", "bytes_received", "seconds", "rejected")
+    __slots__ = ("round", "selected", "contributed", "num_samples", "mean_train_loss", "bytes_sent", "bytes_received", "seconds", "rejected", "mean_gamma", "learning_rate")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     SELECTED_FIELD_NUMBER: _ClassVar[int]
     CONTRIBUTED_FIELD_NUMBER: _ClassVar[int]
@@ -200,6 +234,8 @@ class RoundSummary(_message.Message):
     BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
+    MEAN_GAMMA_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     round: int
     selected: _containers.RepeatedScalarFieldContainer[str]
     contributed: _containers.RepeatedScalarFieldContainer[str]
@@ -209,7 +245,9 @@ class RoundSummary(_message.Message):
     bytes_received: int
     seconds: float
     rejected: int
-    def __init__(self, round: _Optional[int] = ..., selected: _Optional[_Iterable[str]] = ..., contributed: _Optional[_Iterable[str]] = ..., num_samples: _Optional[int] = ..., mean_train_loss: _Optional[float] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., seconds: _Optional[float] = ..., rejected: _Optional[int] = ...) -> None: ...
+    mean_gamma: float
+    learning_rate: float
+    def __init__(self, round: _Optional[int] = ..., selected: _Optional[_Iterable[str]] = ..., contributed: _Optional[_Iterable[str]] = ..., num_samples: _Optional[int] = ..., mean_train_loss: _Optional[float] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., seconds: _Optional[float] = ..., rejected: _Optional[int] = ..., mean_gamma: _Optional[float] = ..., learning_rate: _Optional[float] = ...) -> None: ...
 
 class RunStatus(_message.Message):
     __slots__ = ("run_id", "state", "spec", "completed_rounds", "phase", "history", "message")

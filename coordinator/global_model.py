@@ -1,0 +1,81 @@
+"""The global adapter during a run: flat float32 master weights, the strategy and its state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from coordinator.flat_adapter import FlatLayout
+from coordinator.run_state import RunSpec
+from coordinator.strategies import RoundAggregate, Strategy, build_strategy
+from shared.tensor_codec import AdapterLayout, StateDict
+
+# Kept in the strategy checkpoint when the adapter's own dtype (bf16, fp16) would round it.
+MASTER_KEY = "master"
+
+
+class GlobalModel:
+    """Owns the master weights; everything that moves them goes through the strategy."""
+
+    def __init__(self, *, flat: FlatLayout, master: torch.Tensor, strategy: Strategy) -> None:
+        self.flat = flat
+        self.master = master
+        self.strategy = strategy
+
+    @staticmethod
+    def _strategy(spec: RunSpec, flat: FlatLayout) -> Strategy:
+        return build_strategy(
+            spec.strategy,
+            layout=flat,
+            eta=spec.eta,
+            tau=spec.tau,
+            beta1=spec.beta1,
+            beta2=spec.beta2,
+            momentum=spec.momentum,
+        )
+
+    @classmethod
+    def start(cls, spec: RunSpec, flat: FlatLayout, adapter: StateDict) -> GlobalModel:
+        return cls(flat=flat, master=flat.pack(adapter), strategy=cls._strategy(spec, flat))
+
+    @classmethod
+    def restore(
+        cls, spec: RunSpec, flat: FlatLayout, adapter: StateDict, strategy_state: StateDict
+    ) -> GlobalModel:
+        strategy = cls._strategy(spec, flat)
+        strategy.load_state_tensors(strategy_state)
+        master = strategy_state.get(MASTER_KEY)
+        return cls(
+            flat=flat,
+            master=master.clone() if master is not None else flat.pack(adapter),
+            strategy=strategy,
+        )
+
+    def adapter(self) -> StateDict:
+        return self.flat.unpack(self.master)
+
+    def download(self) -> StateDict:
+        """What silos download: the adapter, plus the strategy's extras (control variates)."""
+        return {**self.adapter(), **self.strategy.download_extras()}
+
+    def update_layout(self) -> AdapterLayout:
+        return self.strategy.update_layout()
+
+    def begin_round(self, *, population: int) -> RoundAggregate:
+        return self.strategy.begin_round(population=population)
+
+    def fold(self, aggregate: RoundAggregate, path: Path, *, num_samples: int, steps: int) -> None:
+        weight = self.strategy.update_weight(num_samples=num_samples, steps=steps)
+        aggregate.fold(None, path=path, weight=weight, num_samples=num_samples, steps=steps)
+
+    def apply(self, aggregate: RoundAggregate) -> None:
+        self.strategy.apply(self.master, aggregate)
+        if not bool(torch.isfinite(self.master).all()):
+            raise FloatingPointError("the aggregated global adapter has non-finite values")
+
+    def strategy_state(self) -> StateDict:
+        state = dict(self.strategy.state_tensors())
+        if any(t.dtype != "float32" for t in self.flat.tensors):
+            state[MASTER_KEY] = self.master
+        return state

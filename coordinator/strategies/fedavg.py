@@ -1,0 +1,45 @@
+"""FedAvg and FedAvgM (server momentum, Hsu et al. 2019)."""
+
+from __future__ import annotations
+
+import torch
+
+from coordinator.strategies.base import RoundAggregate, Strategy, StrategyParams
+from coordinator.strategies.kernels import fused, momentum_step
+from coordinator.flat_adapter import FlatLayout
+
+
+class FedAvg(Strategy):
+    """x ← x + η Δ, with Δ the sample-weighted mean of the silos' deltas (η = 1 by default)."""
+
+    name = "fedavg"
+
+    def _step(self, x: torch.Tensor, aggregate: RoundAggregate) -> None:
+        x.add_(aggregate.total, alpha=self.params.eta / aggregate.weight_sum)
+
+
+class FedAvgM(Strategy):
+    """Classic server momentum: u ← β u + Δ;  x ← x + η u  (u starts at 0)."""
+
+    name = "fedavgm"
+
+    def __init__(self, *, layout: FlatLayout, params: StrategyParams) -> None:
+        super().__init__(layout=layout, params=params)
+        self.velocity = layout.zeros()
+
+    def _step(self, x: torch.Tensor, aggregate: RoundAggregate) -> None:
+        fused(momentum_step)(
+            x,
+            self.velocity,
+            aggregate.total,
+            1.0 / aggregate.weight_sum,
+            self.params.eta,
+            self.params.momentum,
+        )
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {**super().state_tensors(), "velocity": self.velocity}
+
+    def load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
+        super().load_state_tensors(state)
+        self.velocity.copy_(state["velocity"])

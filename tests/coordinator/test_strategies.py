@@ -1,0 +1,154 @@
+"""Every server strategy against an independent NumPy re-derivation of its update rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.torch import save_file
+
+from coordinator.checkpoint import CheckpointStore
+from coordinator.flat_adapter import FlatLayout
+from coordinator.global_model import GlobalModel
+from coordinator.run_state import RunRecord, RunSpec
+from coordinator.strategies import CONTROL_PREFIX
+
+SHAPES = {"l.0.lora_A.weight": (4, 6), "l.0.lora_B.weight": (6, 4), "l.1.lora_A.weight": (3,)}
+COUNTS = [[5, 40, 13], [7, 2, 90], [33, 33, 1]]  # unequal samples per silo, 3 rounds
+STEPS = [[2, 10, 4], [3, 1, 23], [9, 9, 1]]
+PARAMS = {"eta": 0.05, "tau": 1e-3, "beta1": 0.9, "beta2": 0.99, "momentum": 0.8}
+
+
+def numpy_rounds(
+    name: str,
+    x: dict[str, np.ndarray],
+    deltas: list[list[dict[str, np.ndarray]]],
+    controls: list[list[dict[str, np.ndarray]]],
+    population: int,
+) -> list[dict[str, np.ndarray]]:
+    """The published update rules, written out in float64, one round after another."""
+    eta, tau, b1, b2, mom = (PARAMS[k] for k in ("eta", "tau", "beta1", "beta2", "momentum"))
+    x = {k: v.astype(np.float64) for k, v in x.items()}
+    m = {k: np.zeros_like(v) for k, v in x.items()}
+    v2 = {k: np.full_like(v, tau**2) for k, v in x.items()}
+    c = {k: np.zeros_like(v) for k, v in x.items()}
+    history = []
+    for r, round_deltas in enumerate(deltas):
+        n, steps = np.array(COUNTS[r], float), np.array(STEPS[r], float)
+        for k in x:
+            if name == "fednova":
+                p = n / n.sum()
+                d = sum(p[i] * round_deltas[i][k] / steps[i] for i in range(3)) * (p @ steps)
+            else:
+                d = sum(n[i] * round_deltas[i][k] for i in range(3)) / n.sum()
+            if name in ("fedavg", "fednova", "scaffold"):
+                x[k] = x[k] + eta * d
+            elif name == "fedavgm":
+                m[k] = mom * m[k] + d
+                x[k] = x[k] + eta * m[k]
+            else:
+                m[k] = b1 * m[k] + (1 - b1) * d
+                if name == "fedadam":
+                    v2[k] = b2 * v2[k] + (1 - b2) * d**2
+                elif name == "fedyogi":
+                    v2[k] = v2[k] - (1 - b2) * d**2 * np.sign(v2[k] - d**2)
+                else:
+                    v2[k] = v2[k] + d**2
+                x[k] = x[k] + eta * m[k] / (np.sqrt(v2[k]) + tau)
+            if name == "scaffold":
+                c[k] = c[k] + sum(ctl[k] for ctl in controls[r]) / population
+        history.append({**x, **{CONTROL_PREFIX + k: val.copy() for k, val in c.items()}})
+    return history
+
+
+def _write(path: Path, tensors: dict[str, np.ndarray]) -> Path:
+    save_file({k: torch.from_numpy(v.astype(np.float32)) for k, v in tensors.items()}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("reload_between_rounds", [False, True])
+@pytest.mark.parametrize(
+    "name", ["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "scaffold", "fednova"]
+)
+def test_three_rounds_match_numpy(name: str, reload_between_rounds: bool, tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    x0 = {k: rng.standard_normal(s).astype(np.float32) for k, s in SHAPES.items()}
+    deltas = [
+        [
+            {k: (0.1 * rng.standard_normal(s)).astype(np.float32) for k, s in SHAPES.items()}
+            for _ in range(3)
+        ]
+        for _ in range(3)
+    ]
+    controls = [
+        [
+            {k: rng.standard_normal(s).astype(np.float32) for k, s in SHAPES.items()}
+            for _ in range(3)
+        ]
+        for _ in range(3)
+    ]
+    population = 5
+    expected = numpy_rounds(name, x0, deltas, controls, population)
+
+    spec = RunSpec(strategy=name, **PARAMS)  # type: ignore[arg-type]
+    flat = FlatLayout.of({k: torch.from_numpy(v) for k, v in x0.items()})
+    model = GlobalModel.start(spec, flat, {k: torch.from_numpy(v) for k, v in x0.items()})
+    store = CheckpointStore(tmp_path / "ckpt")
+    run = RunRecord(run_id="run-test", spec=spec)
+    for r in range(3):
+        aggregate = model.begin_round(population=population)
+        for i in range(3):
+            update = dict(deltas[r][i])
+            if name == "scaffold":
+                update |= {CONTROL_PREFIX + k: v for k, v in controls[r][i].items()}
+            path = _write(tmp_path / f"r{r}-s{i}.safetensors", update)
+            model.fold(aggregate, path, num_samples=COUNTS[r][i], steps=STEPS[r][i])
+        model.apply(aggregate)
+        if reload_between_rounds:
+            store.save_round(run, r + 1, model.adapter(), model.strategy_state())
+            saved = CheckpointStore(tmp_path / "ckpt").load_latest()
+            assert saved is not None
+            model = GlobalModel.restore(spec, flat, saved.adapter, saved.strategy_state)
+        got = {**model.adapter(), **model.strategy.download_extras()}
+        for key, want in expected[r].items():
+            if key.startswith(CONTROL_PREFIX) and name != "scaffold":
+                continue
+            assert np.max(np.abs(got[key].double().numpy() - want)) <= 1e-6, (name, r, key)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    values=st.lists(st.floats(-1e3, 1e3, allow_nan=False, width=32), min_size=4, max_size=4),
+    counts=st.lists(st.integers(1, 10_000), min_size=1, max_size=6),
+)
+def test_fedavg_of_identical_updates_is_that_update(values: list[float], counts: list[int]) -> None:
+    update = {"w": torch.tensor(values, dtype=torch.float32).reshape(2, 2)}
+    start = {"w": torch.zeros(2, 2)}
+    model = GlobalModel.start(RunSpec(strategy="fedavg"), FlatLayout.of(start), start)
+    aggregate = model.begin_round(population=len(counts))
+    for n in counts:
+        aggregate.fold(update, path=None, weight=float(n), num_samples=n, steps=1)
+    model.apply(aggregate)
+    torch.testing.assert_close(model.adapter()["w"], update["w"], rtol=1e-6, atol=1e-4)
+
+
+def test_bf16_adapter_keeps_its_dtype_and_a_float32_master(tmp_path: Path) -> None:
+    start = {"w": torch.ones(4, dtype=torch.bfloat16)}
+    model = GlobalModel.start(RunSpec(strategy="fedavg"), FlatLayout.of(start), start)
+    for _ in range(3):  # 1 + 3 * 1e-3 is not representable in bf16; the master keeps it
+        aggregate = model.begin_round(population=1)
+        aggregate.fold({"w": torch.full((4,), 1e-3)}, path=None, weight=1.0, num_samples=1, steps=1)
+        model.apply(aggregate)
+    assert model.adapter()["w"].dtype == torch.bfloat16
+    assert "master" in model.strategy_state()
+    torch.testing.assert_close(model.master, torch.full((4,), 1.003), rtol=0, atol=1e-6)
+
+
+def test_unknown_strategy_is_refused() -> None:
+    assert RunSpec(strategy="fedsgd").problems() == [
+        "strategy must be one of fedavg, fedavgm, fedadam, fedyogi, fedadagrad, scaffold, fednova"
+    ]
