@@ -119,4 +119,5 @@ class OpenRound:
     def sample_mean(self, field: str) -> float:
         """Sample-weighted mean of a contribution field (mean_loss, gamma) over the round."""
         total = sum(c.num_samples for c in self.contributed.values())
-        return sum(getattr(c, field) * c.num_samples for c in self.contributed.values()) / total
+        weighted = sum(float(getattr(c, field)) * c.num_samples for c in self.contributed.values())
+        return weighted / total

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from shared.silo_data import IMAGE_MARKER
+IMAGE_MARKER = "<image>"
 
 
 class PromptVariant(str, Enum):
@@ -87,3 +87,6 @@ def build_prompt(
         "best option. The best answer is:"
     )
     return "\n".join(lines)
+
+
+TASKS: dict[str, ChoiceTask] = {"hateful_memes": HATEFUL_MEMES, "crisismmd": CRISISMMD}

@@ -2,20 +2,21 @@
 
 A directory holds `train.jsonl` (and optionally `test.jsonl`); each line is one record
 `{"id", "image": path relative to the directory or null, "conversations": [user, assistant]}`.
-In the user turn, `<image>` marks where the image goes.
+In the user turn, `<image>` marks where the image goes. Optional task fields
+`{"task", "text", "label"}` let a run rebuild the prompt with another template.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from shared.errors import DataFormatError
+from shared.prompts import IMAGE_MARKER, TASKS, PromptVariant, build_prompt
 
-IMAGE_MARKER = "<image>"
 SPLITS = ("train", "test")
 
 
@@ -27,10 +28,22 @@ class Sample:
     image: Path | None
     prompt: str
     answer: str
+    has_text: bool = True  # whether the sample's text modality is present
+    task: str | None = None  # a task of shared.prompts.TASKS, when the record names one
+    text: str | None = None  # the text modality itself, for rebuilding the prompt
+    label: int | None = None  # the option index, for rebuilding the answer
 
     @property
     def has_image(self) -> bool:
         return self.image is not None
+
+    def rendered(self, variant: PromptVariant | None) -> Sample:
+        """This sample with its prompt rebuilt from its task fields in `variant`, if it has them."""
+        if variant is None or self.task is None or self.label is None:
+            return self
+        task = TASKS[self.task]
+        prompt = build_prompt(task, text=self.text, has_image=self.has_image, variant=variant)
+        return replace(self, prompt=prompt, answer=task.target(self.label))
 
 
 def _parse(record: Any, *, directory: Path, where: str) -> Sample:
@@ -64,7 +77,26 @@ def _parse(record: Any, *, directory: Path, where: str) -> Sample:
         raise DataFormatError(f"{where}: the assistant's answer is empty")
     if image_path is None and not prompt.replace(IMAGE_MARKER, "").strip():
         raise DataFormatError(f"{where}: sample has neither an image nor any prompt text")
-    return Sample(id=str(record["id"]), image=image_path, prompt=prompt, answer=answer)
+    sample = Sample(id=str(record["id"]), image=image_path, prompt=prompt, answer=answer)
+    return _with_task_fields(sample, record, where=where)
+
+
+def _with_task_fields(sample: Sample, record: dict[str, Any], *, where: str) -> Sample:
+    text = record.get("text")
+    if text is not None and not isinstance(text, str):
+        raise DataFormatError(f"{where}: 'text' must be a string or null")
+    has_text = text is not None if "text" in record else True
+    task, label = record.get("task"), record.get("label")
+    if task is None:
+        return replace(sample, has_text=has_text, text=text)
+    if task not in TASKS:
+        raise DataFormatError(f"{where}: unknown task {task!r}; known: {', '.join(TASKS)}")
+    options = len(TASKS[task].options)
+    if not isinstance(label, int) or not 0 <= label < options:
+        raise DataFormatError(f"{where}: 'label' must be an option index 0..{options - 1}")
+    if not has_text and sample.image is None:
+        raise DataFormatError(f"{where}: sample has neither an image nor text")
+    return replace(sample, has_text=has_text, task=task, text=text, label=label)
 
 
 def read_split(directory: Path, split: str = "train") -> list[Sample]:
@@ -92,7 +124,10 @@ def has_split(directory: Path, split: str) -> bool:
     return (directory / f"{split}.jsonl").is_file()
 
 
-def record(sample_id: str, image: str | None, prompt: str, answer: str) -> dict[str, Any]:
+def record(
+    sample_id: str, image: str | None, prompt: str, answer: str, **task_fields: Any
+) -> dict[str, Any]:
+    """One line of a split; `task_fields` are the optional task, text and label."""
     return {
         "id": sample_id,
         "image": image,
@@ -100,6 +135,7 @@ def record(sample_id: str, image: str | None, prompt: str, answer: str) -> dict[
             {"role": "user", "content": prompt},
             {"role": "assistant", "content": answer},
         ],
+        **task_fields,
     }
 
 

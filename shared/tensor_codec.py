@@ -13,6 +13,9 @@ from shared.errors import PayloadError
 
 StateDict = dict[str, torch.Tensor]
 
+# SCAFFOLD control variates travel beside the adapter in the same payload, under this prefix.
+CONTROL_PREFIX = "control::"
+
 
 def encode_state(state: Mapping[str, torch.Tensor]) -> bytes:
     """Serialise tensors as safetensors bytes, each keeping its dtype (bf16 included)."""

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 from transformers import ProcessorMixin
 
-from shared.silo_data import IMAGE_MARKER, Sample
+from shared.prompts import IMAGE_MARKER
+from shared.silo_data import Sample
 
 IGNORE_INDEX = -100
 

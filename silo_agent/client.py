@@ -14,13 +14,14 @@ from shared import __version__
 from shared.errors import IncompatibleSilo, PayloadError
 from shared.grpc_options import CHANNEL_OPTIONS
 from shared.payload import PayloadDigest, assemble, iter_chunks
+from shared.prompts import PromptVariant
 from shared.silo_data import Sample
-from shared.tensor_codec import decode_state, encode_state
+from shared.tensor_codec import CONTROL_PREFIX, StateDict, decode_state, encode_state
 from shared.tls import TlsFiles, channel_credentials
 from shared.wire.v1 import federation_pb2 as pb
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
 from silo_agent.model import SiloModel
-from silo_agent.trainer import LocalPlan, train_round
+from silo_agent.trainer import ControlVariates, LocalPlan, train_round
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class SiloAgent:
         self._stop = threading.Event()
         self._call: grpc.RpcContext | None = None
         self._state = "idle"
+        self._controls = ControlVariates()
         self.silo_id = ""
 
     def stop(self) -> None:
@@ -150,44 +152,77 @@ class SiloAgent:
         started = time.monotonic()
         label = f"round {task.round}"
         try:
-            global_state = decode_state(self._download(stub, task))
+            global_state, server_control = split_controls(decode_state(self._download(stub, task)))
         except PayloadError as exc:
             log.error("%s: global adapter rejected: %s", label, exc)
             return
+        if task.training.control_variates and not server_control:
+            log.error("%s: SCAFFOLD round without the server control variate", label)
+            return
         self._state = f"training round {task.round}"
-        plan = LocalPlan(
-            learning_rate=task.training.learning_rate,
-            local_epochs=task.training.local_epochs,
-            batch_size=task.training.batch_size,
-            seed=task.training.seed,
-        )
         try:
-            result = train_round(self._silo, self._samples, plan, global_state, label=label)
+            result = train_round(
+                self._silo,
+                self._samples,
+                plan_of(task.training),
+                global_state,
+                server_control=server_control or None,
+                controls=self._controls,
+                label=label,
+            )
         except (FloatingPointError, ValueError, RuntimeError) as exc:
             log.error("%s: local training failed: %s", label, exc)
             self._state = "idle"
             return
-        payload = encode_state(result.delta)
+        controls = {CONTROL_PREFIX + n: t for n, t in (result.control_delta or {}).items()}
+        payload = encode_state({**result.delta, **controls})
         digest = PayloadDigest.of(payload)
         header = pb.UpdateHeader(
             task_id=task.task_id,
             num_samples=result.num_samples,
             mean_loss=result.mean_loss,
             steps=result.steps,
+            gamma=result.gamma,
             payload=pb.PayloadHeader(total_bytes=digest.total_bytes, sha256=digest.sha256),
         )
         self._state = f"uploading round {task.round}"
         stub.UploadUpdate(_update_stream(header, payload))
         self._state = "idle"
         log.info(
-            "%s: trained %d samples in %d steps, mean loss %.4f, sent %d bytes, %.1f s",
+            "%s: trained %d samples in %d steps at lr %.3g, mean loss %.4f, gamma %.3f, "
+            "sent %d bytes, %.1f s",
             label,
             result.num_samples,
             result.steps,
+            task.training.learning_rate,
             result.mean_loss,
+            result.gamma,
             len(payload),
             time.monotonic() - started,
         )
+
+
+def plan_of(training: pb.TrainingPlan) -> LocalPlan:
+    return LocalPlan(
+        learning_rate=training.learning_rate,
+        local_epochs=training.local_epochs,
+        batch_size=training.batch_size,
+        seed=training.seed,
+        proximal_mu=training.proximal_mu,
+        gamma_max=training.gamma_max,
+        mask_skip_layers=training.mask_skip_layers,
+        prompt_variant=PromptVariant(training.prompt_variant) if training.prompt_variant else None,
+        control_variates=training.control_variates,
+    )
+
+
+def split_controls(state: StateDict) -> tuple[StateDict, StateDict]:
+    """The adapter, and SCAFFOLD's server control variate if the payload carries one."""
+    adapter = {n: t for n, t in state.items() if not n.startswith(CONTROL_PREFIX)}
+    controls = {
+        n.removeprefix(CONTROL_PREFIX): t for n, t in state.items() if n.startswith(CONTROL_PREFIX)
+    }
+    return adapter, controls
 
 
 def _update_stream(header: pb.UpdateHeader, payload: bytes) -> Iterator[pb.UpdateChunk]:

@@ -11,10 +11,18 @@ import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from tqdm import tqdm
 
+from shared.prompts import PromptVariant
 from shared.silo_data import Sample
 from shared.tensor_codec import StateDict
 from silo_agent.batching import training_batch
 from silo_agent.model import SiloModel
+from silo_agent.regularizers import (
+    ProximalTerms,
+    decoder_depth,
+    masked_layers,
+    modality_gamma,
+    trainable_by_state_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +35,11 @@ class LocalPlan:
     local_epochs: int
     batch_size: int
     seed: int
+    proximal_mu: float = 0.0  # FedProx
+    gamma_max: float = 0.0  # adaptive masked proximal regulariser (0: off)
+    mask_skip_layers: int = 4
+    prompt_variant: PromptVariant | None = None
+    control_variates: bool = False  # SCAFFOLD
 
 
 @dataclass
@@ -37,6 +50,8 @@ class LocalResult:
     num_samples: int
     steps: int
     mean_loss: float
+    gamma: float
+    control_delta: StateDict | None = None
 
 
 def load_global_adapter(silo: SiloModel, state: StateDict) -> None:
@@ -55,26 +70,55 @@ def _batches(samples: Sequence[Sample], plan: LocalPlan, epoch: int) -> list[lis
     ]
 
 
+class ControlVariates:
+    """SCAFFOLD's gradient correction (c - c_k) and the silo's own variate c_k across rounds."""
+
+    def __init__(self) -> None:
+        self.local: StateDict = {}
+
+    def correction(self, server: StateDict) -> StateDict:
+        return {n: c - self.local.get(n, torch.zeros_like(c)) for n, c in server.items()}
+
+    def advance(self, server: StateDict, delta: StateDict, *, steps: int, lr: float) -> StateDict:
+        """Option II: c_k+ = c_k - c - delta / (K lr); returns c_k+ - c_k."""
+        change = {n: -server[n] - delta[n].float() / (steps * lr) for n in server}
+        self.local = {
+            n: self.local.get(n, torch.zeros_like(c)) + change[n] for n, c in server.items()
+        }
+        return change
+
+
 def train_round(
     silo: SiloModel,
     samples: Sequence[Sample],
     plan: LocalPlan,
     global_state: StateDict,
     *,
+    server_control: StateDict | None = None,
+    controls: ControlVariates | None = None,
     label: str = "train",
 ) -> LocalResult:
     """Train from `global_state` and return (local - global) in the layout's dtypes."""
+    samples = [s.rendered(plan.prompt_variant) for s in samples]
     load_global_adapter(silo, global_state)
     model = silo.model
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=plan.learning_rate, weight_decay=0.0)
+    params = trainable_by_state_name(model)
+    gamma = modality_gamma(samples, plan.gamma_max) if plan.gamma_max > 0 else 0.0
+    mask = masked_layers(decoder_depth(model), plan.mask_skip_layers) if gamma > 0 else set()
+    proximal = ProximalTerms(params, global_state, mu=plan.proximal_mu, gamma=gamma, mask=mask)
+    correction = None
+    if server_control is not None and controls is not None:
+        correction = {n: c.to(silo.device) for n, c in controls.correction(server_control).items()}
+    optimizer = torch.optim.AdamW(params.values(), lr=plan.learning_rate, weight_decay=0.0)
     losses: list[float] = []
     torch.manual_seed(plan.seed)  # LoRA dropout
     for epoch in range(plan.local_epochs):
-        batches = _batches(samples, plan, epoch)
         for batch_samples in tqdm(
-            batches, desc=f"{label} epoch {epoch + 1}", leave=False, mininterval=2.0
+            _batches(samples, plan, epoch),
+            desc=f"{label} epoch {epoch + 1}",
+            leave=False,
+            mininterval=2.0,
         ):
             batch = {
                 k: v.to(silo.device)
@@ -83,8 +127,12 @@ def train_round(
             loss = model(**batch).loss
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{label}: non-finite loss at step {len(losses) + 1}")
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, max_norm=1.0)
+            objective = loss + proximal() if proximal.active else loss
+            objective.backward()
+            if correction is not None:
+                for name, param in params.items():
+                    param.grad.add_(correction[name])  # type: ignore[union-attr]
+            torch.nn.utils.clip_grad_norm_(list(params.values()), max_norm=1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(float(loss.detach()))
@@ -93,7 +141,16 @@ def train_round(
         name: (local[name].detach().float().cpu() - start.float()).to(start.dtype)
         for name, start in global_state.items()
     }
-    mean_loss = sum(losses) / len(losses) if losses else math.nan
+    control_delta = None
+    if server_control is not None and controls is not None:
+        control_delta = controls.advance(
+            server_control, delta, steps=max(len(losses), 1), lr=plan.learning_rate
+        )
     return LocalResult(
-        delta=delta, num_samples=len(samples), steps=len(losses), mean_loss=mean_loss
+        delta=delta,
+        num_samples=len(samples),
+        steps=len(losses),
+        mean_loss=sum(losses) / len(losses) if losses else math.nan,
+        gamma=gamma,
+        control_delta=control_delta,
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from coordinator.flat_adapter import FlatLayout
 from coordinator.strategies.base import (
-    CONTROL_PREFIX,
     RoundAggregate,
     Strategy,
     StrategyParams,
@@ -13,6 +12,7 @@ from coordinator.strategies.fedavg import FedAvg, FedAvgM
 from coordinator.strategies.fednova import FedNova
 from coordinator.strategies.fedopt import FedAdagrad, FedAdam, FedYogi
 from coordinator.strategies.scaffold import Scaffold
+from shared.tensor_codec import CONTROL_PREFIX
 
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls for cls in (FedAvg, FedAvgM, FedAdam, FedYogi, FedAdagrad, Scaffold, FedNova)

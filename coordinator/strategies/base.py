@@ -13,9 +13,7 @@ import torch
 from safetensors import safe_open
 
 from coordinator.flat_adapter import FlatLayout
-from shared.tensor_codec import AdapterLayout, StateDict, TensorLayout
-
-CONTROL_PREFIX = "control::"
+from shared.tensor_codec import CONTROL_PREFIX, AdapterLayout, StateDict, TensorLayout
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from coordinator.flat_adapter import FlatLayout
 from coordinator.strategies.base import RoundAggregate, Strategy, StrategyParams
 from coordinator.strategies.kernels import fused, momentum_step
-from coordinator.flat_adapter import FlatLayout
 
 
 class FedAvg(Strategy):

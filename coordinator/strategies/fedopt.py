@@ -2,9 +2,9 @@
 
 Shared maths in FedOpt; each variant supplies only its fused second-moment kernel:
   Δ = Σ n_k Δ_k / Σ n_k
-  m ← β1 m + (1 − β1) Δ
-  v ← β2 v + (1 − β2) Δ²            (FedAdam)
-  v ← v − (1 − β2) Δ² sign(v − Δ²)  (FedYogi)
+  m ← β1 m + (1 - β1) Δ
+  v ← β2 v + (1 - β2) Δ²            (FedAdam)
+  v ← v - (1 - β2) Δ² sign(v - Δ²)  (FedYogi)
   v ← v + Δ²                        (FedAdagrad)
   x ← x + η m / (√v + τ)
 with m starting at 0, v at τ², and no bias correction.

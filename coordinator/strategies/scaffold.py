@@ -1,8 +1,8 @@
 """SCAFFOLD (Karimireddy et al., 2020) with the silos' control variates.
 
 Server: x ← x + η Δ (sample-weighted mean delta);  c ← c + (1/N) Σ_{k∈S} Δc_k, N the number of
-silos that joined the federation. Silos correct each local gradient by (c − c_k) and return
-Δc_k = −c − Δ_k / (K η_l) (option II of the paper, K local steps, η_l the local learning rate).
+silos that joined the federation. Silos correct each local gradient by (c - c_k) and return
+Δc_k = -c - Δ_k / (K η_l) (option II of the paper, K local steps, η_l the local learning rate).
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from coordinator.flat_adapter import FlatLayout
-from coordinator.strategies.base import CONTROL_PREFIX, RoundAggregate, Strategy, StrategyParams
-from shared.tensor_codec import StateDict
+from coordinator.strategies.base import RoundAggregate, Strategy, StrategyParams
+from shared.tensor_codec import CONTROL_PREFIX, StateDict
 
 
 class Scaffold(Strategy):

@@ -46,7 +46,15 @@ def _sample(rng: random.Random, directory: Path, sample_id: str) -> dict[str, ob
     prompt = build_prompt(
         HATEFUL_MEMES, text=caption, has_image=True, variant=PromptVariant.ORIGINAL
     )
-    return record(sample_id, image_rel, prompt, HATEFUL_MEMES.target(label))
+    return record(
+        sample_id,
+        image_rel,
+        prompt,
+        HATEFUL_MEMES.target(label),
+        task="hateful_memes",
+        text=caption,
+        label=label,
+    )
 
 
 def write_silo(directory: Path, *, train: int, test: int, seed: int) -> Path:

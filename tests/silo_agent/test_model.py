@@ -10,7 +10,8 @@ import torch
 from peft import get_peft_model_state_dict
 
 from shared.adapter import initial_adapter, load_base_config
-from shared.silo_data import IMAGE_MARKER, Sample, read_split
+from shared.prompts import IMAGE_MARKER
+from shared.silo_data import Sample, read_split
 from shared.tensor_codec import layout_of
 from silo_agent.batching import IGNORE_INDEX, training_batch
 from silo_agent.model import load_silo_model
