@@ -9,7 +9,7 @@ from pathlib import Path
 
 import grpc
 
-from coordinator.run_state import RunSpec
+from coordinator.run_config import RunConfigError, add_flags, spec_from
 from shared.grpc_options import CHANNEL_OPTIONS
 from shared.tls import TlsFiles, channel_credentials
 from shared.wire.v1 import federation_pb2 as pb
@@ -69,22 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--ca", type=Path, required=True, help="federation CA (PEM)")
     commands = parser.add_subparsers(dest="command", required=True)
     start = commands.add_parser("start-run", help="start a run")
-    defaults = RunSpec()
-    start.add_argument("--rounds", type=int, default=defaults.rounds)
-    start.add_argument("--silos-per-round", type=int, default=defaults.silos_per_round)
-    start.add_argument("--min-silos", type=int, default=defaults.min_silos)
-    start.add_argument(
-        "--deadline",
-        type=float,
-        default=defaults.round_deadline_s,
-        help="seconds a round waits for updates",
-    )
-    start.add_argument("--seed", type=int, default=defaults.seed)
-    start.add_argument(
-        "--lr", type=float, default=defaults.learning_rate, help="client learning rate"
-    )
-    start.add_argument("--local-epochs", type=int, default=defaults.local_epochs)
-    start.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    add_flags(start)
     start.add_argument(
         "--follow", action="store_true", help="print a line per round until the run ends"
     )
@@ -97,16 +82,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace, stub: pb_grpc.AdminStub) -> int:
     if args.command == "start-run":
-        spec = RunSpec(
-            rounds=args.rounds,
-            silos_per_round=args.silos_per_round,
-            min_silos=args.min_silos,
-            round_deadline_s=args.deadline,
-            seed=args.seed,
-            learning_rate=args.lr,
-            local_epochs=args.local_epochs,
-            batch_size=args.batch_size,
-        )
+        spec = spec_from(args)
         result = stub.StartRun(pb.StartRunRequest(spec=spec.to_proto()))
         print(f"run {result.run_id} started", flush=True)
         if args.follow:
@@ -115,7 +91,7 @@ def _run(args: argparse.Namespace, stub: pb_grpc.AdminStub) -> int:
             return 0 if result.state == pb.RUN_STATE_COMPLETED else 1
     elif args.command == "status":
         if args.follow:
-            result = follow(stub)
+            follow(stub)
         print(status_text(stub.GetStatus(pb.StatusRequest())))
     elif args.command == "list-silos":
         silos = stub.ListSilos(pb.StatusRequest()).silos
@@ -131,11 +107,14 @@ def _run(args: argparse.Namespace, stub: pb_grpc.AdminStub) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     credentials = channel_credentials(TlsFiles(cert=args.cert, key=args.key, ca=args.ca))
     with grpc.secure_channel(args.coordinator, credentials, options=CHANNEL_OPTIONS) as channel:
         try:
             code = _run(args, pb_grpc.AdminStub(channel))
+        except RunConfigError as exc:
+            parser.error(str(exc))
         except grpc.RpcError as exc:
             print(f"fedmllm-admin: {exc.code().name}: {exc.details()}", file=sys.stderr)
             code = 2

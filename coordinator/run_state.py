@@ -96,8 +96,9 @@ class RunSpec:
             if name in _OPTIONAL and not message.HasField(name):
                 continue
             values[name] = getattr(message, name)
-        if not values.get("strategy"):
-            values.pop("strategy", None)
+        for name in ("strategy", "lr_schedule"):  # empty from clients that predate them
+            if not values.get(name):
+                values.pop(name, None)
         return cls(**values)
 
 

@@ -48,7 +48,8 @@ def masked_layers(depth: int, skip: int) -> set[int]:
 
 
 def decoder_depth(model: PeftModel) -> int:
-    base: PreTrainedModel = model.get_base_model()
+    base = model.get_base_model()
+    assert isinstance(base, PreTrainedModel)
     decoder = base.get_decoder()
     layers = getattr(decoder, "layers", None)
     if layers is None:
