@@ -6,7 +6,7 @@ import torch
 
 from coordinator.flat_adapter import FlatLayout
 from coordinator.strategies.base import RoundAggregate, Strategy, StrategyParams
-from coordinator.strategies.kernels import fused, momentum_step
+from coordinator.strategies.kernels import fused, hyper, momentum_step
 
 
 class FedAvg(Strategy):
@@ -28,14 +28,8 @@ class FedAvgM(Strategy):
         self.velocity = layout.zeros()
 
     def _step(self, x: torch.Tensor, aggregate: RoundAggregate) -> None:
-        fused(momentum_step)(
-            x,
-            self.velocity,
-            aggregate.total,
-            1.0 / aggregate.weight_sum,
-            self.params.eta,
-            self.params.momentum,
-        )
+        h = hyper(1.0 / aggregate.weight_sum, self.params.eta, self.params.momentum)
+        fused(momentum_step)(x, self.velocity, aggregate.total, h)
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {**super().state_tensors(), "velocity": self.velocity}

@@ -19,7 +19,7 @@ import torch
 
 from coordinator.flat_adapter import FlatLayout
 from coordinator.strategies.base import RoundAggregate, Strategy, StrategyParams
-from coordinator.strategies.kernels import adagrad_step, adam_step, fused, yogi_step
+from coordinator.strategies.kernels import adagrad_step, adam_step, fused, hyper, yogi_step
 
 
 class FedOpt(Strategy):
@@ -33,17 +33,8 @@ class FedOpt(Strategy):
 
     def _step(self, x: torch.Tensor, aggregate: RoundAggregate) -> None:
         p = self.params
-        fused(type(self).kernel)(
-            x,
-            self.m,
-            self.v,
-            aggregate.total,
-            1.0 / aggregate.weight_sum,
-            p.eta,
-            p.beta1,
-            p.beta2,
-            p.tau,
-        )
+        h = hyper(1.0 / aggregate.weight_sum, p.eta, p.beta1, p.beta2, p.tau)
+        fused(type(self).kernel)(x, self.m, self.v, aggregate.total, h)
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {**super().state_tensors(), "m": self.m, "v": self.v}

@@ -18,17 +18,19 @@ import torch
 log = logging.getLogger(__name__)
 
 
+def hyper(*values: float) -> torch.Tensor:
+    """Scalars as one small tensor: the compiled kernel then serves every round's values
+    (Python floats would be baked into it and force a recompilation each round). float64,
+    because inductor vectorises the loop with float64 scalars and not with float32 ones
+    (measured: 96 vs 164 ms for a FedAdam step over 150M values on 2 threads)."""
+    return torch.tensor(values, dtype=torch.float64)
+
+
 def adam_step(
-    x: torch.Tensor,
-    m: torch.Tensor,
-    v: torch.Tensor,
-    total: torch.Tensor,
-    scale: float,
-    eta: float,
-    beta1: float,
-    beta2: float,
-    tau: float,
+    x: torch.Tensor, m: torch.Tensor, v: torch.Tensor, total: torch.Tensor, h: torch.Tensor
 ) -> None:
+    """h = (scale, eta, beta1, beta2, tau); the round's delta is total * scale."""
+    scale, eta, beta1, beta2, tau = h[0], h[1], h[2], h[3], h[4]
     delta = total * scale
     m_new = beta1 * m + (1.0 - beta1) * delta
     v_new = beta2 * v + (1.0 - beta2) * delta * delta
@@ -38,36 +40,25 @@ def adam_step(
 
 
 def yogi_step(
-    x: torch.Tensor,
-    m: torch.Tensor,
-    v: torch.Tensor,
-    total: torch.Tensor,
-    scale: float,
-    eta: float,
-    beta1: float,
-    beta2: float,
-    tau: float,
+    x: torch.Tensor, m: torch.Tensor, v: torch.Tensor, total: torch.Tensor, h: torch.Tensor
 ) -> None:
+    scale, eta, beta1, beta2, tau = h[0], h[1], h[2], h[3], h[4]
     delta = total * scale
     squared = delta * delta
+    # v - (1 - beta2) delta^2 sign(v - delta^2), as selects: inductor vectorises torch.where
+    # but not torch.sign (measured: 107 vs 250 ms over 150M values)
+    step = (1.0 - beta2) * squared
     m_new = beta1 * m + (1.0 - beta1) * delta
-    v_new = v - (1.0 - beta2) * squared * torch.sign(v - squared)
+    v_new = torch.where(v > squared, v - step, torch.where(v < squared, v + step, v))
     x.copy_(x + eta * m_new / (torch.sqrt(v_new) + tau))
     m.copy_(m_new)
     v.copy_(v_new)
 
 
 def adagrad_step(
-    x: torch.Tensor,
-    m: torch.Tensor,
-    v: torch.Tensor,
-    total: torch.Tensor,
-    scale: float,
-    eta: float,
-    beta1: float,
-    beta2: float,
-    tau: float,
+    x: torch.Tensor, m: torch.Tensor, v: torch.Tensor, total: torch.Tensor, h: torch.Tensor
 ) -> None:
+    scale, eta, beta1, tau = h[0], h[1], h[2], h[4]
     delta = total * scale
     m_new = beta1 * m + (1.0 - beta1) * delta
     v_new = v + delta * delta
@@ -77,13 +68,10 @@ def adagrad_step(
 
 
 def momentum_step(
-    x: torch.Tensor,
-    velocity: torch.Tensor,
-    total: torch.Tensor,
-    scale: float,
-    eta: float,
-    momentum: float,
+    x: torch.Tensor, velocity: torch.Tensor, total: torch.Tensor, h: torch.Tensor
 ) -> None:
+    """h = (scale, eta, momentum)."""
+    scale, eta, momentum = h[0], h[1], h[2]
     v_new = momentum * velocity + total * scale
     x.copy_(x + eta * v_new)
     velocity.copy_(v_new)
