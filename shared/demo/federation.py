@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--family", choices=FAMILIES, default="idefics3")
     parser.add_argument("--train-samples", type=int, default=48, help="per silo")
     parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--strategy", default="fedavg", help="server strategy of the run")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     started = time.monotonic()
@@ -185,6 +186,8 @@ def main(argv: list[str] | None = None) -> None:
                 "8",
                 "--seed",
                 str(args.seed),
+                "--strategy",
+                args.strategy,
                 "--follow",
             ],
             check=False,
