@@ -188,9 +188,10 @@ class Federation:
             available = self._await_silos(run.spec)
             if available is None:
                 return
+            assert self.model is not None
             rng = random.Random(run.spec.seed * 1_000_003 + index * 1_009 + attempt)
             k = min(run.spec.silos_per_round, len(available))
-            selected = sorted(rng.sample(available, k))
+            selected = self.model.strategy.select(available, k, rng)
             started = time.monotonic()
             open_round = self._open(run, index, attempt, selected)
             self._collect(open_round)

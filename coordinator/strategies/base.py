@@ -1,9 +1,11 @@
-"""The Strategy abstraction: how updates are weighted and folded, and how a round moves the
-global adapter. Concrete strategies override one step; the run loop in federation.py is shared.
+"""The Strategy abstraction: which silos a round asks, how their updates are weighted and
+folded, and how a round moves the global adapter. Concrete strategies override one step; the
+run loop in federation.py is shared.
 """
 
 from __future__ import annotations
 
+import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +86,10 @@ class Strategy(ABC):
         self.layout = layout
         self.params = params
         self.rounds_applied = 0
+
+    def select(self, available: list[str], k: int, rng: random.Random) -> list[str]:
+        """The silos of a round: k of the available ones, uniformly (sorted for the record)."""
+        return sorted(rng.sample(sorted(available), k))
 
     def update_weight(self, *, num_samples: int, steps: int) -> float:
         """How much one update counts in the round's sum (sample count by default)."""
