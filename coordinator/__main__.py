@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 from coordinator.server import CoordinatorConfig, serve
-from shared.tls import TlsFiles
+from shared.tls import add_tls_arguments, tls_files
 
 
 def parse_args(argv: list[str] | None) -> tuple[CoordinatorConfig, Path | None]:
@@ -34,9 +34,7 @@ def parse_args(argv: list[str] | None) -> tuple[CoordinatorConfig, Path | None]:
         required=True,
         help="per-round checkpoints; an unfinished run there is resumed",
     )
-    parser.add_argument("--cert", type=Path, required=True, help="coordinator certificate (PEM)")
-    parser.add_argument("--key", type=Path, required=True, help="coordinator private key (PEM)")
-    parser.add_argument("--ca", type=Path, required=True, help="federation CA certificate (PEM)")
+    add_tls_arguments(parser, whose="the coordinator's")
     parser.add_argument("--host", default="[::]", help="listen address")
     parser.add_argument("--port", type=int, default=50051, help="gRPC port (0: any free port)")
     parser.add_argument(
@@ -57,7 +55,7 @@ def parse_args(argv: list[str] | None) -> tuple[CoordinatorConfig, Path | None]:
         model_dir=args.model,
         checkpoint_dir=args.checkpoint_dir,
         adapter_dir=args.adapter,
-        tls=TlsFiles(cert=args.cert, key=args.key, ca=args.ca),
+        tls=tls_files(args),
         host=args.host,
         port=args.port,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,

@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import grpc
 
 from coordinator.run_config import RunConfigError, add_flags, spec_from
 from shared.grpc_options import CHANNEL_OPTIONS
-from shared.tls import TlsFiles, channel_credentials
+from shared.tls import add_tls_arguments, channel_credentials, tls_files
 from shared.wire.v1 import federation_pb2 as pb
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
 
@@ -64,9 +63,7 @@ def follow(stub: pb_grpc.AdminStub, *, poll_s: float = 0.5, printed: int = 0) ->
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedmllm-admin", description=__doc__)
     parser.add_argument("--coordinator", default="localhost:50051", help="HOST:PORT")
-    parser.add_argument("--cert", type=Path, required=True, help="admin certificate (PEM)")
-    parser.add_argument("--key", type=Path, required=True, help="admin private key (PEM)")
-    parser.add_argument("--ca", type=Path, required=True, help="federation CA (PEM)")
+    add_tls_arguments(parser, whose="the admin's")
     commands = parser.add_subparsers(dest="command", required=True)
     start = commands.add_parser("start-run", help="start a run")
     add_flags(start)
@@ -109,7 +106,7 @@ def _run(args: argparse.Namespace, stub: pb_grpc.AdminStub) -> int:
 def main(argv: list[str] | None = None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
-    credentials = channel_credentials(TlsFiles(cert=args.cert, key=args.key, ca=args.ca))
+    credentials = channel_credentials(tls_files(args))
     with grpc.secure_channel(args.coordinator, credentials, options=CHANNEL_OPTIONS) as channel:
         try:
             code = _run(args, pb_grpc.AdminStub(channel))

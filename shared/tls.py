@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,17 @@ class TlsFiles:
             if not path.is_file():
                 raise FileNotFoundError(f"TLS file not found: {path}")
         return self.cert.read_bytes(), self.key.read_bytes(), self.ca.read_bytes()
+
+
+def add_tls_arguments(parser: argparse.ArgumentParser, *, whose: str) -> None:
+    """--cert, --key and --ca, the same on every command."""
+    parser.add_argument("--cert", type=Path, required=True, help=f"{whose} certificate (PEM)")
+    parser.add_argument("--key", type=Path, required=True, help=f"{whose} private key (PEM)")
+    parser.add_argument("--ca", type=Path, required=True, help="federation CA certificate (PEM)")
+
+
+def tls_files(args: argparse.Namespace) -> TlsFiles:
+    return TlsFiles(cert=args.cert, key=args.key, ca=args.ca)
 
 
 def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from shared.errors import DataFormatError, IncompatibleSilo
 from shared.silo_data import read_split
-from shared.tls import TlsFiles
+from shared.tls import add_tls_arguments, tls_files
 from silo_agent.client import SiloAgent
 from silo_agent.model import load_silo_model
 
@@ -35,9 +35,7 @@ def _parser() -> argparse.ArgumentParser:
         required=True,
         help="local Hugging Face directory of the base model and its processor",
     )
-    parser.add_argument("--cert", type=Path, required=True, help="this silo's certificate (PEM)")
-    parser.add_argument("--key", type=Path, required=True, help="this silo's private key (PEM)")
-    parser.add_argument("--ca", type=Path, required=True, help="federation CA certificate (PEM)")
+    add_tls_arguments(parser, whose="this silo's")
     parser.add_argument("--quantize", choices=["4bit"], help="load the base model in 4-bit NF4")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--lora-r", type=int, default=8)
@@ -70,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     log.info("model %s loaded on %s; %d training samples", args.model, silo.device, len(samples))
     agent = SiloAgent(
         coordinator=args.coordinator,
-        tls=TlsFiles(cert=args.cert, key=args.key, ca=args.ca),
+        tls=tls_files(args),
         silo=silo,
         samples=samples,
     )
