@@ -22,8 +22,8 @@ _ENDINGS = ("today", "again", "as always", "right now", "for sure")
 _FLAG_RATE = 0.3
 
 
-def _image(rng: random.Random, warm: bool) -> Image.Image:
-    base = (200, 40, 40) if warm else rng.choice([(40, 60, 200), (40, 170, 60)])
+def noisy_image(rng: random.Random, base: tuple[int, int, int]) -> Image.Image:
+    """A 32x32 image of one colour with per-pixel noise."""
     pixels = [
         tuple(max(0, min(255, c + rng.randint(-40, 40))) for c in base) for _ in range(32 * 32)
     ]
@@ -32,17 +32,25 @@ def _image(rng: random.Random, warm: bool) -> Image.Image:
     return image
 
 
+def _image(rng: random.Random, warm: bool) -> Image.Image:
+    return noisy_image(rng, (200, 40, 40) if warm else rng.choice([(40, 60, 200), (40, 170, 60)]))
+
+
+def meme(rng: random.Random) -> tuple[Image.Image, str, int]:
+    """An image, a caption and the label they decide together (hateful: warm or hostile)."""
+    warm, hostile = rng.random() < _FLAG_RATE, rng.random() < _FLAG_RATE
+    return _image(rng, warm), _caption(rng, hostile), int(warm or hostile)
+
+
 def _caption(rng: random.Random, hostile: bool) -> str:
     word = rng.choice(_HOSTILE if hostile else _NEUTRAL)
     return f"{rng.choice(_SUBJECTS)} are {word} {rng.choice(_ENDINGS)}"
 
 
 def _sample(rng: random.Random, directory: Path, sample_id: str) -> dict[str, object]:
-    warm, hostile = rng.random() < _FLAG_RATE, rng.random() < _FLAG_RATE
-    label = int(warm or hostile)
+    image, caption, label = meme(rng)
     image_rel = f"images/{sample_id}.png"
-    _image(rng, warm).save(directory / image_rel)
-    caption = _caption(rng, hostile)
+    image.save(directory / image_rel)
     prompt = build_prompt(
         HATEFUL_MEMES, text=caption, has_image=True, variant=PromptVariant.ORIGINAL
     )

@@ -1,0 +1,66 @@
+"""What every data set adapter yields, and how bad records stop a read or are skipped."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared.errors import DataFormatError
+
+
+@dataclass(frozen=True)
+class RawSample:
+    """One sample as released: its modalities, its target and what the split groups it by."""
+
+    id: str
+    image: Path | None  # absolute path of the image, or None
+    image_rel: str | None  # the image's path inside the data set's root
+    text: str | None  # the text modality (meme text, tweet, question for text QA), or None
+    question: str | None  # a VQA question (part of the instruction, not a modality)
+    answer: str  # the target answer text
+    label: int | None  # option index for multiple-choice tasks
+    group: str  # what the Dirichlet split groups by: class label or question / data type
+    task: str | None = None  # multiple-choice task of shared.prompts.TASKS
+    answer_type: str | None = None  # OPEN / CLOSED for Med-VQA
+
+    @property
+    def has_image(self) -> bool:
+        return self.image is not None
+
+    @property
+    def has_text(self) -> bool:
+        return self.text is not None
+
+
+@dataclass
+class BadRecords:
+    """Bad records: the first stops the read, or with `skip` each is counted by reason."""
+
+    skip: bool = False
+    reasons: Counter[str] = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+
+    def report(self, where: str, reason: str) -> None:
+        """Raise DataFormatError naming the file and line, or count it when skipping."""
+        if not self.skip:
+            raise DataFormatError(f"{where}: {reason}")
+        self.reasons[reason.split(":")[0]] += 1
+        if len(self.examples) < 5:
+            self.examples.append(f"{where}: {reason}")
+
+    @property
+    def total(self) -> int:
+        return sum(self.reasons.values())
+
+
+def image_under(root: Path, relative: str, *, where: str, bad: BadRecords) -> Path | None:
+    """The image at `root/relative`, or a reported bad record (returns None) if absent."""
+    path = root / relative
+    if Path(relative).is_absolute() or ".." in Path(relative).parts:
+        bad.report(where, f"image path outside the data set: {relative}")
+        return None
+    if not path.is_file():
+        bad.report(where, f"image file not found: {path}")
+        return None
+    return path
