@@ -138,7 +138,7 @@ def test_same_seed_same_partition_other_seed_other_partition() -> None:
 
 
 def test_unreachable_parameters_are_refused() -> None:
-    with pytest.raises(ScenarioError, match="beta 0.7 is not reachable"):
+    with pytest.raises(ScenarioError, match=r"beta 0\.7 is not reachable"):
         partition([SAMPLES], full_modal=True, spec=ScenarioSpec(scenario="missing", beta=0.7))
     with pytest.raises(ScenarioError, match="full-modal"):
         partition([_single("image", 50)], full_modal=False, spec=ScenarioSpec(scenario="missing"))
