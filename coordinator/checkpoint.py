@@ -8,11 +8,13 @@ either the previous complete round or the new complete round, never a half-writt
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from safetensors.torch import load_file, save_file
 
@@ -61,7 +63,28 @@ class CheckpointStore:
     def __init__(self, root: Path, *, keep: int = 5) -> None:
         self.root = root
         self.keep = max(keep, 1)
+        self._lock_handle: TextIO | None = None
         root.mkdir(parents=True, exist_ok=True)
+
+    def lock(self) -> None:
+        """Hold the directory for this process (one coordinator per checkpoint directory) and
+        clear what a crash may have left: half-written rounds and half-received updates."""
+        handle = (self.root / ".lock").open("a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise RuntimeError(f"{self.root} is in use by another coordinator") from None
+        self._lock_handle = handle
+        for leftover in self.root.glob("runs/*/.round-*.tmp-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        for leftover in self.root.glob("incoming/update-*"):
+            leftover.unlink(missing_ok=True)
+
+    def unlock(self) -> None:
+        if self._lock_handle is not None:
+            self._lock_handle.close()  # closing releases the flock
+            self._lock_handle = None
 
     def _run_dir(self, run_id: str) -> Path:
         return self.root / "runs" / run_id

@@ -94,6 +94,14 @@ class Federation:
             log.info("resuming run %s after round %d", self.run.run_id, checkpoint.round)
             self._start_thread()
 
+    def _restore_model(self, run: RunRecord) -> None:
+        checkpoint = self.store.load_latest()
+        if checkpoint is None or checkpoint.run.run_id != run.run_id:
+            raise RuntimeError(f"no checkpoint of run {run.run_id} to restore")
+        self.model = GlobalModel.restore(
+            run.spec, self.flat, checkpoint.adapter, checkpoint.strategy_state
+        )
+
     def _start_thread(self) -> None:
         self._stop.clear()
         self._thread = threading.Thread(target=self._run_loop, name="run-controller", daemon=True)
@@ -174,7 +182,6 @@ class Federation:
         with self._lock:
             while not self._stop.is_set():
                 available = self.registry.available()
-                self.metrics.silos_connected.set(len(available))
                 graced = time.monotonic() - waited_from >= self._settings.selection_grace_s
                 if len(available) >= spec.silos_per_round or (
                     graced and len(available) >= spec.min_silos
@@ -198,8 +205,18 @@ class Federation:
             if self._stop.is_set():
                 return
             if len(open_round.contributed) >= run.spec.min_silos:
-                self._aggregate(run, open_round, started)
-                return
+                try:
+                    self._aggregate(run, open_round, started)
+                    return
+                except FloatingPointError as exc:  # the model moved in place: back to the save
+                    log.error(
+                        "round %d: %s; restoring round %d and redoing it",
+                        index,
+                        exc,
+                        run.completed_rounds,
+                    )
+                    self._restore_model(run)
+                    continue
             log.warning(
                 "round %d: %d of %d updates by the deadline (minimum %d); reselecting",
                 index,
@@ -232,13 +249,15 @@ class Federation:
 
     def _open(self, run: RunRecord, index: int, attempt: int, selected: list[str]) -> OpenRound:
         assert self.model is not None
+        # every silo that ever joined this run (SCAFFOLD's N), also across restarts
+        run.silos_seen = sorted({*run.silos_seen, *(s.silo_id for s in self.registry.snapshot())})
         open_round = OpenRound.open(
             run_id=run.run_id,
             index=index,
             attempt=attempt,
             selected=selected,
             download=self.model.download(),
-            aggregate=self.model.begin_round(population=len(self.registry.snapshot())),
+            aggregate=self.model.begin_round(population=len(run.silos_seen)),
             deadline_s=run.spec.round_deadline_s,
         )
         plan = self._plan(run.spec, index)
@@ -270,6 +289,8 @@ class Federation:
                     break
                 self._changed.wait(self._settings.poll_s)
             open_round.closed = True
+            while open_round.folding:  # updates accepted before the close finish folding
+                self._changed.wait(self._settings.poll_s)
         self.metrics.phase_duration.labels(phase="training").observe(
             time.monotonic() - open_round.started
         )
@@ -295,11 +316,20 @@ class Federation:
         )
         self.phase = pb.ROUND_PHASE_CHECKPOINTING
         with self._lock:
-            run.history.append(record)
+            # the round counts once it is saved: the saved record carries it, then memory
+            saved = RunRecord(
+                run_id=run.run_id,
+                spec=run.spec,
+                phase=run.phase,
+                history=[*run.history, record],
+                message=run.message,
+                silos_seen=run.silos_seen,
+            )
             with self.metrics.phase_duration.labels(phase="checkpoint").time():
                 self.store.save_round(
-                    run, open_round.index, model.adapter(), model.strategy_state()
+                    saved, open_round.index, model.adapter(), model.strategy_state()
                 )
+            run.history.append(record)
             self.open_round = None
         self.metrics.rounds_completed.inc()
         self.metrics.train_loss.set(record.mean_train_loss)
@@ -328,6 +358,10 @@ class Federation:
             open_round.check_task(task_id, silo_id)
             return open_round
 
+    def unanswered_task(self, silo_id: str) -> pb.RoundTask | None:
+        with self._lock:
+            return None if self.open_round is None else self.open_round.unanswered_task(silo_id)
+
     def count_sent(self, open_round: OpenRound, nbytes: int) -> None:
         with self._lock:
             open_round.bytes_sent += nbytes
@@ -348,27 +382,42 @@ class Federation:
         path: Path,
         nbytes: int,
     ) -> None:
-        """Validate a received update file, then fold it into the round (never before)."""
+        """Validate a received update file, then fold it into the round (never before).
+
+        The file is read outside the federation's lock (an update can be gigabytes): the silo
+        is reserved under the lock first, and a round closing meanwhile waits for the fold.
+        """
         model = self.model
-        assert model is not None
+        assert model is not None and self.run is not None
         validate_update_meta(
-            num_samples=header.num_samples, mean_loss=header.mean_loss, gamma=header.gamma
+            num_samples=header.num_samples,
+            declared_samples=self.registry.declared_samples(silo_id),
+            steps=header.steps,
+            max_steps=header.num_samples * self.run.spec.local_epochs,
+            mean_loss=header.mean_loss,
+            gamma=header.gamma,
         )
         with self.metrics.phase_duration.labels(phase="validation").time():
             validate_update_file(path, model.update_layout())
         with self._lock:
             open_round.check_task(header.task_id, silo_id)  # may have closed meanwhile
-            model.fold(
-                open_round.aggregate, path, num_samples=header.num_samples, steps=header.steps
-            )
-            open_round.contributed[silo_id] = Contribution(
-                num_samples=header.num_samples,
-                mean_loss=header.mean_loss,
-                steps=header.steps,
-                gamma=header.gamma,
-            )
-            open_round.bytes_received += nbytes
-            self._changed.notify_all()
+            open_round.folding.add(silo_id)
+        try:
+            with open_round.fold_lock:
+                model.fold(
+                    open_round.aggregate, path, num_samples=header.num_samples, steps=header.steps
+                )
+        finally:
+            with self._lock:
+                open_round.folding.discard(silo_id)
+                open_round.contributed[silo_id] = Contribution(
+                    num_samples=header.num_samples,
+                    mean_loss=header.mean_loss,
+                    steps=header.steps,
+                    gamma=header.gamma,
+                )
+                open_round.bytes_received += nbytes
+                self._changed.notify_all()
         self.metrics.updates_accepted.inc()
         self.metrics.bytes_received.inc(nbytes)
         self.metrics.silo_gamma.labels(silo=silo_id).set(header.gamma)

@@ -86,6 +86,12 @@ class SiloRegistry:
         session.tasks.put(task)
         return True
 
+    def declared_samples(self, silo_id: str) -> int:
+        """The training-sample count the silo declared when it joined (0 if unknown)."""
+        with self._lock:
+            session = self._sessions.get(silo_id)
+            return session.num_train_samples if session is not None else 0
+
     def connected_count(self) -> int:
         return len(self.available())
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -50,6 +51,9 @@ class OpenRound:
     bytes_received: int = 0
     started: float = field(default_factory=time.monotonic)
     closed: bool = False
+    sent: dict[str, pb.RoundTask] = field(default_factory=dict)  # silo id -> its task
+    folding: set[str] = field(default_factory=set)  # reserved, being read into the sum
+    fold_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def open(
@@ -78,7 +82,7 @@ class OpenRound:
     def task_for(self, silo_id: str, plan: pb.TrainingPlan) -> pb.RoundTask:
         task_id = f"{self.run_id}/r{self.index}/a{self.attempt}/{secrets.token_hex(6)}"
         self.tasks[task_id] = silo_id
-        return pb.RoundTask(
+        task = pb.RoundTask(
             run_id=self.run_id,
             round=self.index,
             task_id=task_id,
@@ -87,6 +91,14 @@ class OpenRound:
                 total_bytes=self.digest.total_bytes, sha256=self.digest.sha256
             ),
         )
+        self.sent[silo_id] = task
+        return task
+
+    def unanswered_task(self, silo_id: str) -> pb.RoundTask | None:
+        """The silo's task if it still owes an update (to send again after it reconnects)."""
+        if self.closed or silo_id in self.contributed or silo_id in self.folding:
+            return None
+        return self.sent.get(silo_id)
 
     def check_task(self, task_id: str, silo_id: str) -> None:
         """Refuse a task id that is not this silo's task in this open round."""
@@ -106,7 +118,7 @@ class OpenRound:
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"round {self.index} is closed; update from {silo_id!r} arrived late",
             )
-        if silo_id in self.contributed:
+        if silo_id in self.contributed or silo_id in self.folding:
             raise Refusal(
                 grpc.StatusCode.ALREADY_EXISTS,
                 f"silo {silo_id!r} already contributed to round {self.index}",

@@ -131,6 +131,7 @@ class RunRecord:
     phase: RunPhase = RunPhase.RUNNING
     history: list[RoundRecord] = field(default_factory=list)
     message: str = ""
+    silos_seen: list[str] = field(default_factory=list)  # every silo that joined during the run
 
     @property
     def completed_rounds(self) -> int:
@@ -144,6 +145,7 @@ class RunRecord:
             "phase": self.phase.value,
             "message": self.message,
             "history": [asdict(r) for r in self.history],
+            "silos_seen": self.silos_seen,
         }
 
     @classmethod
@@ -154,6 +156,7 @@ class RunRecord:
             phase=RunPhase(data["phase"]),
             message=data.get("message", ""),
             history=[RoundRecord(**r) for r in data["history"]],
+            silos_seen=list(data.get("silos_seen", [])),
         )
 
     def status_proto(self, round_phase: pb.RoundPhase) -> pb.RunStatus:

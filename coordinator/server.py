@@ -8,6 +8,7 @@ from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from peft import LoraConfig
@@ -82,7 +83,26 @@ def serve(config: CoordinatorConfig) -> Iterator[RunningCoordinator]:
     lora, factory = _adapter_source(config, base_config)
     metrics = CoordinatorMetrics()
     registry = SiloRegistry(liveness_timeout_s=4.0 * config.heartbeat_interval_s)
+    metrics.silos_connected.set_function(registry.connected_count)
     store = CheckpointStore(config.checkpoint_dir, keep=config.keep_checkpoints)
+    store.lock()
+    try:
+        with _serving(config, store, registry, metrics, canonical, lora, factory) as running:
+            yield running
+    finally:
+        store.unlock()
+
+
+@contextmanager
+def _serving(
+    config: CoordinatorConfig,
+    store: CheckpointStore,
+    registry: SiloRegistry,
+    metrics: CoordinatorMetrics,
+    canonical: dict[str, Any],
+    lora: LoraConfig,
+    factory: Callable[[int], StateDict],
+) -> Iterator[RunningCoordinator]:
     federation = Federation(
         registry=registry,
         store=store,

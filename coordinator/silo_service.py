@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import tempfile
 from collections.abc import Iterator
@@ -103,12 +102,16 @@ class SiloService(pb_grpc.SiloServicer):
                 f"silo {peer.name!r}: unknown session; join first",
             )
         registry.set_streaming(session, True)
+        owed = self._federation.unanswered_task(peer.name)
+        if owed is not None:  # a task sent to an earlier session of this silo
+            session.tasks.put(owed)
         try:
-            while (
-                context.is_active()
-                and registry.is_current(session)
-                and (not registry.closed.is_set())
-            ):
+            while context.is_active() and not registry.closed.is_set():
+                if not registry.is_current(session):
+                    context.abort(
+                        grpc.StatusCode.ABORTED,
+                        f"silo {peer.name!r}: superseded by a newer session of the same identity",
+                    )
                 try:
                     yield session.tasks.get(timeout=0.5)
                 except queue.Empty:
@@ -145,11 +148,13 @@ class SiloService(pb_grpc.SiloServicer):
             )
         header = first.header
         open_round: OpenRound | None = None
-        fd, name = tempfile.mkstemp(prefix="update-", suffix=".safetensors", dir=self._incoming)
-        path = Path(name)
+        path: Path | None = None
         try:
             open_round = self._federation.round_for_task(header.task_id, peer.name)
-            with os.fdopen(fd, "wb") as out:
+            with tempfile.NamedTemporaryFile(
+                prefix="update-", suffix=".safetensors", dir=self._incoming, delete=False
+            ) as out:
+                path = Path(out.name)
                 sink = PayloadSink(
                     expected=PayloadDigest(header.payload.total_bytes, header.payload.sha256),
                     out=out,
@@ -181,7 +186,8 @@ class SiloService(pb_grpc.SiloServicer):
                 f"update from {peer.name!r} for {where} refused: {exc}",
             )
         finally:
-            path.unlink(missing_ok=True)
+            if path is not None:
+                path.unlink(missing_ok=True)
 
     def Heartbeat(
         self, request: pb.HeartbeatRequest, context: grpc.ServicerContext

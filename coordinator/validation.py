@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import torch
 from safetensors import safe_open
 
 from shared.errors import UpdateRejected
 from shared.tensor_codec import AdapterLayout, dtype_name
+
+# No LoRA delta comes near this; far below it, the float32 running sums cannot overflow.
+MAX_ABS_VALUE = 1e6
 
 
 def validate_update_file(path: Path, layout: AdapterLayout) -> None:
@@ -38,13 +40,34 @@ def validate_update_file(path: Path, layout: AdapterLayout) -> None:
                     reason="dtype",
                     detail=f"{name}: dtype {dtype_name(tensor.dtype)}, expected {want.dtype}",
                 )
-            if not bool(torch.isfinite(tensor).all()):
+            peak = float(tensor.abs().max()) if tensor.numel() else 0.0
+            if not math.isfinite(peak):
                 raise UpdateRejected(reason="non_finite", detail=f"{name}: NaN or Inf values")
+            if peak > MAX_ABS_VALUE:
+                raise UpdateRejected(
+                    reason="magnitude", detail=f"{name}: |value| {peak:.3g} above {MAX_ABS_VALUE:g}"
+                )
 
 
-def validate_update_meta(*, num_samples: int, mean_loss: float, gamma: float) -> None:
-    if num_samples < 1:
-        raise UpdateRejected(reason="metadata", detail="num_samples must be at least 1")
+def validate_update_meta(
+    *,
+    num_samples: int,
+    declared_samples: int,
+    steps: int,
+    max_steps: int,
+    mean_loss: float,
+    gamma: float,
+) -> None:
+    """The header's numbers, each of which weighs in the aggregate, within what is possible."""
+    if not 1 <= num_samples <= declared_samples:
+        raise UpdateRejected(
+            reason="metadata",
+            detail=f"num_samples {num_samples} outside 1..{declared_samples} (declared at join)",
+        )
+    if not 1 <= steps <= max_steps:
+        raise UpdateRejected(
+            reason="metadata", detail=f"steps {steps} outside 1..{max_steps} for these samples"
+        )
     if not math.isfinite(mean_loss):
         raise UpdateRejected(reason="metadata", detail=f"mean_loss is not finite ({mean_loss})")
     if not (math.isfinite(gamma) and gamma >= 0):

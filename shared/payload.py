@@ -6,7 +6,7 @@ import hashlib
 import io
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import IO
 
 from shared.errors import PayloadError
 
@@ -41,7 +41,7 @@ class PayloadSink:
     `finish()` checks the size and the digest; any failure raises PayloadError.
     """
 
-    def __init__(self, *, expected: PayloadDigest, out: BinaryIO, max_bytes: int) -> None:
+    def __init__(self, *, expected: PayloadDigest, out: IO[bytes], max_bytes: int) -> None:
         if expected.total_bytes > max_bytes:
             raise PayloadError(
                 f"announced payload of {expected.total_bytes} bytes exceeds the limit of "

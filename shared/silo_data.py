@@ -91,6 +91,8 @@ def _with_task_fields(sample: Sample, record: dict[str, Any], *, where: str) -> 
         return replace(sample, has_text=has_text, text=text)
     if task not in TASKS:
         raise DataFormatError(f"{where}: unknown task {task!r}; known: {', '.join(TASKS)}")
+    if "text" not in record:
+        raise DataFormatError(f"{where}: a record with 'task' needs 'text' (a string, or null)")
     options = len(TASKS[task].options)
     if not isinstance(label, int) or not 0 <= label < options:
         raise DataFormatError(f"{where}: 'label' must be an option index 0..{options - 1}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -27,6 +28,17 @@ log = logging.getLogger(__name__)
 
 # The global adapter a silo accepts; far above any LoRA adapter, far below a full model.
 MAX_ADAPTER_BYTES = 16 * 1024**3
+MAX_HEARTBEAT_FAILURES = 3
+# Refusals that concern one task (late, duplicate, malformed): the session goes on.
+TASK_REFUSALS = frozenset(
+    {
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -67,57 +79,58 @@ class SiloAgent:
             call.cancel()
 
     def run(self) -> None:
+        """Join and serve round tasks until stopped, reconnecting with exponential backoff."""
         delay = self._backoff.initial_s
         while not self._stop.is_set():
+            started = time.monotonic()
             try:
                 self._session()
-                delay = self._backoff.initial_s
+                reason = "the coordinator closed the task stream"
             except grpc.RpcError as exc:
                 if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and not self.silo_id:
                     raise IncompatibleSilo(exc.details() or "refused by the coordinator") from exc
-                if self._stop.is_set():
-                    break
-                log.warning(
-                    "coordinator %s unreachable (%s: %s); retrying in %.0f s",
-                    self._target,
-                    exc.code().name,
-                    exc.details(),
-                    delay,
-                )
-                self._stop.wait(delay)
-                delay = min(delay * 2, self._backoff.max_s)
+                reason = f"{exc.code().name}: {exc.details()}"
+            if self._stop.is_set():
+                break
+            if time.monotonic() - started > self._backoff.max_s:
+                delay = self._backoff.initial_s  # a long session: start the backoff afresh
+            log.warning(
+                "session with %s ended (%s); reconnecting in %.1f s", self._target, reason, delay
+            )
+            self._stop.wait(delay)
+            delay = min(delay * 2, self._backoff.max_s)
+
+    def _join(self, stub: pb_grpc.SiloStub) -> pb.JoinResponse:
+        silo = self._silo
+        request = pb.JoinRequest(
+            agent_version=__version__,
+            base_model_fingerprint=silo.fingerprint,
+            base_model_config_json=json.dumps(silo.canonical_config, sort_keys=True),
+            lora_config_json=silo.lora_config_json,
+            adapter_layout=[
+                pb.TensorSpec(name=t.name, shape=list(t.shape), dtype=t.dtype)
+                for t in silo.adapter_layout.values()
+            ],
+            num_train_samples=len(self._samples),
+        )
+        joined: pb.JoinResponse = stub.Join(request, wait_for_ready=True, timeout=30)
+        self.silo_id = joined.silo_id
+        log.info("joined as %s with %d samples", joined.silo_id, len(self._samples))
+        return joined
 
     def _session(self) -> None:
         with grpc.secure_channel(
             self._target, self._credentials, options=CHANNEL_OPTIONS
         ) as channel:
             stub = pb_grpc.SiloStub(channel)
-            silo = self._silo
-            joined = stub.Join(
-                pb.JoinRequest(
-                    agent_version=__version__,
-                    base_model_fingerprint=silo.fingerprint,
-                    base_model_config_json=_json(silo.canonical_config),
-                    lora_config_json=silo.lora_config_json,
-                    adapter_layout=[
-                        pb.TensorSpec(name=t.name, shape=list(t.shape), dtype=t.dtype)
-                        for t in silo.adapter_layout.values()
-                    ],
-                    num_train_samples=len(self._samples),
-                ),
-                wait_for_ready=True,
-                timeout=30,
-            )
-            self.silo_id = joined.silo_id
-            log.info("joined as %s with %d samples", joined.silo_id, len(self._samples))
-            beat = threading.Thread(
-                target=self._heartbeat,
-                daemon=True,
-                args=(stub, joined.session_id, joined.heartbeat_interval_s),
-            )
-            beat.start()
+            joined = self._join(stub)
             stream = stub.ReceiveTasks(pb.TaskStreamRequest(session_id=joined.session_id))
             self._call = stream
+            over = threading.Event()
+            beat = threading.Thread(
+                target=self._heartbeat, daemon=True, args=(stub, joined, stream, over)
+            )
+            beat.start()
             try:
                 for task in stream:
                     self._execute(stub, task)
@@ -125,17 +138,30 @@ class SiloAgent:
                 if exc.code() != grpc.StatusCode.CANCELLED or not self._stop.is_set():
                     raise
             finally:
+                over.set()
                 self._call = None
 
-    def _heartbeat(self, stub: pb_grpc.SiloStub, session_id: str, interval_s: int) -> None:
-        while not self._stop.wait(max(interval_s, 1)):
+    def _heartbeat(
+        self,
+        stub: pb_grpc.SiloStub,
+        joined: pb.JoinResponse,
+        stream: grpc.RpcContext,
+        over: threading.Event,
+    ) -> None:
+        """Report liveness; when the coordinator forgot the session or stopped answering,
+        end the task stream so that the agent joins again."""
+        failures = 0
+        while not over.wait(max(joined.heartbeat_interval_s, 1)):
             try:
                 reply = stub.Heartbeat(
-                    pb.HeartbeatRequest(session_id=session_id, state=self._state), timeout=10
+                    pb.HeartbeatRequest(session_id=joined.session_id, state=self._state), timeout=10
                 )
-            except grpc.RpcError:
-                return  # the task stream notices too and reconnects
-            if not reply.session_known:
+                failures = 0 if reply.session_known else MAX_HEARTBEAT_FAILURES
+            except grpc.RpcError as exc:
+                failures += 1
+                log.warning("heartbeat failed (%s), %d in a row", exc.code().name, failures)
+            if failures >= MAX_HEARTBEAT_FAILURES:
+                stream.cancel()
                 return
 
     def _download(self, stub: pb_grpc.SiloStub, task: pb.RoundTask) -> bytes:
@@ -149,31 +175,40 @@ class SiloAgent:
         return assemble(announced, (m.data for m in stream), max_bytes=MAX_ADAPTER_BYTES)
 
     def _execute(self, stub: pb_grpc.SiloStub, task: pb.RoundTask) -> None:
-        started = time.monotonic()
+        """One round task. A refusal of this task (late, duplicate, malformed) is logged and
+        the session goes on; a lost connection ends the session."""
         label = f"round {task.round}"
         try:
-            global_state, server_control = split_controls(decode_state(self._download(stub, task)))
+            self._train_and_upload(stub, task, label)
+        except grpc.RpcError as exc:
+            if exc.code() not in TASK_REFUSALS:
+                raise
+            log.error(
+                "%s: refused by the coordinator (%s: %s)", label, exc.code().name, exc.details()
+            )
         except PayloadError as exc:
             log.error("%s: global adapter rejected: %s", label, exc)
-            return
-        if task.training.control_variates and not server_control:
-            log.error("%s: SCAFFOLD round without the server control variate", label)
-            return
-        self._state = f"training round {task.round}"
-        try:
-            result = train_round(
-                self._silo,
-                self._samples,
-                plan_of(task.training),
-                global_state,
-                server_control=server_control or None,
-                controls=self._controls,
-                label=label,
-            )
         except (FloatingPointError, ValueError, RuntimeError) as exc:
             log.error("%s: local training failed: %s", label, exc)
+        finally:
             self._state = "idle"
-            return
+
+    def _train_and_upload(self, stub: pb_grpc.SiloStub, task: pb.RoundTask, label: str) -> None:
+        started = time.monotonic()
+        global_state, server_control = split_controls(decode_state(self._download(stub, task)))
+        if task.training.control_variates and not server_control:
+            raise ValueError("SCAFFOLD round without the server control variate")
+        self._state = f"training round {task.round}"
+        self._controls.use_run(task.run_id)
+        result = train_round(
+            self._silo,
+            self._samples,
+            plan_of(task.training),
+            global_state,
+            server_control=server_control or None,
+            controls=self._controls,
+            label=label,
+        )
         controls = {CONTROL_PREFIX + n: t for n, t in (result.control_delta or {}).items()}
         payload = encode_state({**result.delta, **controls})
         digest = PayloadDigest.of(payload)
@@ -187,7 +222,8 @@ class SiloAgent:
         )
         self._state = f"uploading round {task.round}"
         stub.UploadUpdate(_update_stream(header, payload))
-        self._state = "idle"
+        if result.control_delta is not None:  # c_k moves only once the server has its delta
+            self._controls.commit(result.control_delta)
         log.info(
             "%s: trained %d samples in %d steps at lr %.3g, mean loss %.4f, gamma %.3f, "
             "sent %d bytes, %.1f s",
@@ -229,9 +265,3 @@ def _update_stream(header: pb.UpdateHeader, payload: bytes) -> Iterator[pb.Updat
     yield pb.UpdateChunk(header=header)
     for chunk in iter_chunks(payload):
         yield pb.UpdateChunk(data=chunk)
-
-
-def _json(value: object) -> str:
-    import json
-
-    return json.dumps(value, sort_keys=True)

@@ -71,21 +71,27 @@ def _batches(samples: Sequence[Sample], plan: LocalPlan, epoch: int) -> list[lis
 
 
 class ControlVariates:
-    """SCAFFOLD's gradient correction (c - c_k) and the silo's own variate c_k across rounds."""
+    """SCAFFOLD's correction (c - c_k) and the silo's own variate c_k, for one run at a time."""
 
     def __init__(self) -> None:
+        self.run_id = ""
         self.local: StateDict = {}
+
+    def use_run(self, run_id: str) -> None:
+        """A new run starts from c_k = 0, as its server variate starts from c = 0."""
+        if run_id != self.run_id:
+            self.run_id, self.local = run_id, {}
 
     def correction(self, server: StateDict) -> StateDict:
         return {n: c - self.local.get(n, torch.zeros_like(c)) for n, c in server.items()}
 
-    def advance(self, server: StateDict, delta: StateDict, *, steps: int, lr: float) -> StateDict:
-        """Option II: c_k+ = c_k - c - delta / (K lr); returns c_k+ - c_k."""
-        change = {n: -server[n] - delta[n].float() / (steps * lr) for n in server}
-        self.local = {
-            n: self.local.get(n, torch.zeros_like(c)) + change[n] for n, c in server.items()
-        }
-        return change
+    def proposal(self, server: StateDict, delta: StateDict, *, steps: int, lr: float) -> StateDict:
+        """Option II: c_k+ = c_k - c - delta / (K lr); returns c_k+ - c_k (not yet applied)."""
+        return {n: -server[n] - delta[n].float() / (steps * lr) for n in server}
+
+    def commit(self, change: StateDict) -> None:
+        """Apply a proposal once the coordinator accepted the update that carried it."""
+        self.local = {n: self.local.get(n, torch.zeros_like(c)) + c for n, c in change.items()}
 
 
 def train_round(
@@ -107,6 +113,8 @@ def train_round(
     gamma = modality_gamma(samples, plan.gamma_max) if plan.gamma_max > 0 else 0.0
     mask = masked_layers(decoder_depth(model), plan.mask_skip_layers) if gamma > 0 else set()
     proximal = ProximalTerms(params, global_state, mu=plan.proximal_mu, gamma=gamma, mask=mask)
+    if not proximal.masked:
+        gamma = 0.0  # no layer to regularise: report what was applied
     correction = None
     if server_control is not None and controls is not None:
         correction = {n: c.to(silo.device) for n, c in controls.correction(server_control).items()}
@@ -143,7 +151,7 @@ def train_round(
     }
     control_delta = None
     if server_control is not None and controls is not None:
-        control_delta = controls.advance(
+        control_delta = controls.proposal(
             server_control, delta, steps=max(len(losses), 1), lr=plan.learning_rate
         )
     return LocalResult(

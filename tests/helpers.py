@@ -61,6 +61,7 @@ def update_stream(
     *,
     num_samples: int = 10,
     loss: float = 1.0,
+    steps: int = 1,
     announced: PayloadDigest | None = None,
     chunks: list[bytes] | None = None,
 ) -> Iterator[pb.UpdateChunk]:
@@ -70,7 +71,7 @@ def update_stream(
             task_id=task_id,
             num_samples=num_samples,
             mean_loss=loss,
-            steps=1,
+            steps=steps,
             payload=pb.PayloadHeader(total_bytes=digest.total_bytes, sha256=digest.sha256),
         )
     )
@@ -86,6 +87,7 @@ class ProtocolSilo:
         self.stub = pb_grpc.SiloStub(self.channel)
         self.joined = self.stub.Join(join_request(model_dir, num_samples=num_samples), timeout=10)
         self.tasks: queue.Queue[pb.RoundTask] = queue.Queue()
+        self.stream_error: grpc.RpcError | None = None
         self._stream = self.stub.ReceiveTasks(
             pb.TaskStreamRequest(session_id=self.joined.session_id)
         )
@@ -95,8 +97,8 @@ class ProtocolSilo:
         try:
             for task in self._stream:
                 self.tasks.put(task)
-        except grpc.RpcError:
-            pass
+        except grpc.RpcError as exc:
+            self.stream_error = exc
 
     def next_task(self, timeout: float = 20.0) -> pb.RoundTask:
         return self.tasks.get(timeout=timeout)

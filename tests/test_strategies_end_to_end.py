@@ -108,8 +108,18 @@ def test_three_rounds_per_strategy(
     assert latest is not None and latest.round == 3
     start = load_file(str(store.round_dirs(status.run_id)[0] / "adapter.safetensors"))
     assert any(not torch.equal(start[k], latest.adapter[k]) for k in start)
-    if strategy == "scaffold":
-        assert float(latest.strategy_state["control"].abs().sum()) > 0
+    state = latest.strategy_state
+    assert int(state["rounds_applied"]) == 3
+    moved = {
+        "fedavgm": ["velocity"],
+        "fedadam": ["m", "v"],
+        "fedyogi": ["m", "v"],
+        "fedadagrad": ["m", "v"],
+        "scaffold": ["control"],
+    }.get(strategy, [])
+    for name in moved:  # the strategy's own state moved: it was this strategy that ran
+        initial = 1e-6 if name == "v" else 0.0
+        assert float((state[name] - initial).abs().sum()) > 0, name
 
 
 def test_regularisers_and_prompt_strategy_end_to_end(

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from shared.errors import DataFormatError
+from shared.prompts import PromptVariant
 from shared.silo_data import read_split, record
 
 
@@ -55,4 +56,56 @@ def test_bad_record_names_file_and_line(tmp_path: Path, line: str, message: str)
 
 def test_missing_split_file(tmp_path: Path) -> None:
     with pytest.raises(DataFormatError, match=r"train\.jsonl"):
+        read_split(tmp_path)
+
+
+def test_task_fields_rebuild_the_prompt_from_the_modalities(tmp_path: Path) -> None:
+    (tmp_path / "a.png").write_bytes(b"png")
+    _write(
+        tmp_path,
+        [
+            json.dumps(
+                record(
+                    "1",
+                    "a.png",
+                    "as written",
+                    "(B) hateful",
+                    task="hateful_memes",
+                    text=None,
+                    label=1,
+                )
+            ),
+            json.dumps(
+                record(
+                    "2",
+                    None,
+                    "as written",
+                    "(A) not-hateful",
+                    task="hateful_memes",
+                    text="hello",
+                    label=0,
+                )
+            ),
+        ],
+    )
+    image_only, text_only = read_split(tmp_path)
+    assert (image_only.has_image, image_only.has_text) == (True, False)
+    assert (text_only.has_image, text_only.has_text) == (False, True)
+    assert image_only.rendered(None).prompt == "as written"
+    rebuilt = image_only.rendered(PromptVariant.ORIGINAL)
+    assert "based on the image" in rebuilt.prompt and rebuilt.answer == "(B) hateful"
+    assert "hello" in text_only.rendered(PromptVariant.IMPROVED).prompt
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"task": "hateful_memes", "label": 1}, "needs 'text'"),
+        ({"task": "sentiment", "text": "x", "label": 1}, "unknown task"),
+        ({"task": "hateful_memes", "text": "x", "label": 2}, "option index 0..1"),
+    ],
+)
+def test_bad_task_fields(tmp_path: Path, fields: dict[str, object], message: str) -> None:
+    _write(tmp_path, [json.dumps(record("1", None, "q", "a", **fields))])
+    with pytest.raises(DataFormatError, match=message):
         read_split(tmp_path)

@@ -97,11 +97,18 @@ def test_proximal_terms_value() -> None:
 
 def test_scaffold_control_variate_option_two() -> None:
     controls = ControlVariates()
+    controls.use_run("run-a")
     server = {"w": torch.tensor([0.5, -1.0])}
     delta = {"w": torch.tensor([0.2, 0.4])}
     assert torch.equal(controls.correction(server)["w"], server["w"])  # c_k starts at 0
-    change = controls.advance(server, delta, steps=4, lr=0.1)
+    change = controls.proposal(server, delta, steps=4, lr=0.1)
     expected = -server["w"] - delta["w"] / (4 * 0.1)
     torch.testing.assert_close(change["w"], expected)
+    assert controls.local == {}  # nothing moves before the coordinator took the update
+    controls.commit(change)
     torch.testing.assert_close(controls.local["w"], expected)
     torch.testing.assert_close(controls.correction(server)["w"], server["w"] - expected)
+    controls.use_run("run-a")
+    assert "w" in controls.local
+    controls.use_run("run-b")  # a new run's server variate starts at 0, and so does c_k
+    assert controls.local == {}
