@@ -1,0 +1,1 @@
+"""Evaluation metrics of the benchmark (PAPER.md: evaluation, better than the reference)."""
