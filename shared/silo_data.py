@@ -32,6 +32,7 @@ class Sample:
     task: str | None = None  # a task of shared.prompts.TASKS, when the record names one
     text: str | None = None  # the text modality itself, for rebuilding the prompt
     label: int | None = None  # the option index, for rebuilding the answer
+    answer_type: str | None = None  # OPEN or CLOSED for Med-VQA questions
 
     @property
     def has_image(self) -> bool:
@@ -82,6 +83,10 @@ def _parse(record: Any, *, directory: Path, where: str) -> Sample:
 
 
 def _with_task_fields(sample: Sample, record: dict[str, Any], *, where: str) -> Sample:
+    answer_type = record.get("answer_type")
+    if answer_type is not None and answer_type not in ("OPEN", "CLOSED"):
+        raise DataFormatError(f"{where}: 'answer_type' must be OPEN or CLOSED")
+    sample = replace(sample, answer_type=answer_type)
     text = record.get("text")
     if text is not None and not isinstance(text, str):
         raise DataFormatError(f"{where}: 'text' must be a string or null")

@@ -32,7 +32,7 @@ def user_message(sample: Sample) -> dict[str, Any]:
     return {"role": "user", "content": content}
 
 
-def _images(samples: Sequence[Sample]) -> list[list[Image.Image]] | None:
+def user_images(samples: Sequence[Sample]) -> list[list[Image.Image]] | None:
     if not any(s.has_image for s in samples):
         return None
     images: list[list[Image.Image]] = []
@@ -74,7 +74,7 @@ def training_batch(processor: ProcessorMixin, samples: Sequence[Sample]) -> dict
     tokenizer.padding_side = "right"
     encoded = processor(
         text=prompt_texts(processor, samples),
-        images=_images(samples),
+        images=user_images(samples),
         padding=True,
         return_tensors="pt",
     )

@@ -1,0 +1,119 @@
+"""Evaluating the adapter on a silo's test split: option scoring for multiple-choice tasks,
+greedy answers for Med-VQA; batched under torch.inference_mode."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from shared.evaluation.judge import LLMJudge
+from shared.evaluation.medvqa import VQAResult, medvqa_scores
+from shared.evaluation.scores import accuracy, binary_auc, macro_f1, option_probabilities
+from shared.prompts import TASKS, PromptVariant
+from shared.silo_data import Sample
+from silo_agent.batching import IGNORE_INDEX, prompt_texts, training_batch, user_images
+from silo_agent.model import SiloModel
+
+
+def _answer_loglikelihood(silo: SiloModel, samples: Sequence[Sample]) -> torch.Tensor:
+    """Sum of log p(answer tokens | prompt) for each sample."""
+    batch = {k: v.to(silo.device) for k, v in training_batch(silo.processor, samples).items()}
+    labels = batch.pop("labels")
+    logits = silo.model(**batch).logits[:, :-1].float()
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    picked = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1))
+    return (picked.squeeze(-1) * mask).sum(dim=1).cpu()
+
+
+def option_scores(
+    silo: SiloModel, samples: Sequence[Sample], *, batch_size: int, label: str = "evaluate"
+) -> np.ndarray:
+    """[samples, options]: the model's log-likelihood of each option's answer, e.g. '(B)
+    hateful', after the prompt: scores restricted to the options, no free-text parsing."""
+    task = TASKS[str(samples[0].task)]
+    rows = []
+    for start in tqdm(range(0, len(samples), batch_size), desc=label, leave=False, mininterval=2.0):
+        chunk = samples[start : start + batch_size]
+        rows.append(
+            torch.stack(
+                [
+                    _answer_loglikelihood(silo, [replace(s, answer=task.target(o)) for s in chunk])
+                    for o in range(len(task.options))
+                ],
+                dim=1,
+            )
+        )
+    return torch.cat(rows).numpy()
+
+
+def generate_answers(
+    silo: SiloModel, samples: Sequence[Sample], *, batch_size: int, max_new_tokens: int = 16
+) -> list[str]:
+    tokenizer = silo.processor.tokenizer
+    tokenizer.padding_side = "left"
+    answers: list[str] = []
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start : start + batch_size]
+        inputs = silo.processor(
+            text=prompt_texts(silo.processor, chunk),
+            images=user_images(chunk),
+            padding=True,
+            return_tensors="pt",
+        )
+        inputs = {k: v.to(silo.device) for k, v in inputs.items()}
+        output = silo.model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        answers += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    tokenizer.padding_side = "right"
+    return answers
+
+
+def _choice_metrics(name: str, scores: np.ndarray, labels: list[int]) -> dict[str, float]:
+    predictions = option_probabilities(scores).argmax(axis=1).tolist()
+    metrics = {f"{name}/accuracy": accuracy(predictions, labels)}
+    if scores.shape[1] == 2:
+        metrics[f"{name}/auc"] = binary_auc(option_probabilities(scores)[:, 1].tolist(), labels)
+    else:
+        metrics[f"{name}/macro_f1"] = macro_f1(predictions, labels, classes=scores.shape[1])
+    return metrics
+
+
+def evaluate(
+    silo: SiloModel,
+    samples: Sequence[Sample],
+    *,
+    variant: PromptVariant | None,
+    batch_size: int = 8,
+    judge: LLMJudge | None = None,
+) -> dict[str, float]:
+    """Metrics of the loaded adapter on `samples`, named '<task>/<metric>' or 'vqa/<metric>'."""
+    rendered = [s.rendered(variant) for s in samples]
+    metrics: dict[str, float] = {}
+    was_training = silo.model.training
+    silo.model.eval()
+    with torch.inference_mode():
+        for task in sorted({s.task for s in rendered if s.task is not None}):
+            chosen = [s for s in rendered if s.task == task]
+            scores = option_scores(silo, chosen, batch_size=batch_size, label=f"evaluate {task}")
+            metrics |= _choice_metrics(task, scores, [int(s.label or 0) for s in chosen])
+        questions = [s for s in rendered if s.task is None and s.answer_type is not None]
+        if questions:
+            predictions = generate_answers(silo, questions, batch_size=batch_size)
+            results = [
+                VQAResult(s.prompt, s.answer, p, str(s.answer_type))
+                for s, p in zip(questions, predictions, strict=True)
+            ]
+            metrics |= {f"vqa/{k}": v for k, v in medvqa_scores(results, judge).items()}
+    silo.model.train(was_training)
+    return {k: v for k, v in metrics.items() if not math.isnan(v)}
