@@ -12,8 +12,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
 
 import grpc
 
@@ -22,10 +21,10 @@ from coordinator.flat_adapter import FlatLayout
 from coordinator.global_model import GlobalModel
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.registry import SiloRegistry
-from coordinator.rounds import Contribution, OpenRound, Refusal
+from coordinator.rounds import EvaluationResult, OpenRound, Refusal
 from coordinator.run_state import RoundRecord, RunPhase, RunRecord, RunSpec
 from coordinator.schedule import client_learning_rate
-from coordinator.validation import validate_update_file, validate_update_meta
+from coordinator.silo_requests import SiloRequests
 from shared.errors import UpdateRejected
 from shared.tensor_codec import AdapterLayout, StateDict, describe_layout_difference, layout_of
 from shared.wire.v1 import federation_pb2 as pb
@@ -44,7 +43,7 @@ class ControllerSettings:
     poll_s: float = 0.25  # how often waiting loops re-check liveness and stop requests
 
 
-class Federation:
+class Federation(SiloRequests):
     """The coordinator's state: current run, global adapter, open round, and the run thread."""
 
     def __init__(
@@ -151,7 +150,12 @@ class Federation:
         assert run is not None
         try:
             while run.completed_rounds < run.spec.rounds and not self._stop.is_set():
-                self._play_round(run, run.completed_rounds + 1)
+                index = run.completed_rounds + 1
+                self._play_round(run, index)
+                every = run.spec.eval_every
+                due = index == run.spec.rounds or index % max(every, 1) == 0
+                if every and run.completed_rounds == index and due:
+                    self._evaluate(run, index)
             if run.completed_rounds >= run.spec.rounds:
                 self._finish(run, RunPhase.COMPLETED, f"{run.completed_rounds} rounds completed")
             elif self.run is run and run.phase is RunPhase.RUNNING and self._stop_requested:
@@ -273,14 +277,14 @@ class Federation:
         log.info("round %d: selected %s (lr %.3g)", index, ", ".join(selected), plan.learning_rate)
         return open_round
 
-    def _collect(self, open_round: OpenRound) -> None:
+    def _collect(self, open_round: OpenRound, *, phase: str = "training") -> None:
         """Wait until every selected silo answered, the deadline passed, or none can answer."""
         with self._lock:
             while not self._stop.is_set():
                 pending = open_round.pending
                 if not pending or time.monotonic() >= open_round.deadline:
                     break
-                if not set(pending) & set(self.registry.available()):
+                if not set(pending) & set(self.registry.connected()):
                     log.warning(
                         "round %d: every pending silo left (%s)",
                         open_round.index,
@@ -291,21 +295,63 @@ class Federation:
             open_round.closed = True
             while open_round.folding:  # updates accepted before the close finish folding
                 self._changed.wait(self._settings.poll_s)
-        self.metrics.phase_duration.labels(phase="training").observe(
+        self.metrics.phase_duration.labels(phase=phase).observe(
             time.monotonic() - open_round.started
+        )
+
+    def _evaluate(self, run: RunRecord, index: int) -> None:
+        """Every connected silo with a test split evaluates round `index`'s adapter; the
+        sample-weighted means are kept with the round's record and exported as metrics."""
+        assert self.model is not None
+        evaluators = self.registry.evaluators()
+        if not evaluators:
+            log.warning("round %d: no connected silo holds a test split; no evaluation", index)
+            return
+        open_round = OpenRound.open(
+            run_id=run.run_id,
+            index=index,
+            attempt=0,
+            selected=evaluators,
+            download=self.model.adapter(),
+            aggregate=None,
+            deadline_s=run.spec.round_deadline_s,
+        )
+        plan = self._plan(run.spec, index)
+        with self._lock:
+            self.open_round = open_round
+            for silo_id in evaluators:
+                self.registry.send(silo_id, open_round.task_for(silo_id, plan))
+        with self.metrics.phase_duration.labels(phase="evaluation").time():
+            self._collect(open_round, phase="evaluation")
+        means = weighted_means(list(open_round.reports.values()))
+        with self._lock:
+            self.open_round = None
+            run.history[-1] = replace(
+                run.history[-1], evaluation=means, evaluated_by=sorted(open_round.reports)
+            )
+            self.store.update_run(run)
+        for name, value in means.items():
+            self.metrics.evaluation.labels(metric=name).set(value)
+        log.info(
+            "round %d: evaluated by %d silo(s): %s",
+            index,
+            len(open_round.reports),
+            ", ".join(f"{k} {v:.4f}" for k, v in sorted(means.items())),
         )
 
     def _aggregate(self, run: RunRecord, open_round: OpenRound, started: float) -> None:
         model = self.model
         assert model is not None
+        aggregate = open_round.aggregate
+        assert aggregate is not None
         self.phase = pb.ROUND_PHASE_AGGREGATING
         with self.metrics.phase_duration.labels(phase="aggregation").time():
-            model.apply(open_round.aggregate)
+            model.apply(aggregate)
         record = RoundRecord(
             round=open_round.index,
             selected=open_round.selected,
             contributed=sorted(open_round.contributed),
-            num_samples=open_round.aggregate.samples,
+            num_samples=aggregate.samples,
             mean_train_loss=open_round.sample_mean("mean_loss"),
             bytes_sent=open_round.bytes_sent,
             bytes_received=open_round.bytes_received,
@@ -345,90 +391,6 @@ class Federation:
             record.seconds,
         )
 
-    # ------------------------------------------------------------------ silo requests
-
-    def round_for_task(self, task_id: str, silo_id: str) -> OpenRound:
-        with self._lock:
-            open_round = self.open_round
-            if open_round is None:
-                raise Refusal(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"no round is open; task {task_id!r} of {silo_id!r} is stale",
-                )
-            open_round.check_task(task_id, silo_id)
-            return open_round
-
-    def unanswered_task(self, silo_id: str) -> pb.RoundTask | None:
-        with self._lock:
-            return None if self.open_round is None else self.open_round.unanswered_task(silo_id)
-
-    def count_sent(self, open_round: OpenRound, nbytes: int) -> None:
-        with self._lock:
-            open_round.bytes_sent += nbytes
-        self.metrics.bytes_sent.inc(nbytes)
-
-    def reject(self, open_round: OpenRound | None, reason: str) -> None:
-        self.metrics.updates_rejected.labels(reason=reason).inc()
-        if open_round is not None:
-            with self._lock:
-                open_round.rejected += 1
-
-    def accept_update(
-        self,
-        *,
-        open_round: OpenRound,
-        silo_id: str,
-        header: pb.UpdateHeader,
-        path: Path,
-        nbytes: int,
-    ) -> None:
-        """Validate a received update file, then fold it into the round (never before).
-
-        The file is read outside the federation's lock (an update can be gigabytes): the silo
-        is reserved under the lock first, and a round closing meanwhile waits for the fold.
-        """
-        model = self.model
-        assert model is not None and self.run is not None
-        validate_update_meta(
-            num_samples=header.num_samples,
-            declared_samples=self.registry.declared_samples(silo_id),
-            steps=header.steps,
-            max_steps=header.num_samples * self.run.spec.local_epochs,
-            mean_loss=header.mean_loss,
-            gamma=header.gamma,
-        )
-        with self.metrics.phase_duration.labels(phase="validation").time():
-            validate_update_file(path, model.update_layout())
-        with self._lock:
-            open_round.check_task(header.task_id, silo_id)  # may have closed meanwhile
-            open_round.folding.add(silo_id)
-        try:
-            with open_round.fold_lock:
-                model.fold(
-                    open_round.aggregate, path, num_samples=header.num_samples, steps=header.steps
-                )
-        finally:
-            with self._lock:
-                open_round.folding.discard(silo_id)
-                open_round.contributed[silo_id] = Contribution(
-                    num_samples=header.num_samples,
-                    mean_loss=header.mean_loss,
-                    steps=header.steps,
-                    gamma=header.gamma,
-                )
-                open_round.bytes_received += nbytes
-                self._changed.notify_all()
-        self.metrics.updates_accepted.inc()
-        self.metrics.bytes_received.inc(nbytes)
-        self.metrics.silo_gamma.labels(silo=silo_id).set(header.gamma)
-        log.info(
-            "round %d: update from %s accepted (%d samples, loss %.4f)",
-            open_round.index,
-            silo_id,
-            header.num_samples,
-            header.mean_loss,
-        )
-
     def status(self) -> pb.RunStatus:
         with self._lock:
             if self.run is None:
@@ -437,3 +399,14 @@ class Federation:
 
 
 __all__ = ["ControllerSettings", "Federation", "Refusal", "UpdateRejected"]
+
+
+def weighted_means(results: list[EvaluationResult]) -> dict[str, float]:
+    """Per metric, the mean over the silos that reported it, weighted by their test samples."""
+    totals: dict[str, float] = {}
+    weights: dict[str, int] = {}
+    for result in results:
+        for name, value in result.metrics.items():
+            totals[name] = totals.get(name, 0.0) + value * result.num_samples
+            weights[name] = weights.get(name, 0) + result.num_samples
+    return {name: totals[name] / weights[name] for name in sorted(totals)}

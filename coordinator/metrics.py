@@ -61,6 +61,12 @@ class CoordinatorMetrics:
             ["silo"],
             registry=r,
         )
+        self.evaluation = Gauge(
+            "fedmllm_eval_metric",
+            "Sample-weighted mean of a federated evaluation metric",
+            ["metric"],
+            registry=r,
+        )
         self.train_loss = Gauge(
             "fedmllm_round_train_loss",
             "Sample-weighted mean local train loss of the last round",

@@ -18,6 +18,7 @@ class SiloSession:
     silo_id: str
     session_id: str
     num_train_samples: int
+    num_test_samples: int = 0
     last_seen: float = field(default_factory=time.monotonic)
     state: str = "joined"
     streaming: bool = False
@@ -34,9 +35,12 @@ class SiloRegistry:
         self._liveness_timeout_s = liveness_timeout_s
         self.closed = threading.Event()
 
-    def join(self, silo_id: str, num_train_samples: int) -> SiloSession:
+    def join(self, silo_id: str, num_train_samples: int, num_test_samples: int = 0) -> SiloSession:
         session = SiloSession(
-            silo_id=silo_id, session_id=secrets.token_hex(16), num_train_samples=num_train_samples
+            silo_id=silo_id,
+            session_id=secrets.token_hex(16),
+            num_train_samples=num_train_samples,
+            num_test_samples=num_test_samples,
         )
         with self._lock:
             old = self._sessions.get(silo_id)
@@ -73,10 +77,36 @@ class SiloRegistry:
         return session.streaming and now - session.last_seen <= self._liveness_timeout_s
 
     def available(self) -> list[str]:
-        """Silo ids with an open task stream and a recent heartbeat, sorted for seeded selection."""
+        """Silos to train: an open task stream, a recent heartbeat and training samples; sorted
+        for seeded selection."""
+        now = time.monotonic()
+        with self._lock:
+            return sorted(
+                s.silo_id
+                for s in self._sessions.values()
+                if self._alive(s, now) and s.num_train_samples > 0
+            )
+
+    def connected(self) -> list[str]:
+        """Every silo with an open task stream and a recent heartbeat."""
         now = time.monotonic()
         with self._lock:
             return sorted(s.silo_id for s in self._sessions.values() if self._alive(s, now))
+
+    def evaluators(self) -> list[str]:
+        """Connected silos that hold a test split (evaluation-only silos included)."""
+        now = time.monotonic()
+        with self._lock:
+            return sorted(
+                s.silo_id
+                for s in self._sessions.values()
+                if self._alive(s, now) and s.num_test_samples > 0
+            )
+
+    def declared_test_samples(self, silo_id: str) -> int:
+        with self._lock:
+            session = self._sessions.get(silo_id)
+            return session.num_test_samples if session is not None else 0
 
     def send(self, silo_id: str, task: pb.RoundTask) -> bool:
         with self._lock:
@@ -93,7 +123,7 @@ class SiloRegistry:
             return session.num_train_samples if session is not None else 0
 
     def connected_count(self) -> int:
-        return len(self.available())
+        return len(self.connected())
 
     def snapshot(self) -> list[pb.SiloInfo]:
         now = time.monotonic()
@@ -104,6 +134,7 @@ class SiloRegistry:
                     connected=self._alive(s, now),
                     seconds_since_seen=now - s.last_seen,
                     num_train_samples=s.num_train_samples,
+                    num_test_samples=s.num_test_samples,
                     state=s.state,
                 )
                 for s in sorted(self._sessions.values(), key=lambda s: s.silo_id)

@@ -32,6 +32,14 @@ class Contribution:
     gamma: float
 
 
+@dataclass(frozen=True)
+class EvaluationResult:
+    """One silo's evaluation of a round's adapter."""
+
+    num_samples: int
+    metrics: dict[str, float]
+
+
 @dataclass
 class OpenRound:
     """A round between selection and aggregation. Guarded by the federation's lock."""
@@ -43,7 +51,7 @@ class OpenRound:
     payload: bytes
     digest: PayloadDigest
     deadline: float
-    aggregate: RoundAggregate
+    aggregate: RoundAggregate | None  # None for an evaluation round
     tasks: dict[str, str] = field(default_factory=dict)  # task id -> silo id
     contributed: dict[str, Contribution] = field(default_factory=dict)
     rejected: int = 0
@@ -54,6 +62,15 @@ class OpenRound:
     sent: dict[str, pb.RoundTask] = field(default_factory=dict)  # silo id -> its task
     folding: set[str] = field(default_factory=set)  # reserved, being read into the sum
     fold_lock: threading.Lock = field(default_factory=threading.Lock)
+    reports: dict[str, EvaluationResult] = field(default_factory=dict)  # evaluation rounds
+
+    @property
+    def kind(self) -> pb.TaskKind:
+        return pb.TASK_KIND_TRAIN if self.aggregate is not None else pb.TASK_KIND_EVALUATE
+
+    @property
+    def answered(self) -> set[str]:
+        return {*self.contributed, *self.reports}
 
     @classmethod
     def open(
@@ -64,7 +81,7 @@ class OpenRound:
         attempt: int,
         selected: list[str],
         download: StateDict,
-        aggregate: RoundAggregate,
+        aggregate: RoundAggregate | None,
         deadline_s: float,
     ) -> OpenRound:
         payload = encode_state(download)  # once per round, shared by every download
@@ -90,17 +107,18 @@ class OpenRound:
             adapter=pb.PayloadHeader(
                 total_bytes=self.digest.total_bytes, sha256=self.digest.sha256
             ),
+            kind=self.kind,
         )
         self.sent[silo_id] = task
         return task
 
     def unanswered_task(self, silo_id: str) -> pb.RoundTask | None:
         """The silo's task if it still owes an update (to send again after it reconnects)."""
-        if self.closed or silo_id in self.contributed or silo_id in self.folding:
+        if self.closed or silo_id in self.answered or silo_id in self.folding:
             return None
         return self.sent.get(silo_id)
 
-    def check_task(self, task_id: str, silo_id: str) -> None:
+    def check_task(self, task_id: str, silo_id: str, *, kind: pb.TaskKind | None = None) -> None:
         """Refuse a task id that is not this silo's task in this open round."""
         owner = self.tasks.get(task_id)
         if owner is None:
@@ -118,7 +136,12 @@ class OpenRound:
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"round {self.index} is closed; update from {silo_id!r} arrived late",
             )
-        if silo_id in self.contributed or silo_id in self.folding:
+        if kind is not None and kind != self.kind:
+            raise Refusal(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"task {task_id!r} is a {pb.TaskKind.Name(self.kind)} task",
+            )
+        if silo_id in self.answered or silo_id in self.folding:
             raise Refusal(
                 grpc.StatusCode.ALREADY_EXISTS,
                 f"silo {silo_id!r} already contributed to round {self.index}",
@@ -126,7 +149,7 @@ class OpenRound:
 
     @property
     def pending(self) -> list[str]:
-        return [s for s in self.selected if s not in self.contributed]
+        return [s for s in self.selected if s not in self.answered]
 
     def sample_mean(self, field: str) -> float:
         """Sample-weighted mean of a contribution field (mean_loss, gamma) over the round."""

@@ -37,6 +37,7 @@ FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--gamma-max", "gamma_max", float, "adaptive masked proximal regulariser (0: off; paper 0.1)"),
     ("--mask-skip-layers", "mask_skip_layers", int, "decoder layers unmasked at each end"),
     ("--prompt", "prompt_variant", str, "original or improved (modality-agnostic) templates"),
+    ("--eval-every", "eval_every", int, "federated evaluation every N rounds (0: off)"),
 )
 
 

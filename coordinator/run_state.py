@@ -54,6 +54,7 @@ class RunSpec:
     mask_skip_layers: int = 4  # decoder layers left out of the mask at each end
     prompt_variant: str = ""  # "", "original" or "improved" (modality-agnostic)
     lr_schedule: str = "cosine"  # "cosine" (1% warm-up) or "constant"
+    eval_every: int = 0  # federated evaluation every N rounds and after the last (0: off)
 
     def problems(self) -> list[str]:
         found = []
@@ -81,6 +82,8 @@ class RunSpec:
             found.append("proximal_mu and gamma_max must not be negative")
         if self.prompt_variant not in ("", "original", "improved"):
             found.append("prompt_variant must be '', 'original' or 'improved'")
+        if self.eval_every < 0:
+            found.append("eval_every must not be negative")
         if self.lr_schedule not in ("cosine", "constant"):
             found.append("lr_schedule must be 'cosine' or 'constant'")
         return found
@@ -117,6 +120,8 @@ class RoundRecord:
     rejected: int
     mean_gamma: float = 0.0
     learning_rate: float = 0.0
+    evaluation: dict[str, float] = field(default_factory=dict)
+    evaluated_by: list[str] = field(default_factory=list)
 
     def to_proto(self) -> pb.RoundSummary:
         return pb.RoundSummary(**asdict(self))

@@ -82,8 +82,15 @@ class SiloService(pb_grpc.SiloServicer):
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"silo {peer.name!r} is incompatible: " + "; ".join(problems),
             )
-        session = self._federation.registry.join(peer.name, request.num_train_samples)
-        log.info("silo %s joined (%d samples)", peer.name, request.num_train_samples)
+        session = self._federation.registry.join(
+            peer.name, request.num_train_samples, request.num_test_samples
+        )
+        log.info(
+            "silo %s joined (%d training, %d test samples)",
+            peer.name,
+            request.num_train_samples,
+            request.num_test_samples,
+        )
         return pb.JoinResponse(
             silo_id=peer.name,
             session_id=session.session_id,
@@ -188,6 +195,16 @@ class SiloService(pb_grpc.SiloServicer):
         finally:
             if path is not None:
                 path.unlink(missing_ok=True)
+
+    def ReportEvaluation(
+        self, request: pb.EvaluationReport, context: grpc.ServicerContext
+    ) -> pb.EvaluationReceipt:
+        peer = require_role(context, ROLE_SILO)
+        try:
+            self._federation.accept_report(silo_id=peer.name, report=request)
+        except Refusal as refusal:
+            context.abort(refusal.code, str(refusal))
+        return pb.EvaluationReceipt(task_id=request.task_id)
 
     def Heartbeat(
         self, request: pb.HeartbeatRequest, context: grpc.ServicerContext

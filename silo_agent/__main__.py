@@ -10,7 +10,8 @@ import warnings
 from pathlib import Path
 
 from shared.errors import DataFormatError, IncompatibleSilo
-from shared.silo_data import read_split
+from shared.evaluation.judge import JudgeConfig, LLMJudge
+from shared.silo_data import has_split, read_split
 from shared.tls import add_tls_arguments, tls_files
 from silo_agent.client import SiloAgent
 from silo_agent.model import load_silo_model
@@ -41,6 +42,30 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--lora-r", type=int, default=8)
     parser.add_argument("--lora-alpha", type=int, default=8)
     parser.add_argument("--lora-dropout", type=float, default=0.05)
+    parser.add_argument(
+        "--eval-only", action="store_true", help="join only to evaluate: test.jsonl, no training"
+    )
+    parser.add_argument(
+        "--judge-model",
+        help="LLM judge for open Med-VQA answers (else token "
+        "recall); your test questions and answers are sent to its endpoint",
+    )
+    parser.add_argument(
+        "--judge-base-url",
+        default="https://api.openai.com/v1",
+        help="OpenAI-compatible endpoint of the judge",
+    )
+    parser.add_argument(
+        "--judge-key-env",
+        default="OPENAI_API_KEY",
+        help="environment variable holding the judge's API key",
+    )
+    parser.add_argument(
+        "--judge-cache",
+        type=Path,
+        default=Path.home() / ".cache" / "fedmllm" / "judge.jsonl",
+        help="verdict cache, so that a rerun costs nothing",
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser
 
@@ -54,9 +79,12 @@ def main(argv: list[str] | None = None) -> None:
     # PEFT calls a transformers API deprecated for v6; nothing an operator can act on
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     try:
-        samples = read_split(args.data, "train")
+        samples = [] if args.eval_only else read_split(args.data, "train")
+        test = read_split(args.data, "test") if has_split(args.data, "test") else []
     except DataFormatError as exc:
         sys.exit(f"silo-agent: {exc}")
+    if args.eval_only and not test:
+        sys.exit(f"silo-agent: --eval-only needs {args.data / 'test.jsonl'}")
     silo = load_silo_model(
         args.model,
         device=args.device,
@@ -65,12 +93,30 @@ def main(argv: list[str] | None = None) -> None:
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
     )
-    log.info("model %s loaded on %s; %d training samples", args.model, silo.device, len(samples))
+    log.info(
+        "model %s loaded on %s; %d training and %d test samples",
+        args.model,
+        silo.device,
+        len(samples),
+        len(test),
+    )
+    judge = None
+    if args.judge_model:
+        judge = LLMJudge(
+            JudgeConfig(
+                model=args.judge_model,
+                base_url=args.judge_base_url,
+                cache_path=args.judge_cache,
+                api_key_env=args.judge_key_env,
+            )
+        )
     agent = SiloAgent(
         coordinator=args.coordinator,
         tls=tls_files(args),
         silo=silo,
         samples=samples,
+        test_samples=test,
+        judge=judge,
     )
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: agent.stop())

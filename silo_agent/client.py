@@ -13,6 +13,7 @@ import grpc
 
 from shared import __version__
 from shared.errors import IncompatibleSilo, PayloadError
+from shared.evaluation.judge import LLMJudge
 from shared.grpc_options import CHANNEL_OPTIONS
 from shared.payload import PayloadDigest, assemble, iter_chunks
 from shared.prompts import PromptVariant
@@ -21,8 +22,9 @@ from shared.tensor_codec import CONTROL_PREFIX, StateDict, decode_state, encode_
 from shared.tls import TlsFiles, channel_credentials
 from shared.wire.v1 import federation_pb2 as pb
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
+from silo_agent.evaluator import evaluate
 from silo_agent.model import SiloModel
-from silo_agent.trainer import ControlVariates, LocalPlan, train_round
+from silo_agent.trainer import ControlVariates, LocalPlan, load_global_adapter, train_round
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +61,16 @@ class SiloAgent:
         tls: TlsFiles,
         silo: SiloModel,
         samples: Sequence[Sample],
+        test_samples: Sequence[Sample] = (),
+        judge: LLMJudge | None = None,
         backoff: Backoff | None = None,
     ) -> None:
         self._target = coordinator
         self._credentials = channel_credentials(tls)
         self._silo = silo
-        self._samples = samples
+        self._samples = samples  # empty for an evaluation-only silo
+        self._test_samples = test_samples
+        self._judge = judge
         self._backoff = backoff or Backoff()
         self._stop = threading.Event()
         self._call: grpc.RpcContext | None = None
@@ -112,10 +118,16 @@ class SiloAgent:
                 for t in silo.adapter_layout.values()
             ],
             num_train_samples=len(self._samples),
+            num_test_samples=len(self._test_samples),
         )
         joined: pb.JoinResponse = stub.Join(request, wait_for_ready=True, timeout=30)
         self.silo_id = joined.silo_id
-        log.info("joined as %s with %d samples", joined.silo_id, len(self._samples))
+        log.info(
+            "joined as %s with %d training and %d test samples",
+            joined.silo_id,
+            len(self._samples),
+            len(self._test_samples),
+        )
         return joined
 
     def _session(self) -> None:
@@ -179,7 +191,10 @@ class SiloAgent:
         the session goes on; a lost connection ends the session."""
         label = f"round {task.round}"
         try:
-            self._train_and_upload(stub, task, label)
+            if task.kind == pb.TASK_KIND_EVALUATE:
+                self._evaluate_and_report(stub, task, label)
+            else:
+                self._train_and_upload(stub, task, label)
         except grpc.RpcError as exc:
             if exc.code() not in TASK_REFUSALS:
                 raise
@@ -192,6 +207,28 @@ class SiloAgent:
             log.error("%s: local training failed: %s", label, exc)
         finally:
             self._state = "idle"
+
+    def _evaluate_and_report(self, stub: pb_grpc.SiloStub, task: pb.RoundTask, label: str) -> None:
+        if not self._test_samples:
+            raise ValueError("asked to evaluate, but this silo has no test split")
+        started = time.monotonic()
+        global_state, _ = split_controls(decode_state(self._download(stub, task)))
+        self._state = f"evaluating round {task.round}"
+        load_global_adapter(self._silo, global_state)
+        variant = plan_of(task.training).prompt_variant
+        metrics = evaluate(self._silo, self._test_samples, variant=variant, judge=self._judge)
+        stub.ReportEvaluation(
+            pb.EvaluationReport(
+                task_id=task.task_id, num_samples=len(self._test_samples), metrics=metrics
+            )
+        )
+        log.info(
+            "%s: evaluated %d test samples (%s), %.1f s",
+            label,
+            len(self._test_samples),
+            ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())),
+            time.monotonic() - started,
+        )
 
     def _train_and_upload(self, stub: pb_grpc.SiloStub, task: pb.RoundTask, label: str) -> None:
         started = time.monotonic()

@@ -15,12 +15,15 @@ from shared.pki import create_federation
 from shared.tls import TlsFiles
 
 SILOS = ["silo-1", "silo-2"]
+EVALUATOR = "eval-site"  # an evaluation-only silo
 
 
 @pytest.fixture(scope="session")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("certs")
-    create_federation(directory, hosts=["localhost", "127.0.0.1"], silos=SILOS, admins=["admin"])
+    create_federation(
+        directory, hosts=["localhost", "127.0.0.1"], silos=[*SILOS, EVALUATOR], admins=["admin"]
+    )
     return directory
 
 

@@ -7,6 +7,11 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class TaskKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TASK_KIND_TRAIN: _ClassVar[TaskKind]
+    TASK_KIND_EVALUATE: _ClassVar[TaskKind]
+
 class RunState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     RUN_STATE_UNSPECIFIED: _ClassVar[RunState]
@@ -23,6 +28,8 @@ class RoundPhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROUND_PHASE_TRAINING: _ClassVar[RoundPhase]
     ROUND_PHASE_AGGREGATING: _ClassVar[RoundPhase]
     ROUND_PHASE_CHECKPOINTING: _ClassVar[RoundPhase]
+TASK_KIND_TRAIN: TaskKind
+TASK_KIND_EVALUATE: TaskKind
 RUN_STATE_UNSPECIFIED: RunState
 RUN_STATE_IDLE: RunState
 RUN_STATE_RUNNING: RunState
@@ -62,20 +69,22 @@ class PayloadChunk(_message.Message):
     def __init__(self, header: _Optional[_Union[PayloadHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
-    __slots__ = ("agent_version", "base_model_fingerprint", "base_model_config_json", "lora_config_json", "adapter_layout", "num_train_samples")
+    __slots__ = ("agent_version", "base_model_fingerprint", "base_model_config_json", "lora_config_json", "adapter_layout", "num_train_samples", "num_test_samples")
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     LORA_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_LAYOUT_FIELD_NUMBER: _ClassVar[int]
     NUM_TRAIN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    NUM_TEST_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     agent_version: str
     base_model_fingerprint: str
     base_model_config_json: str
     lora_config_json: str
     adapter_layout: _containers.RepeatedCompositeFieldContainer[TensorSpec]
     num_train_samples: int
-    def __init__(self, agent_version: _Optional[str] = ..., base_model_fingerprint: _Optional[str] = ..., base_model_config_json: _Optional[str] = ..., lora_config_json: _Optional[str] = ..., adapter_layout: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., num_train_samples: _Optional[int] = ...) -> None: ...
+    num_test_samples: int
+    def __init__(self, agent_version: _Optional[str] = ..., base_model_fingerprint: _Optional[str] = ..., base_model_config_json: _Optional[str] = ..., lora_config_json: _Optional[str] = ..., adapter_layout: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., num_train_samples: _Optional[int] = ..., num_test_samples: _Optional[int] = ...) -> None: ...
 
 class JoinResponse(_message.Message):
     __slots__ = ("silo_id", "session_id", "heartbeat_interval_s")
@@ -116,18 +125,43 @@ class TrainingPlan(_message.Message):
     def __init__(self, learning_rate: _Optional[float] = ..., local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ..., proximal_mu: _Optional[float] = ..., gamma_max: _Optional[float] = ..., mask_skip_layers: _Optional[int] = ..., prompt_variant: _Optional[str] = ..., control_variates: _Optional[bool] = ...) -> None: ...
 
 class RoundTask(_message.Message):
-    __slots__ = ("run_id", "round", "task_id", "training", "adapter")
+    __slots__ = ("run_id", "round", "task_id", "training", "adapter", "kind")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     TRAINING_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     round: int
     task_id: str
     training: TrainingPlan
     adapter: PayloadHeader
-    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., task_id: _Optional[str] = ..., training: _Optional[_Union[TrainingPlan, _Mapping]] = ..., adapter: _Optional[_Union[PayloadHeader, _Mapping]] = ...) -> None: ...
+    kind: TaskKind
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., task_id: _Optional[str] = ..., training: _Optional[_Union[TrainingPlan, _Mapping]] = ..., adapter: _Optional[_Union[PayloadHeader, _Mapping]] = ..., kind: _Optional[_Union[TaskKind, str]] = ...) -> None: ...
+
+class EvaluationReport(_message.Message):
+    __slots__ = ("task_id", "num_samples", "metrics")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    num_samples: int
+    metrics: _containers.ScalarMap[str, float]
+    def __init__(self, task_id: _Optional[str] = ..., num_samples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class EvaluationReceipt(_message.Message):
+    __slots__ = ("task_id",)
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    def __init__(self, task_id: _Optional[str] = ...) -> None: ...
 
 class DownloadRequest(_message.Message):
     __slots__ = ("task_id",)
@@ -182,7 +216,7 @@ class HeartbeatResponse(_message.Message):
     def __init__(self, session_known: _Optional[bool] = ...) -> None: ...
 
 class RunSpec(_message.Message):
-    __slots__ = ("rounds", "silos_per_round", "min_silos", "round_deadline_s", "seed", "learning_rate", "local_epochs", "batch_size", "strategy", "eta", "tau", "beta1", "beta2", "momentum", "proximal_mu", "gamma_max", "mask_skip_layers", "prompt_variant", "lr_schedule")
+    __slots__ = ("rounds", "silos_per_round", "min_silos", "round_deadline_s", "seed", "learning_rate", "local_epochs", "batch_size", "strategy", "eta", "tau", "beta1", "beta2", "momentum", "proximal_mu", "gamma_max", "mask_skip_layers", "prompt_variant", "lr_schedule", "eval_every")
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
     SILOS_PER_ROUND_FIELD_NUMBER: _ClassVar[int]
     MIN_SILOS_FIELD_NUMBER: _ClassVar[int]
@@ -202,6 +236,7 @@ class RunSpec(_message.Message):
     MASK_SKIP_LAYERS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_VARIANT_FIELD_NUMBER: _ClassVar[int]
     LR_SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    EVAL_EVERY_FIELD_NUMBER: _ClassVar[int]
     rounds: int
     silos_per_round: int
     min_silos: int
@@ -221,10 +256,18 @@ class RunSpec(_message.Message):
     mask_skip_layers: int
     prompt_variant: str
     lr_schedule: str
-    def __init__(self, rounds: _Optional[int] = ..., silos_per_round: _Optional[int] = ..., min_silos: _Optional[int] = ..., round_deadline_s: _Optional[float] = ..., seed: _Optional[int] = ..., learning_rate: _Optional[float] = ..., local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., strategy: _Optional[str] = ..., eta: _Optional[float] = ..., tau: _Optional[float] = ..., beta1: _Optional[float] = ..., beta2: _Optional[float] = ..., momentum: _Optional[float] = ..., proximal_mu: _Optional[float] = ..., gamma_max: _Optional[float] = ..., mask_skip_layers: _Optional[int] = ..., prompt_variant: _Optional[str] = ..., lr_schedule: _Optional[str] = ...) -> None: ...
+    eval_every: int
+    def __init__(self, rounds: _Optional[int] = ..., silos_per_round: _Optional[int] = ..., min_silos: _Optional[int] = ..., round_deadline_s: _Optional[float] = ..., seed: _Optional[int] = ..., learning_rate: _Optional[float] = ..., local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., strategy: _Optional[str] = ..., eta: _Optional[float] = ..., tau: _Optional[float] = ..., beta1: _Optional[float] = ..., beta2: _Optional[float] = ..., momentum: _Optional[float] = ..., proximal_mu: _Optional[float] = ..., gamma_max: _Optional[float] = ..., mask_skip_layers: _Optional[int] = ..., prompt_variant: _Optional[str] = ..., lr_schedule: _Optional[str] = ..., eval_every: _Optional[int] = ...) -> None: ...
 
 class RoundSummary(_message.Message):
-    __slots__ = ("round", "selected", "contributed", "num_samples", "mean_train_loss", "bytes_sent", "bytes_received", "seconds", "rejected", "mean_gamma", "learning_rate")
+    __slots__ = ("round", "selected", "contributed", "num_samples", "mean_train_loss", "bytes_sent", "bytes_received", "seconds", "rejected", "mean_gamma", "learning_rate", "evaluation", "evaluated_by")
+    class EvaluationEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     ROUND_FIELD_NUMBER: _ClassVar[int]
     SELECTED_FIELD_NUMBER: _ClassVar[int]
     CONTRIBUTED_FIELD_NUMBER: _ClassVar[int]
@@ -236,6 +279,8 @@ class RoundSummary(_message.Message):
     REJECTED_FIELD_NUMBER: _ClassVar[int]
     MEAN_GAMMA_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_FIELD_NUMBER: _ClassVar[int]
+    EVALUATED_BY_FIELD_NUMBER: _ClassVar[int]
     round: int
     selected: _containers.RepeatedScalarFieldContainer[str]
     contributed: _containers.RepeatedScalarFieldContainer[str]
@@ -247,7 +292,9 @@ class RoundSummary(_message.Message):
     rejected: int
     mean_gamma: float
     learning_rate: float
-    def __init__(self, round: _Optional[int] = ..., selected: _Optional[_Iterable[str]] = ..., contributed: _Optional[_Iterable[str]] = ..., num_samples: _Optional[int] = ..., mean_train_loss: _Optional[float] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., seconds: _Optional[float] = ..., rejected: _Optional[int] = ..., mean_gamma: _Optional[float] = ..., learning_rate: _Optional[float] = ...) -> None: ...
+    evaluation: _containers.ScalarMap[str, float]
+    evaluated_by: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, round: _Optional[int] = ..., selected: _Optional[_Iterable[str]] = ..., contributed: _Optional[_Iterable[str]] = ..., num_samples: _Optional[int] = ..., mean_train_loss: _Optional[float] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., seconds: _Optional[float] = ..., rejected: _Optional[int] = ..., mean_gamma: _Optional[float] = ..., learning_rate: _Optional[float] = ..., evaluation: _Optional[_Mapping[str, float]] = ..., evaluated_by: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RunStatus(_message.Message):
     __slots__ = ("run_id", "state", "spec", "completed_rounds", "phase", "history", "message")
@@ -278,18 +325,20 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class SiloInfo(_message.Message):
-    __slots__ = ("silo_id", "connected", "seconds_since_seen", "num_train_samples", "state")
+    __slots__ = ("silo_id", "connected", "seconds_since_seen", "num_train_samples", "state", "num_test_samples")
     SILO_ID_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
     SECONDS_SINCE_SEEN_FIELD_NUMBER: _ClassVar[int]
     NUM_TRAIN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    NUM_TEST_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     silo_id: str
     connected: bool
     seconds_since_seen: float
     num_train_samples: int
     state: str
-    def __init__(self, silo_id: _Optional[str] = ..., connected: _Optional[bool] = ..., seconds_since_seen: _Optional[float] = ..., num_train_samples: _Optional[int] = ..., state: _Optional[str] = ...) -> None: ...
+    num_test_samples: int
+    def __init__(self, silo_id: _Optional[str] = ..., connected: _Optional[bool] = ..., seconds_since_seen: _Optional[float] = ..., num_train_samples: _Optional[int] = ..., state: _Optional[str] = ..., num_test_samples: _Optional[int] = ...) -> None: ...
 
 class SiloList(_message.Message):
     __slots__ = ("silos",)

@@ -59,6 +59,11 @@ class SiloStub:
                 request_serializer=shared_dot_wire_dot_v1_dot_federation__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=shared_dot_wire_dot_v1_dot_federation__pb2.HeartbeatResponse.FromString,
                 _registered_method=True)
+        self.ReportEvaluation = channel.unary_unary(
+                '/fedmllm.v1.Silo/ReportEvaluation',
+                request_serializer=shared_dot_wire_dot_v1_dot_federation__pb2.EvaluationReport.SerializeToString,
+                response_deserializer=shared_dot_wire_dot_v1_dot_federation__pb2.EvaluationReceipt.FromString,
+                _registered_method=True)
 
 
 class SiloServicer:
@@ -94,6 +99,12 @@ class SiloServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportEvaluation(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SiloServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +132,11 @@ def add_SiloServicer_to_server(servicer, server):
                     servicer.Heartbeat,
                     request_deserializer=shared_dot_wire_dot_v1_dot_federation__pb2.HeartbeatRequest.FromString,
                     response_serializer=shared_dot_wire_dot_v1_dot_federation__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'ReportEvaluation': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportEvaluation,
+                    request_deserializer=shared_dot_wire_dot_v1_dot_federation__pb2.EvaluationReport.FromString,
+                    response_serializer=shared_dot_wire_dot_v1_dot_federation__pb2.EvaluationReceipt.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -258,6 +274,33 @@ class Silo:
             '/fedmllm.v1.Silo/Heartbeat',
             shared_dot_wire_dot_v1_dot_federation__pb2.HeartbeatRequest.SerializeToString,
             shared_dot_wire_dot_v1_dot_federation__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportEvaluation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedmllm.v1.Silo/ReportEvaluation',
+            shared_dot_wire_dot_v1_dot_federation__pb2.EvaluationReport.SerializeToString,
+            shared_dot_wire_dot_v1_dot_federation__pb2.EvaluationReceipt.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,144 @@
+"""The silos' side of a round: downloads, updates and evaluation reports, under the lock.
+
+A mixin of Federation (coordinator/federation.py), which owns the state named below.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from pathlib import Path
+
+import grpc
+
+from coordinator.global_model import GlobalModel
+from coordinator.metrics import CoordinatorMetrics
+from coordinator.registry import SiloRegistry
+from coordinator.rounds import Contribution, EvaluationResult, OpenRound, Refusal
+from coordinator.run_state import RunRecord
+from coordinator.validation import validate_update_file, validate_update_meta
+from shared.wire.v1 import federation_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+class SiloRequests:
+    """Request handlers shared by the gRPC threads; every touch of a round holds `_lock`."""
+
+    _lock: threading.Lock
+    _changed: threading.Condition
+    open_round: OpenRound | None
+    model: GlobalModel | None
+    run: RunRecord | None
+    registry: SiloRegistry
+    metrics: CoordinatorMetrics
+
+    def round_for_task(self, task_id: str, silo_id: str) -> OpenRound:
+        with self._lock:
+            open_round = self.open_round
+            if open_round is None:
+                raise Refusal(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"no round is open; task {task_id!r} of {silo_id!r} is stale",
+                )
+            open_round.check_task(task_id, silo_id)
+            return open_round
+
+    def unanswered_task(self, silo_id: str) -> pb.RoundTask | None:
+        with self._lock:
+            return None if self.open_round is None else self.open_round.unanswered_task(silo_id)
+
+    def count_sent(self, open_round: OpenRound, nbytes: int) -> None:
+        with self._lock:
+            open_round.bytes_sent += nbytes
+        self.metrics.bytes_sent.inc(nbytes)
+
+    def reject(self, open_round: OpenRound | None, reason: str) -> None:
+        self.metrics.updates_rejected.labels(reason=reason).inc()
+        if open_round is not None:
+            with self._lock:
+                open_round.rejected += 1
+
+    def accept_update(
+        self,
+        *,
+        open_round: OpenRound,
+        silo_id: str,
+        header: pb.UpdateHeader,
+        path: Path,
+        nbytes: int,
+    ) -> None:
+        """Validate a received update file, then fold it into the round (never before).
+
+        The file is read outside the federation's lock (an update can be gigabytes): the silo
+        is reserved under the lock first, and a round closing meanwhile waits for the fold.
+        """
+        model = self.model
+        assert model is not None and self.run is not None
+        validate_update_meta(
+            num_samples=header.num_samples,
+            declared_samples=self.registry.declared_samples(silo_id),
+            steps=header.steps,
+            max_steps=header.num_samples * self.run.spec.local_epochs,
+            mean_loss=header.mean_loss,
+            gamma=header.gamma,
+        )
+        with self.metrics.phase_duration.labels(phase="validation").time():
+            validate_update_file(path, model.update_layout())
+        with self._lock:
+            # may have closed meanwhile; an evaluation task takes no update
+            open_round.check_task(header.task_id, silo_id, kind=pb.TASK_KIND_TRAIN)
+            open_round.folding.add(silo_id)
+        try:
+            assert open_round.aggregate is not None  # a training round
+            with open_round.fold_lock:
+                model.fold(
+                    open_round.aggregate, path, num_samples=header.num_samples, steps=header.steps
+                )
+        finally:
+            with self._lock:
+                open_round.folding.discard(silo_id)
+                open_round.contributed[silo_id] = Contribution(
+                    num_samples=header.num_samples,
+                    mean_loss=header.mean_loss,
+                    steps=header.steps,
+                    gamma=header.gamma,
+                )
+                open_round.bytes_received += nbytes
+                self._changed.notify_all()
+        self.metrics.updates_accepted.inc()
+        self.metrics.bytes_received.inc(nbytes)
+        self.metrics.silo_gamma.labels(silo=silo_id).set(header.gamma)
+        log.info(
+            "round %d: update from %s accepted (%d samples, loss %.4f)",
+            open_round.index,
+            silo_id,
+            header.num_samples,
+            header.mean_loss,
+        )
+
+    def accept_report(self, *, silo_id: str, report: pb.EvaluationReport) -> None:
+        """Record one silo's evaluation of an evaluation round's adapter."""
+        open_round = self.round_for_task(report.task_id, silo_id)
+        declared = self.registry.declared_test_samples(silo_id)
+        if not 1 <= report.num_samples <= declared:
+            raise Refusal(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"num_samples {report.num_samples} outside 1..{declared} (declared)",
+            )
+        bad = [k for k, v in report.metrics.items() if not math.isfinite(v)]
+        if bad:
+            raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"non-finite metric {bad[0]!r}")
+        with self._lock:
+            open_round.check_task(report.task_id, silo_id, kind=pb.TASK_KIND_EVALUATE)
+            open_round.reports[silo_id] = EvaluationResult(
+                num_samples=report.num_samples, metrics=dict(report.metrics)
+            )
+            self._changed.notify_all()
+        log.info(
+            "round %d: evaluation from %s: %s",
+            open_round.index,
+            silo_id,
+            ", ".join(f"{k} {v:.4f}" for k, v in sorted(report.metrics.items())),
+        )

@@ -1,0 +1,80 @@
+"""Federated evaluation: every E rounds the silos with a test split, an evaluation-only silo
+among them, evaluate the global adapter; the means are kept per round and exported."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from coordinator.run_state import RunSpec
+from coordinator.server import serve
+from shared.silo_data import read_split
+from shared.wire.v1 import federation_pb2 as pb
+from shared.wire.v1 import federation_pb2_grpc as pb_grpc
+from silo_agent.client import Backoff, SiloAgent
+from silo_agent.model import load_silo_model
+from tests.conftest import EVALUATOR, SILOS, coordinator_config, tls
+from tests.helpers import channel
+
+
+def test_evaluation_rounds_with_an_evaluation_only_silo(
+    certs: Path, tiny_model: Path, silo_data: dict[str, Path], tmp_path: Path
+) -> None:
+    with serve(coordinator_config(certs, tiny_model, tmp_path / "ckpt")) as running:
+        agents = [
+            SiloAgent(
+                coordinator=f"localhost:{running.port}",
+                tls=tls(certs, name),
+                silo=load_silo_model(tiny_model, device="cpu"),
+                samples=[] if name == EVALUATOR else read_split(silo_data[name]),
+                test_samples=read_split(silo_data["silo-1" if name == EVALUATOR else name], "test"),
+                backoff=Backoff(0.2, 1.0),
+            )
+            for name in [*SILOS, EVALUATOR]
+        ]
+        threads = [threading.Thread(target=a.run, daemon=True) for a in agents]
+        for thread in threads:
+            thread.start()
+        admin = pb_grpc.AdminStub(channel(running.port, tls(certs, "admin")))
+        deadline = time.monotonic() + 60
+        while len(running.federation.registry.connected()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        spec = RunSpec(
+            rounds=3,
+            silos_per_round=3,
+            min_silos=2,
+            round_deadline_s=60,
+            learning_rate=1e-2,
+            batch_size=4,
+            eval_every=2,
+            prompt_variant="improved",
+        )
+        admin.StartRun(pb.StartRunRequest(spec=spec.to_proto()))
+        while time.monotonic() < deadline + 120:
+            status = admin.GetStatus(pb.StatusRequest())
+            if status.state != pb.RUN_STATE_RUNNING:
+                break
+            time.sleep(0.1)
+        url = f"http://127.0.0.1:{running.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            exported = reply.read().decode()
+        for agent in agents:
+            agent.stop()
+        for thread in threads:
+            thread.join(10)
+    assert status.state == pb.RUN_STATE_COMPLETED, status.message
+    history = list(status.history)
+    assert all(EVALUATOR not in r.selected for r in history)  # never asked to train
+    assert [bool(r.evaluation) for r in history] == [False, True, True]  # every 2nd, and last
+    for record in history[1:]:
+        assert sorted(record.evaluated_by) == sorted([*SILOS, EVALUATOR])
+        assert set(record.evaluation) == {"hateful_memes/accuracy", "hateful_memes/auc"}
+        assert 0.0 <= record.evaluation["hateful_memes/accuracy"] <= 1.0
+    exported_auc = exported.split('fedmllm_eval_metric{metric="hateful_memes/auc"} ')[1]
+    assert float(exported_auc.split()[0]) == pytest.approx(
+        history[-1].evaluation["hateful_memes/auc"]
+    )
