@@ -17,6 +17,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
@@ -48,13 +49,17 @@ def main() -> None:
     start = {"w": torch.randn(args.params)}
     flat = FlatLayout.of(start)
     x, total = flat.pack(start), torch.randn(args.params)
-    steps: dict[str, Callable[[], None]] = {"floor": lambda: x.add_(total)}
+
+    def floor() -> None:
+        x.add_(total)
+
+    steps: dict[str, Callable[[], None]] = {"floor": floor}
     for strategy in ("fedadam", "fedyogi"):
         model = GlobalModel.start(RunSpec(strategy=strategy), flat, start)
         aggregate = model.begin_round(population=2)
         aggregate.total.normal_()
         aggregate.weight_sum = 3.0
-        steps[strategy] = lambda m=model, a=aggregate: m.apply(a)
+        steps[strategy] = partial(model.apply, aggregate)
     medians = interleaved_medians(steps, args.repeats)
     m, v = torch.zeros(args.params), torch.full((args.params,), 1e-6)
     h = hyper(1 / 3, 1e-3, 0.9, 0.99, 1e-3)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import grpc
+import torch
 
 from coordinator.checkpoint import CheckpointStore
 from coordinator.flat_adapter import FlatLayout
@@ -358,6 +359,7 @@ class Federation(SiloRequests):
             seconds=time.monotonic() - started,
             rejected=open_round.rejected,
             mean_gamma=open_round.sample_mean("gamma"),
+            update_norm=float(torch.linalg.vector_norm(aggregate.total)) / aggregate.weight_sum,
             learning_rate=self._plan(run.spec, open_round.index).learning_rate,
         )
         self.phase = pb.ROUND_PHASE_CHECKPOINTING

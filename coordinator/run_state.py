@@ -122,6 +122,7 @@ class RoundRecord:
     learning_rate: float = 0.0
     evaluation: dict[str, float] = field(default_factory=dict)
     evaluated_by: list[str] = field(default_factory=list)
+    update_norm: float = 0.0
 
     def to_proto(self) -> pb.RoundSummary:
         return pb.RoundSummary(**asdict(self))

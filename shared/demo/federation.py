@@ -76,7 +76,10 @@ def start_coordinator(workdir: Path, logs: Path) -> tuple[subprocess.Popen[bytes
     return process, grpc_port, metrics_port
 
 
-def start_silo(workdir: Path, logs: Path, name: str, port: int) -> subprocess.Popen[bytes]:
+def start_silo(
+    workdir: Path, logs: Path, name: str, port: int, *extra: str
+) -> subprocess.Popen[bytes]:
+    """A silo agent on `workdir/data/<name>`; `extra` arguments go to silo-agent as they are."""
     return subprocess.Popen(
         [
             sys.executable,
@@ -91,6 +94,7 @@ def start_silo(workdir: Path, logs: Path, name: str, port: int) -> subprocess.Po
             "--device",
             "cpu",
             *_tls_args(workdir / "certs", name),
+            *extra,
         ],
         stdout=(logs / f"{name}.log").open("wb"),
         stderr=subprocess.STDOUT,

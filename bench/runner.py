@@ -1,0 +1,220 @@
+"""`fedmllm-bench --config bench.yaml`: run the grid, resume it, report it.
+
+Cells are (data set, scenario, method, seed). Zero-shot and Local run in this process; every
+FL cell runs real coordinator and silo-agent processes on loopback. Each finished cell is one
+line of OUT/results.jsonl, so an interrupted grid resumes where it stopped. At the end
+OUT/results.md holds the tables and OUT/plots/ the per-round figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.baselines import local, zero_shot
+from bench.config import BenchConfig, BenchConfigError, DatasetEntry, Method, load_config
+from bench.federated import EVALUATOR, run_federated
+from bench.report import plots, tables
+from coordinator.run_state import RunSpec
+from shared.demo.synthetic_data import tokenizer_corpus
+from shared.demo.tiny_model import build_tiny_model
+from shared.demo.twins import TWINS
+from shared.partition import main as partition_main
+from shared.pki import create_federation
+
+
+def _scenario_label(scenario: dict[str, Any]) -> str:
+    return str(
+        scenario.get("label")
+        or "-".join(
+            [
+                scenario["scenario"],
+                *(f"{k}{v}" for k, v in sorted(scenario.items()) if k != "scenario"),
+            ]
+        )
+    )
+
+
+def _dataset_root(config: BenchConfig, entry: DatasetEntry) -> Path:
+    if entry.root is not None:
+        return Path(entry.root)
+    root = config.out / "datasets" / entry.name
+    if not root.exists():
+        TWINS[entry.name](root, train=entry.train, test=entry.test, seed=0)
+    return root
+
+
+def _partition(
+    config: BenchConfig, entry: DatasetEntry, scenario: dict[str, Any], seed: int
+) -> Path:
+    out = config.out / "partitions" / f"{entry.name}-{_scenario_label(scenario)}-s{seed}"
+    if not (out / "partition.json").exists():
+        flags = {
+            "alpha": "--alpha",
+            "beta": "--beta",
+            "keep_prob": "--keep-prob",
+            "image_text_ratio": "--image-text-ratio",
+        }
+        extra = [x for k, v in scenario.items() if k in flags for x in (flags[k], str(v))]
+        partition_main(
+            [
+                "--dataset",
+                entry.name,
+                "--root",
+                str(_dataset_root(config, entry)),
+                "--scenario",
+                scenario["scenario"],
+                "--clients",
+                str(config.clients),
+                "--seed",
+                str(seed),
+                "--prompt",
+                config.prompt,
+                "--overwrite",
+                "--out",
+                str(out),
+                *extra,
+            ]
+        )
+    return out
+
+
+def _model(config: BenchConfig) -> Path:
+    if config.model is not None:
+        return config.model
+    path = config.out / "model"
+    if not (path / "config.json").exists():
+        build_tiny_model(path, family="idefics3", corpus=tokenizer_corpus(), seed=0)
+    return path
+
+
+def _run_cell(
+    config: BenchConfig, method: Method, partition: Path, model: Path, seed: int, workdir: Path
+) -> dict[str, Any]:
+    clients = sorted(p for p in partition.iterdir() if p.name.startswith("client-"))
+    test_dir = partition / "test"
+    if method.name == "zero_shot":
+        return {"metrics": zero_shot(model, test_dir, seed=seed), "rounds": []}
+    if method.name == "local":
+        return {
+            "metrics": local(
+                model,
+                clients,
+                test_dir,
+                seed=seed,
+                epochs=config.local_baseline_epochs,
+                learning_rate=config.learning_rate,
+                batch_size=config.batch_size,
+            ),
+            "rounds": [],
+        }
+    spec = RunSpec(
+        rounds=config.rounds,
+        silos_per_round=config.silos_per_round,
+        min_silos=config.silos_per_round,
+        round_deadline_s=600,
+        seed=seed,
+        learning_rate=config.learning_rate,
+        local_epochs=config.local_epochs,
+        batch_size=config.batch_size,
+        strategy=method.name,
+        eval_every=config.rounds,
+        **method.options,
+    )
+    return run_federated(
+        workdir=workdir,
+        model=model,
+        certs=config.out / "certs",
+        client_dirs=clients,
+        test_dir=test_dir,
+        spec=spec,
+    )
+
+
+def run_grid(config: BenchConfig) -> list[dict[str, Any]]:
+    config.out.mkdir(parents=True, exist_ok=True)
+    results_path = config.out / "results.jsonl"
+    done = (
+        {
+            json.loads(line)["key"]: json.loads(line)
+            for line in results_path.read_text().splitlines()
+        }
+        if results_path.exists()
+        else {}
+    )
+    create_federation(
+        config.out / "certs",
+        hosts=["localhost", "127.0.0.1"],
+        silos=[*(f"client-{i:02d}" for i in range(config.clients)), EVALUATOR],
+        admins=["admin"],
+    )
+    model = _model(config)
+    cells = [
+        (d, s, m, seed)
+        for d in config.datasets
+        for s in config.scenarios
+        for seed in config.seeds
+        for m in config.methods
+    ]
+    for number, (entry, scenario, method, seed) in enumerate(cells, start=1):
+        key = f"{entry.name}|{_scenario_label(scenario)}|{method.label}|{seed}"
+        if key in done:
+            print(f"[{number}/{len(cells)}] {key}: done earlier", flush=True)
+            continue
+        started = time.monotonic()
+        partition = _partition(config, entry, scenario, seed)
+        workdir = config.out / "runs" / key.replace("|", "_").replace("/", "_")
+        result = _run_cell(config, method, partition, model, seed, workdir)
+        record = {
+            "key": key,
+            "dataset": entry.name,
+            "scenario": _scenario_label(scenario),
+            "method": method.label,
+            "seed": seed,
+            "seconds": round(time.monotonic() - started, 1),
+            **result,
+        }
+        with results_path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        done[key] = record
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(result["metrics"].items()))
+        print(f"[{number}/{len(cells)}] {key}: {shown} ({record['seconds']:.0f} s)", flush=True)
+    results = [
+        done[k]
+        for k in dict.fromkeys(
+            f"{d.name}|{_scenario_label(s)}|{m.label}|{seed}" for d, s, m, seed in cells
+        )
+    ]
+    (config.out / "results.md").write_text(tables(results))
+    plots(results, config.out / "plots")
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="fedmllm-bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", type=Path, required=True, help="bench.yaml")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except BenchConfigError as exc:
+        sys.exit(f"fedmllm-bench: {exc}")
+    print(
+        f"grid: {len(config.datasets)} data set(s) x {len(config.scenarios)} scenario(s) x "
+        f"{len(config.methods)} method(s) x {len(config.seeds)} seed(s); results in "
+        f"{config.out}",
+        flush=True,
+    )
+    run_grid(config)
+    print((config.out / "results.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""`fedmllm-bench`: a 2-cell grid end to end (Zero-shot in process, FedAvg through real
+coordinator and silo-agent processes), its report, and resuming a finished grid."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.config import BenchConfigError, load_config
+from bench.runner import main
+
+
+def test_two_cell_grid_runs_reports_and_resumes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "bench.yaml"
+    config.write_text(f"""
+out: {tmp_path / "out"}
+datasets:
+  - {{name: hateful_memes, train: 48, test: 16}}
+scenarios:
+  - {{scenario: hybrid, keep_prob: 0.6, label: hybrid-60}}
+methods: [zero_shot, {{name: fedavg, label: FedAvg}}]
+seeds: [0]
+clients: 2
+silos_per_round: 2
+rounds: 2
+batch_size: 8
+""")
+    main(["--config", str(config)])
+    lines = [json.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert [r["method"] for r in lines] == ["zero_shot", "FedAvg"]
+    zero, fedavg = lines
+    assert set(zero["metrics"]) == {"hateful_memes/accuracy", "hateful_memes/auc"}
+    assert zero["rounds"] == []
+    assert [r["round"] for r in fedavg["rounds"]] == [1, 2]
+    assert set(fedavg["metrics"]) == {"hateful_memes/accuracy", "hateful_memes/auc"}
+    assert all(r["bytes_sent"] > 0 and r["update_norm"] > 0 for r in fedavg["rounds"])
+    report = (tmp_path / "out" / "results.md").read_text()
+    assert "| FedAvg |" in report and "| zero_shot |" in report and "hybrid-60" in report
+    assert (tmp_path / "out" / "plots" / "hateful_memes-hybrid-60.png").stat().st_size > 0
+    capsys.readouterr()
+    main(["--config", str(config)])  # resumes: nothing left to run
+    assert capsys.readouterr().out.count("done earlier") == 2
+    assert len((tmp_path / "out" / "results.jsonl").read_text().splitlines()) == 2
+
+
+def test_config_errors_name_the_problem(tmp_path: Path) -> None:
+    config = tmp_path / "bench.yaml"
+    config.write_text(
+        "datasets: [hateful_memes]\nscenarios: [sideways]\nmethods: [fedavg]\nseeds: [0]\n"
+    )
+    with pytest.raises(BenchConfigError, match="unknown scenario"):
+        load_config(config)
+    config.write_text(
+        "datasets: [hateful_memes]\nscenarios: [aligned]\nmethods: [fedavg]\nseeds: [0]\nround: 3\n"
+    )
+    with pytest.raises(BenchConfigError, match="unknown key"):
+        load_config(config)
