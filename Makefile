@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTO_SRC := proto/shared/wire/v1/federation.proto
 
-.PHONY: demo test proto lint venv clean
+.PHONY: demo test proto lint venv clean study
 
 venv: $(STAMP)
 
@@ -23,6 +23,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# The demo-scale study of docs/results.md (about 40 minutes); resumes where it stopped.
+study: $(STAMP)
+	$(PY) -m bench.runner --config bench/study.yaml
+	$(PY) -m bench.runner --config bench/ablation.yaml
+
 proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO_SRC)
 
@@ -32,4 +37,4 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf .demo build *.egg-info
+	rm -rf .demo .study build *.egg-info

@@ -15,13 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.base_model import format_pretrained_model
 from bench.baselines import local, zero_shot
 from bench.config import BenchConfig, BenchConfigError, DatasetEntry, Method, load_config
 from bench.federated import EVALUATOR, run_federated
 from bench.report import plots, tables
 from coordinator.run_state import RunSpec
-from shared.demo.synthetic_data import tokenizer_corpus
-from shared.demo.tiny_model import build_tiny_model
 from shared.demo.twins import TWINS
 from shared.partition import main as partition_main
 from shared.pki import create_federation
@@ -88,7 +87,7 @@ def _model(config: BenchConfig) -> Path:
         return config.model
     path = config.out / "model"
     if not (path / "config.json").exists():
-        build_tiny_model(path, family="idefics3", corpus=tokenizer_corpus(), seed=0)
+        format_pretrained_model(path, steps=config.format_steps)
     return path
 
 
