@@ -22,9 +22,9 @@ from coordinator.flat_adapter import FlatLayout
 from coordinator.global_model import GlobalModel
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.registry import SiloRegistry
-from coordinator.rounds import EvaluationResult, OpenRound, Refusal
+from coordinator.rounds import OpenRound, Refusal, weighted_means
 from coordinator.run_state import RoundRecord, RunPhase, RunRecord, RunSpec
-from coordinator.schedule import client_learning_rate
+from coordinator.schedule import training_plan
 from coordinator.silo_requests import SiloRequests
 from shared.errors import UpdateRejected
 from shared.tensor_codec import AdapterLayout, StateDict, describe_layout_difference, layout_of
@@ -234,24 +234,6 @@ class Federation(SiloRequests):
             f"{MAX_ROUND_ATTEMPTS} attempts"
         )
 
-    def _plan(self, spec: RunSpec, index: int) -> pb.TrainingPlan:
-        return pb.TrainingPlan(
-            learning_rate=client_learning_rate(
-                base=spec.learning_rate,
-                round_index=index,
-                rounds=spec.rounds,
-                schedule=spec.lr_schedule,
-            ),
-            local_epochs=spec.local_epochs,
-            batch_size=spec.batch_size,
-            seed=spec.seed * 100_003 + index,
-            proximal_mu=spec.proximal_mu,
-            gamma_max=spec.gamma_max,
-            mask_skip_layers=spec.mask_skip_layers,
-            prompt_variant=spec.prompt_variant,
-            control_variates=spec.strategy == "scaffold",
-        )
-
     def _open(self, run: RunRecord, index: int, attempt: int, selected: list[str]) -> OpenRound:
         assert self.model is not None
         # every silo that ever joined this run (SCAFFOLD's N), also across restarts
@@ -265,7 +247,7 @@ class Federation(SiloRequests):
             aggregate=self.model.begin_round(population=len(run.silos_seen)),
             deadline_s=run.spec.round_deadline_s,
         )
-        plan = self._plan(run.spec, index)
+        plan = training_plan(run.spec, index)
         with self._lock:
             self.open_round = open_round
             self.phase = pb.ROUND_PHASE_TRAINING
@@ -317,7 +299,7 @@ class Federation(SiloRequests):
             aggregate=None,
             deadline_s=run.spec.round_deadline_s,
         )
-        plan = self._plan(run.spec, index)
+        plan = training_plan(run.spec, index)
         with self._lock:
             self.open_round = open_round
             for silo_id in evaluators:
@@ -360,7 +342,7 @@ class Federation(SiloRequests):
             rejected=open_round.rejected,
             mean_gamma=open_round.sample_mean("gamma"),
             update_norm=float(torch.linalg.vector_norm(aggregate.total)) / aggregate.weight_sum,
-            learning_rate=self._plan(run.spec, open_round.index).learning_rate,
+            learning_rate=training_plan(run.spec, open_round.index).learning_rate,
         )
         self.phase = pb.ROUND_PHASE_CHECKPOINTING
         with self._lock:
@@ -401,14 +383,3 @@ class Federation(SiloRequests):
 
 
 __all__ = ["ControllerSettings", "Federation", "Refusal", "UpdateRejected"]
-
-
-def weighted_means(results: list[EvaluationResult]) -> dict[str, float]:
-    """Per metric, the mean over the silos that reported it, weighted by their test samples."""
-    totals: dict[str, float] = {}
-    weights: dict[str, int] = {}
-    for result in results:
-        for name, value in result.metrics.items():
-            totals[name] = totals.get(name, 0.0) + value * result.num_samples
-            weights[name] = weights.get(name, 0) + result.num_samples
-    return {name: totals[name] / weights[name] for name in sorted(totals)}

@@ -156,3 +156,14 @@ class OpenRound:
         total = sum(c.num_samples for c in self.contributed.values())
         weighted = sum(float(getattr(c, field)) * c.num_samples for c in self.contributed.values())
         return weighted / total
+
+
+def weighted_means(results: list[EvaluationResult]) -> dict[str, float]:
+    """Per metric, the mean over the silos that reported it, weighted by their test samples."""
+    totals: dict[str, float] = {}
+    weights: dict[str, int] = {}
+    for result in results:
+        for name, value in result.metrics.items():
+            totals[name] = totals.get(name, 0.0) + value * result.num_samples
+            weights[name] = weights.get(name, 0) + result.num_samples
+    return {name: totals[name] / weights[name] for name in sorted(totals)}

@@ -1,4 +1,4 @@
-"""The client learning rate across rounds: linear warm-up, then cosine decay to zero.
+"""The client learning rate across rounds, and the training plan each round task carries.
 
 The warm-up lasts ceil(1% of the rounds) rounds and ends at the base rate, so no round ever runs
 above it (the reference code's warm-up ran round 0 at twice the base rate).
@@ -7,6 +7,9 @@ above it (the reference code's warm-up ran round 0 at twice the base rate).
 from __future__ import annotations
 
 import math
+
+from coordinator.run_state import RunSpec
+from shared.wire.v1 import federation_pb2 as pb
 
 SCHEDULES = ("cosine", "constant")
 
@@ -30,3 +33,23 @@ def client_learning_rate(
         return base * (step + 1) / warmup
     progress = (step - warmup) / max(1, rounds - warmup)
     return 0.5 * base * (1.0 + math.cos(math.pi * progress))
+
+
+def training_plan(spec: RunSpec, index: int) -> pb.TrainingPlan:
+    """What round `index` asks of its silos."""
+    return pb.TrainingPlan(
+        learning_rate=client_learning_rate(
+            base=spec.learning_rate,
+            round_index=index,
+            rounds=spec.rounds,
+            schedule=spec.lr_schedule,
+        ),
+        local_epochs=spec.local_epochs,
+        batch_size=spec.batch_size,
+        seed=spec.seed * 100_003 + index,
+        proximal_mu=spec.proximal_mu,
+        gamma_max=spec.gamma_max,
+        mask_skip_layers=spec.mask_skip_layers,
+        prompt_variant=spec.prompt_variant,
+        control_variates=spec.strategy == "scaffold",
+    )

@@ -16,6 +16,7 @@ from typing import Any
 
 from shared.errors import DataFormatError
 from shared.prompts import IMAGE_MARKER, TASKS, PromptVariant, build_prompt
+from shared.records_io import BadRecords, json_lines
 
 SPLITS = ("train", "test")
 
@@ -111,17 +112,10 @@ def read_split(directory: Path, split: str = "train") -> list[Sample]:
     path = directory / f"{split}.jsonl"
     if not path.is_file():
         raise DataFormatError(f"{path}: not found (a silo data directory needs {split}.jsonl)")
-    samples: list[Sample] = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataFormatError(f"{where}: malformed JSON: {exc.msg}") from exc
-            samples.append(_parse(record, directory=directory, where=where))
+    samples = [
+        _parse(record, directory=directory, where=where)
+        for where, record in json_lines(path, BadRecords())
+    ]
     if not samples:
         raise DataFormatError(f"{path}: no samples")
     return samples

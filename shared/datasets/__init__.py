@@ -8,7 +8,8 @@ from functools import partial
 from pathlib import Path
 
 from shared.datasets import crisismmd, hateful_memes, medalpaca, slake, vqa_rad
-from shared.datasets.records import BadRecords, RawSample
+from shared.datasets.records import RawSample
+from shared.records_io import BadRecords
 
 Reader = Callable[[Path, str, BadRecords], Iterator[RawSample]]
 

@@ -11,8 +11,9 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from shared.datasets.records import BadRecords, RawSample, image_under
+from shared.datasets.records import RawSample, image_under
 from shared.prompts import CRISISMMD
+from shared.records_io import BadRecords
 
 SPLITS = {
     "train": "task_humanitarian_text_img_train.tsv",

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from shared.errors import DataFormatError
+from shared.records_io import BadRecords
 
 
 @dataclass(frozen=True)
@@ -31,27 +30,6 @@ class RawSample:
     @property
     def has_text(self) -> bool:
         return self.text is not None
-
-
-@dataclass
-class BadRecords:
-    """Bad records: the first stops the read, or with `skip` each is counted by reason."""
-
-    skip: bool = False
-    reasons: Counter[str] = field(default_factory=Counter)
-    examples: list[str] = field(default_factory=list)
-
-    def report(self, where: str, reason: str) -> None:
-        """Raise DataFormatError naming the file and line, or count it when skipping."""
-        if not self.skip:
-            raise DataFormatError(f"{where}: {reason}")
-        self.reasons[reason.split(":")[0]] += 1
-        if len(self.examples) < 5:
-            self.examples.append(f"{where}: {reason}")
-
-    @property
-    def total(self) -> int:
-        return sum(self.reasons.values())
 
 
 def image_under(root: Path, relative: str, *, where: str, bad: BadRecords) -> Path | None:

@@ -4,11 +4,11 @@ English questions by default (`q_lang == "en"`), every language on request.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from shared.datasets.records import BadRecords, RawSample, image_under
+from shared.datasets.records import RawSample, image_under
+from shared.records_io import BadRecords, has_columns, json_array
 
 
 def _base(root: Path) -> Path:
@@ -24,17 +24,10 @@ def read(
     path = base / "test.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: SLAKE test file not found")
-    try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}:{exc.lineno}: malformed JSON: {exc.msg}") from exc
-    for index, row in enumerate(rows):
-        where = f"{path}: record {index}"
-        missing = [
-            k for k in ("img_name", "question", "answer", "q_lang", "answer_type") if k not in row
-        ]
-        if missing:
-            bad.report(where, f"missing column: {', '.join(missing)}")
+    for index, (where, row) in enumerate(json_array(path, bad)):
+        if not has_columns(
+            row, ("img_name", "question", "answer", "q_lang", "answer_type"), where=where, bad=bad
+        ):
             continue
         if row["q_lang"] != "en" and not all_languages:
             continue

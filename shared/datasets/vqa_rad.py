@@ -4,11 +4,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from shared.datasets.records import BadRecords, RawSample, image_under
+from shared.datasets.records import RawSample, image_under
+from shared.records_io import BadRecords, has_columns, json_array
 
 FILE = "VQA_RAD Dataset Public.json"
 IMAGE_DIRS = ("VQA_RAD Image Folder", "images")
@@ -25,20 +25,14 @@ def read(root: Path, split: str, bad: BadRecords) -> Iterator[RawSample]:
     path = root / FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: VQA-RAD file not found")
-    try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}:{exc.lineno}: malformed JSON: {exc.msg}") from exc
     images = image_dir(root)
-    for index, row in enumerate(rows):
-        where = f"{path}: record {index}"
-        missing = [
-            k
-            for k in ("qid", "image_name", "answer", "answer_type", "question", "phrase_type")
-            if k not in row
-        ]
-        if missing:
-            bad.report(where, f"missing column: {', '.join(missing)}")
+    for where, row in json_array(path, bad):
+        if not has_columns(
+            row,
+            ("qid", "image_name", "answer", "answer_type", "question", "phrase_type"),
+            where=where,
+            bad=bad,
+        ):
             continue
         if str(row["phrase_type"]).startswith("test") != (split == "test"):
             continue
