@@ -48,7 +48,7 @@ class Sample:
         return replace(self, prompt=prompt, answer=task.target(self.label))
 
 
-def _parse(record: Any, *, directory: Path, where: str) -> Sample:
+def parse_record(record: Any, *, directory: Path, where: str) -> Sample:
     if not isinstance(record, dict):
         raise DataFormatError(f"{where}: expected a JSON object, got {type(record).__name__}")
     for key in ("id", "image", "conversations"):
@@ -113,7 +113,7 @@ def read_split(directory: Path, split: str = "train") -> list[Sample]:
     if not path.is_file():
         raise DataFormatError(f"{path}: not found (a silo data directory needs {split}.jsonl)")
     samples = [
-        _parse(record, directory=directory, where=where)
+        parse_record(record, directory=directory, where=where)
         for where, record in json_lines(path, BadRecords())
     ]
     if not samples:

@@ -71,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["check"]:
+        from silo_agent.check import main as check  # the local check needs no gRPC or TLS
+
+        check(argv[1:])
+        return
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level, format=f"%(asctime)s %(levelname)s silo[{args.cert.stem}] %(message)s"
