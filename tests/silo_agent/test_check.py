@@ -45,7 +45,7 @@ def test_every_problem_is_listed(
     silo_data: dict[str, Path],
     tiny_model: Path,
     tmp_path: Path,
-    _check,
+    check_silo: Check,
 ) -> None:
     data = shutil.copytree(silo_data["silo-1"], tmp_path / "silo")
     records = (data / "train.jsonl").read_text().splitlines()
