@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import grpc
 
 from coordinator.run_config import RunConfigError, add_flags, spec_from
 from shared.grpc_options import CHANNEL_OPTIONS
+from shared.payload import PayloadDigest, assemble
 from shared.tls import add_tls_arguments, channel_credentials, tls_files
 from shared.wire.v1 import federation_pb2 as pb
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
@@ -60,6 +62,21 @@ def follow(stub: pb_grpc.AdminStub, *, poll_s: float = 0.5, printed: int = 0) ->
         time.sleep(poll_s)
 
 
+def export_adapter(stub: pb_grpc.AdminStub, *, round_index: int, out: Path) -> pb.ExportHeader:
+    """adapter_config.json and adapter_model.safetensors, checked against their digest."""
+    stream = stub.ExportAdapter(pb.ExportRequest(round=round_index))
+    header: pb.ExportHeader = next(stream).header
+    payload = assemble(
+        PayloadDigest(header.adapter.total_bytes, header.adapter.sha256),
+        (m.data for m in stream),
+        max_bytes=header.adapter.total_bytes,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "adapter_model.safetensors").write_bytes(payload)
+    (out / "adapter_config.json").write_text(header.adapter_config_json)
+    return header
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedmllm-admin", description=__doc__)
     parser.add_argument("--coordinator", default="localhost:50051", help="HOST:PORT")
@@ -74,6 +91,11 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--follow", action="store_true")
     commands.add_parser("list-silos", help="silos that joined and whether they are connected")
     commands.add_parser("stop", help="stop the running run after its checkpointed rounds")
+    commands.add_parser("pause", help="hold the run after the open round")
+    commands.add_parser("resume", help="go on with a paused run")
+    export = commands.add_parser("export", help="write a round's adapter as a PEFT directory")
+    export.add_argument("--round", type=int, default=0, help="a kept round (default: latest)")
+    export.add_argument("--out", type=Path, required=True, help="directory to write")
     return parser
 
 
@@ -98,6 +120,12 @@ def _run(args: argparse.Namespace, stub: pb_grpc.AdminStub) -> int:
                 f"{s.silo_id:<20} {'yes' if s.connected else 'no':<10} "
                 f"{s.num_train_samples:>8} {s.seconds_since_seen:>7.1f}s  {s.state}"
             )
+    elif args.command in ("pause", "resume"):
+        call = stub.PauseRun if args.command == "pause" else stub.ResumeRun
+        print(status_text(call(pb.StopRequest())).splitlines()[0])
+    elif args.command == "export":
+        header = export_adapter(stub, round_index=args.round, out=args.out)
+        print(f"round {header.round} of run {header.run_id} written to {args.out}")
     elif args.command == "stop":
         print(status_text(stub.StopRun(pb.StopRequest())).splitlines()[0])
     return 0

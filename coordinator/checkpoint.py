@@ -124,6 +124,20 @@ class CheckpointStore:
             return []
         return sorted(p for p in run_dir.iterdir() if p.is_dir() and p.name.startswith("round-"))
 
+    def adapter_file(self, run_id: str, round_index: int) -> tuple[int, Path]:
+        """The saved adapter of a kept round (0: the latest) of a run, with its round number."""
+        dirs = self.round_dirs(run_id)
+        if not dirs:
+            raise FileNotFoundError(f"run {run_id} has no checkpoint")
+        wanted = dirs[-1].name if round_index == 0 else f"round-{round_index:05d}"
+        chosen = next((d for d in dirs if d.name == wanted), None)
+        if chosen is None:
+            kept = ", ".join(d.name.removeprefix("round-").lstrip("0") or "0" for d in dirs)
+            raise FileNotFoundError(
+                f"round {round_index} of run {run_id} is not kept (kept: {kept})"
+            )
+        return int(chosen.name.removeprefix("round-")), chosen / ADAPTER_FILE
+
     def _latest_round_dir(self, run_id: str) -> Path | None:
         dirs = self.round_dirs(run_id)
         return dirs[-1] if dirs else None

@@ -90,7 +90,7 @@ class Federation(SiloRequests):
             self.run.spec, self.flat, checkpoint.adapter, checkpoint.strategy_state
         )
         self.metrics.round.set(checkpoint.round)
-        if self.run.phase is RunPhase.RUNNING:
+        if self.run.phase.active:
             log.info("resuming run %s after round %d", self.run.run_id, checkpoint.round)
             self._start_thread()
 
@@ -112,7 +112,7 @@ class Federation(SiloRequests):
         if problems:
             raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
         with self._lock:
-            if self.run is not None and self.run.phase is RunPhase.RUNNING:
+            if self.run is not None and self.run.phase.active:
                 raise Refusal(
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"run {self.run.run_id} is still running; stop it first",
@@ -127,7 +127,7 @@ class Federation(SiloRequests):
 
     def stop_run(self, *, timeout_s: float = 30.0) -> RunRecord:
         with self._lock:
-            if self.run is None or self.run.phase is not RunPhase.RUNNING:
+            if self.run is None or not self.run.phase.active:
                 raise Refusal(grpc.StatusCode.FAILED_PRECONDITION, "no run is running")
             self._stop.set()
             self._changed.notify_all()
@@ -135,6 +135,35 @@ class Federation(SiloRequests):
         if thread is not None:
             thread.join(timeout_s)
         return self.run
+
+    def pause_run(self) -> RunRecord:
+        """Hold the run between rounds: the open round finishes, the next waits for resume."""
+        return self._set_phase(RunPhase.RUNNING, RunPhase.PAUSED)
+
+    def resume_run(self) -> RunRecord:
+        return self._set_phase(RunPhase.PAUSED, RunPhase.RUNNING)
+
+    def _set_phase(self, current: RunPhase, new: RunPhase) -> RunRecord:
+        with self._lock:
+            if self.run is None or self.run.phase is not current:
+                state = "no run" if self.run is None else f"run {self.run.run_id} is "
+                state += "" if self.run is None else self.run.phase.value
+                raise Refusal(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"{state}; only a {current.value} run can become {new.value}",
+                )
+            self.run.phase = new
+            self.store.update_run(self.run)
+            self._changed.notify_all()
+            log.info("run %s %s", self.run.run_id, new.value)
+            return self.run
+
+    def _wait_while_paused(self, run: RunRecord) -> bool:
+        """False when the run was stopped while paused."""
+        with self._lock:
+            while run.phase is RunPhase.PAUSED and not self._stop.is_set():
+                self._changed.wait(self._settings.poll_s)
+        return not self._stop.is_set()
 
     def shutdown(self) -> None:
         """Stop the run thread without changing the run's saved state (it resumes on restart)."""
@@ -151,6 +180,8 @@ class Federation(SiloRequests):
         assert run is not None
         try:
             while run.completed_rounds < run.spec.rounds and not self._stop.is_set():
+                if not self._wait_while_paused(run):
+                    break
                 index = run.completed_rounds + 1
                 self._play_round(run, index)
                 every = run.spec.eval_every
@@ -159,7 +190,7 @@ class Federation(SiloRequests):
                     self._evaluate(run, index)
             if run.completed_rounds >= run.spec.rounds:
                 self._finish(run, RunPhase.COMPLETED, f"{run.completed_rounds} rounds completed")
-            elif self.run is run and run.phase is RunPhase.RUNNING and self._stop_requested:
+            elif self.run is run and run.phase.active and self._stop_requested:
                 self._finish(
                     run,
                     RunPhase.STOPPED,

@@ -16,6 +16,12 @@ class RunPhase(str, Enum):
     COMPLETED = "completed"
     STOPPED = "stopped"
     FAILED = "failed"
+    PAUSED = "paused"
+
+    @property
+    def active(self) -> bool:
+        """A run that holds the coordinator: running, or paused between rounds."""
+        return self in (RunPhase.RUNNING, RunPhase.PAUSED)
 
 
 _STATE_TO_PROTO = {
@@ -24,6 +30,7 @@ _STATE_TO_PROTO = {
     RunPhase.COMPLETED: pb.RUN_STATE_COMPLETED,
     RunPhase.STOPPED: pb.RUN_STATE_STOPPED,
     RunPhase.FAILED: pb.RUN_STATE_FAILED,
+    RunPhase.PAUSED: pb.RUN_STATE_PAUSED,
 }
 
 

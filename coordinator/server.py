@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterator
 from concurrent import futures
@@ -75,6 +76,15 @@ def _adapter_source(
     return lora, lambda seed: initial_adapter(base_config, seed=seed)[1]
 
 
+def adapter_config_json(lora: LoraConfig) -> str:
+    """PEFT's adapter_config.json for exported adapters (sets written as sorted lists)."""
+    data = lora.to_dict()
+    for key, value in data.items():
+        if isinstance(value, set):
+            data[key] = sorted(value)
+    return json.dumps(data, default=str, indent=2, sort_keys=True)
+
+
 @contextmanager
 def serve(config: CoordinatorConfig) -> Iterator[RunningCoordinator]:
     """Start the coordinator; on exit stop serving, the run left resumable from its checkpoint."""
@@ -127,7 +137,8 @@ def _serving(
         ),
         server,
     )
-    pb_grpc.add_AdminServicer_to_server(AdminService(federation=federation), server)
+    admin = AdminService(federation=federation, adapter_config_json=adapter_config_json(lora))
+    pb_grpc.add_AdminServicer_to_server(admin, server)
     port = server.add_secure_port(f"{config.host}:{config.port}", server_credentials(config.tls))
     if port == 0:
         raise OSError(f"cannot listen on {config.host}:{config.port}")

@@ -20,6 +20,7 @@ class RunState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RUN_STATE_COMPLETED: _ClassVar[RunState]
     RUN_STATE_STOPPED: _ClassVar[RunState]
     RUN_STATE_FAILED: _ClassVar[RunState]
+    RUN_STATE_PAUSED: _ClassVar[RunState]
 
 class RoundPhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -36,6 +37,7 @@ RUN_STATE_RUNNING: RunState
 RUN_STATE_COMPLETED: RunState
 RUN_STATE_STOPPED: RunState
 RUN_STATE_FAILED: RunState
+RUN_STATE_PAUSED: RunState
 ROUND_PHASE_UNSPECIFIED: RoundPhase
 ROUND_PHASE_WAITING_FOR_SILOS: RoundPhase
 ROUND_PHASE_TRAINING: RoundPhase
@@ -351,3 +353,29 @@ class SiloList(_message.Message):
 class StopRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class ExportRequest(_message.Message):
+    __slots__ = ("round",)
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    def __init__(self, round: _Optional[int] = ...) -> None: ...
+
+class ExportHeader(_message.Message):
+    __slots__ = ("run_id", "round", "adapter_config_json", "adapter")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    round: int
+    adapter_config_json: str
+    adapter: PayloadHeader
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., adapter_config_json: _Optional[str] = ..., adapter: _Optional[_Union[PayloadHeader, _Mapping]] = ...) -> None: ...
+
+class ExportChunk(_message.Message):
+    __slots__ = ("header", "data")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    header: ExportHeader
+    data: bytes
+    def __init__(self, header: _Optional[_Union[ExportHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...

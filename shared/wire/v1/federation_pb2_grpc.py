@@ -341,6 +341,21 @@ class AdminStub:
                 request_serializer=shared_dot_wire_dot_v1_dot_federation__pb2.StopRequest.SerializeToString,
                 response_deserializer=shared_dot_wire_dot_v1_dot_federation__pb2.RunStatus.FromString,
                 _registered_method=True)
+        self.PauseRun = channel.unary_unary(
+                '/fedmllm.v1.Admin/PauseRun',
+                request_serializer=shared_dot_wire_dot_v1_dot_federation__pb2.StopRequest.SerializeToString,
+                response_deserializer=shared_dot_wire_dot_v1_dot_federation__pb2.RunStatus.FromString,
+                _registered_method=True)
+        self.ResumeRun = channel.unary_unary(
+                '/fedmllm.v1.Admin/ResumeRun',
+                request_serializer=shared_dot_wire_dot_v1_dot_federation__pb2.StopRequest.SerializeToString,
+                response_deserializer=shared_dot_wire_dot_v1_dot_federation__pb2.RunStatus.FromString,
+                _registered_method=True)
+        self.ExportAdapter = channel.unary_stream(
+                '/fedmllm.v1.Admin/ExportAdapter',
+                request_serializer=shared_dot_wire_dot_v1_dot_federation__pb2.ExportRequest.SerializeToString,
+                response_deserializer=shared_dot_wire_dot_v1_dot_federation__pb2.ExportChunk.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -370,6 +385,24 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PauseRun(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeRun(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportAdapter(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -392,6 +425,21 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.StopRun,
                     request_deserializer=shared_dot_wire_dot_v1_dot_federation__pb2.StopRequest.FromString,
                     response_serializer=shared_dot_wire_dot_v1_dot_federation__pb2.RunStatus.SerializeToString,
+            ),
+            'PauseRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseRun,
+                    request_deserializer=shared_dot_wire_dot_v1_dot_federation__pb2.StopRequest.FromString,
+                    response_serializer=shared_dot_wire_dot_v1_dot_federation__pb2.RunStatus.SerializeToString,
+            ),
+            'ResumeRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeRun,
+                    request_deserializer=shared_dot_wire_dot_v1_dot_federation__pb2.StopRequest.FromString,
+                    response_serializer=shared_dot_wire_dot_v1_dot_federation__pb2.RunStatus.SerializeToString,
+            ),
+            'ExportAdapter': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportAdapter,
+                    request_deserializer=shared_dot_wire_dot_v1_dot_federation__pb2.ExportRequest.FromString,
+                    response_serializer=shared_dot_wire_dot_v1_dot_federation__pb2.ExportChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -502,6 +550,87 @@ class Admin:
             '/fedmllm.v1.Admin/StopRun',
             shared_dot_wire_dot_v1_dot_federation__pb2.StopRequest.SerializeToString,
             shared_dot_wire_dot_v1_dot_federation__pb2.RunStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedmllm.v1.Admin/PauseRun',
+            shared_dot_wire_dot_v1_dot_federation__pb2.StopRequest.SerializeToString,
+            shared_dot_wire_dot_v1_dot_federation__pb2.RunStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedmllm.v1.Admin/ResumeRun',
+            shared_dot_wire_dot_v1_dot_federation__pb2.StopRequest.SerializeToString,
+            shared_dot_wire_dot_v1_dot_federation__pb2.RunStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportAdapter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fedmllm.v1.Admin/ExportAdapter',
+            shared_dot_wire_dot_v1_dot_federation__pb2.ExportRequest.SerializeToString,
+            shared_dot_wire_dot_v1_dot_federation__pb2.ExportChunk.FromString,
             options,
             channel_credentials,
             insecure,
