@@ -394,6 +394,9 @@ class Federation(SiloRequests):
             self.open_round = None
         self.metrics.rounds_completed.inc()
         self.metrics.train_loss.set(record.mean_train_loss)
+        self.metrics.update_norm.set(record.update_norm)
+        self.metrics.silos_responded.set(len(record.contributed))
+        self.metrics.silos_dropped.set(len(record.selected) - len(record.contributed))
         self.metrics.mean_gamma.set(record.mean_gamma)
         self.metrics.round_duration.observe(time.monotonic() - started)
         log.info(

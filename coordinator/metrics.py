@@ -72,3 +72,31 @@ class CoordinatorMetrics:
             "Sample-weighted mean local train loss of the last round",
             registry=r,
         )
+        self.silos_responded = Gauge(
+            "fedmllm_round_silos_responded",
+            "Silos whose update the last round aggregated",
+            registry=r,
+        )
+        self.silos_dropped = Gauge(
+            "fedmllm_round_silos_dropped",
+            "Selected silos without an update in the last round",
+            registry=r,
+        )
+        self.silo_bytes_received = Counter(
+            "fedmllm_silo_received_bytes_total",
+            "Update bytes received, per silo",
+            ["silo"],
+            registry=r,
+        )
+        self.silo_bytes_sent = Counter(
+            "fedmllm_silo_sent_bytes_total", "Adapter bytes sent, per silo", ["silo"], registry=r
+        )
+        self.upload_duration = Histogram(
+            "fedmllm_upload_duration_seconds",
+            "Receiving one update, first chunk to validated",
+            buckets=(0.01, 0.1, 0.5, 1, 5, 15, 60, 300),
+            registry=r,
+        )
+        self.update_norm = Gauge(
+            "fedmllm_round_update_norm", "L2 norm of the last round's mean delta", registry=r
+        )

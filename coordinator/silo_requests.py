@@ -49,10 +49,11 @@ class SiloRequests:
         with self._lock:
             return None if self.open_round is None else self.open_round.unanswered_task(silo_id)
 
-    def count_sent(self, open_round: OpenRound, nbytes: int) -> None:
+    def count_sent(self, open_round: OpenRound, nbytes: int, silo_id: str) -> None:
         with self._lock:
             open_round.bytes_sent += nbytes
         self.metrics.bytes_sent.inc(nbytes)
+        self.metrics.silo_bytes_sent.labels(silo=silo_id).inc(nbytes)
 
     def reject(self, open_round: OpenRound | None, reason: str) -> None:
         self.metrics.updates_rejected.labels(reason=reason).inc()
@@ -109,6 +110,7 @@ class SiloRequests:
                 self._changed.notify_all()
         self.metrics.updates_accepted.inc()
         self.metrics.bytes_received.inc(nbytes)
+        self.metrics.silo_bytes_received.labels(silo=silo_id).inc(nbytes)
         self.metrics.silo_gamma.labels(silo=silo_id).set(header.gamma)
         log.info(
             "round %d: update from %s accepted (%d samples, loss %.4f)",

@@ -6,6 +6,7 @@ import json
 import logging
 import queue
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -142,7 +143,7 @@ class SiloService(pb_grpc.SiloServicer):
         )
         for chunk in iter_chunks(open_round.payload):
             yield pb.PayloadChunk(data=chunk)
-        self._federation.count_sent(open_round, open_round.digest.total_bytes)
+        self._federation.count_sent(open_round, open_round.digest.total_bytes, peer.name)
 
     def UploadUpdate(
         self, request_iterator: Iterator[pb.UpdateChunk], context: grpc.ServicerContext
@@ -156,6 +157,7 @@ class SiloService(pb_grpc.SiloServicer):
         header = first.header
         open_round: OpenRound | None = None
         path: Path | None = None
+        started = time.monotonic()
         try:
             open_round = self._federation.round_for_task(header.task_id, peer.name)
             with tempfile.NamedTemporaryFile(
@@ -179,6 +181,7 @@ class SiloService(pb_grpc.SiloServicer):
                 path=path,
                 nbytes=sink.received,
             )
+            self._federation.metrics.upload_duration.observe(time.monotonic() - started)
             return pb.UploadReceipt(task_id=header.task_id, bytes_received=sink.received)
         except Refusal as refusal:
             self._federation.reject(None, "refused")

@@ -9,11 +9,14 @@ import sys
 import warnings
 from pathlib import Path
 
+from prometheus_client import start_http_server
+
 from shared.errors import DataFormatError, IncompatibleSilo
 from shared.evaluation.judge import JudgeConfig, LLMJudge
 from shared.silo_data import has_split, read_split
 from shared.tls import add_tls_arguments, tls_files
 from silo_agent.client import SiloAgent
+from silo_agent.metrics import SiloMetrics
 from silo_agent.model import load_silo_model
 
 
@@ -66,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
         default=Path.home() / ".cache" / "fedmllm" / "judge.jsonl",
         help="verdict cache, so that a rerun costs nothing",
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=-1,
+        help="serve Prometheus /metrics on this port (-1: off)",
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser
 
@@ -116,6 +125,9 @@ def main(argv: list[str] | None = None) -> None:
                 api_key_env=args.judge_key_env,
             )
         )
+    metrics = SiloMetrics()
+    if args.metrics_port >= 0:
+        start_http_server(args.metrics_port, registry=metrics.registry)
     agent = SiloAgent(
         coordinator=args.coordinator,
         tls=tls_files(args),
@@ -123,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
         samples=samples,
         test_samples=test,
         judge=judge,
+        metrics=metrics,
     )
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: agent.stop())

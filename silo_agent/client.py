@@ -23,6 +23,7 @@ from shared.tls import TlsFiles, channel_credentials
 from shared.wire.v1 import federation_pb2 as pb
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
 from silo_agent.evaluator import evaluate
+from silo_agent.metrics import SiloMetrics
 from silo_agent.model import SiloModel
 from silo_agent.trainer import ControlVariates, LocalPlan, load_global_adapter, train_round
 
@@ -64,6 +65,7 @@ class SiloAgent:
         test_samples: Sequence[Sample] = (),
         judge: LLMJudge | None = None,
         backoff: Backoff | None = None,
+        metrics: SiloMetrics | None = None,
     ) -> None:
         self._target = coordinator
         self._credentials = channel_credentials(tls)
@@ -71,6 +73,9 @@ class SiloAgent:
         self._samples = samples  # empty for an evaluation-only silo
         self._test_samples = test_samples
         self._judge = judge
+        self.metrics = metrics or SiloMetrics()
+        self.metrics.samples.labels(split="train").set(len(samples))
+        self.metrics.samples.labels(split="test").set(len(test_samples))
         self._backoff = backoff or Backoff()
         self._stop = threading.Event()
         self._call: grpc.RpcContext | None = None
@@ -217,6 +222,7 @@ class SiloAgent:
         load_global_adapter(self._silo, global_state)
         variant = plan_of(task.training).prompt_variant
         metrics = evaluate(self._silo, self._test_samples, variant=variant, judge=self._judge)
+        self.metrics.rounds.labels(kind="evaluate").inc()
         stub.ReportEvaluation(
             pb.EvaluationReport(
                 task_id=task.task_id, num_samples=len(self._test_samples), metrics=metrics
@@ -259,6 +265,12 @@ class SiloAgent:
         )
         self._state = f"uploading round {task.round}"
         stub.UploadUpdate(_update_stream(header, payload))
+        elapsed = time.monotonic() - started
+        self.metrics.steps.inc(result.steps)
+        self.metrics.loss.set(result.mean_loss)
+        self.metrics.step_rate.set(result.steps / elapsed if elapsed > 0 else 0.0)
+        self.metrics.last_round.set(task.round)
+        self.metrics.rounds.labels(kind="train").inc()
         if result.control_delta is not None:  # c_k moves only once the server has its delta
             self._controls.commit(result.control_delta)
         log.info(
