@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import queue
 import time
 from pathlib import Path
@@ -16,8 +17,10 @@ from coordinator.admin_cli import export_adapter
 from coordinator.checkpoint import CheckpointStore
 from coordinator.run_state import RunSpec
 from coordinator.server import RunningCoordinator
+from shared.silo_data import read_split
 from shared.wire.v1 import federation_pb2 as pb
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
+from silo_agent.predict import main as predict_main
 from tests.conftest import tls
 from tests.helpers import ProtocolSilo, channel, constant_delta
 
@@ -59,8 +62,12 @@ def test_pause_holds_the_next_round_and_resume_goes_on(
     silo.close()
 
 
-def test_export_loads_with_peft(
-    coordinator: RunningCoordinator, certs: Path, tiny_model: Path, tmp_path: Path
+def test_export_loads_with_peft_and_predicts(
+    coordinator: RunningCoordinator,
+    certs: Path,
+    tiny_model: Path,
+    tmp_path: Path,
+    silo_data: dict[str, Path],
 ) -> None:
     silo = ProtocolSilo(coordinator.port, tls(certs, "silo-1"), tiny_model)
     admin = pb_grpc.AdminStub(channel(coordinator.port, tls(certs, "admin")))
@@ -78,6 +85,26 @@ def test_export_loads_with_peft(
     assert saved is not None and loaded.keys() == saved.adapter.keys()
     for name, tensor in saved.adapter.items():
         torch.testing.assert_close(loaded[name], tensor)
+    predictions = tmp_path / "predictions.jsonl"
+    predict_main(
+        [
+            "--model",
+            str(tiny_model),
+            "--adapter",
+            str(tmp_path / "adapter"),
+            "--data",
+            str(silo_data["silo-1"]),
+            "--out",
+            str(predictions),
+            "--device",
+            "cpu",
+        ]
+    )
+    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert [r["id"] for r in rows] == [s.id for s in read_split(silo_data["silo-1"], "test")]
+    for row in rows:
+        assert row["prediction"] in ("(A) not-hateful", "(B) hateful")
+        assert sum(row["probabilities"].values()) == pytest.approx(1.0)
     with pytest.raises(grpc.RpcError) as missing:
         export_adapter(admin, round_index=7, out=tmp_path / "none")
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
