@@ -28,13 +28,19 @@ def _bytes(n: int) -> str:
 
 
 def round_line(summary: pb.RoundSummary, total_rounds: int) -> str:
-    return (
+    """One round: silos that answered, loss, traffic, time, and evaluation when there was one."""
+    line = (
         f"round {summary.round}/{total_rounds}  silos {len(summary.contributed)}/"
         f"{len(summary.selected)} ({', '.join(summary.contributed)})  "
         f"mean train loss {summary.mean_train_loss:.4f}  "
         f"moved {_bytes(summary.bytes_sent)} down / {_bytes(summary.bytes_received)} up  "
         f"{summary.seconds:.1f} s"
     )
+    if summary.rejected:
+        line += f"  {summary.rejected} rejected"
+    if summary.evaluation:
+        line += "  eval " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(summary.evaluation.items()))
+    return line
 
 
 def status_text(status: pb.RunStatus) -> str:
