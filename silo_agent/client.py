@@ -174,6 +174,8 @@ class SiloAgent:
                     pb.HeartbeatRequest(session_id=joined.session_id, state=self._state), timeout=10
                 )
                 failures = 0 if reply.session_known else MAX_HEARTBEAT_FAILURES
+            except ValueError:  # the session's channel closed while the beat was due
+                return
             except grpc.RpcError as exc:
                 failures += 1
                 log.warning("heartbeat failed (%s), %d in a row", exc.code().name, failures)
