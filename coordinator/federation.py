@@ -12,17 +12,18 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import grpc
 import torch
 
 from coordinator.checkpoint import CheckpointStore
+from coordinator.evaluation_round import EvaluationRounds
 from coordinator.flat_adapter import FlatLayout
 from coordinator.global_model import GlobalModel
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.registry import SiloRegistry
-from coordinator.rounds import OpenRound, Refusal, weighted_means
+from coordinator.rounds import OpenRound, Refusal
 from coordinator.run_state import RoundRecord, RunPhase, RunRecord, RunSpec
 from coordinator.schedule import training_plan
 from coordinator.silo_requests import SiloRequests
@@ -44,7 +45,7 @@ class ControllerSettings:
     poll_s: float = 0.25  # how often waiting loops re-check liveness and stop requests
 
 
-class Federation(SiloRequests):
+class Federation(SiloRequests, EvaluationRounds):
     """The coordinator's state: current run, global adapter, open round, and the run thread."""
 
     def __init__(
@@ -311,46 +312,6 @@ class Federation(SiloRequests):
                 self._changed.wait(self._settings.poll_s)
         self.metrics.phase_duration.labels(phase=phase).observe(
             time.monotonic() - open_round.started
-        )
-
-    def _evaluate(self, run: RunRecord, index: int) -> None:
-        """Every connected silo with a test split evaluates round `index`'s adapter; the
-        sample-weighted means are kept with the round's record and exported as metrics."""
-        assert self.model is not None
-        evaluators = self.registry.evaluators()
-        if not evaluators:
-            log.warning("round %d: no connected silo holds a test split; no evaluation", index)
-            return
-        open_round = OpenRound.open(
-            run_id=run.run_id,
-            index=index,
-            attempt=0,
-            selected=evaluators,
-            download=self.model.adapter(),
-            aggregate=None,
-            deadline_s=run.spec.round_deadline_s,
-        )
-        plan = training_plan(run.spec, index)
-        with self._lock:
-            self.open_round = open_round
-            for silo_id in evaluators:
-                self.registry.send(silo_id, open_round.task_for(silo_id, plan))
-        with self.metrics.phase_duration.labels(phase="evaluation").time():
-            self._collect(open_round, phase="evaluation")
-        means = weighted_means(list(open_round.reports.values()))
-        with self._lock:
-            self.open_round = None
-            run.history[-1] = replace(
-                run.history[-1], evaluation=means, evaluated_by=sorted(open_round.reports)
-            )
-            self.store.update_run(run)
-        for name, value in means.items():
-            self.metrics.evaluation.labels(metric=name).set(value)
-        log.info(
-            "round %d: evaluated by %d silo(s): %s",
-            index,
-            len(open_round.reports),
-            ", ".join(f"{k} {v:.4f}" for k, v in sorted(means.items())),
         )
 
     def _aggregate(self, run: RunRecord, open_round: OpenRound, started: float) -> None:
