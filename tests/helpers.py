@@ -7,12 +7,16 @@ from __future__ import annotations
 import json
 import queue
 import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
 import torch
 
+from coordinator.registry import SiloRegistry
+from coordinator.run_state import RunSpec
 from shared.adapter import (
     canonical_config,
     config_fingerprint,
@@ -29,6 +33,7 @@ from shared.tensor_codec import StateDict, decode_state, encode_state, layout_of
 from shared.tls import TlsFiles, channel_credentials
 from shared.wire.v1 import federation_pb2 as pb
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
+from silo_agent.client import SiloAgent
 
 
 def channel(port: int, files: TlsFiles) -> grpc.Channel:
@@ -113,7 +118,7 @@ class ProtocolSilo:
         )
         return decode_state(payload)
 
-    def upload(self, task: pb.RoundTask, delta: StateDict, **kwargs: object) -> pb.UploadReceipt:
+    def upload(self, task: pb.RoundTask, delta: StateDict, **kwargs: object) -> object:
         return self.stub.UploadUpdate(update_stream(task.task_id, encode_state(delta), **kwargs))  # type: ignore[arg-type]
 
     def close(self) -> None:
@@ -123,3 +128,37 @@ class ProtocolSilo:
 
 def constant_delta(layout_source: StateDict, value: float) -> StateDict:
     return {k: torch.full_like(v, value) for k, v in layout_source.items()}
+
+
+@contextmanager
+def agents_running(
+    agents: list[SiloAgent], registry: SiloRegistry, timeout: float = 60.0
+) -> Iterator[None]:
+    """Real silo agents in threads of this process, until every one holds a task stream."""
+    threads = [threading.Thread(target=a.run, daemon=True) for a in agents]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout
+    while len(registry.connected()) < len(agents):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the silo agents did not all connect")
+        time.sleep(0.05)
+    try:
+        yield
+    finally:
+        for agent in agents:
+            agent.stop()
+        for thread in threads:
+            thread.join(10)
+
+
+def run_to_end(admin: pb_grpc.AdminStub, spec: RunSpec, timeout: float = 180.0) -> pb.RunStatus:
+    """Start a run and wait until it is no longer running."""
+    admin.StartRun(pb.StartRunRequest(spec=spec.to_proto()))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status: pb.RunStatus = admin.GetStatus(pb.StatusRequest())
+        if status.state != pb.RUN_STATE_RUNNING:
+            return status
+        time.sleep(0.1)
+    raise TimeoutError("the run did not finish")

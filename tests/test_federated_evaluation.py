@@ -3,8 +3,6 @@ among them, evaluate the global adapter; the means are kept per round and export
 
 from __future__ import annotations
 
-import threading
-import time
 import urllib.request
 from pathlib import Path
 
@@ -18,7 +16,7 @@ from shared.wire.v1 import federation_pb2_grpc as pb_grpc
 from silo_agent.client import Backoff, SiloAgent
 from silo_agent.model import load_silo_model
 from tests.conftest import EVALUATOR, SILOS, coordinator_config, tls
-from tests.helpers import channel
+from tests.helpers import agents_running, channel, run_to_end
 
 
 def test_evaluation_rounds_with_an_evaluation_only_silo(
@@ -36,13 +34,7 @@ def test_evaluation_rounds_with_an_evaluation_only_silo(
             )
             for name in [*SILOS, EVALUATOR]
         ]
-        threads = [threading.Thread(target=a.run, daemon=True) for a in agents]
-        for thread in threads:
-            thread.start()
         admin = pb_grpc.AdminStub(channel(running.port, tls(certs, "admin")))
-        deadline = time.monotonic() + 60
-        while len(running.federation.registry.connected()) < 3 and time.monotonic() < deadline:
-            time.sleep(0.1)
         spec = RunSpec(
             rounds=3,
             silos_per_round=3,
@@ -53,19 +45,11 @@ def test_evaluation_rounds_with_an_evaluation_only_silo(
             eval_every=2,
             prompt_variant="improved",
         )
-        admin.StartRun(pb.StartRunRequest(spec=spec.to_proto()))
-        while time.monotonic() < deadline + 120:
-            status = admin.GetStatus(pb.StatusRequest())
-            if status.state != pb.RUN_STATE_RUNNING:
-                break
-            time.sleep(0.1)
+        with agents_running(agents, running.federation.registry):
+            status = run_to_end(admin, spec)
         url = f"http://127.0.0.1:{running.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as reply:
             exported = reply.read().decode()
-        for agent in agents:
-            agent.stop()
-        for thread in threads:
-            thread.join(10)
     assert status.state == pb.RUN_STATE_COMPLETED, status.message
     history = list(status.history)
     assert all(EVALUATOR not in r.selected for r in history)  # never asked to train

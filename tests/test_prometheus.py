@@ -7,7 +7,6 @@ import json
 import shutil
 import socket
 import subprocess
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -26,7 +25,7 @@ from shared.wire.v1 import federation_pb2_grpc as pb_grpc
 from silo_agent.client import Backoff, SiloAgent
 from silo_agent.model import load_silo_model
 from tests.conftest import EVALUATOR, SILOS, coordinator_config, tls
-from tests.helpers import ProtocolSilo, channel, update_stream
+from tests.helpers import ProtocolSilo, agents_running, channel, run_to_end, update_stream
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "deploy/grafana/dashboards/fedmllm.json"
 PROMETHEUS = shutil.which("prometheus")
@@ -68,19 +67,10 @@ def test_every_dashboard_expression_returns_data(
             server, _ = start_http_server(0, addr="127.0.0.1", registry=agent.metrics.registry)
             targets.append(f"127.0.0.1:{server.server_port}")
             agents.append(agent)
-        threads = [threading.Thread(target=a.run, daemon=True) for a in agents]
-        for thread in threads:
-            thread.start()
         config = tmp_path / "prometheus.yml"
+        scrape = {"job_name": "fedmllm", "static_configs": [{"targets": targets}]}
         config.write_text(
-            json.dumps(
-                {
-                    "global": {"scrape_interval": "1s"},
-                    "scrape_configs": [
-                        {"job_name": "fedmllm", "static_configs": [{"targets": targets}]}
-                    ],
-                }
-            )
+            json.dumps({"global": {"scrape_interval": "1s"}, "scrape_configs": [scrape]})
         )
         port = _free_port()
         prometheus = subprocess.Popen(
@@ -94,39 +84,31 @@ def test_every_dashboard_expression_returns_data(
             stderr=subprocess.DEVNULL,
         )
         try:
-            stray = ProtocolSilo(running.port, tls(certs, EVALUATOR), tiny_model)
-            with pytest.raises(grpc.RpcError):  # a stale update, refused and counted
-                stray.stub.UploadUpdate(update_stream("run-x/r9/a0/gone", b"\0" * 16))
-            stray.close()
-            admin = pb_grpc.AdminStub(channel(running.port, tls(certs, "admin")))
-            deadline = time.monotonic() + 60
-            while len(running.federation.registry.connected()) < 2 and time.monotonic() < deadline:
-                time.sleep(0.1)
-            spec = RunSpec(
-                rounds=2,
-                silos_per_round=2,
-                min_silos=2,
-                round_deadline_s=60,
-                learning_rate=1e-2,
-                batch_size=4,
-                eval_every=2,
-            )
-            admin.StartRun(pb.StartRunRequest(spec=spec.to_proto()))
-            while admin.GetStatus(pb.StatusRequest()).state == pb.RUN_STATE_RUNNING:
-                assert time.monotonic() < deadline + 120, "the run did not finish"
-                time.sleep(0.2)
-            missing = expressions
-            while missing and time.monotonic() < deadline + 150:
-                time.sleep(1.0)  # a few more scrapes, for rate() windows
-                missing = [e for e in expressions if not _query_or_empty(port, e)]
-            assert not missing, f"no data for: {missing}"
+            with agents_running(agents, running.federation.registry):
+                stray = ProtocolSilo(running.port, tls(certs, EVALUATOR), tiny_model)
+                with pytest.raises(grpc.RpcError):  # a stale update, refused and counted
+                    stray.stub.UploadUpdate(update_stream("run-x/r9/a0/gone", b"\0" * 16))
+                stray.close()
+                admin = pb_grpc.AdminStub(channel(running.port, tls(certs, "admin")))
+                spec = RunSpec(
+                    rounds=2,
+                    silos_per_round=2,
+                    min_silos=2,
+                    round_deadline_s=60,
+                    learning_rate=1e-2,
+                    batch_size=4,
+                    eval_every=2,
+                )
+                assert run_to_end(admin, spec).state == pb.RUN_STATE_COMPLETED
+                deadline = time.monotonic() + 60
+                missing = expressions
+                while missing and time.monotonic() < deadline:
+                    time.sleep(1.0)  # a few more scrapes, for rate() windows
+                    missing = [e for e in expressions if not _query_or_empty(port, e)]
+                assert not missing, f"no data for: {missing}"
         finally:
             prometheus.terminate()
             prometheus.wait(10)
-            for agent in agents:
-                agent.stop()
-            for thread in threads:
-                thread.join(10)
 
 
 def _query_or_empty(port: int, expr: str) -> list[Any]:

@@ -4,8 +4,6 @@ this process, real gRPC over mutual TLS, real peft models)."""
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from shared.wire.v1 import federation_pb2_grpc as pb_grpc
 from silo_agent.client import Backoff, SiloAgent
 from silo_agent.model import load_silo_model
 from tests.conftest import SILOS, coordinator_config, tls
-from tests.helpers import channel
+from tests.helpers import agents_running, channel, run_to_end
 
 
 @pytest.fixture(scope="module")
@@ -58,26 +56,12 @@ def federation(
             )
             for name in SILOS
         ]
-        threads = [threading.Thread(target=a.run, daemon=True) for a in agents]
-        for thread in threads:
-            thread.start()
-        yield running.port, tmp_path / "ckpt"
-        for agent in agents:
-            agent.stop()
-        for thread in threads:
-            thread.join(10)
+        with agents_running(agents, running.federation.registry):
+            yield running.port, tmp_path / "ckpt"
 
 
 def _run(port: int, certs: Path, spec: RunSpec) -> pb.RunStatus:
-    admin = pb_grpc.AdminStub(channel(port, tls(certs, "admin")))
-    admin.StartRun(pb.StartRunRequest(spec=spec.to_proto()))
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        status = admin.GetStatus(pb.StatusRequest())
-        if status.state != pb.RUN_STATE_RUNNING:
-            return status
-        time.sleep(0.1)
-    raise TimeoutError("run did not finish")
+    return run_to_end(pb_grpc.AdminStub(channel(port, tls(certs, "admin"))), spec)
 
 
 @pytest.mark.parametrize(
