@@ -1,22 +1,21 @@
-"""One FL cell of the grid: a coordinator, one silo-agent process per client and an
-evaluation-only silo holding the test split, all on loopback over mutual TLS."""
+"""The FL cells of the grid: a coordinator, one silo-agent process per client and an
+evaluation-only silo holding the test split, all on loopback over mutual TLS. One set of
+processes serves every FL method of a partition in turn (each method is a new run), so the
+grid pays the processes' start-up once per partition, not once per cell."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import grpc
 
 from coordinator.run_state import RunSpec
-from shared.demo.federation import (
-    processes,
-    start_coordinator,
-    start_silo,
-    wait_for_silos,
-)
+from shared.demo.federation import processes, start_coordinator, start_silo, wait_for_silos
 from shared.grpc_options import CHANNEL_OPTIONS
 from shared.tls import TlsFiles, channel_credentials
 from shared.wire.v1 import federation_pb2 as pb
@@ -32,74 +31,85 @@ def _link(link: Path, target: Path) -> None:
     link.symlink_to(target.resolve(), target_is_directory=True)
 
 
-def run_federated(
-    *,
-    workdir: Path,
-    model: Path,
-    certs: Path,
-    client_dirs: list[Path],
-    test_dir: Path,
-    spec: RunSpec,
-    timeout_s: float = 3600,
-) -> dict[str, Any]:
-    """Run `spec` to its end; the final evaluation and a record per round."""
-    logs = workdir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    _link(workdir / "model", model)
-    _link(workdir / "certs", certs)
-    for directory in client_dirs:
-        _link(workdir / "data" / directory.name, directory)
-    _link(workdir / "data" / EVALUATOR, test_dir)
-    admin_cli = [
-        "--cert",
-        str(certs / "admin.pem"),
-        "--key",
-        str(certs / "admin.key"),
-        "--ca",
-        str(certs / "ca.pem"),
-    ]
-    with processes() as running:
-        coordinator, port, _ = start_coordinator(workdir, logs)
+class FederationProcesses:
+    """Processes for one partition; `run(spec)` runs one FL method to its end."""
+
+    def __init__(
+        self, *, workdir: Path, model: Path, certs: Path, client_dirs: list[Path], test_dir: Path
+    ) -> None:
+        self.workdir, self.certs, self.client_dirs = workdir, certs, client_dirs
+        self.logs = workdir / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        _link(workdir / "model", model)
+        _link(workdir / "certs", certs)
+        for directory in client_dirs:
+            _link(workdir / "data" / directory.name, directory)
+        _link(workdir / "data" / EVALUATOR, test_dir)
+        self._stack = contextlib.ExitStack()
+        self._admin: pb_grpc.AdminStub | None = None
+
+    def __enter__(self) -> FederationProcesses:
+        running = self._stack.enter_context(processes())
+        coordinator, port, _ = start_coordinator(self.workdir, self.logs)
         running.append(coordinator)
-        running.extend(start_silo(workdir, logs, d.name, port) for d in client_dirs)
-        running.append(start_silo(workdir, logs, EVALUATOR, port, "--eval-only"))
-        wait_for_silos(
-            [
-                sys.executable,
-                "-m",
-                "coordinator.admin_cli",
-                "--coordinator",
+        running.extend(start_silo(self.workdir, self.logs, d.name, port) for d in self.client_dirs)
+        running.append(start_silo(self.workdir, self.logs, EVALUATOR, port, "--eval-only"))
+        admin_cli = [
+            sys.executable,
+            "-m",
+            "coordinator.admin_cli",
+            "--coordinator",
+            f"127.0.0.1:{port}",
+            "--cert",
+            str(self.certs / "admin.pem"),
+            "--key",
+            str(self.certs / "admin.key"),
+            "--ca",
+            str(self.certs / "ca.pem"),
+        ]
+        wait_for_silos(admin_cli, len(self.client_dirs) + 1)
+        channel = self._stack.enter_context(
+            grpc.secure_channel(
                 f"127.0.0.1:{port}",
-                *admin_cli,
-            ],
-            len(client_dirs) + 1,
+                channel_credentials(TlsFiles.in_directory(self.certs, "admin")),
+                options=CHANNEL_OPTIONS,
+            )
         )
-        credentials = channel_credentials(TlsFiles.in_directory(certs, "admin"))
-        with grpc.secure_channel(
-            f"127.0.0.1:{port}", credentials, options=CHANNEL_OPTIONS
-        ) as channel:
-            admin = pb_grpc.AdminStub(channel)
-            admin.StartRun(pb.StartRunRequest(spec=spec.to_proto()))
-            deadline = time.monotonic() + timeout_s
-            status = admin.GetStatus(pb.StatusRequest())
-            while status.state == pb.RUN_STATE_RUNNING and time.monotonic() < deadline:
-                time.sleep(0.5)
-                status = admin.GetStatus(pb.StatusRequest())
-    if status.state != pb.RUN_STATE_COMPLETED:
-        raise RuntimeError(
-            f"run did not complete ({pb.RunState.Name(status.state)}): "
-            f"{status.message}; logs in {logs}"
-        )
-    rounds = [
-        {
-            "round": r.round,
-            "train_loss": r.mean_train_loss,
-            "bytes_sent": r.bytes_sent,
-            "bytes_received": r.bytes_received,
-            "update_norm": r.update_norm,
-            "seconds": r.seconds,
-            "evaluation": dict(r.evaluation),
-        }
-        for r in status.history
-    ]
-    return {"metrics": dict(status.history[-1].evaluation), "rounds": rounds}
+        self._admin = pb_grpc.AdminStub(channel)
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self._stack.close()
+
+    def run(self, spec: RunSpec, *, timeout_s: float = 3600) -> dict[str, Any]:
+        """The final evaluation and a record per round."""
+        assert self._admin is not None, "use FederationProcesses as a context manager"
+        self._admin.StartRun(pb.StartRunRequest(spec=spec.to_proto()))
+        deadline = time.monotonic() + timeout_s
+        status = self._admin.GetStatus(pb.StatusRequest())
+        while status.state == pb.RUN_STATE_RUNNING and time.monotonic() < deadline:
+            time.sleep(0.5)
+            status = self._admin.GetStatus(pb.StatusRequest())
+        if status.state != pb.RUN_STATE_COMPLETED:
+            raise RuntimeError(
+                f"run did not complete ({pb.RunState.Name(status.state)}): "
+                f"{status.message}; logs in {self.logs}"
+            )
+        rounds = [
+            {
+                "round": r.round,
+                "train_loss": r.mean_train_loss,
+                "bytes_sent": r.bytes_sent,
+                "bytes_received": r.bytes_received,
+                "update_norm": r.update_norm,
+                "seconds": r.seconds,
+                "evaluation": dict(r.evaluation),
+            }
+            for r in status.history
+        ]
+        return {"metrics": dict(status.history[-1].evaluation), "rounds": rounds}

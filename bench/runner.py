@@ -9,6 +9,7 @@ OUT/results.md holds the tables and OUT/plots/ the per-round figures.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -17,8 +18,15 @@ from typing import Any
 
 from bench.base_model import format_pretrained_model
 from bench.baselines import local, zero_shot
-from bench.config import BenchConfig, BenchConfigError, DatasetEntry, Method, load_config
-from bench.federated import EVALUATOR, run_federated
+from bench.config import (
+    BASELINES,
+    BenchConfig,
+    BenchConfigError,
+    DatasetEntry,
+    Method,
+    load_config,
+)
+from bench.federated import EVALUATOR, FederationProcesses
 from bench.report import plots, tables
 from coordinator.run_state import RunSpec
 from shared.demo.twins import TWINS
@@ -92,7 +100,12 @@ def _model(config: BenchConfig) -> Path:
 
 
 def _run_cell(
-    config: BenchConfig, method: Method, partition: Path, model: Path, seed: int, workdir: Path
+    config: BenchConfig,
+    method: Method,
+    partition: Path,
+    model: Path,
+    seed: int,
+    federation: FederationProcesses | None,
 ) -> dict[str, Any]:
     clients = sorted(p for p in partition.iterdir() if p.name.startswith("client-"))
     test_dir = partition / "test"
@@ -111,6 +124,7 @@ def _run_cell(
             ),
             "rounds": [],
         }
+    assert federation is not None
     spec = RunSpec(
         rounds=config.rounds,
         silos_per_round=config.silos_per_round,
@@ -124,13 +138,16 @@ def _run_cell(
         eval_every=config.rounds,
         **method.options,
     )
-    return run_federated(
-        workdir=workdir,
+    return federation.run(spec)
+
+
+def _processes(config: BenchConfig, partition: Path, model: Path) -> FederationProcesses:
+    return FederationProcesses(
+        workdir=config.out / "runs" / partition.name,
         model=model,
         certs=config.out / "certs",
-        client_dirs=clients,
-        test_dir=test_dir,
-        spec=spec,
+        client_dirs=sorted(p for p in partition.iterdir() if p.name.startswith("client-")),
+        test_dir=partition / "test",
     )
 
 
@@ -159,29 +176,35 @@ def run_grid(config: BenchConfig) -> list[dict[str, Any]]:
         for seed in config.seeds
         for m in config.methods
     ]
-    for number, (entry, scenario, method, seed) in enumerate(cells, start=1):
-        key = f"{entry.name}|{_scenario_label(scenario)}|{method.label}|{seed}"
-        if key in done:
-            print(f"[{number}/{len(cells)}] {key}: done earlier", flush=True)
-            continue
-        started = time.monotonic()
-        partition = _partition(config, entry, scenario, seed)
-        workdir = config.out / "runs" / key.replace("|", "_").replace("/", "_")
-        result = _run_cell(config, method, partition, model, seed, workdir)
-        record = {
-            "key": key,
-            "dataset": entry.name,
-            "scenario": _scenario_label(scenario),
-            "method": method.label,
-            "seed": seed,
-            "seconds": round(time.monotonic() - started, 1),
-            **result,
-        }
-        with results_path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        done[key] = record
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(result["metrics"].items()))
-        print(f"[{number}/{len(cells)}] {key}: {shown} ({record['seconds']:.0f} s)", flush=True)
+    with contextlib.ExitStack() as stack:
+        federation: FederationProcesses | None = None
+        serving: Path | None = None  # the partition the running processes serve
+        for number, (entry, scenario, method, seed) in enumerate(cells, start=1):
+            key = f"{entry.name}|{_scenario_label(scenario)}|{method.label}|{seed}"
+            if key in done:
+                print(f"[{number}/{len(cells)}] {key}: done earlier", flush=True)
+                continue
+            started = time.monotonic()
+            partition = _partition(config, entry, scenario, seed)
+            if method.name not in BASELINES and serving != partition:
+                stack.close()  # the previous partition's processes
+                federation = stack.enter_context(_processes(config, partition, model))
+                serving = partition
+            result = _run_cell(config, method, partition, model, seed, federation)
+            record = {
+                "key": key,
+                "dataset": entry.name,
+                "scenario": _scenario_label(scenario),
+                "method": method.label,
+                "seed": seed,
+                "seconds": round(time.monotonic() - started, 1),
+                **result,
+            }
+            with results_path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            done[key] = record
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(result["metrics"].items()))
+            print(f"[{number}/{len(cells)}] {key}: {shown} ({record['seconds']:.0f} s)", flush=True)
     results = [
         done[k]
         for k in dict.fromkeys(

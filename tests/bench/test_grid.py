@@ -1,5 +1,5 @@
-"""`fedmllm-bench`: a 2-cell grid end to end (Zero-shot in process, FedAvg through real
-coordinator and silo-agent processes), its report, and resuming a finished grid."""
+"""`fedmllm-bench`: a 3-cell grid end to end (Zero-shot in process; FedAvg and FedAdam as two
+runs of one set of real coordinator and silo-agent processes), its report, and resuming."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from bench.config import BenchConfigError, load_config
 from bench.runner import main
 
 
-def test_two_cell_grid_runs_reports_and_resumes(
+def test_small_grid_runs_reports_and_resumes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = tmp_path / "bench.yaml"
@@ -22,7 +22,7 @@ datasets:
   - {{name: hateful_memes, train: 48, test: 16}}
 scenarios:
   - {{scenario: hybrid, keep_prob: 0.6, label: hybrid-60}}
-methods: [zero_shot, {{name: fedavg, label: FedAvg}}]
+methods: [zero_shot, {{name: fedavg, label: FedAvg}}, {{name: fedadam, label: FedAdam, eta: 0.01}}]
 seeds: [0]
 clients: 2
 silos_per_round: 2
@@ -31,20 +31,22 @@ batch_size: 8
 """)
     main(["--config", str(config)])
     lines = [json.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
-    assert [r["method"] for r in lines] == ["zero_shot", "FedAvg"]
-    zero, fedavg = lines
+    assert [r["method"] for r in lines] == ["zero_shot", "FedAvg", "FedAdam"]
+    zero, fedavg, fedadam = lines
     assert set(zero["metrics"]) == {"hateful_memes/accuracy", "hateful_memes/auc"}
     assert zero["rounds"] == []
     assert [r["round"] for r in fedavg["rounds"]] == [1, 2]
     assert set(fedavg["metrics"]) == {"hateful_memes/accuracy", "hateful_memes/auc"}
     assert all(r["bytes_sent"] > 0 and r["update_norm"] > 0 for r in fedavg["rounds"])
+    assert fedadam["metrics"] and fedadam["rounds"][-1]["round"] == 2
+    assert len(list((tmp_path / "out" / "runs").iterdir())) == 1  # one set of processes
     report = (tmp_path / "out" / "results.md").read_text()
     assert "| FedAvg |" in report and "| zero_shot |" in report and "hybrid-60" in report
     assert (tmp_path / "out" / "plots" / "hateful_memes-hybrid-60.png").stat().st_size > 0
     capsys.readouterr()
     main(["--config", str(config)])  # resumes: nothing left to run
-    assert capsys.readouterr().out.count("done earlier") == 2
-    assert len((tmp_path / "out" / "results.jsonl").read_text().splitlines()) == 2
+    assert capsys.readouterr().out.count("done earlier") == 3
+    assert len((tmp_path / "out" / "results.jsonl").read_text().splitlines()) == 3
 
 
 def test_config_errors_name_the_problem(tmp_path: Path) -> None:
