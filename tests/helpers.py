@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -162,3 +163,16 @@ def run_to_end(admin: pb_grpc.AdminStub, spec: RunSpec, timeout: float = 180.0) 
             return status
         time.sleep(0.1)
     raise TimeoutError("the run did not finish")
+
+
+def small_run(**changes: object) -> RunSpec:
+    """The short run the end-to-end tests use: 2 rounds of 2 silos, lr 0.01, with `changes`."""
+    base = RunSpec(
+        rounds=2,
+        silos_per_round=2,
+        min_silos=2,
+        round_deadline_s=60,
+        learning_rate=1e-2,
+        batch_size=4,
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.run_state import RunSpec
 from coordinator.server import serve
 from shared.silo_data import read_split
 from shared.wire.v1 import federation_pb2 as pb
@@ -16,7 +15,7 @@ from shared.wire.v1 import federation_pb2_grpc as pb_grpc
 from silo_agent.client import Backoff, SiloAgent
 from silo_agent.model import load_silo_model
 from tests.conftest import EVALUATOR, SILOS, coordinator_config, tls
-from tests.helpers import agents_running, channel, run_to_end
+from tests.helpers import agents_running, channel, run_to_end, small_run
 
 
 def test_evaluation_rounds_with_an_evaluation_only_silo(
@@ -35,16 +34,7 @@ def test_evaluation_rounds_with_an_evaluation_only_silo(
             for name in [*SILOS, EVALUATOR]
         ]
         admin = pb_grpc.AdminStub(channel(running.port, tls(certs, "admin")))
-        spec = RunSpec(
-            rounds=3,
-            silos_per_round=3,
-            min_silos=2,
-            round_deadline_s=60,
-            learning_rate=1e-2,
-            batch_size=4,
-            eval_every=2,
-            prompt_variant="improved",
-        )
+        spec = small_run(rounds=3, silos_per_round=3, eval_every=2, prompt_variant="improved")
         with agents_running(agents, running.federation.registry):
             status = run_to_end(admin, spec)
         url = f"http://127.0.0.1:{running.metrics_port}/metrics"

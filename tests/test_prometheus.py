@@ -17,7 +17,6 @@ import grpc
 import pytest
 from prometheus_client import start_http_server
 
-from coordinator.run_state import RunSpec
 from coordinator.server import serve
 from shared.silo_data import read_split
 from shared.wire.v1 import federation_pb2 as pb
@@ -25,7 +24,14 @@ from shared.wire.v1 import federation_pb2_grpc as pb_grpc
 from silo_agent.client import Backoff, SiloAgent
 from silo_agent.model import load_silo_model
 from tests.conftest import EVALUATOR, SILOS, coordinator_config, tls
-from tests.helpers import ProtocolSilo, agents_running, channel, run_to_end, update_stream
+from tests.helpers import (
+    ProtocolSilo,
+    agents_running,
+    channel,
+    run_to_end,
+    small_run,
+    update_stream,
+)
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "deploy/grafana/dashboards/fedmllm.json"
 PROMETHEUS = shutil.which("prometheus")
@@ -90,15 +96,7 @@ def test_every_dashboard_expression_returns_data(
                     stray.stub.UploadUpdate(update_stream("run-x/r9/a0/gone", b"\0" * 16))
                 stray.close()
                 admin = pb_grpc.AdminStub(channel(running.port, tls(certs, "admin")))
-                spec = RunSpec(
-                    rounds=2,
-                    silos_per_round=2,
-                    min_silos=2,
-                    round_deadline_s=60,
-                    learning_rate=1e-2,
-                    batch_size=4,
-                    eval_every=2,
-                )
+                spec = small_run(eval_every=2)
                 assert run_to_end(admin, spec).state == pb.RUN_STATE_COMPLETED
                 deadline = time.monotonic() + 60
                 missing = expressions

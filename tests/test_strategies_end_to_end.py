@@ -21,7 +21,7 @@ from shared.wire.v1 import federation_pb2_grpc as pb_grpc
 from silo_agent.client import Backoff, SiloAgent
 from silo_agent.model import load_silo_model
 from tests.conftest import SILOS, coordinator_config, tls
-from tests.helpers import agents_running, channel, run_to_end
+from tests.helpers import agents_running, channel, run_to_end, small_run
 
 
 @pytest.fixture(scope="module")
@@ -72,16 +72,7 @@ def test_three_rounds_per_strategy(
 ) -> None:
     port, checkpoints = federation
     eta = 1e-2 if strategy in ("fedadam", "fedyogi", "fedadagrad") else None
-    spec = RunSpec(
-        rounds=3,
-        silos_per_round=2,
-        min_silos=2,
-        round_deadline_s=60,
-        learning_rate=1e-2,
-        batch_size=4,
-        strategy=strategy,
-        eta=eta,
-    )
+    spec = small_run(rounds=3, strategy=strategy, eta=eta)
     status = _run(port, certs, spec)
     assert status.state == pb.RUN_STATE_COMPLETED, status.message
     assert [r.round for r in status.history] == [1, 2, 3]
