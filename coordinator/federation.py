@@ -299,7 +299,7 @@ class Federation(SiloRequests, EvaluationRounds):
                 pending = open_round.pending
                 if not pending or time.monotonic() >= open_round.deadline:
                     break
-                if not set(pending) & set(self.registry.connected()):
+                if not set(pending) & set(self.registry.reachable()):
                     log.warning(
                         "round %d: every pending silo left (%s)",
                         open_round.index,

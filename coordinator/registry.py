@@ -22,6 +22,7 @@ class SiloSession:
     last_seen: float = field(default_factory=time.monotonic)
     state: str = "joined"
     streaming: bool = False
+    stream_opened: bool = False  # False between Join and the first ReceiveTasks
     tasks: queue.Queue[pb.RoundTask] = field(default_factory=queue.Queue)
 
 
@@ -71,6 +72,7 @@ class SiloRegistry:
     def set_streaming(self, session: SiloSession, streaming: bool) -> None:
         with self._lock:
             session.streaming = streaming
+            session.stream_opened = session.stream_opened or streaming
             session.last_seen = time.monotonic()
 
     def _alive(self, session: SiloSession, now: float) -> bool:
@@ -92,6 +94,18 @@ class SiloRegistry:
         now = time.monotonic()
         with self._lock:
             return sorted(s.silo_id for s in self._sessions.values() if self._alive(s, now))
+
+    def reachable(self) -> list[str]:
+        """Connected silos plus those that just joined and have yet to open their task stream:
+        a silo that reconnects is still expected to answer the task it owes."""
+        now = time.monotonic()
+        with self._lock:
+            return sorted(
+                s.silo_id
+                for s in self._sessions.values()
+                if self._alive(s, now)
+                or (not s.stream_opened and now - s.last_seen <= self._liveness_timeout_s)
+            )
 
     def evaluators(self) -> list[str]:
         """Connected silos that hold a test split (evaluation-only silos included)."""

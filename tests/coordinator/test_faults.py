@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from coordinator.checkpoint import CheckpointStore
+from coordinator.registry import SiloRegistry
 from coordinator.run_state import RunSpec
 from coordinator.server import RunningCoordinator
 from shared.tensor_codec import encode_state
@@ -90,6 +91,20 @@ def test_rejoining_silo_gets_its_unanswered_task_and_the_old_stream_is_aborted(
     second.upload(again, constant_delta(second.download(again), 0.1))
     first.close()
     second.close()
+
+
+def test_a_silo_between_rejoin_and_its_new_stream_still_counts_as_reachable() -> None:
+    registry = SiloRegistry(liveness_timeout_s=5.0)
+    old = registry.join("silo-1", 10)
+    registry.set_streaming(old, True)
+    new = registry.join("silo-1", 10)  # reconnects: its new stream is not open yet
+    registry.set_streaming(old, False)  # the superseded stream ends first
+    assert registry.connected() == []
+    assert registry.reachable() == ["silo-1"]  # a round waits for the task it owes
+    registry.set_streaming(new, True)
+    assert registry.connected() == registry.reachable() == ["silo-1"]
+    registry.set_streaming(new, False)  # the silo leaves: a round stops waiting at once
+    assert registry.reachable() == []
 
 
 def test_one_coordinator_per_checkpoint_directory(tmp_path: Path) -> None:
