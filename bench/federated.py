@@ -15,7 +15,13 @@ from typing import Any
 import grpc
 
 from coordinator.run_state import RunSpec
-from shared.demo.federation import processes, start_coordinator, start_silo, wait_for_silos
+from shared.demo.federation import (
+    processes,
+    start_coordinator,
+    start_silo,
+    threads_per_agent,
+    wait_for_silos,
+)
 from shared.grpc_options import CHANNEL_OPTIONS
 from shared.tls import TlsFiles, channel_credentials
 from shared.wire.v1 import federation_pb2 as pb
@@ -52,8 +58,14 @@ class FederationProcesses:
         running = self._stack.enter_context(processes())
         coordinator, port, _ = start_coordinator(self.workdir, self.logs)
         running.append(coordinator)
-        running.extend(start_silo(self.workdir, self.logs, d.name, port) for d in self.client_dirs)
-        running.append(start_silo(self.workdir, self.logs, EVALUATOR, port, "--eval-only"))
+        threads = threads_per_agent(len(self.client_dirs))  # the evaluator idles while they train
+        running.extend(
+            start_silo(self.workdir, self.logs, d.name, port, threads=threads)
+            for d in self.client_dirs
+        )
+        running.append(
+            start_silo(self.workdir, self.logs, EVALUATOR, port, "--eval-only", threads=threads)
+        )
         admin_cli = [
             sys.executable,
             "-m",

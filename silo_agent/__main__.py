@@ -9,6 +9,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import torch
 from prometheus_client import start_http_server
 
 from shared.errors import DataFormatError, IncompatibleSilo
@@ -42,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     add_tls_arguments(parser, whose="this silo's")
     parser.add_argument("--quantize", choices=["4bit"], help="load the base model in 4-bit NF4")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads for torch (0: torch's default); set it when agents share a host",
+    )
     parser.add_argument("--lora-r", type=int, default=8)
     parser.add_argument("--lora-alpha", type=int, default=8)
     parser.add_argument("--lora-dropout", type=float, default=0.05)
@@ -100,6 +107,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"silo-agent: {exc}")
     if args.eval_only and not test:
         sys.exit(f"silo-agent: --eval-only needs {args.data / 'test.jsonl'}")
+    if args.threads < 0:
+        sys.exit(f"silo-agent: --threads must be 0 or more, not {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     silo = load_silo_model(
         args.model,
         device=args.device,
@@ -109,9 +120,10 @@ def main(argv: list[str] | None = None) -> None:
         lora_dropout=args.lora_dropout,
     )
     log.info(
-        "model %s loaded on %s; %d training and %d test samples",
+        "model %s loaded on %s with %d torch thread(s); %d training and %d test samples",
         args.model,
         silo.device,
+        torch.get_num_threads(),
         len(samples),
         len(test),
     )

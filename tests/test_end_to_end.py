@@ -41,7 +41,7 @@ def test_two_silos_two_rounds_end_to_end(tmp_path: Path) -> None:
     with processes() as running:
         coordinator, port, _ = start_coordinator(workdir, logs)
         running.append(coordinator)
-        running.extend(start_silo(workdir, logs, name, port) for name in names)
+        running.extend(start_silo(workdir, logs, name, port, threads=1) for name in names)
         admin = _admin(workdir, port)
         wait_for_silos(admin, 2, timeout_s=120)
         run = subprocess.run(
@@ -70,6 +70,8 @@ def test_two_silos_two_rounds_end_to_end(tmp_path: Path) -> None:
         assert run.returncode == 0, run.stdout + run.stderr
         round_lines = [line for line in run.stdout.splitlines() if line.startswith("round ")]
         assert len(round_lines) == 2 and all("silos 2/2" in line for line in round_lines)
+    for name in names:  # each agent took the one torch thread it was given
+        assert "on cpu with 1 torch thread(s)" in (logs / f"{name}.log").read_text()
 
     store = CheckpointStore(workdir / "checkpoints")
     latest = store.load_latest()
