@@ -23,7 +23,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# The demo-scale study of docs/results.md (about 40 minutes); resumes where it stopped.
+# The demo-scale study of docs/results.md (about 27 minutes on 2 cores); resumes where it stopped.
 study: $(STAMP)
 	$(PY) -m bench.runner --config bench/study.yaml
 	$(PY) -m bench.runner --config bench/ablation.yaml

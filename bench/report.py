@@ -30,36 +30,42 @@ def _cell(values: list[float]) -> str:
     return f"{statistics.mean(scaled):.2f} ± {statistics.stdev(scaled):.2f}"
 
 
+def _metric_table(rows: list[dict[str, Any]], dataset: str, metric: str) -> list[str]:
+    scenarios = list(dict.fromkeys(r["scenario"] for r in rows))
+    lines = [
+        f"### {dataset}: {metric} (x100, mean ± std over seeds)",
+        "",
+        "| method | " + " | ".join(scenarios) + " |",
+        "|---|" + "---:|" * len(scenarios),
+    ]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        cells = [
+            _cell(
+                [
+                    r["metrics"][metric]
+                    for r in rows
+                    if r["method"] == method and r["scenario"] == s and metric in r["metrics"]
+                ]
+            )
+            for s in scenarios
+        ]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def tables(results: list[dict[str, Any]]) -> str:
-    """Per data set: methods x scenarios of the primary metric, then bytes moved per round."""
+    """Per data set: methods x scenarios for each metric (the primary one first), then bytes
+    moved per round."""
     lines: list[str] = []
     for dataset in sorted({r["dataset"] for r in results}):
         rows = [r for r in results if r["dataset"] == dataset]
-        metric = PRIMARY[dataset]
-        scenarios = list(dict.fromkeys(r["scenario"] for r in rows))
-        methods = list(dict.fromkeys(r["method"] for r in rows))
-        lines += [
-            f"### {dataset}: {metric} (x100, mean ± std over seeds)",
-            "",
-            "| method | " + " | ".join(scenarios) + " |",
-            "|---|" + "---:|" * len(scenarios),
-        ]
-        for method in methods:
-            cells = [
-                _cell(
-                    [
-                        r["metrics"][metric]
-                        for r in rows
-                        if r["method"] == method and r["scenario"] == s and metric in r["metrics"]
-                    ]
-                )
-                for s in scenarios
-            ]
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        found = sorted({m for r in rows for m in r["metrics"]})
+        primary = [PRIMARY[dataset]] if PRIMARY[dataset] in found else []
+        for metric in primary + [m for m in found if m not in primary]:
+            lines += _metric_table(rows, dataset, metric)
         federated = [r for r in rows if r.get("rounds")]
         if federated:
             lines += [
-                "",
                 f"Communication per round ({dataset}, mean over cells):",
                 "",
                 "| method | MB down | MB up |",
