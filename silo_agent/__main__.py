@@ -6,7 +6,6 @@ import argparse
 import logging
 import signal
 import sys
-import warnings
 from pathlib import Path
 
 import torch
@@ -94,12 +93,12 @@ def main(argv: list[str] | None = None) -> None:
         check(argv[1:])
         return
     args = _parser().parse_args(argv)
+    if args.threads < 0:
+        sys.exit(f"silo-agent: --threads must be 0 or more, not {args.threads}")
     logging.basicConfig(
         level=args.log_level, format=f"%(asctime)s %(levelname)s silo[{args.cert.stem}] %(message)s"
     )
     log = logging.getLogger("silo_agent")
-    # PEFT calls a transformers API deprecated for v6; nothing an operator can act on
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     try:
         samples = [] if args.eval_only else read_split(args.data, "train")
         test = read_split(args.data, "test") if has_split(args.data, "test") else []
@@ -107,8 +106,6 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"silo-agent: {exc}")
     if args.eval_only and not test:
         sys.exit(f"silo-agent: --eval-only needs {args.data / 'test.jsonl'}")
-    if args.threads < 0:
-        sys.exit(f"silo-agent: --threads must be 0 or more, not {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     silo = load_silo_model(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,9 @@ from shared.adapter import (
 from shared.tensor_codec import AdapterLayout, layout_of
 
 log = logging.getLogger(__name__)
+# PEFT calls a transformers API deprecated for v6 on every training step; nothing a silo
+# operator (or a benchmark's reader) can act on
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
 
 
 @dataclass
