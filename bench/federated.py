@@ -6,7 +6,6 @@ grid pays the processes' start-up once per partition, not once per cell."""
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 from pathlib import Path
 from types import TracebackType
@@ -16,6 +15,7 @@ import grpc
 
 from coordinator.run_state import RunSpec
 from shared.demo.federation import (
+    admin_command,
     processes,
     start_coordinator,
     start_silo,
@@ -66,19 +66,7 @@ class FederationProcesses:
         running.append(
             start_silo(self.workdir, self.logs, EVALUATOR, port, "--eval-only", threads=threads)
         )
-        admin_cli = [
-            sys.executable,
-            "-m",
-            "coordinator.admin_cli",
-            "--coordinator",
-            f"127.0.0.1:{port}",
-            "--cert",
-            str(self.certs / "admin.pem"),
-            "--key",
-            str(self.certs / "admin.key"),
-            "--ca",
-            str(self.certs / "ca.pem"),
-        ]
+        admin_cli = admin_command(self.certs, port)
         wait_for_silos(admin_cli, len(self.client_dirs) + 1)
         channel = self._stack.enter_context(
             grpc.secure_channel(

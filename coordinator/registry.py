@@ -6,6 +6,7 @@ import queue
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shared.wire.v1 import federation_pb2 as pb
@@ -78,44 +79,34 @@ class SiloRegistry:
     def _alive(self, session: SiloSession, now: float) -> bool:
         return session.streaming and now - session.last_seen <= self._liveness_timeout_s
 
-    def available(self) -> list[str]:
-        """Silos to train: an open task stream, a recent heartbeat and training samples; sorted
-        for seeded selection."""
+    def _ids(self, keep: Callable[[SiloSession, float], bool]) -> list[str]:
+        """The silos whose current session `keep(session, now)` accepts, sorted for seeded
+        selection."""
         now = time.monotonic()
         with self._lock:
-            return sorted(
-                s.silo_id
-                for s in self._sessions.values()
-                if self._alive(s, now) and s.num_train_samples > 0
-            )
+            return sorted(s.silo_id for s in self._sessions.values() if keep(s, now))
+
+    def available(self) -> list[str]:
+        """Silos to train: an open task stream, a recent heartbeat and training samples."""
+        return self._ids(lambda s, now: self._alive(s, now) and s.num_train_samples > 0)
 
     def connected(self) -> list[str]:
         """Every silo with an open task stream and a recent heartbeat."""
-        now = time.monotonic()
-        with self._lock:
-            return sorted(s.silo_id for s in self._sessions.values() if self._alive(s, now))
+        return self._ids(self._alive)
 
     def reachable(self) -> list[str]:
         """Connected silos plus those that just joined and have yet to open their task stream:
         a silo that reconnects is still expected to answer the task it owes."""
-        now = time.monotonic()
-        with self._lock:
-            return sorted(
-                s.silo_id
-                for s in self._sessions.values()
-                if self._alive(s, now)
+        return self._ids(
+            lambda s, now: (
+                self._alive(s, now)
                 or (not s.stream_opened and now - s.last_seen <= self._liveness_timeout_s)
             )
+        )
 
     def evaluators(self) -> list[str]:
         """Connected silos that hold a test split (evaluation-only silos included)."""
-        now = time.monotonic()
-        with self._lock:
-            return sorted(
-                s.silo_id
-                for s in self._sessions.values()
-                if self._alive(s, now) and s.num_test_samples > 0
-            )
+        return self._ids(lambda s, now: self._alive(s, now) and s.num_test_samples > 0)
 
     def declared_test_samples(self, silo_id: str) -> int:
         with self._lock:

@@ -4,34 +4,23 @@ loopback, driven by `fedmllm-admin`, for two rounds."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import torch
 
 from coordinator.checkpoint import CheckpointStore
 from coordinator.run_state import RunPhase
-from shared.demo.federation import prepare, processes, start_coordinator, start_silo, wait_for_silos
+from shared.demo.federation import (
+    admin_command,
+    prepare,
+    processes,
+    start_coordinator,
+    start_silo,
+    wait_for_silos,
+)
 from shared.tensor_codec import layout_of
 from silo_agent.model import load_silo_model
 from silo_agent.trainer import load_global_adapter
-
-
-def _admin(workdir: Path, port: int) -> list[str]:
-    certs = workdir / "certs"
-    return [
-        sys.executable,
-        "-m",
-        "coordinator.admin_cli",
-        "--coordinator",
-        f"127.0.0.1:{port}",
-        "--cert",
-        str(certs / "admin.pem"),
-        "--key",
-        str(certs / "admin.key"),
-        "--ca",
-        str(certs / "ca.pem"),
-    ]
 
 
 def test_two_silos_two_rounds_end_to_end(tmp_path: Path) -> None:
@@ -42,7 +31,7 @@ def test_two_silos_two_rounds_end_to_end(tmp_path: Path) -> None:
         coordinator, port, _ = start_coordinator(workdir, logs)
         running.append(coordinator)
         running.extend(start_silo(workdir, logs, name, port, threads=1) for name in names)
-        admin = _admin(workdir, port)
+        admin = admin_command(workdir / "certs", port)
         wait_for_silos(admin, 2, timeout_s=120)
         run = subprocess.run(
             [
@@ -93,7 +82,7 @@ def test_two_silos_two_rounds_end_to_end(tmp_path: Path) -> None:
         coordinator, port, _ = start_coordinator(workdir, logs)
         running.append(coordinator)
         status = subprocess.run(
-            [*_admin(workdir, port), "status"],
+            [*admin_command(workdir / "certs", port), "status"],
             capture_output=True,
             text=True,
             timeout=60,

@@ -101,13 +101,7 @@ def test_regularisers_and_prompt_strategy_end_to_end(
     federation: tuple[int, Path], certs: Path
 ) -> None:
     port, _ = federation
-    spec = RunSpec(
-        rounds=2,
-        silos_per_round=2,
-        min_silos=2,
-        round_deadline_s=60,
-        learning_rate=1e-2,
-        batch_size=4,
+    spec = small_run(
         strategy="fedadam",
         eta=1e-2,
         proximal_mu=0.01,

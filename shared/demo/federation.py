@@ -77,9 +77,21 @@ def start_coordinator(workdir: Path, logs: Path) -> tuple[subprocess.Popen[bytes
     return process, grpc_port, metrics_port
 
 
+def admin_command(certs: Path, port: int) -> list[str]:
+    """`fedmllm-admin` against the coordinator on loopback `port`, as the admin of `certs`."""
+    return [
+        sys.executable,
+        "-m",
+        "coordinator.admin_cli",
+        "--coordinator",
+        f"127.0.0.1:{port}",
+        *_tls_args(certs, "admin"),
+    ]
+
+
 def threads_per_agent(agents: int) -> int:
     """torch threads for each of `agents` processes sharing this host: the cores split evenly
-    (measured on 2 cores: a 4-silo FL round 3 times faster than with every agent on both)."""
+    (measured on 2 cores: a 4-silo FedAdam cell of the study in 13 s instead of 41 s)."""
     return max(1, (os.cpu_count() or 1) // max(1, agents))
 
 
@@ -175,14 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         running.extend(
             start_silo(args.workdir, logs, name, port, threads=threads) for name in names
         )
-        admin = [
-            sys.executable,
-            "-m",
-            "coordinator.admin_cli",
-            "--coordinator",
-            f"127.0.0.1:{port}",
-            *_tls_args(args.workdir / "certs", "admin"),
-        ]
+        admin = admin_command(args.workdir / "certs", port)
         wait_for_silos(admin, len(names))
         result = subprocess.run(
             [
