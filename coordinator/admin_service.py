@@ -1,79 +1,79 @@
-"""The Admin gRPC service: start, inspect and stop runs. Only admin certificates may call it."""
+"""The Admin gRPC service on the event loop: start, inspect, pause and stop runs, export
+adapters. The guard admits only admin certificates; blocking work runs in worker threads."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import grpc
 
 from coordinator.federation import Federation
+from coordinator.guard import Context, refuse
 from coordinator.rounds import Refusal
-from coordinator.run_state import RunSpec
+from coordinator.run_state import RunRecord, RunSpec
 from shared.payload import PayloadDigest, iter_chunks
-from shared.pki import ROLE_ADMIN
-from shared.tls import require_role
 from shared.wire.v1 import federation_pb2 as pb
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
 
+T = TypeVar("T")
+
 
 class AdminService(pb_grpc.AdminServicer):
-    def __init__(self, *, federation: Federation, adapter_config_json: str) -> None:
+    def __init__(
+        self,
+        *,
+        federation: Federation,
+        adapter_config_json: str,
+        workers: ThreadPoolExecutor,
+    ) -> None:
         self._federation = federation
         self._adapter_config_json = adapter_config_json  # PEFT's adapter_config.json
+        self._workers = workers
 
-    def StartRun(self, request: pb.StartRunRequest, context: grpc.ServicerContext) -> pb.RunStatus:
-        require_role(context, ROLE_ADMIN)
+    async def _change(self, context: Context, change: Callable[[], RunRecord]) -> pb.RunStatus:
+        """Apply a run change in a worker thread (it writes checkpoints), answer the status."""
+        loop = asyncio.get_running_loop()
         try:
-            self._federation.start_run(RunSpec.from_proto(request.spec))
+            await loop.run_in_executor(self._workers, change)
         except Refusal as refusal:
-            context.abort(refusal.code, str(refusal))
+            await refuse(context, refusal.code, str(refusal))
         return self._federation.status()
 
-    def GetStatus(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.RunStatus:
-        require_role(context, ROLE_ADMIN)
+    async def StartRun(self, request: pb.StartRunRequest, context: Context) -> pb.RunStatus:
+        spec = RunSpec.from_proto(request.spec)
+        return await self._change(context, lambda: self._federation.start_run(spec))
+
+    async def GetStatus(self, request: pb.StatusRequest, context: Context) -> pb.RunStatus:
         return self._federation.status()
 
-    def ListSilos(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.SiloList:
-        require_role(context, ROLE_ADMIN)
+    async def ListSilos(self, request: pb.StatusRequest, context: Context) -> pb.SiloList:
         return pb.SiloList(silos=self._federation.registry.snapshot())
 
-    def StopRun(self, request: pb.StopRequest, context: grpc.ServicerContext) -> pb.RunStatus:
-        require_role(context, ROLE_ADMIN)
-        try:
-            self._federation.stop_run()
-        except Refusal as refusal:
-            context.abort(refusal.code, str(refusal))
-        return self._federation.status()
+    async def StopRun(self, request: pb.StopRequest, context: Context) -> Any:
+        return await self._change(context, self._federation.stop_run)
 
-    def PauseRun(self, request: pb.StopRequest, context: grpc.ServicerContext) -> pb.RunStatus:
-        require_role(context, ROLE_ADMIN)
-        try:
-            self._federation.pause_run()
-        except Refusal as refusal:
-            context.abort(refusal.code, str(refusal))
-        return self._federation.status()
+    async def PauseRun(self, request: pb.StopRequest, context: Context) -> Any:
+        return await self._change(context, self._federation.pause_run)
 
-    def ResumeRun(self, request: pb.StopRequest, context: grpc.ServicerContext) -> pb.RunStatus:
-        require_role(context, ROLE_ADMIN)
-        try:
-            self._federation.resume_run()
-        except Refusal as refusal:
-            context.abort(refusal.code, str(refusal))
-        return self._federation.status()
+    async def ResumeRun(self, request: pb.StopRequest, context: Context) -> Any:
+        return await self._change(context, self._federation.resume_run)
 
-    def ExportAdapter(
-        self, request: pb.ExportRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.ExportChunk]:
+    async def ExportAdapter(
+        self, request: pb.ExportRequest, context: Context
+    ) -> AsyncIterator[pb.ExportChunk]:
         """A checkpointed round's adapter with PEFT's config, loadable by PeftModel."""
-        require_role(context, ROLE_ADMIN)
         run = self._federation.run
         if run is None:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no run to export from")
+            await refuse(context, grpc.StatusCode.FAILED_PRECONDITION, "no run to export from")
         try:
             round_index, path = self._federation.store.adapter_file(run.run_id, request.round)
         except FileNotFoundError as exc:
-            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        payload = path.read_bytes()
+            await refuse(context, grpc.StatusCode.NOT_FOUND, str(exc))
+        loop = asyncio.get_running_loop()
+        payload = await loop.run_in_executor(self._workers, path.read_bytes)
         digest = PayloadDigest.of(payload)
         yield pb.ExportChunk(
             header=pb.ExportHeader(

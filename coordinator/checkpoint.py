@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -64,6 +65,7 @@ class CheckpointStore:
         self.root = root
         self.keep = max(keep, 1)
         self._lock_handle: TextIO | None = None
+        self._writing = threading.Lock()  # the run thread and admin calls both write
         root.mkdir(parents=True, exist_ok=True)
 
     def lock(self) -> None:
@@ -92,6 +94,12 @@ class CheckpointStore:
     def save_round(
         self, run: RunRecord, round_index: int, adapter: StateDict, strategy_state: StateDict
     ) -> Path:
+        with self._writing:
+            return self._save_round(run, round_index, adapter, strategy_state)
+
+    def _save_round(
+        self, run: RunRecord, round_index: int, adapter: StateDict, strategy_state: StateDict
+    ) -> Path:
         run_dir = self._run_dir(run.run_id)
         run_dir.mkdir(parents=True, exist_ok=True)
         final = run_dir / f"round-{round_index:05d}"
@@ -114,9 +122,10 @@ class CheckpointStore:
 
     def update_run(self, run: RunRecord) -> None:
         """Rewrite the run record of the latest round (a stop or completion), atomically."""
-        latest = self._latest_round_dir(run.run_id)
-        if latest is not None:
-            _write_text_atomic(latest / RUN_FILE, json.dumps(run.to_dict(), indent=1))
+        with self._writing:
+            latest = self._latest_round_dir(run.run_id)
+            if latest is not None:
+                _write_text_atomic(latest / RUN_FILE, json.dumps(run.to_dict(), indent=1))
 
     def round_dirs(self, run_id: str) -> list[Path]:
         run_dir = self._run_dir(run_id)

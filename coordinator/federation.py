@@ -64,8 +64,11 @@ class Federation(SiloRequests, EvaluationRounds):
         self._settings = settings
         self.layout: AdapterLayout = layout_of(initial_adapter(0))
         self.flat = FlatLayout.from_layout(self.layout)
+        # `_lock` guards the run, the model and the open round for short moments only: the
+        # event loop takes it too. `_admin` serialises run changes, which write checkpoints.
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
+        self._admin = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.run: RunRecord | None = None
@@ -112,30 +115,34 @@ class Federation(SiloRequests, EvaluationRounds):
         problems = spec.problems()
         if problems:
             raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
-        with self._lock:
-            if self.run is not None and self.run.phase.active:
-                raise Refusal(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"run {self.run.run_id} is still running; stop it first",
-                )
+        with self._admin:
+            with self._lock:
+                if self.run is not None and self.run.phase.active:
+                    raise Refusal(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        f"run {self.run.run_id} is still running; stop it first",
+                    )
             run_id = f"run-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-            self.run = RunRecord(run_id=run_id, spec=spec)
-            self.model = GlobalModel.start(spec, self.flat, self._initial_adapter(spec.seed))
-            self.store.save_round(self.run, 0, self.model.adapter(), self.model.strategy_state())
-        log.info("run %s started: %s", run_id, spec)
-        self._start_thread()
-        return self.run
+            run = RunRecord(run_id=run_id, spec=spec)
+            model = GlobalModel.start(spec, self.flat, self._initial_adapter(spec.seed))
+            self.store.save_round(run, 0, model.adapter(), model.strategy_state())
+            with self._lock:
+                self.run, self.model = run, model
+            log.info("run %s started: %s", run_id, spec)
+            self._start_thread()
+        return run
 
     def stop_run(self, *, timeout_s: float = 30.0) -> RunRecord:
-        with self._lock:
-            if self.run is None or not self.run.phase.active:
-                raise Refusal(grpc.StatusCode.FAILED_PRECONDITION, "no run is running")
-            self._stop.set()
-            self._changed.notify_all()
-            thread = self._thread
-        if thread is not None:
-            thread.join(timeout_s)
-        return self.run
+        with self._admin:
+            with self._lock:
+                if self.run is None or not self.run.phase.active:
+                    raise Refusal(grpc.StatusCode.FAILED_PRECONDITION, "no run is running")
+                self._stop.set()
+                self._changed.notify_all()
+                thread = self._thread
+            if thread is not None:
+                thread.join(timeout_s)
+            return self.run
 
     def pause_run(self) -> RunRecord:
         """Hold the run between rounds: the open round finishes, the next waits for resume."""
@@ -145,19 +152,20 @@ class Federation(SiloRequests, EvaluationRounds):
         return self._set_phase(RunPhase.PAUSED, RunPhase.RUNNING)
 
     def _set_phase(self, current: RunPhase, new: RunPhase) -> RunRecord:
-        with self._lock:
-            if self.run is None or self.run.phase is not current:
-                state = "no run" if self.run is None else f"run {self.run.run_id} is "
-                state += "" if self.run is None else self.run.phase.value
-                raise Refusal(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"{state}; only a {current.value} run can become {new.value}",
-                )
-            self.run.phase = new
-            self.store.update_run(self.run)
-            self._changed.notify_all()
-            log.info("run %s %s", self.run.run_id, new.value)
-            return self.run
+        with self._admin:
+            with self._lock:
+                run = self.run
+                if run is None or run.phase is not current:
+                    state = "no run" if run is None else f"run {run.run_id} is {run.phase.value}"
+                    raise Refusal(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        f"{state}; only a {current.value} run can become {new.value}",
+                    )
+                run.phase = new
+                self._changed.notify_all()
+            self.store.update_run(run)
+            log.info("run %s %s", run.run_id, new.value)
+            return run
 
     def _wait_while_paused(self, run: RunRecord) -> bool:
         """False when the run was stopped while paused."""
@@ -209,7 +217,7 @@ class Federation(SiloRequests, EvaluationRounds):
         with self._lock:
             run.phase, run.message = phase, message
             self.phase = pb.ROUND_PHASE_UNSPECIFIED
-            self.store.update_run(run)
+        self.store.update_run(run)
         log.info("run %s %s: %s", run.run_id, phase.value, message)
 
     def _await_silos(self, spec: RunSpec) -> list[str] | None:
@@ -347,12 +355,14 @@ class Federation(SiloRequests, EvaluationRounds):
                 message=run.message,
                 silos_seen=run.silos_seen,
             )
-            with self.metrics.phase_duration.labels(phase="checkpoint").time():
-                self.store.save_round(
-                    saved, open_round.index, model.adapter(), model.strategy_state()
-                )
+        with self.metrics.phase_duration.labels(phase="checkpoint").time():
+            self.store.save_round(saved, open_round.index, model.adapter(), model.strategy_state())
+        with self._lock:
             run.history.append(record)
             self.open_round = None
+            changed_meanwhile = run.phase is not saved.phase  # paused while saving
+        if changed_meanwhile:
+            self.store.update_run(run)
         self.metrics.rounds_completed.inc()
         self.metrics.train_loss.set(record.mean_train_loss)
         self.metrics.update_norm.set(record.update_norm)

@@ -1,8 +1,13 @@
-"""The silos that joined: their sessions, task queues and liveness."""
+"""The silos that joined: their sessions, task queues and liveness.
+
+Sessions are shared by the server's event loop (which serves their task streams) and the run
+thread (which hands out tasks): every field is guarded by one lock, and a task reaches a stream
+through the event loop's own queue, so that a waiting stream holds no thread.
+"""
 
 from __future__ import annotations
 
-import queue
+import asyncio
 import secrets
 import threading
 import time
@@ -10,6 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shared.wire.v1 import federation_pb2 as pb
+
+# Ends a task stream: its session was superseded, left, or the coordinator is closing.
+END_OF_STREAM = None
 
 
 @dataclass
@@ -24,7 +32,7 @@ class SiloSession:
     state: str = "joined"
     streaming: bool = False
     stream_opened: bool = False  # False between Join and the first ReceiveTasks
-    tasks: queue.Queue[pb.RoundTask] = field(default_factory=queue.Queue)
+    tasks: asyncio.Queue[pb.RoundTask | None] = field(default_factory=asyncio.Queue)
 
 
 class SiloRegistry:
@@ -35,7 +43,18 @@ class SiloRegistry:
         self._sessions: dict[str, SiloSession] = {}
         self._by_session: dict[str, SiloSession] = {}
         self._liveness_timeout_s = liveness_timeout_s
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.closed = threading.Event()
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The event loop that serves the task streams (their queues belong to it)."""
+        self._loop = loop
+
+    def _deliver(self, session: SiloSession, task: pb.RoundTask | None) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        loop.call_soon_threadsafe(session.tasks.put_nowait, task)
 
     def join(self, silo_id: str, num_train_samples: int, num_test_samples: int = 0) -> SiloSession:
         session = SiloSession(
@@ -50,6 +69,8 @@ class SiloRegistry:
                 self._by_session.pop(old.session_id, None)
             self._sessions[silo_id] = session
             self._by_session[session.session_id] = session
+        if old is not None:
+            self._deliver(old, END_OF_STREAM)
         return session
 
     def session(self, session_id: str) -> SiloSession | None:
@@ -60,14 +81,23 @@ class SiloRegistry:
         with self._lock:
             return self._sessions.get(session.silo_id) is session
 
-    def touch(self, session_id: str, state: str | None = None) -> bool:
+    def touch(self, session: SiloSession, state: str | None = None) -> bool:
+        """Record a heartbeat of `session`; False when it is no longer the silo's current one."""
         with self._lock:
-            session = self._by_session.get(session_id)
-            if session is None:
+            if self._sessions.get(session.silo_id) is not session:
                 return False
             session.last_seen = time.monotonic()
             if state:
                 session.state = state
+            return True
+
+    def open_stream(self, session: SiloSession) -> bool:
+        """Mark the session's task stream open; False if one is open already."""
+        with self._lock:
+            if session.streaming:
+                return False
+            session.streaming = session.stream_opened = True
+            session.last_seen = time.monotonic()
             return True
 
     def set_streaming(self, session: SiloSession, streaming: bool) -> None:
@@ -116,10 +146,18 @@ class SiloRegistry:
     def send(self, silo_id: str, task: pb.RoundTask) -> bool:
         with self._lock:
             session = self._sessions.get(silo_id)
-        if session is None or not session.streaming:
-            return False
-        session.tasks.put(task)
+            if session is None or not session.streaming:
+                return False
+        self._deliver(session, task)
         return True
+
+    def close(self) -> None:
+        """End every task stream: the coordinator is shutting down."""
+        self.closed.set()
+        with self._lock:
+            sessions = list(self._sessions.values())
+        for session in sessions:
+            self._deliver(session, END_OF_STREAM)
 
     def declared_samples(self, silo_id: str) -> int:
         """The training-sample count the silo declared when it joined (0 if unknown)."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from coordinator.strategies import RoundAggregate
+from shared.bounded import printable
 from shared.errors import FedMLLMError
 from shared.payload import PayloadDigest
 from shared.tensor_codec import StateDict, encode_state
@@ -121,15 +122,16 @@ class OpenRound:
     def check_task(self, task_id: str, silo_id: str, *, kind: pb.TaskKind | None = None) -> None:
         """Refuse a task id that is not this silo's task in this open round."""
         owner = self.tasks.get(task_id)
+        shown = printable(task_id)
         if owner is None:
             raise Refusal(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"task {task_id!r} is not a task of open round {self.index}",
+                f"task {shown!r} is not a task of open round {self.index}",
             )
         if owner != silo_id:
             raise Refusal(
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"task {task_id!r} belongs to another silo, not {silo_id!r}",
+                f"task {shown!r} belongs to another silo, not {silo_id!r}",
             )
         if self.closed:
             raise Refusal(
@@ -139,7 +141,7 @@ class OpenRound:
         if kind is not None and kind != self.kind:
             raise Refusal(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"task {task_id!r} is a {pb.TaskKind.Name(self.kind)} task",
+                f"task {shown!r} is a {pb.TaskKind.Name(self.kind)} task",
             )
         if silo_id in self.answered or silo_id in self.folding:
             raise Refusal(

@@ -35,7 +35,21 @@ _STATE_TO_PROTO = {
 
 
 _STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "scaffold", "fednova")
-_OPTIONAL = ("eta", "tau", "beta1", "beta2", "momentum", "mask_skip_layers")
+_OPTIONAL = (
+    "eta",
+    "tau",
+    "beta1",
+    "beta2",
+    "momentum",
+    "mask_skip_layers",
+    "max_samples_per_silo",
+    "max_weight_share",
+    "trim_fraction",
+    "byzantine_silos",
+)
+AGGREGATORS = ("mean", "trimmed_mean", "median", "krum", "multi_krum")
+# Deltas that are not plain weighted sums of the silos' updates cannot take a robust rule.
+_PLAIN_SUM_STRATEGIES = ("scaffold", "fednova")
 
 
 @dataclass(frozen=True)
@@ -62,6 +76,14 @@ class RunSpec:
     prompt_variant: str = ""  # "", "original" or "improved" (modality-agnostic)
     lr_schedule: str = "cosine"  # "cosine" (1% warm-up) or "constant"
     eval_every: int = 0  # federated evaluation every N rounds and after the last (0: off)
+    max_samples_per_silo: int = 1_000_000  # most samples a silo may declare (its weight's cap)
+    max_weight_share: float = 1.0  # largest share of a round's weight one update may carry
+    aggregator: str = "mean"  # mean, trimmed_mean, median, krum or multi_krum
+    trim_fraction: float = 0.1  # trimmed_mean: fraction dropped at each end per coordinate
+    byzantine_silos: int = 1  # krum / multi_krum: Byzantine silos tolerated (f)
+    multi_krum_keep: int = 0  # multi_krum: best-scored updates averaged (0: K - f)
+    clip_norm: float = 0.0  # per-update L2 clipping bound (0: off)
+    clip_median_factor: float = 0.0  # clip to this multiple of the round's median norm (0: off)
 
     def problems(self) -> list[str]:
         found = []
@@ -93,6 +115,34 @@ class RunSpec:
             found.append("eval_every must not be negative")
         if self.lr_schedule not in ("cosine", "constant"):
             found.append("lr_schedule must be 'cosine' or 'constant'")
+        return found + self._influence_problems()
+
+    def _influence_problems(self) -> list[str]:
+        """Bounds on one silo's influence and the robust rules' own parameters."""
+        found = []
+        if not 1 <= self.max_samples_per_silo <= 10**9:
+            found.append("max_samples_per_silo must be between 1 and 1e9")
+        if not 0 < self.max_weight_share <= 1:
+            found.append("max_weight_share must be in (0, 1]")
+        if self.aggregator not in AGGREGATORS:
+            found.append(f"aggregator must be one of {', '.join(AGGREGATORS)}")
+        elif self.aggregator != "mean" and self.strategy in _PLAIN_SUM_STRATEGIES:
+            found.append(f"aggregator {self.aggregator} does not compose with {self.strategy}")
+        if not 0 <= self.trim_fraction < 0.5:
+            found.append("trim_fraction must be in [0, 0.5)")
+        if self.aggregator in ("krum", "multi_krum"):
+            f = self.byzantine_silos
+            if self.min_silos < 2 * f + 3:
+                found.append(
+                    f"{self.aggregator} with {f} Byzantine silo(s) needs min_silos >= "
+                    f"{2 * f + 3} (2f + 3 updates in every round)"
+                )
+            if self.multi_krum_keep > self.min_silos:
+                found.append("multi_krum_keep must not exceed min_silos")
+        for name in ("clip_norm", "clip_median_factor"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                found.append(f"{name} must be a finite number >= 0")
         return found
 
     def to_proto(self) -> pb.RunSpec:
@@ -106,7 +156,7 @@ class RunSpec:
             if name in _OPTIONAL and not message.HasField(name):
                 continue
             values[name] = getattr(message, name)
-        for name in ("strategy", "lr_schedule"):  # empty from clients that predate them
+        for name in ("strategy", "lr_schedule", "aggregator"):  # empty from older clients
             if not values.get(name):
                 values.pop(name, None)
         return cls(**values)

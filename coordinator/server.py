@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import resource
+import threading
 from collections.abc import Callable, Iterator
-from concurrent import futures
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import grpc
 from peft import LoraConfig
@@ -19,9 +21,11 @@ from transformers import PretrainedConfig
 from coordinator.admin_service import AdminService
 from coordinator.checkpoint import CheckpointStore
 from coordinator.federation import ControllerSettings, Federation
+from coordinator.guard import CallLimits, PeerGuard
+from coordinator.join_check import FederationIdentity
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.registry import SiloRegistry
-from coordinator.silo_service import FederationIdentity, SiloService
+from coordinator.silo_service import SiloService, SiloServiceSettings
 from shared.adapter import (
     canonical_config,
     config_fingerprint,
@@ -31,6 +35,7 @@ from shared.adapter import (
     lora_identity,
 )
 from shared.grpc_options import SERVER_OPTIONS
+from shared.pki import ROLE_ADMIN, ROLE_SILO
 from shared.tensor_codec import StateDict
 from shared.tls import TlsFiles, server_credentials
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
@@ -50,8 +55,10 @@ class CoordinatorConfig:
     metrics_port: int | None = None  # Prometheus /metrics port; None disables, 0 picks one
     adapter_dir: Path | None = None  # start from this PEFT adapter instead of a fresh one
     keep_checkpoints: int = 5  # round checkpoints kept per run
-    heartbeat_interval_s: int = 5  # how often silos report
-    max_workers: int = 64  # gRPC handler threads: each connected silo holds one for its stream
+    workers: int = 8  # threads for blocking work: chunk hashing, validation, folds, checkpoints
+    max_connections: int = 10_000  # TCP connections held at once (each silo holds one)
+    call_limits: CallLimits = field(default_factory=CallLimits)  # per-certificate concurrency
+    silo_service: SiloServiceSettings = field(default_factory=SiloServiceSettings)
     controller: ControllerSettings = field(default_factory=ControllerSettings)
 
 
@@ -59,7 +66,7 @@ class CoordinatorConfig:
 class RunningCoordinator:
     """A serving coordinator: its ports and state, for `__main__` and tests."""
 
-    server: grpc.Server
+    server: grpc.aio.Server
     port: int
     metrics_port: int | None
     federation: Federation
@@ -85,78 +92,117 @@ def adapter_config_json(lora: LoraConfig) -> str:
     return json.dumps(data, default=str, indent=2, sort_keys=True)
 
 
+def _raise_descriptor_limit() -> None:
+    """Lift the soft open-file limit to the hard one: every silo holds a connection, and the
+    common soft default (1,024) would cap the federation well below its size."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 @contextmanager
 def serve(config: CoordinatorConfig) -> Iterator[RunningCoordinator]:
     """Start the coordinator; on exit stop serving, the run left resumable from its checkpoint."""
+    _raise_descriptor_limit()
     base_config = load_base_config(config.model_dir)
     canonical = canonical_config(base_config)
     lora, factory = _adapter_source(config, base_config)
     metrics = CoordinatorMetrics()
-    registry = SiloRegistry(liveness_timeout_s=4.0 * config.heartbeat_interval_s)
+    registry = SiloRegistry(liveness_timeout_s=4.0 * config.silo_service.heartbeat_interval_s)
     metrics.silos_connected.set_function(registry.connected_count)
     store = CheckpointStore(config.checkpoint_dir, keep=config.keep_checkpoints)
     store.lock()
     try:
-        with _serving(config, store, registry, metrics, canonical, lora, factory) as running:
+        federation = Federation(
+            registry=registry,
+            store=store,
+            metrics=metrics,
+            initial_adapter=factory,
+            settings=config.controller,
+        )
+        identity = FederationIdentity(
+            canonical_config=canonical,
+            fingerprint=config_fingerprint(canonical),
+            lora=lora_identity(lora.to_dict()),
+        )
+        with _serving(config, federation, identity, adapter_config_json(lora)) as running:
             yield running
     finally:
         store.unlock()
 
 
-@contextmanager
-def _serving(
+async def _start_server(
     config: CoordinatorConfig,
-    store: CheckpointStore,
-    registry: SiloRegistry,
-    metrics: CoordinatorMetrics,
-    canonical: dict[str, Any],
-    lora: LoraConfig,
-    factory: Callable[[int], StateDict],
-) -> Iterator[RunningCoordinator]:
-    federation = Federation(
-        registry=registry,
-        store=store,
-        metrics=metrics,
-        initial_adapter=factory,
-        settings=config.controller,
+    federation: Federation,
+    identity: FederationIdentity,
+    exported_config: str,
+    workers: ThreadPoolExecutor,
+) -> tuple[grpc.aio.Server, int]:
+    guard = PeerGuard(
+        roles={"fedmllm.v1.Silo": ROLE_SILO, "fedmllm.v1.Admin": ROLE_ADMIN},
+        limits=config.call_limits,
     )
-    identity = FederationIdentity(
-        canonical_config=canonical,
-        fingerprint=config_fingerprint(canonical),
-        lora=lora_identity(lora.to_dict()),
-    )
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.max_workers), options=SERVER_OPTIONS
-    )
+    options = [*SERVER_OPTIONS, ("grpc.max_allowed_incoming_connections", config.max_connections)]
+    server = grpc.aio.server(interceptors=[guard], options=options)
     pb_grpc.add_SiloServicer_to_server(
         SiloService(
             federation=federation,
             identity=identity,
             incoming_dir=config.checkpoint_dir / "incoming",
-            heartbeat_interval_s=config.heartbeat_interval_s,
+            settings=config.silo_service,
+            workers=workers,
         ),
         server,
     )
-    admin = AdminService(federation=federation, adapter_config_json=adapter_config_json(lora))
+    admin = AdminService(
+        federation=federation, adapter_config_json=exported_config, workers=workers
+    )
     pb_grpc.add_AdminServicer_to_server(admin, server)
     port = server.add_secure_port(f"{config.host}:{config.port}", server_credentials(config.tls))
     if port == 0:
         raise OSError(f"cannot listen on {config.host}:{config.port}")
+    await server.start()
+    return server, port
+
+
+@contextmanager
+def _serving(
+    config: CoordinatorConfig,
+    federation: Federation,
+    identity: FederationIdentity,
+    exported_config: str,
+) -> Iterator[RunningCoordinator]:
+    """The gRPC server on an event loop of its own thread; the run loop has another."""
+    loop = asyncio.new_event_loop()
+    loop_thread = threading.Thread(target=loop.run_forever, name="grpc-loop", daemon=True)
+    loop_thread.start()
+    federation.registry.bind(loop)
+    workers = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="coordinator")
     metrics_server = None
-    metrics_port = None
-    if config.metrics_port is not None:
-        metrics_server, _ = start_http_server(config.metrics_port, registry=metrics.registry)
-        metrics_port = metrics_server.server_port
-    server.start()
-    log.info("coordinator serving on port %d (metrics: %s)", port, metrics_port)
     try:
-        yield RunningCoordinator(
-            server=server, port=port, metrics_port=metrics_port, federation=federation
-        )
+        server, port = asyncio.run_coroutine_threadsafe(
+            _start_server(config, federation, identity, exported_config, workers), loop
+        ).result()
+        metrics_port = None
+        if config.metrics_port is not None:
+            metrics_server, _ = start_http_server(
+                config.metrics_port, registry=federation.metrics.registry
+            )
+            metrics_port = metrics_server.server_port
+        log.info("coordinator serving on port %d (metrics: %s)", port, metrics_port)
+        try:
+            yield RunningCoordinator(
+                server=server, port=port, metrics_port=metrics_port, federation=federation
+            )
+        finally:
+            federation.registry.close()
+            federation.shutdown()
+            asyncio.run_coroutine_threadsafe(server.stop(grace=2.0), loop).result()
     finally:
-        registry.closed.set()
-        federation.shutdown()
-        server.stop(grace=2.0).wait()
         if metrics_server is not None:
             metrics_server.shutdown()
             metrics_server.server_close()
+        workers.shutdown(wait=True, cancel_futures=True)
+        loop.call_soon_threadsafe(loop.stop)
+        loop_thread.join(10)
+        loop.close()

@@ -17,7 +17,12 @@ from coordinator.metrics import CoordinatorMetrics
 from coordinator.registry import SiloRegistry
 from coordinator.rounds import Contribution, EvaluationResult, OpenRound, Refusal
 from coordinator.run_state import RunRecord
-from coordinator.validation import validate_update_file, validate_update_meta
+from coordinator.validation import (
+    max_local_steps,
+    validate_update_file,
+    validate_update_meta,
+)
+from shared.bounded import printable
 from shared.wire.v1 import federation_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -40,7 +45,7 @@ class SiloRequests:
             if open_round is None:
                 raise Refusal(
                     grpc.StatusCode.FAILED_PRECONDITION,
-                    f"no round is open; task {task_id!r} of {silo_id!r} is stale",
+                    f"no round is open; task {printable(task_id)!r} of {silo_id!r} is stale",
                 )
             open_round.check_task(task_id, silo_id)
             return open_round
@@ -61,6 +66,41 @@ class SiloRequests:
             with self._lock:
                 open_round.rejected += 1
 
+    def check_declared_samples(self, num_train_samples: int, *, hard_cap: int) -> None:
+        """A Join's sample count: never above the coordinator's hard cap, nor above the
+        running run's cap (a count is a weight in the round's mean)."""
+        cap = hard_cap
+        with self._lock:
+            if self.run is not None and self.run.phase.active:
+                cap = min(cap, self.run.spec.max_samples_per_silo)
+        if num_train_samples > cap:
+            raise Refusal(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{num_train_samples} training samples declared; at most {cap} are accepted "
+                "per silo",
+            )
+
+    def check_update_header(
+        self, open_round: OpenRound, silo_id: str, header: pb.UpdateHeader
+    ) -> None:
+        """The header's numbers, before a byte of the update is received."""
+        assert self.run is not None
+        spec = self.run.spec
+        validate_update_meta(
+            num_samples=header.num_samples,
+            declared_samples=self.registry.declared_samples(silo_id),
+            max_samples=spec.max_samples_per_silo,
+            steps=header.steps,
+            max_steps=max_local_steps(
+                num_samples=header.num_samples,
+                batch_size=spec.batch_size,
+                local_epochs=spec.local_epochs,
+            ),
+            mean_loss=header.mean_loss,
+            gamma=header.gamma,
+            gamma_max=spec.gamma_max,
+        )
+
     def accept_update(
         self,
         *,
@@ -72,19 +112,11 @@ class SiloRequests:
     ) -> None:
         """Validate a received update file, then fold it into the round (never before).
 
-        The file is read outside the federation's lock (an update can be gigabytes): the silo
-        is reserved under the lock first, and a round closing meanwhile waits for the fold.
+        Runs in a worker thread: the silo is reserved under the lock first, and a round
+        closing meanwhile waits for the fold.
         """
         model = self.model
         assert model is not None and self.run is not None
-        validate_update_meta(
-            num_samples=header.num_samples,
-            declared_samples=self.registry.declared_samples(silo_id),
-            steps=header.steps,
-            max_steps=header.num_samples * self.run.spec.local_epochs,
-            mean_loss=header.mean_loss,
-            gamma=header.gamma,
-        )
         with self.metrics.phase_duration.labels(phase="validation").time():
             validate_update_file(path, model.update_layout())
         with self._lock:

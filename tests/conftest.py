@@ -9,6 +9,7 @@ import pytest
 
 from coordinator.federation import ControllerSettings
 from coordinator.server import CoordinatorConfig, RunningCoordinator, serve
+from coordinator.silo_service import SiloServiceSettings
 from shared.demo.synthetic_data import tokenizer_corpus, write_silo
 from shared.demo.tiny_model import build_tiny_model
 from shared.pki import create_federation
@@ -70,7 +71,7 @@ def coordinator_config(certs: Path, model: Path, checkpoints: Path) -> Coordinat
         host="127.0.0.1",
         port=0,
         metrics_port=0,
-        heartbeat_interval_s=1,
+        silo_service=SiloServiceSettings(heartbeat_interval_s=1),
         controller=ControllerSettings(selection_grace_s=0.5, poll_s=0.05),
     )
 

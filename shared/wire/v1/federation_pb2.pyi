@@ -218,7 +218,7 @@ class HeartbeatResponse(_message.Message):
     def __init__(self, session_known: _Optional[bool] = ...) -> None: ...
 
 class RunSpec(_message.Message):
-    __slots__ = ("rounds", "silos_per_round", "min_silos", "round_deadline_s", "seed", "learning_rate", "local_epochs", "batch_size", "strategy", "eta", "tau", "beta1", "beta2", "momentum", "proximal_mu", "gamma_max", "mask_skip_layers", "prompt_variant", "lr_schedule", "eval_every")
+    __slots__ = ("rounds", "silos_per_round", "min_silos", "round_deadline_s", "seed", "learning_rate", "local_epochs", "batch_size", "strategy", "eta", "tau", "beta1", "beta2", "momentum", "proximal_mu", "gamma_max", "mask_skip_layers", "prompt_variant", "lr_schedule", "eval_every", "max_samples_per_silo", "max_weight_share", "aggregator", "trim_fraction", "byzantine_silos", "multi_krum_keep", "clip_norm", "clip_median_factor")
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
     SILOS_PER_ROUND_FIELD_NUMBER: _ClassVar[int]
     MIN_SILOS_FIELD_NUMBER: _ClassVar[int]
@@ -239,6 +239,14 @@ class RunSpec(_message.Message):
     PROMPT_VARIANT_FIELD_NUMBER: _ClassVar[int]
     LR_SCHEDULE_FIELD_NUMBER: _ClassVar[int]
     EVAL_EVERY_FIELD_NUMBER: _ClassVar[int]
+    MAX_SAMPLES_PER_SILO_FIELD_NUMBER: _ClassVar[int]
+    MAX_WEIGHT_SHARE_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATOR_FIELD_NUMBER: _ClassVar[int]
+    TRIM_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    BYZANTINE_SILOS_FIELD_NUMBER: _ClassVar[int]
+    MULTI_KRUM_KEEP_FIELD_NUMBER: _ClassVar[int]
+    CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
+    CLIP_MEDIAN_FACTOR_FIELD_NUMBER: _ClassVar[int]
     rounds: int
     silos_per_round: int
     min_silos: int
@@ -259,7 +267,15 @@ class RunSpec(_message.Message):
     prompt_variant: str
     lr_schedule: str
     eval_every: int
-    def __init__(self, rounds: _Optional[int] = ..., silos_per_round: _Optional[int] = ..., min_silos: _Optional[int] = ..., round_deadline_s: _Optional[float] = ..., seed: _Optional[int] = ..., learning_rate: _Optional[float] = ..., local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., strategy: _Optional[str] = ..., eta: _Optional[float] = ..., tau: _Optional[float] = ..., beta1: _Optional[float] = ..., beta2: _Optional[float] = ..., momentum: _Optional[float] = ..., proximal_mu: _Optional[float] = ..., gamma_max: _Optional[float] = ..., mask_skip_layers: _Optional[int] = ..., prompt_variant: _Optional[str] = ..., lr_schedule: _Optional[str] = ..., eval_every: _Optional[int] = ...) -> None: ...
+    max_samples_per_silo: int
+    max_weight_share: float
+    aggregator: str
+    trim_fraction: float
+    byzantine_silos: int
+    multi_krum_keep: int
+    clip_norm: float
+    clip_median_factor: float
+    def __init__(self, rounds: _Optional[int] = ..., silos_per_round: _Optional[int] = ..., min_silos: _Optional[int] = ..., round_deadline_s: _Optional[float] = ..., seed: _Optional[int] = ..., learning_rate: _Optional[float] = ..., local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., strategy: _Optional[str] = ..., eta: _Optional[float] = ..., tau: _Optional[float] = ..., beta1: _Optional[float] = ..., beta2: _Optional[float] = ..., momentum: _Optional[float] = ..., proximal_mu: _Optional[float] = ..., gamma_max: _Optional[float] = ..., mask_skip_layers: _Optional[int] = ..., prompt_variant: _Optional[str] = ..., lr_schedule: _Optional[str] = ..., eval_every: _Optional[int] = ..., max_samples_per_silo: _Optional[int] = ..., max_weight_share: _Optional[float] = ..., aggregator: _Optional[str] = ..., trim_fraction: _Optional[float] = ..., byzantine_silos: _Optional[int] = ..., multi_krum_keep: _Optional[int] = ..., clip_norm: _Optional[float] = ..., clip_median_factor: _Optional[float] = ...) -> None: ...
 
 class RoundSummary(_message.Message):
     __slots__ = ("round", "selected", "contributed", "num_samples", "mean_train_loss", "bytes_sent", "bytes_received", "seconds", "rejected", "mean_gamma", "learning_rate", "evaluation", "evaluated_by", "update_norm")
