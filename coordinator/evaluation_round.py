@@ -45,7 +45,7 @@ class EvaluationRounds:
             attempt=0,
             selected=evaluators,
             download=self.model.adapter(),
-            aggregate=None,
+            fold=None,
             deadline_s=run.spec.round_deadline_s,
         )
         plan = training_plan(run.spec, index)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import grpc
 import torch
 
+from coordinator.aggregation.fold import AggregationRule, RoundFold
 from coordinator.checkpoint import CheckpointStore
 from coordinator.evaluation_round import EvaluationRounds
 from coordinator.flat_adapter import FlatLayout
@@ -246,22 +247,26 @@ class Federation(SiloRequests, EvaluationRounds):
             selected = self.model.strategy.select(available, k, rng)
             started = time.monotonic()
             open_round = self._open(run, index, attempt, selected)
-            self._collect(open_round)
-            if self._stop.is_set():
-                return
-            if len(open_round.contributed) >= run.spec.min_silos:
-                try:
-                    self._aggregate(run, open_round, started)
+            try:
+                self._collect(open_round)
+                if self._stop.is_set():
                     return
-                except FloatingPointError as exc:  # the model moved in place: back to the save
-                    log.error(
-                        "round %d: %s; restoring round %d and redoing it",
-                        index,
-                        exc,
-                        run.completed_rounds,
-                    )
-                    self._restore_model(run)
-                    continue
+                if len(open_round.contributed) >= run.spec.min_silos:
+                    try:
+                        self._aggregate(run, open_round, started)
+                        return
+                    except FloatingPointError as exc:  # the model moved in place: back to the save
+                        log.error(
+                            "round %d: %s; restoring round %d and redoing it",
+                            index,
+                            exc,
+                            run.completed_rounds,
+                        )
+                        self._restore_model(run)
+                        continue
+            finally:
+                assert open_round.fold is not None
+                open_round.fold.discard()
             log.warning(
                 "round %d: %d of %d updates by the deadline (minimum %d); reselecting",
                 index,
@@ -284,7 +289,12 @@ class Federation(SiloRequests, EvaluationRounds):
             attempt=attempt,
             selected=selected,
             download=self.model.download(),
-            aggregate=self.model.begin_round(population=len(run.silos_seen)),
+            fold=RoundFold(
+                aggregate=self.model.begin_round(population=len(run.silos_seen)),
+                rule=AggregationRule.from_spec(run.spec),
+                selected=selected,
+                shape=self.model.update_shape(run.spec.wire_dtype),
+            ),
             deadline_s=run.spec.round_deadline_s,
         )
         plan = training_plan(run.spec, index)
@@ -323,12 +333,13 @@ class Federation(SiloRequests, EvaluationRounds):
         )
 
     def _aggregate(self, run: RunRecord, open_round: OpenRound, started: float) -> None:
-        model = self.model
-        assert model is not None
-        aggregate = open_round.aggregate
-        assert aggregate is not None
+        model, fold = self.model, open_round.fold
+        assert model is not None and fold is not None
         self.phase = pb.ROUND_PHASE_AGGREGATING
         with self.metrics.phase_duration.labels(phase="aggregation").time():
+            with open_round.fold_lock:
+                outcome = fold.finish()
+            aggregate = fold.aggregate
             model.apply(aggregate)
         record = RoundRecord(
             round=open_round.index,
@@ -342,6 +353,8 @@ class Federation(SiloRequests, EvaluationRounds):
             rejected=open_round.rejected,
             mean_gamma=open_round.sample_mean("gamma"),
             update_norm=float(torch.linalg.vector_norm(aggregate.total)) / aggregate.weight_sum,
+            clipped=outcome.clipped,
+            excluded=outcome.excluded,
             learning_rate=training_plan(run.spec, open_round.index).learning_rate,
         )
         self.phase = pb.ROUND_PHASE_CHECKPOINTING

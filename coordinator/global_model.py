@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
+from coordinator.aggregation.shape import UpdateShape
 from coordinator.flat_adapter import FlatLayout
 from coordinator.run_state import RunSpec
 from coordinator.strategies import RoundAggregate, Strategy, build_strategy
-from shared.tensor_codec import AdapterLayout, StateDict
+from shared.tensor_codec import StateDict
 
 # Kept in the strategy checkpoint when the adapter's own dtype (bf16, fp16) would round it.
 MASTER_KEY = "master"
@@ -59,15 +58,16 @@ class GlobalModel:
         """What silos download: the adapter, plus the strategy's extras (control variates)."""
         return {**self.adapter(), **self.strategy.download_extras()}
 
-    def update_layout(self) -> AdapterLayout:
-        return self.strategy.update_layout()
+    def update_shape(self, wire_dtype: str) -> UpdateShape:
+        """What every update of a round must contain, in the run's wire dtype."""
+        return UpdateShape(
+            layout=self.flat,
+            dtype=wire_dtype,
+            with_control=self.strategy.uses_control_variates,
+        )
 
     def begin_round(self, *, population: int) -> RoundAggregate:
         return self.strategy.begin_round(population=population)
-
-    def fold(self, aggregate: RoundAggregate, path: Path, *, num_samples: int, steps: int) -> None:
-        weight = self.strategy.update_weight(num_samples=num_samples, steps=steps)
-        aggregate.fold(None, path=path, weight=weight, num_samples=num_samples, steps=steps)
 
     def apply(self, aggregate: RoundAggregate) -> None:
         self.strategy.apply(self.master, aggregate)

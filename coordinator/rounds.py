@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from coordinator.strategies import RoundAggregate
+from coordinator.aggregation.fold import RoundFold
 from shared.bounded import printable
 from shared.errors import FedMLLMError
 from shared.payload import PayloadDigest
@@ -52,7 +52,7 @@ class OpenRound:
     payload: bytes
     digest: PayloadDigest
     deadline: float
-    aggregate: RoundAggregate | None  # None for an evaluation round
+    fold: RoundFold | None  # the updates of a training round; None for an evaluation round
     tasks: dict[str, str] = field(default_factory=dict)  # task id -> silo id
     contributed: dict[str, Contribution] = field(default_factory=dict)
     rejected: int = 0
@@ -67,7 +67,7 @@ class OpenRound:
 
     @property
     def kind(self) -> pb.TaskKind:
-        return pb.TASK_KIND_TRAIN if self.aggregate is not None else pb.TASK_KIND_EVALUATE
+        return pb.TASK_KIND_TRAIN if self.fold is not None else pb.TASK_KIND_EVALUATE
 
     @property
     def answered(self) -> set[str]:
@@ -82,7 +82,7 @@ class OpenRound:
         attempt: int,
         selected: list[str],
         download: StateDict,
-        aggregate: RoundAggregate | None,
+        fold: RoundFold | None,
         deadline_s: float,
     ) -> OpenRound:
         payload = encode_state(download)  # once per round, shared by every download
@@ -94,7 +94,7 @@ class OpenRound:
             payload=payload,
             digest=PayloadDigest.of(payload),
             deadline=time.monotonic() + deadline_s,
-            aggregate=aggregate,
+            fold=fold,
         )
 
     def task_for(self, silo_id: str, plan: pb.TrainingPlan) -> pb.RoundTask:

@@ -47,6 +47,7 @@ _OPTIONAL = (
     "trim_fraction",
     "byzantine_silos",
 )
+WIRE_DTYPES = ("float32", "bfloat16", "float16")
 AGGREGATORS = ("mean", "trimmed_mean", "median", "krum", "multi_krum")
 # Deltas that are not plain weighted sums of the silos' updates cannot take a robust rule.
 _PLAIN_SUM_STRATEGIES = ("scaffold", "fednova")
@@ -84,6 +85,7 @@ class RunSpec:
     multi_krum_keep: int = 0  # multi_krum: best-scored updates averaged (0: K - f)
     clip_norm: float = 0.0  # per-update L2 clipping bound (0: off)
     clip_median_factor: float = 0.0  # clip to this multiple of the round's median norm (0: off)
+    wire_dtype: str = "float32"  # dtype updates travel in: float32, bfloat16 or float16
 
     def problems(self) -> list[str]:
         found = []
@@ -139,6 +141,8 @@ class RunSpec:
                 )
             if self.multi_krum_keep > self.min_silos:
                 found.append("multi_krum_keep must not exceed min_silos")
+        if self.wire_dtype not in WIRE_DTYPES:
+            found.append(f"wire_dtype must be one of {', '.join(WIRE_DTYPES)}")
         for name in ("clip_norm", "clip_median_factor"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
@@ -156,7 +160,7 @@ class RunSpec:
             if name in _OPTIONAL and not message.HasField(name):
                 continue
             values[name] = getattr(message, name)
-        for name in ("strategy", "lr_schedule", "aggregator"):  # empty from older clients
+        for name in ("strategy", "lr_schedule", "aggregator", "wire_dtype"):  # older clients
             if not values.get(name):
                 values.pop(name, None)
         return cls(**values)
@@ -180,6 +184,8 @@ class RoundRecord:
     evaluation: dict[str, float] = field(default_factory=dict)
     evaluated_by: list[str] = field(default_factory=list)
     update_norm: float = 0.0
+    clipped: list[str] = field(default_factory=list)  # updates scaled down by clipping
+    excluded: list[str] = field(default_factory=list)  # updates the aggregator left out
 
     def to_proto(self) -> pb.RoundSummary:
         return pb.RoundSummary(**asdict(self))

@@ -52,4 +52,5 @@ def training_plan(spec: RunSpec, index: int) -> pb.TrainingPlan:
         mask_skip_layers=spec.mask_skip_layers,
         prompt_variant=spec.prompt_variant,
         control_variates=spec.strategy == "scaffold",
+        wire_dtype=spec.wire_dtype,
     )

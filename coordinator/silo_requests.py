@@ -8,20 +8,18 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from pathlib import Path
 
 import grpc
 
+from coordinator.aggregation.fold import Arrival
+from coordinator.aggregation.receiver import ReceivedUpdate
+from coordinator.aggregation.shape import UpdateShape
 from coordinator.global_model import GlobalModel
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.registry import SiloRegistry
 from coordinator.rounds import Contribution, EvaluationResult, OpenRound, Refusal
 from coordinator.run_state import RunRecord
-from coordinator.validation import (
-    max_local_steps,
-    validate_update_file,
-    validate_update_meta,
-)
+from coordinator.validation import max_local_steps, validate_update_meta
 from shared.bounded import printable
 from shared.wire.v1 import federation_pb2 as pb
 
@@ -101,45 +99,55 @@ class SiloRequests:
             gamma_max=spec.gamma_max,
         )
 
+    def update_shape(self) -> UpdateShape:
+        assert self.model is not None and self.run is not None
+        return self.model.update_shape(self.run.spec.wire_dtype)
+
     def accept_update(
         self,
         *,
         open_round: OpenRound,
         silo_id: str,
         header: pb.UpdateHeader,
-        path: Path,
-        nbytes: int,
+        update: ReceivedUpdate,
     ) -> None:
-        """Validate a received update file, then fold it into the round (never before).
+        """Hand a received, verified update to the round's fold.
 
         Runs in a worker thread: the silo is reserved under the lock first, and a round
-        closing meanwhile waits for the fold.
+        closing meanwhile waits until the fold has it. Its spool then belongs to the fold.
         """
         model = self.model
-        assert model is not None and self.run is not None
-        with self.metrics.phase_duration.labels(phase="validation").time():
-            validate_update_file(path, model.update_layout())
+        assert model is not None
         with self._lock:
             # may have closed meanwhile; an evaluation task takes no update
             open_round.check_task(header.task_id, silo_id, kind=pb.TASK_KIND_TRAIN)
             open_round.folding.add(silo_id)
+        accepted = False
         try:
-            assert open_round.aggregate is not None  # a training round
-            with open_round.fold_lock:
-                model.fold(
-                    open_round.aggregate, path, num_samples=header.num_samples, steps=header.steps
-                )
+            fold = open_round.fold
+            assert fold is not None  # a training round
+            weight = model.strategy.update_weight(
+                num_samples=header.num_samples, steps=header.steps
+            )
+            arrival = Arrival(
+                update=update, weight=weight, num_samples=header.num_samples, steps=header.steps
+            )
+            with open_round.fold_lock, self.metrics.phase_duration.labels(phase="fold").time():
+                fold.add(silo_id, arrival)
+            accepted = True
         finally:
             with self._lock:
                 open_round.folding.discard(silo_id)
-                open_round.contributed[silo_id] = Contribution(
-                    num_samples=header.num_samples,
-                    mean_loss=header.mean_loss,
-                    steps=header.steps,
-                    gamma=header.gamma,
-                )
-                open_round.bytes_received += nbytes
+                if accepted:
+                    open_round.contributed[silo_id] = Contribution(
+                        num_samples=header.num_samples,
+                        mean_loss=header.mean_loss,
+                        steps=header.steps,
+                        gamma=header.gamma,
+                    )
+                    open_round.bytes_received += update.nbytes
                 self._changed.notify_all()
+        nbytes = update.nbytes
         self.metrics.updates_accepted.inc()
         self.metrics.bytes_received.inc(nbytes)
         self.metrics.silo_bytes_received.labels(silo=silo_id).inc(nbytes)

@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import tempfile
+import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from coordinator.aggregation.receiver import UpdateReceiver
 from coordinator.federation import Federation
 from coordinator.guard import Context, refuse
 from coordinator.rounds import OpenRound, Refusal
 from shared.bounded import printable
 from shared.errors import PayloadError, UpdateRejected
-from shared.payload import PayloadDigest, PayloadSink
+from shared.payload import PayloadDigest
 from shared.wire.v1 import federation_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -58,33 +59,31 @@ async def receive_update(
         )
     header: pb.UpdateHeader = first.header
     open_round: OpenRound | None = None
-    path: Path | None = None
+    path = incoming / f"update-{secrets.token_hex(8)}.bin"
+    kept = False
     try:
         open_round = federation.round_for_task(header.task_id, silo_id)
         federation.check_update_header(open_round, silo_id, header)
-        with tempfile.NamedTemporaryFile(
-            prefix="update-", suffix=".safetensors", dir=incoming, delete=False
-        ) as out:
-            path = Path(out.name)
-            sink = PayloadSink(
-                expected=PayloadDigest(header.payload.total_bytes, header.payload.sha256),
-                out=out,
-                max_bytes=2 * open_round.digest.total_bytes + (1 << 20),
+        with path.open("xb") as spool:
+            receiver = UpdateReceiver(
+                shape=federation.update_shape(),
+                announced=PayloadDigest(header.payload.total_bytes, header.payload.sha256),
+                spool=spool,
+                path=path,
             )
-            while (message := await _next(context, stall_s=stall_s, silo_id=silo_id)) is not (EOF):
-                if message.WhichOneof("part") != "data":
-                    raise PayloadError("a second header inside one update stream")
-                await blocking(sink.write, message.data)
-            sink.finish()
+            trailer = await _stream_into(
+                context, receiver, stall_s=stall_s, silo_id=silo_id, blocking=blocking
+            )
+            update = await blocking(receiver.finish, trailer)
         await blocking(
             federation.accept_update,
             open_round=open_round,
             silo_id=silo_id,
             header=header,
-            path=path,
-            nbytes=sink.received,
+            update=update,
         )
-        return pb.UploadReceipt(task_id=header.task_id, bytes_received=sink.received)
+        kept = True
+        return pb.UploadReceipt(task_id=header.task_id, bytes_received=update.nbytes)
     except Refusal as refusal:
         federation.reject(open_round, "refused")
         await refuse(context, refusal.code, str(refusal))
@@ -99,5 +98,34 @@ async def receive_update(
             f"update from {silo_id!r} for {where} refused: {printable(str(exc), limit=300)}",
         )
     finally:
-        if path is not None:
+        if not kept:
             path.unlink(missing_ok=True)
+
+
+async def _stream_into(
+    context: Context,
+    receiver: UpdateReceiver,
+    *,
+    stall_s: float,
+    silo_id: str,
+    blocking: Blocking,
+) -> str:
+    """Feed the data chunks to the receiver (in a worker thread, one at a time, while the
+    next chunk arrives); return the trailer's digest ("" without a trailer)."""
+    pending: asyncio.Future[Any] | None = None
+    trailer: str | None = None
+    try:
+        while (message := await _next(context, stall_s=stall_s, silo_id=silo_id)) is not EOF:
+            part = message.WhichOneof("part")
+            if part == "trailer" and trailer is None:
+                trailer = message.trailer.sha256
+            elif part != "data" or trailer is not None:
+                raise PayloadError(f"unexpected {part} inside an update stream")
+            else:
+                if pending is not None:
+                    await pending
+                pending = asyncio.ensure_future(blocking(receiver.write, message.data))
+    finally:
+        if pending is not None:
+            await pending
+    return trailer or ""

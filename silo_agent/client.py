@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import grpc
+import torch
 
 from shared import __version__
 from shared.errors import IncompatibleSilo, PayloadError
@@ -255,7 +256,8 @@ class SiloAgent:
             label=label,
         )
         controls = {CONTROL_PREFIX + n: t for n, t in (result.control_delta or {}).items()}
-        payload = encode_state({**result.delta, **controls})
+        wire = getattr(torch, task.training.wire_dtype or "float32")
+        payload = encode_state({n: t.to(wire) for n, t in {**result.delta, **controls}.items()})
         digest = PayloadDigest.of(payload)
         header = pb.UpdateHeader(
             task_id=task.task_id,

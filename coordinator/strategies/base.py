@@ -8,14 +8,12 @@ from __future__ import annotations
 import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
 import torch
-from safetensors import safe_open
 
 from coordinator.flat_adapter import FlatLayout
-from shared.tensor_codec import CONTROL_PREFIX, AdapterLayout, StateDict, TensorLayout
+from shared.tensor_codec import StateDict
 
 
 @dataclass(frozen=True)
@@ -30,49 +28,19 @@ class StrategyParams:
 
 
 class RoundAggregate:
-    """Running sums of one round: Σ w_k Δ_k in one flat buffer, plus what strategies need."""
+    """What one round gives the strategy: `total` = Σ w_k Δ_k over the folded updates (or a
+    robust rule's delta with weight_sum 1), the control-variate sum, and the counts."""
 
-    def __init__(self, layout: FlatLayout, *, with_control: bool, population: int) -> None:
-        self.layout = layout
+    def __init__(
+        self, *, total: torch.Tensor, control_total: torch.Tensor | None, population: int
+    ) -> None:
+        self.total = total
+        self.control_total = control_total
         self.population = population  # silos in the federation (SCAFFOLD's N)
-        self.total = layout.zeros()
-        self.control_total = layout.zeros() if with_control else None
         self.weight_sum = 0.0
         self.samples = 0
         self.sample_steps = 0.0  # Σ n_k τ_k, for FedNova
         self.updates = 0
-        self._index = layout.index()
-
-    def fold(
-        self,
-        tensors: dict[str, torch.Tensor] | None,
-        *,
-        path: Path | None,
-        weight: float,
-        num_samples: int,
-        steps: int,
-    ) -> None:
-        """Add one validated update: from a safetensors file (read tensor by tensor) or a dict."""
-        if path is not None:
-            with safe_open(str(path), framework="pt") as handle:
-                for name in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
-                    self._add(name, handle.get_tensor(name), weight)
-        else:
-            assert tensors is not None
-            for name, tensor in tensors.items():
-                self._add(name, tensor, weight)
-        self.weight_sum += weight
-        self.samples += num_samples
-        self.sample_steps += num_samples * steps
-        self.updates += 1
-
-    def _add(self, name: str, tensor: torch.Tensor, weight: float) -> None:
-        if name.startswith(CONTROL_PREFIX):
-            assert self.control_total is not None
-            index = self._index[name.removeprefix(CONTROL_PREFIX)]
-            self.layout.view(self.control_total, index).add_(tensor.float())
-        else:
-            self.layout.view(self.total, self._index[name]).add_(tensor.float(), alpha=weight)
 
 
 class Strategy(ABC):
@@ -86,6 +54,7 @@ class Strategy(ABC):
         self.layout = layout
         self.params = params
         self.rounds_applied = 0
+        self._sums: tuple[torch.Tensor, torch.Tensor | None] | None = None  # reused each round
 
     def select(self, available: list[str], k: int, rng: random.Random) -> list[str]:
         """The silos of a round: k of the available ones, uniformly (sorted for the record)."""
@@ -96,18 +65,15 @@ class Strategy(ABC):
         return float(num_samples)
 
     def begin_round(self, *, population: int) -> RoundAggregate:
-        return RoundAggregate(
-            self.layout, with_control=self.uses_control_variates, population=population
-        )
-
-    def update_layout(self) -> AdapterLayout:
-        """What a silo's update must contain: the adapter delta (and control deltas)."""
-        layout = dict(self.layout.adapter_layout)
-        if self.uses_control_variates:
-            for t in self.layout.tensors:
-                name = CONTROL_PREFIX + t.name
-                layout[name] = TensorLayout(name=name, shape=t.shape, dtype="float32")
-        return layout
+        """A zeroed aggregate over the same buffers every round (one attempt at a time)."""
+        if self._sums is None:
+            control = self.layout.zeros() if self.uses_control_variates else None
+            self._sums = (self.layout.zeros(), control)
+        total, control = self._sums
+        total.zero_()
+        if control is not None:
+            control.zero_()
+        return RoundAggregate(total=total, control_total=control, population=population)
 
     def download_extras(self) -> StateDict:
         """Tensors sent to silos with the adapter (SCAFFOLD's server control variate)."""

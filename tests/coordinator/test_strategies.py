@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -9,13 +10,15 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from safetensors.torch import save_file
 
+from coordinator.aggregation.fold import AggregationRule, Arrival, RoundFold
+from coordinator.aggregation.receiver import receive_bytes
 from coordinator.checkpoint import CheckpointStore
 from coordinator.flat_adapter import FlatLayout
 from coordinator.global_model import GlobalModel
 from coordinator.run_state import RunRecord, RunSpec
-from coordinator.strategies import CONTROL_PREFIX
+from coordinator.strategies import CONTROL_PREFIX, RoundAggregate
+from shared.tensor_codec import encode_state
 
 SHAPES = {"l.0.lora_A.weight": (4, 6), "l.0.lora_B.weight": (6, 4), "l.1.lora_A.weight": (3,)}
 COUNTS = [[5, 40, 13], [7, 2, 90], [33, 33, 1]]  # unequal samples per silo, 3 rounds
@@ -65,9 +68,32 @@ def numpy_rounds(
     return history
 
 
-def _write(path: Path, tensors: dict[str, np.ndarray]) -> Path:
-    save_file({k: torch.from_numpy(v.astype(np.float32)) for k, v in tensors.items()}, str(path))
-    return path
+def fold_round(
+    model: GlobalModel,
+    updates: list[dict[str, torch.Tensor]],
+    counts: list[int],
+    steps: list[int],
+    directory: Path,
+    *,
+    population: int = 1,
+) -> RoundAggregate:
+    """Each update through the real receiver and the round's fold, as an upload would."""
+    selected = [f"silo-{i}" for i in range(len(updates))]
+    shape = model.update_shape("float32")
+    fold = RoundFold(
+        aggregate=model.begin_round(population=population),
+        rule=AggregationRule(),
+        selected=selected,
+        shape=shape,
+    )
+    for silo, update, n, k in zip(selected, updates, counts, steps, strict=True):
+        path = directory / f"{secrets.token_hex(4)}.bin"
+        received = receive_bytes(encode_state(update), shape=shape, path=path)
+        weight = model.strategy.update_weight(num_samples=n, steps=k)
+        fold.add(silo, Arrival(update=received, weight=weight, num_samples=n, steps=k))
+    fold.finish()
+    fold.discard()
+    return fold.aggregate
 
 
 @pytest.mark.parametrize("reload_between_rounds", [False, True])
@@ -100,14 +126,17 @@ def test_three_rounds_match_numpy(name: str, reload_between_rounds: bool, tmp_pa
     store = CheckpointStore(tmp_path / "ckpt")
     run = RunRecord(run_id="run-test", spec=spec)
     for r in range(3):
-        aggregate = model.begin_round(population=population)
+        updates = []
         for i in range(3):
-            update = dict(deltas[r][i])
+            update = {k: torch.from_numpy(v) for k, v in deltas[r][i].items()}
             if name == "scaffold":
-                update |= {CONTROL_PREFIX + k: v for k, v in controls[r][i].items()}
-            path = _write(tmp_path / f"r{r}-s{i}.safetensors", update)
-            model.fold(aggregate, path, num_samples=COUNTS[r][i], steps=STEPS[r][i])
-        model.apply(aggregate)
+                update |= {
+                    CONTROL_PREFIX + k: torch.from_numpy(v) for k, v in controls[r][i].items()
+                }
+            updates.append(update)
+        model.apply(
+            fold_round(model, updates, COUNTS[r], STEPS[r], tmp_path, population=population)
+        )
         if reload_between_rounds:
             store.save_round(run, r + 1, model.adapter(), model.strategy_state())
             saved = CheckpointStore(tmp_path / "ckpt").load_latest()
@@ -125,14 +154,14 @@ def test_three_rounds_match_numpy(name: str, reload_between_rounds: bool, tmp_pa
     values=st.lists(st.floats(-1e3, 1e3, allow_nan=False, width=32), min_size=4, max_size=4),
     counts=st.lists(st.integers(1, 10_000), min_size=1, max_size=6),
 )
-def test_fedavg_of_identical_updates_is_that_update(values: list[float], counts: list[int]) -> None:
+def test_fedavg_of_identical_updates_is_that_update(
+    values: list[float], counts: list[int], tmp_path_factory: pytest.TempPathFactory
+) -> None:
     update = {"w": torch.tensor(values, dtype=torch.float32).reshape(2, 2)}
     start = {"w": torch.zeros(2, 2)}
     model = GlobalModel.start(RunSpec(strategy="fedavg"), FlatLayout.of(start), start)
-    aggregate = model.begin_round(population=len(counts))
-    for n in counts:
-        aggregate.fold(update, path=None, weight=float(n), num_samples=n, steps=1)
-    model.apply(aggregate)
+    directory = tmp_path_factory.mktemp("spool")
+    model.apply(fold_round(model, [update] * len(counts), counts, [1] * len(counts), directory))
     torch.testing.assert_close(model.adapter()["w"], update["w"], rtol=1e-6, atol=1e-4)
 
 
@@ -140,9 +169,8 @@ def test_bf16_adapter_keeps_its_dtype_and_a_float32_master(tmp_path: Path) -> No
     start = {"w": torch.ones(4, dtype=torch.bfloat16)}
     model = GlobalModel.start(RunSpec(strategy="fedavg"), FlatLayout.of(start), start)
     for _ in range(3):  # 1 + 3 * 1e-3 is not representable in bf16; the master keeps it
-        aggregate = model.begin_round(population=1)
-        aggregate.fold({"w": torch.full((4,), 1e-3)}, path=None, weight=1.0, num_samples=1, steps=1)
-        model.apply(aggregate)
+        delta = {"w": torch.full((4,), 1e-3)}
+        model.apply(fold_round(model, [delta], [1], [1], tmp_path))
     assert model.adapter()["w"].dtype == torch.bfloat16
     assert "master" in model.strategy_state()
     torch.testing.assert_close(model.master, torch.full((4,), 1.003), rtol=0, atol=1e-6)

@@ -105,7 +105,7 @@ class TaskStreamRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ...) -> None: ...
 
 class TrainingPlan(_message.Message):
-    __slots__ = ("learning_rate", "local_epochs", "batch_size", "seed", "proximal_mu", "gamma_max", "mask_skip_layers", "prompt_variant", "control_variates")
+    __slots__ = ("learning_rate", "local_epochs", "batch_size", "seed", "proximal_mu", "gamma_max", "mask_skip_layers", "prompt_variant", "control_variates", "wire_dtype")
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     LOCAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +115,7 @@ class TrainingPlan(_message.Message):
     MASK_SKIP_LAYERS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_VARIANT_FIELD_NUMBER: _ClassVar[int]
     CONTROL_VARIATES_FIELD_NUMBER: _ClassVar[int]
+    WIRE_DTYPE_FIELD_NUMBER: _ClassVar[int]
     learning_rate: float
     local_epochs: int
     batch_size: int
@@ -124,7 +125,8 @@ class TrainingPlan(_message.Message):
     mask_skip_layers: int
     prompt_variant: str
     control_variates: bool
-    def __init__(self, learning_rate: _Optional[float] = ..., local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ..., proximal_mu: _Optional[float] = ..., gamma_max: _Optional[float] = ..., mask_skip_layers: _Optional[int] = ..., prompt_variant: _Optional[str] = ..., control_variates: _Optional[bool] = ...) -> None: ...
+    wire_dtype: str
+    def __init__(self, learning_rate: _Optional[float] = ..., local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ..., proximal_mu: _Optional[float] = ..., gamma_max: _Optional[float] = ..., mask_skip_layers: _Optional[int] = ..., prompt_variant: _Optional[str] = ..., control_variates: _Optional[bool] = ..., wire_dtype: _Optional[str] = ...) -> None: ...
 
 class RoundTask(_message.Message):
     __slots__ = ("run_id", "round", "task_id", "training", "adapter", "kind")
@@ -187,13 +189,21 @@ class UpdateHeader(_message.Message):
     gamma: float
     def __init__(self, task_id: _Optional[str] = ..., num_samples: _Optional[int] = ..., mean_loss: _Optional[float] = ..., steps: _Optional[int] = ..., payload: _Optional[_Union[PayloadHeader, _Mapping]] = ..., gamma: _Optional[float] = ...) -> None: ...
 
+class PayloadTrailer(_message.Message):
+    __slots__ = ("sha256",)
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    def __init__(self, sha256: _Optional[str] = ...) -> None: ...
+
 class UpdateChunk(_message.Message):
-    __slots__ = ("header", "data")
+    __slots__ = ("header", "data", "trailer")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    TRAILER_FIELD_NUMBER: _ClassVar[int]
     header: UpdateHeader
     data: bytes
-    def __init__(self, header: _Optional[_Union[UpdateHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+    trailer: PayloadTrailer
+    def __init__(self, header: _Optional[_Union[UpdateHeader, _Mapping]] = ..., data: _Optional[bytes] = ..., trailer: _Optional[_Union[PayloadTrailer, _Mapping]] = ...) -> None: ...
 
 class UploadReceipt(_message.Message):
     __slots__ = ("task_id", "bytes_received")
@@ -218,7 +228,7 @@ class HeartbeatResponse(_message.Message):
     def __init__(self, session_known: _Optional[bool] = ...) -> None: ...
 
 class RunSpec(_message.Message):
-    __slots__ = ("rounds", "silos_per_round", "min_silos", "round_deadline_s", "seed", "learning_rate", "local_epochs", "batch_size", "strategy", "eta", "tau", "beta1", "beta2", "momentum", "proximal_mu", "gamma_max", "mask_skip_layers", "prompt_variant", "lr_schedule", "eval_every", "max_samples_per_silo", "max_weight_share", "aggregator", "trim_fraction", "byzantine_silos", "multi_krum_keep", "clip_norm", "clip_median_factor")
+    __slots__ = ("rounds", "silos_per_round", "min_silos", "round_deadline_s", "seed", "learning_rate", "local_epochs", "batch_size", "strategy", "eta", "tau", "beta1", "beta2", "momentum", "proximal_mu", "gamma_max", "mask_skip_layers", "prompt_variant", "lr_schedule", "eval_every", "max_samples_per_silo", "max_weight_share", "aggregator", "trim_fraction", "byzantine_silos", "multi_krum_keep", "clip_norm", "clip_median_factor", "wire_dtype")
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
     SILOS_PER_ROUND_FIELD_NUMBER: _ClassVar[int]
     MIN_SILOS_FIELD_NUMBER: _ClassVar[int]
@@ -247,6 +257,7 @@ class RunSpec(_message.Message):
     MULTI_KRUM_KEEP_FIELD_NUMBER: _ClassVar[int]
     CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
     CLIP_MEDIAN_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    WIRE_DTYPE_FIELD_NUMBER: _ClassVar[int]
     rounds: int
     silos_per_round: int
     min_silos: int
@@ -275,10 +286,11 @@ class RunSpec(_message.Message):
     multi_krum_keep: int
     clip_norm: float
     clip_median_factor: float
-    def __init__(self, rounds: _Optional[int] = ..., silos_per_round: _Optional[int] = ..., min_silos: _Optional[int] = ..., round_deadline_s: _Optional[float] = ..., seed: _Optional[int] = ..., learning_rate: _Optional[float] = ..., local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., strategy: _Optional[str] = ..., eta: _Optional[float] = ..., tau: _Optional[float] = ..., beta1: _Optional[float] = ..., beta2: _Optional[float] = ..., momentum: _Optional[float] = ..., proximal_mu: _Optional[float] = ..., gamma_max: _Optional[float] = ..., mask_skip_layers: _Optional[int] = ..., prompt_variant: _Optional[str] = ..., lr_schedule: _Optional[str] = ..., eval_every: _Optional[int] = ..., max_samples_per_silo: _Optional[int] = ..., max_weight_share: _Optional[float] = ..., aggregator: _Optional[str] = ..., trim_fraction: _Optional[float] = ..., byzantine_silos: _Optional[int] = ..., multi_krum_keep: _Optional[int] = ..., clip_norm: _Optional[float] = ..., clip_median_factor: _Optional[float] = ...) -> None: ...
+    wire_dtype: str
+    def __init__(self, rounds: _Optional[int] = ..., silos_per_round: _Optional[int] = ..., min_silos: _Optional[int] = ..., round_deadline_s: _Optional[float] = ..., seed: _Optional[int] = ..., learning_rate: _Optional[float] = ..., local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., strategy: _Optional[str] = ..., eta: _Optional[float] = ..., tau: _Optional[float] = ..., beta1: _Optional[float] = ..., beta2: _Optional[float] = ..., momentum: _Optional[float] = ..., proximal_mu: _Optional[float] = ..., gamma_max: _Optional[float] = ..., mask_skip_layers: _Optional[int] = ..., prompt_variant: _Optional[str] = ..., lr_schedule: _Optional[str] = ..., eval_every: _Optional[int] = ..., max_samples_per_silo: _Optional[int] = ..., max_weight_share: _Optional[float] = ..., aggregator: _Optional[str] = ..., trim_fraction: _Optional[float] = ..., byzantine_silos: _Optional[int] = ..., multi_krum_keep: _Optional[int] = ..., clip_norm: _Optional[float] = ..., clip_median_factor: _Optional[float] = ..., wire_dtype: _Optional[str] = ...) -> None: ...
 
 class RoundSummary(_message.Message):
-    __slots__ = ("round", "selected", "contributed", "num_samples", "mean_train_loss", "bytes_sent", "bytes_received", "seconds", "rejected", "mean_gamma", "learning_rate", "evaluation", "evaluated_by", "update_norm")
+    __slots__ = ("round", "selected", "contributed", "num_samples", "mean_train_loss", "bytes_sent", "bytes_received", "seconds", "rejected", "mean_gamma", "learning_rate", "evaluation", "evaluated_by", "update_norm", "clipped", "excluded")
     class EvaluationEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -300,6 +312,8 @@ class RoundSummary(_message.Message):
     EVALUATION_FIELD_NUMBER: _ClassVar[int]
     EVALUATED_BY_FIELD_NUMBER: _ClassVar[int]
     UPDATE_NORM_FIELD_NUMBER: _ClassVar[int]
+    CLIPPED_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDED_FIELD_NUMBER: _ClassVar[int]
     round: int
     selected: _containers.RepeatedScalarFieldContainer[str]
     contributed: _containers.RepeatedScalarFieldContainer[str]
@@ -314,7 +328,9 @@ class RoundSummary(_message.Message):
     evaluation: _containers.ScalarMap[str, float]
     evaluated_by: _containers.RepeatedScalarFieldContainer[str]
     update_norm: float
-    def __init__(self, round: _Optional[int] = ..., selected: _Optional[_Iterable[str]] = ..., contributed: _Optional[_Iterable[str]] = ..., num_samples: _Optional[int] = ..., mean_train_loss: _Optional[float] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., seconds: _Optional[float] = ..., rejected: _Optional[int] = ..., mean_gamma: _Optional[float] = ..., learning_rate: _Optional[float] = ..., evaluation: _Optional[_Mapping[str, float]] = ..., evaluated_by: _Optional[_Iterable[str]] = ..., update_norm: _Optional[float] = ...) -> None: ...
+    clipped: _containers.RepeatedScalarFieldContainer[str]
+    excluded: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, round: _Optional[int] = ..., selected: _Optional[_Iterable[str]] = ..., contributed: _Optional[_Iterable[str]] = ..., num_samples: _Optional[int] = ..., mean_train_loss: _Optional[float] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., seconds: _Optional[float] = ..., rejected: _Optional[int] = ..., mean_gamma: _Optional[float] = ..., learning_rate: _Optional[float] = ..., evaluation: _Optional[_Mapping[str, float]] = ..., evaluated_by: _Optional[_Iterable[str]] = ..., update_norm: _Optional[float] = ..., clipped: _Optional[_Iterable[str]] = ..., excluded: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RunStatus(_message.Message):
     __slots__ = ("run_id", "state", "spec", "completed_rounds", "phase", "history", "message")

@@ -1,0 +1,1 @@
+"""A round's updates: received and measured, spooled, and folded into its delta."""
