@@ -1,0 +1,32 @@
+"""Benchmarks write their tables into docs/benchmarks.md between named markers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+from pathlib import Path
+
+
+def machine_line() -> str:
+    """Where and when a table was measured, and how loaded the machine was."""
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (
+        f"Measured {dt.date.today().isoformat()} on {platform.machine()} with "
+        f"{os.cpu_count()} cores; load average before the run: {load}."
+    )
+
+
+def replace_section(path: Path, name: str, body: str) -> None:
+    """Replace the text between `<!-- NAME:begin -->` and `<!-- NAME:end -->` in `path`
+    (appending the section if the markers are missing)."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    text = path.read_text(encoding="utf-8")
+    block = f"{begin}\n{machine_line()}\n\n{body}\n{end}"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        text = head + block + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text, encoding="utf-8")
