@@ -111,6 +111,15 @@ def _check_variants(data: dict[str, Any], where: str) -> None:
             raise BenchConfigError(f"{where}: {key} must be one of {', '.join(allowed)}")
 
 
+def _check_test_only(datasets: list[DatasetEntry], methods: list[Method], where: str) -> None:
+    trained = [m.label for m in methods if m.name != "zero_shot"]
+    for entry in (d for d in datasets if d.test_only and trained):
+        raise BenchConfigError(
+            f"{where}: {entry.name} has no training split, so only zero_shot runs on it "
+            f"(not {', '.join(trained)}); give it as a part beside training data sets"
+        )
+
+
 def load_config(path: Path) -> BenchConfig:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -133,13 +142,7 @@ def load_config(path: Path) -> BenchConfig:
     if not (datasets and scenarios and methods and data.get("seeds")):
         raise BenchConfigError(f"{path}: datasets, scenarios, methods and seeds are required")
     _check_variants(data, str(path))
-    for entry in (d for d in datasets if d.test_only):
-        trained = [m.label for m in methods if m.name != "zero_shot"]
-        if trained:
-            raise BenchConfigError(
-                f"{path}: {entry.name} has no training split, so only zero_shot runs on it "
-                f"(not {', '.join(trained)}); give it as a part beside training data sets"
-            )
+    _check_test_only(datasets, methods, str(path))
     values = {
         k: v
         for k, v in data.items()
