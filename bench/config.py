@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from shared.datasets import DATASETS
+from shared.datasets import CRISISMMD_LABELS, DATASETS, SLAKE_LANGUAGES
 from shared.scenarios import SCENARIOS
 
 BASELINES = ("zero_shot", "local")
@@ -20,12 +20,24 @@ class BenchConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DatasetEntry:
-    """A data set as released at `root`, or (root null) its synthetic twin of this size."""
+    """A data set as released at `root`, or (root null) its synthetic twin of this size; or,
+    with `parts`, several data sets partitioned together and reported under the label `name`
+    (the medical setting: vqa_rad and medalpaca to train on, vqa_rad and slake to test on)."""
 
     name: str
     root: Path | None = None
     train: int = 240  # twin size, training split
     test: int = 80  # twin size, test split
+    parts: tuple[DatasetEntry, ...] = ()
+
+    @property
+    def datasets(self) -> tuple[DatasetEntry, ...]:
+        """The released data sets this entry partitions."""
+        return self.parts or (self,)
+
+    @property
+    def test_only(self) -> bool:
+        return all(DATASETS[d.name].test_only for d in self.datasets)
 
 
 @dataclass(frozen=True)
@@ -56,6 +68,8 @@ class BenchConfig:
     learning_rate: float = 1e-2
     batch_size: int = 8
     prompt: str = "original"  # the partition's prompt template
+    slake_languages: str = "en"  # SLAKE's questions: "en" (English) or "all" (the paper's)
+    crisismmd_labels: str = "all"  # CrisisMMD's split: "all" (the paper's) or "agreed"
 
 
 def _method(entry: Any, where: str) -> Method:
@@ -70,6 +84,42 @@ def _method(entry: Any, where: str) -> Method:
     return Method(name=entry["name"], label=str(label), options=options)
 
 
+def _dataset(entry: Any, where: str) -> DatasetEntry:
+    if isinstance(entry, str):
+        entry = {"name": entry}
+    if not isinstance(entry, dict) or "name" not in entry:
+        raise BenchConfigError(f"{where}: a data set is a name or {{name: ..., root, parts}}")
+    unknown = sorted(set(entry) - {f.name for f in fields(DatasetEntry)})
+    if unknown:
+        raise BenchConfigError(f"{where}: {entry['name']}: unknown key(s) {', '.join(unknown)}")
+    parts = tuple(_dataset(p, where) for p in entry.get("parts", []))
+    if any(p.parts for p in parts):
+        raise BenchConfigError(f"{where}: {entry['name']}: a part cannot have parts")
+    for name in [p.name for p in parts] or [entry["name"]]:
+        if name not in DATASETS:
+            raise BenchConfigError(f"{where}: unknown data set {name!r}")
+    root = Path(entry["root"]) if entry.get("root") else None
+    return DatasetEntry(**{**entry, "root": root, "parts": parts})
+
+
+def _check_variants(data: dict[str, Any], where: str) -> None:
+    for key, allowed in (
+        ("slake_languages", SLAKE_LANGUAGES),
+        ("crisismmd_labels", CRISISMMD_LABELS),
+    ):
+        if key in data and data[key] not in allowed:
+            raise BenchConfigError(f"{where}: {key} must be one of {', '.join(allowed)}")
+
+
+def _check_test_only(datasets: list[DatasetEntry], methods: list[Method], where: str) -> None:
+    trained = [m.label for m in methods if m.name != "zero_shot"]
+    for entry in (d for d in datasets if d.test_only and trained):
+        raise BenchConfigError(
+            f"{where}: {entry.name} has no training split, so only zero_shot runs on it "
+            f"(not {', '.join(trained)}); give it as a part beside training data sets"
+        )
+
+
 def load_config(path: Path) -> BenchConfig:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -81,12 +131,7 @@ def load_config(path: Path) -> BenchConfig:
     unknown = sorted(set(data) - known)
     if unknown:
         raise BenchConfigError(f"{path}: unknown key(s) {', '.join(unknown)}")
-    datasets = [
-        DatasetEntry(**({"name": d} if isinstance(d, str) else d)) for d in data.get("datasets", [])
-    ]
-    for entry in datasets:
-        if entry.name not in DATASETS:
-            raise BenchConfigError(f"{path}: unknown data set {entry.name!r}")
+    datasets = [_dataset(d, str(path)) for d in data.get("datasets", [])]
     scenarios = [
         ({"scenario": s} if isinstance(s, str) else dict(s)) for s in data.get("scenarios", [])
     ]
@@ -96,6 +141,8 @@ def load_config(path: Path) -> BenchConfig:
     methods = [_method(m, str(path)) for m in data.get("methods", [])]
     if not (datasets and scenarios and methods and data.get("seeds")):
         raise BenchConfigError(f"{path}: datasets, scenarios, methods and seeds are required")
+    _check_variants(data, str(path))
+    _check_test_only(datasets, methods, str(path))
     values = {
         k: v
         for k, v in data.items()

@@ -12,13 +12,39 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+# Metric keys are '<source>/<metric>': a task (hateful_memes, crisismmd) or a Med-VQA data set
+# (vqa_rad, slake; 'vqa' for questions without a source), each with its paper's metric first.
 PRIMARY = {
-    "hateful_memes": "hateful_memes/auc",
-    "crisismmd": "crisismmd/macro_f1",
-    "vqa_rad": "vqa/overall",
-    "medalpaca": "vqa/overall",
-    "slake": "vqa/overall",
+    "hateful_memes": "auc",
+    "crisismmd": "macro_f1",
+    "crisismmd_agreed": "macro_f1",
+    "vqa_rad": "overall",
+    "slake": "overall",
+    "vqa": "overall",
 }
+_SLAKE_LANGUAGES = {"en": "SLAKE: English questions only", "all": "SLAKE: every language"}
+
+
+def ordered_metrics(found: set[str]) -> list[str]:
+    """Metric keys by source (in PRIMARY's order), the source's primary metric first; counts
+    (unjudged answers) are left out."""
+    sources = sorted(
+        {m.split("/")[0] for m in found},
+        key=lambda s: (list(PRIMARY).index(s) if s in PRIMARY else len(PRIMARY), s),
+    )
+    ordered = []
+    for source in sources:
+        mine = sorted(m for m in found if m.split("/")[0] == source)
+        primary = f"{source}/{PRIMARY.get(source, '')}"
+        ordered += [m for m in mine if m == primary] + [m for m in mine if m != primary]
+    return [m for m in ordered if not m.endswith("/unjudged")]
+
+
+def _note(metric: str, rows: list[dict[str, Any]]) -> str:
+    if not metric.startswith("slake/"):
+        return ""
+    languages = sorted({str(r.get("slake_languages", "en")) for r in rows})
+    return "; " + " / ".join(_SLAKE_LANGUAGES.get(x, x) for x in languages)
 
 
 def _cell(values: list[float]) -> str:
@@ -33,7 +59,7 @@ def _cell(values: list[float]) -> str:
 def _metric_table(rows: list[dict[str, Any]], dataset: str, metric: str) -> list[str]:
     scenarios = list(dict.fromkeys(r["scenario"] for r in rows))
     lines = [
-        f"### {dataset}: {metric} (x100, mean ± std over seeds)",
+        f"### {dataset}: {metric} (x100, mean ± std over seeds{_note(metric, rows)})",
         "",
         "| method | " + " | ".join(scenarios) + " |",
         "|---|" + "---:|" * len(scenarios),
@@ -54,14 +80,12 @@ def _metric_table(rows: list[dict[str, Any]], dataset: str, metric: str) -> list
 
 
 def tables(results: list[dict[str, Any]]) -> str:
-    """Per data set: methods x scenarios for each metric (the primary one first), then bytes
-    moved per round."""
+    """Per data set: methods x scenarios for each metric, source by source (VQA-RAD and SLAKE
+    apart), each source's primary metric first; then bytes moved per round."""
     lines: list[str] = []
     for dataset in sorted({r["dataset"] for r in results}):
         rows = [r for r in results if r["dataset"] == dataset]
-        found = sorted({m for r in rows for m in r["metrics"]})
-        primary = [PRIMARY[dataset]] if PRIMARY[dataset] in found else []
-        for metric in primary + [m for m in found if m not in primary]:
+        for metric in ordered_metrics({m for r in rows for m in r["metrics"]}):
             lines += _metric_table(rows, dataset, metric)
         federated = [r for r in rows if r.get("rounds")]
         if federated:
@@ -90,7 +114,8 @@ def plots(results: list[dict[str, Any]], directory: Path) -> list[Path]:
     written = []
     for (dataset, scenario), rows in sorted(groups.items()):
         figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-        metric = PRIMARY[dataset]
+        found = {m for r in rows for x in r["rounds"] for m in x["evaluation"]}
+        metric = (ordered_metrics(found) or ["(no evaluation)"])[0]
         for method in dict.fromkeys(r["method"] for r in rows):
             first = next(r for r in rows if r["method"] == method)  # the first seed
             rounds = [x["round"] for x in first["rounds"]]

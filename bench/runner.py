@@ -46,10 +46,27 @@ def _scenario_label(scenario: dict[str, Any]) -> str:
     )
 
 
+def _variants(config: BenchConfig, entry: DatasetEntry) -> dict[str, str]:
+    """The release variants this entry's data sets are read in (SLAKE's languages, CrisisMMD's
+    split), kept with each result so a table can say which it shows."""
+    names = {d.name for d in entry.datasets}
+    variants = {"slake_languages": config.slake_languages} if "slake" in names else {}
+    if "crisismmd" in names:
+        variants["crisismmd_labels"] = config.crisismmd_labels
+    return variants
+
+
+def _cell_key(
+    config: BenchConfig, entry: DatasetEntry, scenario: dict[str, Any], method: Method, seed: int
+) -> str:
+    variants = [f"{k}={v}" for k, v in _variants(config, entry).items()]
+    return "|".join([entry.name, *variants, _scenario_label(scenario), method.label, str(seed)])
+
+
 def _dataset_root(config: BenchConfig, entry: DatasetEntry) -> Path:
     if entry.root is not None:
-        return Path(entry.root)
-    root = config.out / "datasets" / entry.name
+        return entry.root
+    root = config.out / "datasets" / f"{entry.name}-{entry.train}-{entry.test}"
     if not root.exists():
         TWINS[entry.name](root, train=entry.train, test=entry.test, seed=0)
     return root
@@ -58,7 +75,8 @@ def _dataset_root(config: BenchConfig, entry: DatasetEntry) -> Path:
 def _partition(
     config: BenchConfig, entry: DatasetEntry, scenario: dict[str, Any], seed: int
 ) -> Path:
-    out = config.out / "partitions" / f"{entry.name}-{_scenario_label(scenario)}-s{seed}"
+    variants = "".join(f"-{v}" for v in _variants(config, entry).values())
+    out = config.out / "partitions" / f"{entry.name}{variants}-{_scenario_label(scenario)}-s{seed}"
     if not (out / "partition.json").exists():
         flags = {
             "alpha": "--alpha",
@@ -67,12 +85,14 @@ def _partition(
             "image_text_ratio": "--image-text-ratio",
         }
         extra = [x for k, v in scenario.items() if k in flags for x in (flags[k], str(v))]
+        datasets = [
+            x
+            for part in entry.datasets
+            for x in ("--dataset", part.name, "--root", str(_dataset_root(config, part)))
+        ]
         partition_main(
             [
-                "--dataset",
-                entry.name,
-                "--root",
-                str(_dataset_root(config, entry)),
+                *datasets,
                 "--scenario",
                 scenario["scenario"],
                 "--clients",
@@ -81,6 +101,10 @@ def _partition(
                 str(seed),
                 "--prompt",
                 config.prompt,
+                "--slake-languages",
+                config.slake_languages,
+                "--crisismmd-labels",
+                config.crisismmd_labels,
                 "--overwrite",
                 "--out",
                 str(out),
@@ -180,7 +204,7 @@ def run_grid(config: BenchConfig) -> list[dict[str, Any]]:
         federation: FederationProcesses | None = None
         serving: Path | None = None  # the partition the running processes serve
         for number, (entry, scenario, method, seed) in enumerate(cells, start=1):
-            key = f"{entry.name}|{_scenario_label(scenario)}|{method.label}|{seed}"
+            key = _cell_key(config, entry, scenario, method, seed)
             if key in done:
                 print(f"[{number}/{len(cells)}] {key}: done earlier", flush=True)
                 continue
@@ -194,6 +218,7 @@ def run_grid(config: BenchConfig) -> list[dict[str, Any]]:
             record = {
                 "key": key,
                 "dataset": entry.name,
+                **_variants(config, entry),
                 "scenario": _scenario_label(scenario),
                 "method": method.label,
                 "seed": seed,
@@ -205,12 +230,7 @@ def run_grid(config: BenchConfig) -> list[dict[str, Any]]:
             done[key] = record
             shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(result["metrics"].items()))
             print(f"[{number}/{len(cells)}] {key}: {shown} ({record['seconds']:.0f} s)", flush=True)
-    results = [
-        done[k]
-        for k in dict.fromkeys(
-            f"{d.name}|{_scenario_label(s)}|{m.label}|{seed}" for d, s, m, seed in cells
-        )
-    ]
+    results = [done[k] for k in dict.fromkeys(_cell_key(config, *cell) for cell in cells)]
     (config.out / "results.md").write_text(tables(results))
     plots(results, config.out / "plots")
     return results

@@ -4,8 +4,10 @@ Output (written in a temporary directory beside --out and renamed into place onl
 whole partition succeeded):
   OUT/client-NN/train.jsonl + the images it uses     (docs/silo-data.md)
   OUT/test/test.jsonl + images                         (the data sets' test splits)
-  OUT/partition.json                                   (per-client counts, missing rates)
+  OUT/partition.json                                   (per-client counts and modality shares)
   OUT/plots/*.png                                      (with --plot)
+A test-only data set (SLAKE) given alone yields OUT/test/ only: the directory of an
+evaluation-only site (silo-agent --eval-only).
 """
 
 from __future__ import annotations
@@ -16,80 +18,30 @@ import os
 import shutil
 import sys
 from collections import Counter
-from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from shared.datasets import DATASETS, BadRecords, RawSample, read_dataset
+from shared.datasets import (
+    CRISISMMD_LABELS,
+    DATASETS,
+    SLAKE_LANGUAGES,
+    BadRecords,
+    RawSample,
+    ReadOptions,
+    read_dataset,
+)
 from shared.errors import DataFormatError
-from shared.prompts import IMAGE_MARKER, TASKS, PromptVariant, build_prompt
-from shared.scenarios import SCENARIOS, Placed, ScenarioError, ScenarioSpec, partition
-from shared.silo_data import record, write_split
-
-VQA_INSTRUCTION = "Answer the question using a single word or phrase."
-
-
-def sample_record(placed: Placed, variant: PromptVariant) -> dict[str, Any]:
-    """A silo-format record for one sample, its prompt built from the modalities it kept."""
-    sample = placed.sample
-    text = sample.text if placed.text else None
-    image = sample.image_rel if placed.image else None
-    if sample.task is not None and sample.label is not None:
-        prompt = build_prompt(
-            TASKS[sample.task], text=text, has_image=placed.image, variant=variant
-        )
-        return record(
-            sample.id, image, prompt, sample.answer, task=sample.task, text=text, label=sample.label
-        )
-    parts = [IMAGE_MARKER] if placed.image else []
-    parts += [p for p in (sample.question, text) if p]
-    if sample.answer_type is not None:
-        parts.append(VQA_INSTRUCTION)
-    extra = {"answer_type": sample.answer_type} if sample.answer_type else {}
-    return record(sample.id, image, "\n".join(parts), sample.answer, text=text, **extra)
-
-
-def _link(source: Path, target: Path) -> None:
-    if target.exists():
-        return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(source, target)
-    except OSError:  # another file system, or links not allowed
-        shutil.copy2(source, target)
-
-
-def write_directory(
-    directory: Path, split: str, placed: Iterable[Placed], variant: PromptVariant
-) -> None:
-    items = list(placed)
-    for item in items:
-        if item.image and item.sample.image is not None and item.sample.image_rel is not None:
-            _link(item.sample.image, directory / item.sample.image_rel)
-    write_split(directory, split, (sample_record(p, variant) for p in items))
-
-
-def _label_name(sample: RawSample) -> str:
-    if sample.task is not None and sample.label is not None:
-        return TASKS[sample.task].options[sample.label]
-    return sample.group
-
-
-def client_summary(placed: Sequence[Placed]) -> dict[str, Any]:
-    kinds = Counter(
-        "image+text" if p.image and p.text else "image" if p.image else "text" for p in placed
-    )
-    slots = 2 * len(placed)
-    missing = sum((not p.image) + (not p.text) for p in placed)
-    return {
-        "samples": len(placed),
-        "labels": dict(sorted(Counter(_label_name(p.sample) for p in placed).items())),
-        "image+text": kinds["image+text"],
-        "image_only": kinds["image"],
-        "text_only": kinds["text"],
-        "missing_rate": round(missing / slots, 6) if slots else 0.0,
-    }
+from shared.partition_files import client_summary, modality_shares, write_directory
+from shared.prompts import PromptVariant
+from shared.scenarios import (
+    SCENARIOS,
+    Placed,
+    ScenarioError,
+    ScenarioSpec,
+    missing_shares,
+    partition,
+)
 
 
 def _parse_ratio(text: str) -> tuple[int, int]:
@@ -122,9 +74,13 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         help="the data set's directory as released (one per --dataset)",
     )
-    parser.add_argument("--scenario", required=True, choices=SCENARIOS)
+    parser.add_argument(
+        "--scenario", choices=SCENARIOS, help="required unless the data sets are test-only"
+    )
     parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration")
-    parser.add_argument("--beta", type=float, default=0.3, help="missing: missing-slot rate")
+    parser.add_argument(
+        "--beta", type=float, default=0.3, help="missing: drop probability of each modality"
+    )
     parser.add_argument(
         "--image-text-ratio",
         type=_parse_ratio,
@@ -146,7 +102,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prompt", choices=[v.value for v in PromptVariant], default="original")
-    parser.add_argument("--all-languages", action="store_true", help="SLAKE: not only English")
+    parser.add_argument(
+        "--slake-languages",
+        choices=SLAKE_LANGUAGES,
+        default="en",
+        help="SLAKE: English questions only, or all (the paper's 2,094)",
+    )
+    parser.add_argument(
+        "--crisismmd-labels",
+        choices=CRISISMMD_LABELS,
+        default="all",
+        help="CrisisMMD: crisismmd_datasplit_all (the paper's) or the agreed-label split",
+    )
     parser.add_argument(
         "--skip-bad",
         action="store_true",
@@ -158,25 +125,32 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def build(args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    """Write the whole partition into `out` and return its summary."""
+def _read(
+    args: argparse.Namespace, bad: BadRecords
+) -> tuple[list[list[RawSample]], list[RawSample]]:
+    """The training samples per data set that has any, and every test sample."""
     if len(args.dataset) != len(args.root):
         raise ScenarioError("give one --root for each --dataset")
-    bad = BadRecords(skip=args.skip_bad)
+    options = ReadOptions(
+        slake_languages=args.slake_languages, crisismmd_labels=args.crisismmd_labels
+    )
     train, test = [], []
     for name, root in zip(args.dataset, args.root, strict=True):
-        read = {"bad": bad, "all_languages": args.all_languages}
-        samples = read_dataset(name, root, "train", **read)
+        samples = read_dataset(name, root, "train", bad=bad, options=options)
         if samples:
             train.append(samples)
-        test.extend(read_dataset(name, root, "test", **read))
-    full_modal = len(args.dataset) == 1 and DATASETS[args.dataset[0]].full_modal
-    if not full_modal and args.scenario in ("cross", "hybrid") and len(train) != 2:
+        test.extend(read_dataset(name, root, "test", bad=bad, options=options))
+    if not (train or test):
+        raise ScenarioError(f"{', '.join(args.dataset)}: no samples in any split")
+    return train, test
+
+
+def _spec(args: argparse.Namespace) -> ScenarioSpec:
+    if args.scenario is None:
         raise ScenarioError(
-            f"the {args.scenario} scenario over single-modal data needs one "
-            "image-modal and one text-modal data set (e.g. vqa_rad, medalpaca)"
+            f"{', '.join(args.dataset)}: training data needs a --scenario ({', '.join(SCENARIOS)})"
         )
-    spec = ScenarioSpec(
+    return ScenarioSpec(
         scenario=args.scenario,
         clients=args.clients,
         alpha=args.alpha,
@@ -187,7 +161,32 @@ def build(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         seed=args.seed,
         min_samples=args.min_samples,
     )
-    clients = partition(train, full_modal=full_modal, spec=spec)
+
+
+def _clients(args: argparse.Namespace, train: list[list[RawSample]]) -> list[list[Placed]]:
+    full_modal = len(args.dataset) == 1 and DATASETS[args.dataset[0]].full_modal
+    spec = _spec(args)
+    if not full_modal and spec.scenario in ("cross", "hybrid") and len(train) != 2:
+        raise ScenarioError(
+            f"the {spec.scenario} scenario over single-modal data needs one "
+            "image-modal and one text-modal data set (e.g. vqa_rad, medalpaca)"
+        )
+    return partition(train, full_modal=full_modal, spec=spec)
+
+
+def _shares(args: argparse.Namespace, clients: list[list[Placed]]) -> dict[str, Any]:
+    shares: dict[str, Any] = {"measured": modality_shares([p for c in clients for p in c])}
+    if args.scenario == "missing":
+        shares["expected"] = {k: round(v, 6) for k, v in missing_shares(args.beta).items()}
+    return shares
+
+
+def build(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Write the whole partition into `out` and return its summary. Without training data
+    (test-only data sets) only `out/test` is written, for an evaluation-only site."""
+    bad = BadRecords(skip=args.skip_bad)
+    train, test = _read(args, bad)
+    clients = _clients(args, train) if train else []
     variant = PromptVariant(args.prompt)
     for index, placed in enumerate(clients):
         write_directory(out / f"client-{index:02d}", "train", placed, variant)
@@ -197,18 +196,41 @@ def build(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         )
     summary = {
         "datasets": args.dataset,
-        "spec": asdict(spec),
+        "spec": asdict(_spec(args)) if clients else None,
         "prompt": args.prompt,
+        "slake_languages": args.slake_languages,
+        "crisismmd_labels": args.crisismmd_labels,
         "clients": {f"client-{i:02d}": client_summary(p) for i, p in enumerate(clients)},
+        "shares": _shares(args, clients) if clients else None,
         "test_samples": len(test),
+        "test_sources": dict(sorted(Counter(s.source for s in test).items())),
         "skipped": {"total": bad.total, "by_reason": dict(sorted(bad.reasons.items()))},
     }
     (out / "partition.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
-    if args.plot:
+    if args.plot and clients:
         from shared.partition_plots import write_plots  # matplotlib only when asked for
 
         write_plots(summary, out / "plots")
     return summary
+
+
+def _print_summary(summary: dict[str, Any], out: Path) -> None:
+    for name, info in summary["clients"].items():
+        print(
+            f"{name}: {info['samples']:>6} samples  image+text {info['image+text']:>6}  "
+            f"image-only {info['image_only']:>6}  text-only {info['text_only']:>6}  "
+            f"missing {info['missing_rate']:.3f}"
+        )
+    if not summary["clients"]:
+        print(f"no training split: {out / 'test'} is for an evaluation-only site (--eval-only)")
+    skipped = summary["skipped"]
+    sources = ", ".join(f"{k} {v}" for k, v in summary["test_sources"].items())
+    print(
+        f"test: {summary['test_samples']} samples ({sources or 'none'}); "
+        f"skipped {skipped['total']} bad record(s)"
+        + (f" {skipped['by_reason']}" if skipped["total"] else "")
+        + f"; written to {out}"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -231,18 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     if out.exists():
         shutil.rmtree(out)
     os.replace(partial, out)
-    skipped = summary["skipped"]
-    for name, info in summary["clients"].items():
-        print(
-            f"{name}: {info['samples']:>6} samples  image+text {info['image+text']:>6}  "
-            f"image-only {info['image_only']:>6}  text-only {info['text_only']:>6}  "
-            f"missing {info['missing_rate']:.3f}"
-        )
-    print(
-        f"test: {summary['test_samples']} samples; skipped {skipped['total']} bad record(s)"
-        + (f" {skipped['by_reason']}" if skipped["total"] else "")
-        + f"; written to {out}"
-    )
+    _print_summary(summary, out)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,20 @@ CRISISMMD = ChoiceTask(
     full_modality="image and text",
 )
 
+# The agreed-label split merges injured_or_dead_people and missing_or_found_people into
+# affected_individuals, and vehicle_damage into infrastructure_and_utility_damage.
+CRISISMMD_AGREED = ChoiceTask(
+    stem=CRISISMMD.stem,
+    options=(
+        "affected_individuals",
+        "infrastructure_and_utility_damage",
+        "rescue_volunteering_or_donation_effort",
+        "other_relevant_information",
+        "not_humanitarian",
+    ),
+    full_modality=CRISISMMD.full_modality,
+)
+
 
 def _basis(task: ChoiceTask, *, has_image: bool, has_text: bool, variant: PromptVariant) -> str:
     if variant is PromptVariant.IMPROVED:
@@ -89,4 +103,8 @@ def build_prompt(
     return "\n".join(lines)
 
 
-TASKS: dict[str, ChoiceTask] = {"hateful_memes": HATEFUL_MEMES, "crisismmd": CRISISMMD}
+TASKS: dict[str, ChoiceTask] = {
+    "hateful_memes": HATEFUL_MEMES,
+    "crisismmd": CRISISMMD,
+    "crisismmd_agreed": CRISISMMD_AGREED,
+}

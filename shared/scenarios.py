@@ -1,9 +1,8 @@
 """The four multimodal scenarios: which client gets which samples, with which modalities.
 
 - aligned: Dirichlet(alpha) split grouped by label (or question / data type); all modalities kept.
-- missing: the aligned split, then each modality of each sample dropped; a sample never loses
-  both (one is kept at random), and the drop probability is calibrated so that the expected
-  missing-slot rate after that rule is exactly beta.
+- missing: the aligned split, then each modality of each sample dropped independently with
+  probability beta; a sample that would lose both keeps one, chosen at random.
 - cross: image-only and text-only clients in the ratio I:T. A full-modal data set is split by
   Dirichlet and the roles assigned at random; an image-modal and a text-modal data set are each
   split evenly over the clients of their modality.
@@ -15,7 +14,6 @@ Everything is drawn from one seeded generator, so the same seed gives the same p
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -48,7 +46,7 @@ class ScenarioSpec:
     scenario: str
     clients: int = 10
     alpha: float = 0.5  # Dirichlet concentration; smaller gives more unequal clients
-    beta: float = 0.3  # missing: missing-slot rate
+    beta: float = 0.3  # missing: probability each modality of each sample is dropped
     image_clients: int = 5  # cross: I of I:T
     text_clients: int = 5  # cross: T of I:T
     keep_prob: float = 0.8  # hybrid: probability a client keeps each modality
@@ -85,15 +83,11 @@ def even_split(count: int, clients: int, rng: np.random.Generator) -> list[list[
     return [sorted(int(i) for i in part) for part in np.array_split(order, clients)]
 
 
-def missing_drop_probability(beta: float) -> float:
-    """q such that dropping each modality with q, then restoring one of two dropped at random,
-    leaves an expected missing-slot rate of beta: q - q^2 / 2 = beta."""
-    if not 0 <= beta <= 0.5:
-        raise ScenarioError(
-            f"beta {beta} is not reachable: at most half of the modality slots "
-            "can be missing when no sample may lose both"
-        )
-    return 1.0 - math.sqrt(1.0 - 2.0 * beta)
+def missing_shares(beta: float) -> dict[str, float]:
+    """Expected modality shares of the missing scenario: each modality dropped with beta, and
+    the both-dropped mass beta^2 split evenly between the two single modalities."""
+    single = beta * (1 - beta) + beta**2 / 2
+    return {"image+text": (1 - beta) ** 2, "image_only": single, "text_only": single}
 
 
 def _full(samples: Sequence[RawSample], shard: list[int]) -> list[Placed]:
@@ -115,12 +109,11 @@ def _aligned(
 def _missing(
     samples: Sequence[RawSample], spec: ScenarioSpec, rng: np.random.Generator
 ) -> list[list[Placed]]:
-    q = missing_drop_probability(spec.beta)
     result = []
     for shard in _aligned(samples, spec, rng):
         placed = []
         for index in shard:
-            drop_image, drop_text = rng.random() < q, rng.random() < q
+            drop_image, drop_text = rng.random() < spec.beta, rng.random() < spec.beta
             if drop_image and drop_text:
                 keep_image = rng.random() < 0.5
                 drop_image, drop_text = not keep_image, keep_image
@@ -173,6 +166,9 @@ def partition(
         raise ScenarioError(f"unknown scenario {spec.scenario!r}; choose one of {SCENARIOS}")
     if spec.clients < 1:
         raise ScenarioError("--clients must be at least 1")
+    for name, value in (("beta", spec.beta), ("keep-prob", spec.keep_prob)):
+        if not 0 <= value <= 1:
+            raise ScenarioError(f"--{name} {value} is not a probability; give a value in [0, 1]")
     rng = np.random.default_rng(spec.seed)
     if full_modal and len(datasets) != 1:
         raise ScenarioError("give one full-modal data set")

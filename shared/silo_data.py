@@ -9,6 +9,7 @@ In the user turn, `<image>` marks where the image goes. Optional task fields
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,6 +20,7 @@ from shared.prompts import IMAGE_MARKER, TASKS, PromptVariant, build_prompt
 from shared.records_io import BadRecords, json_lines
 
 SPLITS = ("train", "test")
+_SOURCE = re.compile(r"[A-Za-z0-9_.-]+")  # it names metrics, '<source>/<metric>'
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class Sample:
     text: str | None = None  # the text modality itself, for rebuilding the prompt
     label: int | None = None  # the option index, for rebuilding the answer
     answer_type: str | None = None  # OPEN or CLOSED for Med-VQA questions
+    source: str | None = None  # the data set it comes from; Med-VQA is scored per source
 
     @property
     def has_image(self) -> bool:
@@ -87,7 +90,10 @@ def _with_task_fields(sample: Sample, record: dict[str, Any], *, where: str) -> 
     answer_type = record.get("answer_type")
     if answer_type is not None and answer_type not in ("OPEN", "CLOSED"):
         raise DataFormatError(f"{where}: 'answer_type' must be OPEN or CLOSED")
-    sample = replace(sample, answer_type=answer_type)
+    source = record.get("source")
+    if source is not None and not (isinstance(source, str) and _SOURCE.fullmatch(source)):
+        raise DataFormatError(f"{where}: 'source' must be a data set name such as vqa_rad")
+    sample = replace(sample, answer_type=answer_type, source=source)
     text = record.get("text")
     if text is not None and not isinstance(text, str):
         raise DataFormatError(f"{where}: 'text' must be a string or null")
@@ -128,7 +134,8 @@ def has_split(directory: Path, split: str) -> bool:
 def record(
     sample_id: str, image: str | None, prompt: str, answer: str, **task_fields: Any
 ) -> dict[str, Any]:
-    """One line of a split; `task_fields` are the optional task, text and label."""
+    """One line of a split; `task_fields` are the optional task, text, label, answer_type and
+    source."""
     return {
         "id": sample_id,
         "image": image,

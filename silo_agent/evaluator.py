@@ -97,7 +97,8 @@ def evaluate(
     batch_size: int = 8,
     judge: LLMJudge | None = None,
 ) -> dict[str, float]:
-    """Metrics of the loaded adapter on `samples`, named '<task>/<metric>' or 'vqa/<metric>'."""
+    """Metrics of the loaded adapter on `samples`, named '<task>/<metric>' and, for Med-VQA,
+    '<source>/<metric>' per data set (VQA-RAD and SLAKE apart; 'vqa' without a source)."""
     rendered = [s.rendered(variant) for s in samples]
     metrics: dict[str, float] = {}
     was_training = silo.model.training
@@ -108,12 +109,13 @@ def evaluate(
             scores = option_scores(silo, chosen, batch_size=batch_size, label=f"evaluate {task}")
             metrics |= _choice_metrics(task, scores, [int(s.label or 0) for s in chosen])
         questions = [s for s in rendered if s.task is None and s.answer_type is not None]
-        if questions:
-            predictions = generate_answers(silo, questions, batch_size=batch_size)
+        for source in sorted({s.source or "vqa" for s in questions}):
+            chosen = [s for s in questions if (s.source or "vqa") == source]
+            predictions = generate_answers(silo, chosen, batch_size=batch_size)
             results = [
                 VQAResult(s.prompt, s.answer, p, str(s.answer_type))
-                for s, p in zip(questions, predictions, strict=True)
+                for s, p in zip(chosen, predictions, strict=True)
             ]
-            metrics |= {f"vqa/{k}": v for k, v in medvqa_scores(results, judge).items()}
+            metrics |= {f"{source}/{k}": v for k, v in medvqa_scores(results, judge).items()}
     silo.model.train(was_training)
     return {k: v for k, v in metrics.items() if not math.isnan(v)}

@@ -1,7 +1,12 @@
-"""CrisisMMD v2.0, humanitarian task, as released: `task_humanitarian_text_img_{train,test}.tsv`.
+"""CrisisMMD v2.0, humanitarian task, read from the release's top folder `CrisisMMD_v2.0/`.
 
-Columns: event_name, tweet_id, image_id, tweet_text, image, label, label_text, label_image,
-label_text_image. The label is `label_image`; URLs are stripped from the tweet text.
+The split files are `crisismmd_datasplit_all/task_humanitarian_text_img_{train,dev,test}.tsv`
+(the paper's split) or, with labels "agreed", `crisismmd_datasplit_agreed_label/
+task_humanitarian_text_img_agreed_lab_{train,dev,test}.tsv` (only pairs whose text and image
+labels agree, in five merged classes). Columns: event_name, tweet_id, image_id, tweet_text,
+image, label, label_text, label_image, label_text_image; `image` is relative to the top folder
+(`data_image/<event>/<date>/<id>.jpg`). The label is `label_image`; URLs are stripped from the
+tweet text.
 """
 
 from __future__ import annotations
@@ -12,13 +17,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from shared.datasets.records import RawSample, image_under
-from shared.prompts import CRISISMMD
+from shared.prompts import TASKS
 from shared.records_io import BadRecords
 
-SPLITS = {
-    "train": "task_humanitarian_text_img_train.tsv",
-    "test": "task_humanitarian_text_img_test.tsv",
+SPLIT_DIRS = {"all": "crisismmd_datasplit_all", "agreed": "crisismmd_datasplit_agreed_label"}
+FILE_STEMS = {
+    "all": "task_humanitarian_text_img",
+    "agreed": "task_humanitarian_text_img_agreed_lab",
 }
+TASK_OF = {"all": "crisismmd", "agreed": "crisismmd_agreed"}
+IMAGE_DIR = "data_image"
 COLUMNS = (
     "event_name",
     "tweet_id",
@@ -37,10 +45,39 @@ def clean_text(text: str) -> str:
     return " ".join(_URL.sub("", text).split())
 
 
-def read(root: Path, split: str, bad: BadRecords) -> Iterator[RawSample]:
-    path = root / SPLITS[split]
+def split_file(labels: str, split: str) -> str:
+    """The release's file name of one split, e.g. task_humanitarian_text_img_train.tsv."""
+    return f"{FILE_STEMS[labels]}_{split}.tsv"
+
+
+def locate(root: Path, labels: str) -> tuple[Path, Path]:
+    """(folder of the split TSVs, top folder the `image` column is relative to). `root` is the
+    top folder, or the split folder itself when data_image/ lies beside it."""
+    if labels not in SPLIT_DIRS:
+        raise ValueError(f"unknown CrisisMMD labels {labels!r}; choose one of {list(SPLIT_DIRS)}")
+    train_file = split_file(labels, "train")
+    fix = f"pass the top folder CrisisMMD_v2.0/ (it holds {IMAGE_DIR}/ and {SPLIT_DIRS[labels]}/)"
+    if (root / SPLIT_DIRS[labels] / train_file).is_file():
+        top, splits = root, root / SPLIT_DIRS[labels]
+    elif (root / train_file).is_file():
+        top, splits = root.parent, root
+        if not (top / IMAGE_DIR).is_dir():
+            raise FileNotFoundError(
+                f"{root}: holds the split files but {top / IMAGE_DIR} does not exist; {fix}"
+            )
+    else:
+        raise FileNotFoundError(f"{root}: no {SPLIT_DIRS[labels]}/{train_file}; {fix}")
+    if not (top / IMAGE_DIR).is_dir():
+        raise FileNotFoundError(f"{top / IMAGE_DIR}: CrisisMMD image folder not found; {fix}")
+    return splits, top
+
+
+def read(root: Path, split: str, bad: BadRecords, *, labels: str = "all") -> Iterator[RawSample]:
+    splits, top = locate(root, labels)
+    path = splits / split_file(labels, split)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: CrisisMMD split file not found")
+    task = TASKS[TASK_OF[labels]]
     with path.open(encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
         absent = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
@@ -52,22 +89,22 @@ def read(root: Path, split: str, bad: BadRecords) -> Iterator[RawSample]:
             if None in row.values() or None in row:
                 bad.report(where, "malformed row: wrong number of fields")
                 continue
-            label_name = row["label_image"]
-            if label_name not in CRISISMMD.options:
-                bad.report(where, f"unknown label: {label_name!r}")
+            if row["label_image"] not in task.options:
+                bad.report(where, f"unknown label: {row['label_image']!r}")
                 continue
-            image = image_under(root, row["image"], where=where, bad=bad)
+            image = image_under(top, row["image"], where=where, bad=bad)
             if image is None:
                 continue
-            label = CRISISMMD.options.index(label_name)
+            label = task.options.index(row["label_image"])
             yield RawSample(
-                id=f"{row['tweet_id']}_{row['image_id']}",
+                id=row["image_id"],
                 image=image,
                 image_rel=row["image"],
                 text=clean_text(row["tweet_text"]),
                 question=None,
-                answer=CRISISMMD.target(label),
+                answer=task.target(label),
                 label=label,
                 group=str(label),
-                task="crisismmd",
+                source="crisismmd",
+                task=TASK_OF[labels],
             )

@@ -38,5 +38,6 @@ def read(root: Path, split: str, bad: BadRecords) -> Iterator[RawSample]:
             answer=HATEFUL_MEMES.target(label),
             label=label,
             group=str(label),
+            source="hateful_memes",
             task="hateful_memes",
         )

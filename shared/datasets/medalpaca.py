@@ -1,4 +1,5 @@
-"""MedAlpaca medical flashcards as released: one JSON array of {"instruction","input","output"}.
+"""MedAlpaca medical flashcards as released: `medical_meadow_wikidoc_medical_flashcards.json`,
+one JSON array of {"instruction", "input", "output"}. `--root` is the file or its directory.
 
 Text only and train only; the question (`input`) is the sample's text modality.
 """
@@ -11,7 +12,7 @@ from pathlib import Path
 from shared.datasets.records import RawSample
 from shared.records_io import BadRecords, has_columns, json_array
 
-FILE = "medical_meadow_medical_flashcards.json"
+FILE = "medical_meadow_wikidoc_medical_flashcards.json"
 
 
 def _file(root: Path) -> Path:
@@ -19,13 +20,14 @@ def _file(root: Path) -> Path:
         return root
     path = root / FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: MedAlpaca flashcards file not found")
+        raise FileNotFoundError(
+            f"{path}: MedAlpaca flashcards file not found (the release's name); "
+            "pass the file itself as --root if it was renamed"
+        )
     return path
 
 
 def read(root: Path, split: str, bad: BadRecords) -> Iterator[RawSample]:
-    if split != "train":
-        return
     path = _file(root)
     for index, (where, row) in enumerate(json_array(path, bad)):
         if not has_columns(row, ("instruction", "input", "output"), where=where, bad=bad):
@@ -42,4 +44,5 @@ def read(root: Path, split: str, bad: BadRecords) -> Iterator[RawSample]:
             answer=str(row["output"]),
             label=None,
             group="qa",
+            source="medalpaca",
         )

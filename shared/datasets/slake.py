@@ -1,5 +1,6 @@
-"""SLAKE as released: `Slake1.0/test.json` and `Slake1.0/imgs/`. A zero-shot test set:
-English questions by default (`q_lang == "en"`), every language on request.
+"""SLAKE as released: `Slake1.0/test.json` and `Slake1.0/imgs/` (`--root` is the folder that
+holds Slake1.0/, or Slake1.0/ itself). A zero-shot test set: English questions
+(`q_lang == "en"`) or, with `all_languages`, every question (the paper's 2,094).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from pathlib import Path
 from shared.datasets.records import RawSample, image_under
 from shared.records_io import BadRecords, has_columns, json_array
 
+COLUMNS = ("qid", "img_name", "question", "answer", "q_lang", "answer_type")
+
 
 def _base(root: Path) -> Path:
     return root / "Slake1.0" if (root / "Slake1.0").is_dir() else root
@@ -18,31 +21,32 @@ def _base(root: Path) -> Path:
 def read(
     root: Path, split: str, bad: BadRecords, *, all_languages: bool = False
 ) -> Iterator[RawSample]:
-    if split != "test":
-        return
     base = _base(root)
-    path = base / "test.json"
+    path = base / f"{split}.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: SLAKE test file not found")
-    for index, (where, row) in enumerate(json_array(path, bad)):
-        if not has_columns(
-            row, ("img_name", "question", "answer", "q_lang", "answer_type"), where=where, bad=bad
-        ):
+        raise FileNotFoundError(f"{path}: SLAKE {split} file not found")
+    for where, row in json_array(path, bad):
+        if not has_columns(row, COLUMNS, where=where, bad=bad):
             continue
         if row["q_lang"] != "en" and not all_languages:
+            continue
+        answer_type = str(row["answer_type"]).upper()
+        if answer_type not in ("OPEN", "CLOSED"):
+            bad.report(where, f"unknown label: answer_type {row['answer_type']!r}")
             continue
         relative = f"imgs/{row['img_name']}"
         image = image_under(base, relative, where=where, bad=bad)
         if image is None:
             continue
         yield RawSample(
-            id=f"slake-{row.get('qid', index)}",
+            id=f"slake-{row['qid']}",
             image=image,
             image_rel=relative,
             text=None,
             question=str(row["question"]),
             answer=str(row["answer"]),
             label=None,
-            group=str(row["answer_type"]).upper(),
-            answer_type=str(row["answer_type"]).upper(),
+            group=answer_type,
+            source="slake",
+            answer_type=answer_type,
         )

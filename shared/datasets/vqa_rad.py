@@ -53,5 +53,6 @@ def read(root: Path, split: str, bad: BadRecords) -> Iterator[RawSample]:
             answer=str(row["answer"]),
             label=None,
             group=str(row.get("question_type") or answer_type),
+            source="vqa_rad",
             answer_type=answer_type,
         )

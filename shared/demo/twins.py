@@ -1,7 +1,9 @@
-"""Synthetic twins of the five benchmark data sets, written in each one's release format.
+"""Synthetic twins of the five benchmark data sets, each written in its release's file tree.
 
 Small, seeded, and multimodal in the way that matters: in the classification twins each
-modality alone decides only part of the label, so missing modalities measurably hurt.
+modality alone decides only part of the label, so missing modalities measurably hurt. File and
+folder names, headers and fields are the releases' own, spelled out here rather than taken from
+the adapters, so that an adapter that assumes another layout fails on its twin.
 """
 
 from __future__ import annotations
@@ -9,20 +11,58 @@ from __future__ import annotations
 import csv
 import json
 import random
+import string
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from shared.datasets.crisismmd import COLUMNS, SPLITS
+from shared.demo.medical_twins import write_medalpaca, write_slake, write_vqa_rad
 from shared.demo.synthetic_data import meme, noisy_image
-from shared.prompts import CRISISMMD
 
-# CrisisMMD twin: the image's colour gives two bits of the class, the tweet's keyword the third.
+CRISISMMD_COLUMNS = (
+    "event_name",
+    "tweet_id",
+    "image_id",
+    "tweet_text",
+    "image",
+    "label",
+    "label_text",
+    "label_image",
+    "label_text_image",
+)
+# The eight humanitarian classes; the twin's image colour gives two bits, the tweet the third.
+CRISISMMD_CLASSES = (
+    "affected_individuals",
+    "infrastructure_and_utility_damage",
+    "injured_or_dead_people",
+    "missing_or_found_people",
+    "rescue_volunteering_or_donation_effort",
+    "vehicle_damage",
+    "other_relevant_information",
+    "not_humanitarian",
+)
+# How the agreed-label split merges classes.
+CRISISMMD_MERGED = {
+    "injured_or_dead_people": "affected_individuals",
+    "missing_or_found_people": "affected_individuals",
+    "vehicle_damage": "infrastructure_and_utility_damage",
+}
+_EVENTS = (
+    ("hurricane_harvey", "Hurricane Harvey", 9),
+    ("hurricane_irma", "Hurricane Irma", 9),
+    ("hurricane_maria", "Hurricane Maria", 10),
+    ("mexico_earthquake", "the Mexico earthquake", 9),
+    ("california_wildfires", "the California wildfires", 10),
+    ("srilanka_floods", "the Sri Lanka floods", 6),
+    ("iraq_iran_earthquake", "the Iraq-Iran earthquake", 11),
+)
 _COLOURS = ((200, 40, 40), (40, 60, 200), (40, 170, 60), (200, 200, 40))
 _KEYWORDS = (("calm", "quiet", "routine"), ("urgent", "emergency", "critical"))
-_ORGANS = (("brain", (220, 220, 220)), ("lung", (60, 60, 60)), ("liver", (160, 80, 40)))
+_FILLERS = ("crews on site", "photos from this morning", "stay safe everyone", "more soon")
 
 
 def write_hateful_memes(root: Path, *, train: int, test: int, seed: int) -> Path:
+    """`img/<id>.png`, `train.jsonl`, `test_seen.jsonl`."""
     rng = random.Random(seed)
     (root / "img").mkdir(parents=True, exist_ok=True)
     next_id = 10_000
@@ -37,113 +77,84 @@ def write_hateful_memes(root: Path, *, train: int, test: int, seed: int) -> Path
     return root
 
 
+def _tweet(rng: random.Random, number: int, split_index: int) -> tuple[dict[str, Any], int]:
+    """A tweet's fields (without labels) and its class: the colour of its image gives two bits
+    of the class, the urgency of its wording the third."""
+    event, phrase, month = _EVENTS[rng.randrange(len(_EVENTS))]
+    colour, urgent = rng.randrange(4), rng.randrange(2)
+    tweet_id = str(904_000_000_000_000_000 + split_index * 10**12 + number * 1_000)
+    link = "".join(rng.choices(string.ascii_letters + string.digits, k=10))
+    extension = "png" if rng.random() < 0.1 else "jpg"
+    row = {
+        "event_name": event,
+        "tweet_id": tweet_id,
+        "image_id": f"{tweet_id}_0",
+        "tweet_text": f"{rng.choice(_KEYWORDS[urgent]).capitalize()} update on {phrase}: "
+        f"{rng.choice(_FILLERS)} https://t.co/{link}",
+        "image": f"data_image/{event}/{rng.randint(1, 28)}_{month}_2017/{tweet_id}_0.{extension}",
+    }
+    return row, 2 * colour + urgent
+
+
+def _crisismmd_split(
+    root: Path, split: str, count: int, rng: random.Random
+) -> list[dict[str, Any]]:
+    rows = []
+    for number in range(count):
+        row, label_index = _tweet(rng, number, ("train", "dev", "test").index(split))
+        label = CRISISMMD_CLASSES[label_index]
+        text_label = label if rng.random() < 0.85 else rng.choice(CRISISMMD_CLASSES)
+        agree = "Positive" if text_label == label else "Negative"
+        row |= {"label": label, "label_text": text_label, "label_image": label}
+        row["label_text_image"] = agree
+        (root / row["image"]).parent.mkdir(parents=True, exist_ok=True)
+        noisy_image(rng, _COLOURS[label_index // 2]).save(root / row["image"])
+        rows.append(row)
+    return rows
+
+
+def _agreed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    merged = []
+    for row in rows:
+        text = CRISISMMD_MERGED.get(row["label_text"], row["label_text"])
+        image = CRISISMMD_MERGED.get(row["label_image"], row["label_image"])
+        if text == image:
+            merged.append(
+                row | {"label_text": text, "label_image": image, "label_text_image": "Positive"}
+            )
+    return merged
+
+
+def _write_tsv(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(
+            handle,
+            fieldnames=CRISISMMD_COLUMNS,
+            delimiter="\t",
+            quoting=csv.QUOTE_NONE,
+            lineterminator="\n",
+        )
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def write_crisismmd(root: Path, *, train: int, test: int, seed: int) -> Path:
+    """The top folder CrisisMMD_v2.0/: `data_image/<event>/<d_m_yyyy>/<tweet id>_0.jpg`,
+    `crisismmd_datasplit_all/task_humanitarian_text_img_{train,dev,test}.tsv` and the
+    agreed-label split beside it."""
     rng = random.Random(seed)
-    for split, count in (("train", train), ("test", test)):
-        rows = []
-        for i in range(count):
-            colour, urgent = rng.randrange(4), rng.randrange(2)
-            label = CRISISMMD.options[2 * colour + urgent]
-            image_rel = f"data_image/{split}/{i}.jpg"
-            (root / image_rel).parent.mkdir(parents=True, exist_ok=True)
-            noisy_image(rng, _COLOURS[colour]).save(root / image_rel)
-            text = (
-                f"{rng.choice(_KEYWORDS[urgent])} situation downtown "
-                f"https://t.co/{rng.randrange(10**6)}"
-            )
-            rows.append(
-                {
-                    "event_name": "synthetic_flood",
-                    "tweet_id": str(10**9 + i),
-                    "image_id": f"{10**9 + i}_0",
-                    "tweet_text": text,
-                    "image": image_rel,
-                    "label": label,
-                    "label_text": label,
-                    "label_image": label,
-                    "label_text_image": "Positive",
-                }
-            )
-        with (root / SPLITS[split]).open("w", encoding="utf-8", newline="") as handle:
-            writer = csv.DictWriter(
-                handle,
-                fieldnames=COLUMNS,
-                delimiter="\t",
-                quoting=csv.QUOTE_NONE,
-                lineterminator="\n",
-            )
-            writer.writeheader()
-            writer.writerows(rows)
-    return root
-
-
-def write_medalpaca(root: Path, *, train: int, test: int = 0, seed: int) -> Path:
-    rng = random.Random(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    cards = []
-    for i in range(train):
-        organ, _ = _ORGANS[rng.randrange(len(_ORGANS))]
-        cards.append(
-            {
-                "instruction": "Answer this question truthfully",
-                "input": f"Which organ does condition {i} mainly affect?",
-                "output": organ,
-            }
+    for split, count in (("train", train), ("dev", test // 4), ("test", test)):
+        rows = _crisismmd_split(root, split, count, rng)
+        _write_tsv(
+            root / "crisismmd_datasplit_all" / f"task_humanitarian_text_img_{split}.tsv", rows
         )
-    (root / "medical_meadow_medical_flashcards.json").write_text(json.dumps(cards, indent=1))
-    return root
-
-
-def write_vqa_rad(root: Path, *, train: int, test: int, seed: int) -> Path:
-    rng = random.Random(seed)
-    images = root / "VQA_RAD Image Folder"
-    images.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in range(train + test):
-        organ, colour = _ORGANS[rng.randrange(len(_ORGANS))]
-        name = f"synpic{i}.jpg"
-        noisy_image(rng, colour).save(images / name)
-        closed = rng.random() < 0.5
-        phrase = "test_freeform" if i >= train else rng.choice(["freeform", "para"])
-        rows.append(
-            {
-                "qid": i,
-                "image_name": name,
-                "image_organ": organ.upper(),
-                "question": f"Is this the {organ}?" if closed else "Which organ is shown?",
-                "answer": "yes" if closed else organ,
-                "answer_type": "CLOSED" if closed else "OPEN",
-                "question_type": "ORGAN",
-                "phrase_type": phrase,
-            }
+        _write_tsv(
+            root
+            / "crisismmd_datasplit_agreed_label"
+            / f"task_humanitarian_text_img_agreed_lab_{split}.tsv",
+            _agreed(rows),
         )
-    (root / "VQA_RAD Dataset Public.json").write_text(json.dumps(rows, indent=1))
-    return root
-
-
-def write_slake(root: Path, *, train: int = 0, test: int, seed: int) -> Path:
-    rng = random.Random(seed)
-    base = root / "Slake1.0"
-    rows = []
-    for i in range(test):
-        organ, colour = _ORGANS[rng.randrange(len(_ORGANS))]
-        image_rel = f"xmlab{i}/source.jpg"
-        (base / "imgs" / image_rel).parent.mkdir(parents=True, exist_ok=True)
-        noisy_image(rng, colour).save(base / "imgs" / image_rel)
-        english = i % 4 != 3
-        rows.append(
-            {
-                "qid": i,
-                "img_name": image_rel,
-                "question": "Which organ is shown?" if english else "这是什么器官?",
-                "answer": organ,
-                "q_lang": "en" if english else "zh",
-                "answer_type": "OPEN",
-                "content_type": "Organ",
-            }
-        )
-    base.mkdir(parents=True, exist_ok=True)
-    (base / "test.json").write_text(json.dumps(rows, ensure_ascii=False, indent=1))
     return root
 
 

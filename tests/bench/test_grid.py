@@ -1,5 +1,6 @@
 """`fedmllm-bench`: a 3-cell grid end to end (Zero-shot in process; FedAvg and FedAdam as two
-runs of one set of real coordinator and silo-agent processes), its report, and resuming."""
+runs of one set of real coordinator and silo-agent processes), its report, and resuming; the
+medical setting with VQA-RAD and SLAKE scored apart through the coordinator."""
 
 from __future__ import annotations
 
@@ -61,3 +62,52 @@ def test_config_errors_name_the_problem(tmp_path: Path) -> None:
     )
     with pytest.raises(BenchConfigError, match="unknown key"):
         load_config(config)
+    config.write_text(
+        "datasets: [slake]\nscenarios: [aligned]\nmethods: [zero_shot, local]\nseeds: [0]\n"
+    )
+    with pytest.raises(BenchConfigError, match=r"slake has no training split.*\(not local\)"):
+        load_config(config)
+    config.write_text(
+        "datasets: [{name: med, parts: [vqa_rad, mednli]}]\nscenarios: [cross]\n"
+        "methods: [zero_shot]\nseeds: [0]\n"
+    )
+    with pytest.raises(BenchConfigError, match="unknown data set 'mednli'"):
+        load_config(config)
+    config.write_text(
+        "datasets: [slake]\nscenarios: [cross]\nmethods: [zero_shot]\nseeds: [0]\n"
+        "slake_languages: zh\n"
+    )
+    with pytest.raises(BenchConfigError, match="slake_languages must be one of en, all"):
+        load_config(config)
+
+
+def test_medical_grid_scores_vqa_rad_and_slake_apart(tmp_path: Path) -> None:
+    config = tmp_path / "bench.yaml"
+    config.write_text(f"""
+out: {tmp_path / "out"}
+datasets:
+  - name: medical
+    parts:
+      - {{name: vqa_rad, train: 16, test: 8}}
+      - {{name: medalpaca, train: 16}}
+      - {{name: slake, test: 8}}
+scenarios: [{{scenario: cross, image_text_ratio: "1:1", label: cross}}]
+methods: [zero_shot, {{name: fedavg, label: FedAvg}}]
+seeds: [0]
+clients: 2
+silos_per_round: 2
+rounds: 1
+format_steps: 2
+slake_languages: all
+""")
+    main(["--config", str(config)])
+    lines = [json.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    per_source = {f"{s}/{m}" for s in ("vqa_rad", "slake") for m in ("open", "closed", "overall")}
+    for line in lines:  # Zero-shot scored in process; FedAvg by the coordinator's eval round
+        assert per_source <= set(line["metrics"]), line["metrics"]
+        assert line["slake_languages"] == "all" and "|slake_languages=all|" in line["key"]
+    assert per_source <= set(lines[1]["rounds"][-1]["evaluation"])
+    report = (tmp_path / "out" / "results.md").read_text()
+    vqa_rad = report.index("### medical: vqa_rad/overall")
+    slake = report.index("### medical: slake/overall (x100, mean ± std over seeds; SLAKE: every")
+    assert vqa_rad < slake and "unjudged" not in report

@@ -1,4 +1,5 @@
-"""The grid's Markdown tables on hand-made results: every metric, primary first, mean ± std."""
+"""The grid's Markdown tables on hand-made results: every metric, primary first, mean ± std;
+Med-VQA sources apart, SLAKE's languages named."""
 
 from __future__ import annotations
 
@@ -35,3 +36,37 @@ def test_a_table_per_metric_primary_first_with_mean_and_std_over_seeds() -> None
     assert "| FedAvg | 72.50 ± 3.54 | n/a |" in report[accuracy:]
     assert "| Local | n/a | 50.00 |" in report[accuracy:]
     assert "Communication per round" not in report  # no FL rounds in these rows
+
+
+def test_medical_tables_keep_vqa_rad_and_slake_apart() -> None:
+    metrics = {
+        "slake/open": 0.2,
+        "slake/closed": 0.6,
+        "slake/overall": 0.4,
+        "slake/unjudged": 0.0,
+        "vqa_rad/closed": 0.7,
+        "vqa_rad/overall": 0.5,
+    }
+    rows = [
+        {
+            "dataset": "medical",
+            "slake_languages": "all",
+            "scenario": "cross",
+            "method": "FedYogi",
+            "seed": 0,
+            "metrics": metrics,
+            "rounds": [],
+        }
+    ]
+    report = tables(rows)
+    headings = [line for line in report.splitlines() if line.startswith("### ")]
+    assert [h.split(" (")[0] for h in headings] == [
+        "### medical: vqa_rad/overall",
+        "### medical: vqa_rad/closed",
+        "### medical: slake/overall",
+        "### medical: slake/closed",
+        "### medical: slake/open",
+    ]
+    assert headings[2].endswith("; SLAKE: every language)")
+    assert "SLAKE" not in headings[0]
+    assert "| FedYogi | 40.00 |" in report.split("### medical: slake/overall")[1]

@@ -103,9 +103,24 @@ def test_task_fields_rebuild_the_prompt_from_the_modalities(tmp_path: Path) -> N
         ({"task": "hateful_memes", "label": 1}, "needs 'text'"),
         ({"task": "sentiment", "text": "x", "label": 1}, "unknown task"),
         ({"task": "hateful_memes", "text": "x", "label": 2}, "option index 0..1"),
+        ({"answer_type": "OPEN", "source": "vqa/rad"}, "'source' must be a data set name"),
+        ({"answer_type": "OPEN", "source": 3}, "'source' must be a data set name"),
     ],
 )
 def test_bad_task_fields(tmp_path: Path, fields: dict[str, object], message: str) -> None:
     _write(tmp_path, [json.dumps(record("1", None, "q", "a", **fields))])
     with pytest.raises(DataFormatError, match=message):
         read_split(tmp_path)
+
+
+def test_a_question_keeps_its_source(tmp_path: Path) -> None:
+    _write(
+        tmp_path,
+        [
+            json.dumps(
+                record("1", None, "Which organ?", "lung", answer_type="OPEN", source="slake")
+            ),
+            json.dumps(record("2", None, "Which organ?", "liver", answer_type="OPEN")),
+        ],
+    )
+    assert [s.source for s in read_split(tmp_path)] == ["slake", None]
