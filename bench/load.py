@@ -103,7 +103,7 @@ async def _admin_run(
     await stub.StartRun(pb.StartRunRequest(spec=spec.to_proto()), timeout=60)
     while True:
         started = time.perf_counter()
-        status = await stub.GetStatus(pb.StatusRequest(), timeout=60)
+        status: pb.RunStatus = await stub.GetStatus(pb.StatusRequest(), timeout=60)
         latencies.append(time.perf_counter() - started)
         if status.state != pb.RUN_STATE_RUNNING:
             return status
@@ -128,7 +128,7 @@ async def _drive(
         usage = _proc(pid)
     finally:
         await asyncio.gather(*(s.stop() for s in silos))
-        await channel.close()
+        await channel.close(None)
     return join_s, silos, status, admin_latency, usage
 
 
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--per-round", type=int, default=32, help="silos selected per round")
     parser.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
     args = parser.parse_args(argv)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one connection per silo here
     rows = []
     for n in args.silos:

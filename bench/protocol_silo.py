@@ -133,7 +133,7 @@ class ProtocolSilo:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.channel.close()
+        await self.channel.close(None)
 
 
 async def start_silos(
