@@ -57,6 +57,7 @@ class CoordinatorConfig:
     keep_checkpoints: int = 5  # round checkpoints kept per run
     workers: int = 8  # threads for blocking work: chunk hashing, validation, folds, checkpoints
     max_connections: int = 10_000  # TCP connections held at once (each silo holds one)
+    handshake_timeout_s: float = 10.0  # a connection that has not finished TLS by then is closed
     call_limits: CallLimits = field(default_factory=CallLimits)  # per-certificate concurrency
     silo_service: SiloServiceSettings = field(default_factory=SiloServiceSettings)
     controller: ControllerSettings = field(default_factory=ControllerSettings)
@@ -142,7 +143,11 @@ async def _start_server(
         roles={"fedmllm.v1.Silo": ROLE_SILO, "fedmllm.v1.Admin": ROLE_ADMIN},
         limits=config.call_limits,
     )
-    options = [*SERVER_OPTIONS, ("grpc.max_allowed_incoming_connections", config.max_connections)]
+    options = [
+        *SERVER_OPTIONS,
+        ("grpc.max_allowed_incoming_connections", config.max_connections),
+        ("grpc.server_handshake_timeout_ms", int(1000 * config.handshake_timeout_s)),
+    ]
     server = grpc.aio.server(interceptors=[guard], options=options)
     pb_grpc.add_SiloServicer_to_server(
         SiloService(

@@ -6,6 +6,11 @@ import math
 
 from shared.errors import UpdateRejected
 
+# Far above any cross-entropy a language model reports (ln of its vocabulary, ~12, at worst a
+# few hundred while diverging); far below what would overflow a round's weighted mean.
+MAX_MEAN_LOSS = 1e6
+
+
 
 def validate_update_meta(
     *,
@@ -31,9 +36,10 @@ def validate_update_meta(
         raise UpdateRejected(
             reason="metadata", detail=f"steps {steps} outside 1..{max_steps} for these samples"
         )
-    if not (math.isfinite(mean_loss) and mean_loss >= 0):
+    if not 0 <= mean_loss <= MAX_MEAN_LOSS:  # NaN fails too
         raise UpdateRejected(
-            reason="metadata", detail=f"mean_loss must be finite and >= 0 ({mean_loss:.6g})"
+            reason="metadata",
+            detail=f"mean_loss {mean_loss:.6g} outside [0, {MAX_MEAN_LOSS:g}]",
         )
     if not (math.isfinite(gamma) and 0 <= gamma <= gamma_max):
         raise UpdateRejected(

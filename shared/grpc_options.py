@@ -32,4 +32,7 @@ SERVER_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.keepalive_permit_without_calls", 1),
     # A new server on the same port in tests must never share it with an old one.
     ("grpc.so_reuseport", 0),
+    # A connection without a call for this long is closed (an admin's, an abandoned one): a
+    # silo always holds its task stream, so its connection is never idle.
+    ("grpc.max_connection_idle_ms", 300_000),
 ]

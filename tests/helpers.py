@@ -4,7 +4,6 @@ exactly the (malformed) streams they need. Everything it talks to is real: gRPC,
 
 from __future__ import annotations
 
-import json
 import queue
 import threading
 import time
@@ -16,21 +15,12 @@ from pathlib import Path
 import grpc
 import torch
 
+from bench.protocol_silo import join_request
 from coordinator.registry import SiloRegistry
 from coordinator.run_state import RunSpec
-from shared.adapter import (
-    canonical_config,
-    config_fingerprint,
-    default_lora_config,
-    initial_adapter,
-    language_attention_targets,
-    load_base_config,
-    lora_json,
-    meta_model,
-)
 from shared.grpc_options import CHANNEL_OPTIONS
 from shared.payload import PayloadDigest, assemble, iter_chunks
-from shared.tensor_codec import StateDict, decode_state, encode_state, layout_of
+from shared.tensor_codec import StateDict, decode_state, encode_state
 from shared.tls import TlsFiles, channel_credentials
 from shared.wire.v1 import federation_pb2 as pb
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
@@ -43,24 +33,6 @@ def channel(port: int, files: TlsFiles) -> grpc.Channel:
     )
 
 
-def join_request(model_dir: Path, *, num_samples: int = 10) -> pb.JoinRequest:
-    config = load_base_config(model_dir)
-    canonical = canonical_config(config)
-    _, state = initial_adapter(config, seed=0)
-    lora = default_lora_config(language_attention_targets(meta_model(config)))
-    return pb.JoinRequest(
-        agent_version="test",
-        base_model_fingerprint=config_fingerprint(canonical),
-        base_model_config_json=json.dumps(canonical),
-        lora_config_json=lora_json(lora),
-        adapter_layout=[
-            pb.TensorSpec(name=t.name, shape=list(t.shape), dtype=t.dtype)
-            for t in layout_of(state).values()
-        ],
-        num_train_samples=num_samples,
-    )
-
-
 def update_stream(
     task_id: str,
     payload: bytes,
@@ -68,6 +40,7 @@ def update_stream(
     num_samples: int = 10,
     loss: float = 1.0,
     steps: int = 1,
+    gamma: float = 0.0,
     announced: PayloadDigest | None = None,
     chunks: list[bytes] | None = None,
 ) -> Iterator[pb.UpdateChunk]:
@@ -78,6 +51,7 @@ def update_stream(
             num_samples=num_samples,
             mean_loss=loss,
             steps=steps,
+            gamma=gamma,
             payload=pb.PayloadHeader(total_bytes=digest.total_bytes, sha256=digest.sha256),
         )
     )

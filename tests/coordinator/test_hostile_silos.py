@@ -1,0 +1,227 @@
+"""One hostile silo against a real coordinator over mutual TLS: it can neither take the
+model over nor stall anyone, and every refusal carries its exact status code, is counted with
+its reason, and leaves the global adapter, the run's history and its status untouched."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+
+from coordinator.run_state import RunSpec
+from coordinator.server import RunningCoordinator, serve
+from coordinator.silo_service import SiloServiceSettings
+from shared.tensor_codec import StateDict, encode_state
+from shared.wire.v1 import federation_pb2 as pb
+from shared.wire.v1 import federation_pb2_grpc as pb_grpc
+from tests.conftest import coordinator_config, tls
+from tests.helpers import ProtocolSilo, channel, constant_delta, join_request, update_stream
+
+
+def _refused(call: object) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as refused:
+        call()  # type: ignore[operator]
+    return refused.value
+
+
+def _admin(running: RunningCoordinator, certs: Path) -> pb_grpc.AdminStub:
+    return pb_grpc.AdminStub(channel(running.port, tls(certs, "admin")))
+
+
+def _rejected(running: RunningCoordinator, reason: str) -> float:
+    value = running.federation.metrics.registry.get_sample_value(
+        "fedmllm_updates_rejected_total", {"reason": reason}
+    )
+    return value or 0.0
+
+
+def _adapter(running: RunningCoordinator) -> StateDict:
+    model = running.federation.model
+    assert model is not None
+    return model.adapter()
+
+
+@pytest.fixture
+def quick(certs: Path, tiny_model: Path, tmp_path: Path) -> Iterator[RunningCoordinator]:
+    """A coordinator that gives up on stalled uploads and handshakes after one second."""
+    config = replace(
+        coordinator_config(certs, tiny_model, tmp_path / "checkpoints"),
+        handshake_timeout_s=1.0,
+        silo_service=SiloServiceSettings(heartbeat_interval_s=1, upload_stall_s=1.0),
+    )
+    with serve(config) as running:
+        yield running
+
+
+def test_declared_sample_counts_are_capped(
+    coordinator: RunningCoordinator, certs: Path, tiny_model: Path
+) -> None:
+    stub = pb_grpc.SiloStub(channel(coordinator.port, tls(certs, "silo-1")))
+    error = _refused(lambda: stub.Join(join_request(tiny_model, num_samples=2**64 - 1)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "at most 1000000000" in (error.details() or "")
+    silo = ProtocolSilo(coordinator.port, tls(certs, "silo-2"), tiny_model, num_samples=5000)
+    admin = _admin(coordinator, certs)
+    spec = RunSpec(rounds=1, silos_per_round=1, min_silos=1, max_samples_per_silo=1000)
+    admin.StartRun(pb.StartRunRequest(spec=spec.to_proto()))
+    error = _refused(lambda: stub.Join(join_request(tiny_model, num_samples=1001)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "at most 1000 are accepted" in (error.details() or "")
+    listed = admin.ListSilos(pb.StatusRequest())
+    assert [s.silo_id for s in listed.silos] == ["silo-2"]  # silo-1 never joined
+    silo.close()
+
+
+def test_header_numbers_outside_the_plausible_are_refused_and_counted(
+    coordinator: RunningCoordinator, certs: Path, tiny_model: Path
+) -> None:
+    silo = ProtocolSilo(coordinator.port, tls(certs, "silo-1"), tiny_model, num_samples=10)
+    admin = _admin(coordinator, certs)
+    spec = RunSpec(rounds=1, silos_per_round=1, min_silos=1, batch_size=4, gamma_max=0.0)
+    admin.StartRun(pb.StartRunRequest(spec=spec.to_proto()))
+    task = silo.next_task()
+    before = _adapter(coordinator)
+    payload = encode_state(constant_delta(silo.download(task), 0.01))
+    for kwargs, needle in (
+        ({"loss": -5.0}, "mean_loss -5 outside"),
+        ({"loss": 1e308}, "mean_loss 1e+308 outside"),
+        ({"loss": float("nan")}, "mean_loss nan outside"),
+        ({"gamma": 1e300}, "gamma 1e+300 outside [0, 0]"),
+        ({"steps": 4}, "steps 4 outside 1..3"),  # 10 samples in batches of 4: 3 steps
+        ({"num_samples": 11}, "num_samples 11 outside 1..10"),
+    ):
+        error = _refused(
+            lambda k=kwargs: silo.stub.UploadUpdate(update_stream(task.task_id, payload, **k))
+        )  # type: ignore[misc]
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, kwargs
+        assert needle in (error.details() or ""), error.details()
+    assert _rejected(coordinator, "metadata") == 6
+    status = admin.GetStatus(pb.StatusRequest())
+    assert status.completed_rounds == 0 and status.state == pb.RUN_STATE_RUNNING
+    for name, tensor in _adapter(coordinator).items():
+        assert torch.equal(tensor, before[name])
+    silo.upload(task, constant_delta(silo.download(task), 0.01), steps=3)
+    deadline = time.monotonic() + 20
+    while admin.GetStatus(pb.StatusRequest()).state == pb.RUN_STATE_RUNNING:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert admin.GetStatus(pb.StatusRequest()).history[0].rejected == 6
+    silo.close()
+
+
+def test_heartbeats_cannot_touch_another_silos_session(
+    coordinator: RunningCoordinator, certs: Path, tiny_model: Path
+) -> None:
+    victim = ProtocolSilo(coordinator.port, tls(certs, "silo-1"), tiny_model)
+    attacker = ProtocolSilo(coordinator.port, tls(certs, "silo-2"), tiny_model)
+    forged = pb.HeartbeatRequest(session_id=victim.joined.session_id, state="forged")
+    error = _refused(lambda: attacker.stub.Heartbeat(forged))
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    oversized = pb.HeartbeatRequest(session_id=attacker.joined.session_id, state="x" * 3_000_000)
+    error = _refused(lambda: attacker.stub.Heartbeat(oversized))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    escape = pb.HeartbeatRequest(session_id=attacker.joined.session_id, state="ok\x1b[2J\nforged")
+    assert attacker.stub.Heartbeat(escape).session_known
+    states = {
+        s.silo_id: s.state for s in _admin(coordinator, certs).ListSilos(pb.StatusRequest()).silos
+    }
+    assert states["silo-1"] == "joined"
+    assert states["silo-2"] == "ok?[2J?forged"
+    error = _refused(
+        lambda: attacker.stub.ReceiveTasks(
+            pb.TaskStreamRequest(session_id=victim.joined.session_id)
+        ).next()
+    )
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    victim.close()
+    attacker.close()
+
+
+@pytest.mark.parametrize(
+    ("document", "needle"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nests deeper than 32"),
+        ('{"a": "' + "x" * 2_000_000 + '"}', "bytes; at most"),
+    ],
+    ids=["deep", "large"],
+)
+def test_join_json_is_bounded(
+    coordinator: RunningCoordinator, certs: Path, tiny_model: Path, document: str, needle: str
+) -> None:
+    stub = pb_grpc.SiloStub(channel(coordinator.port, tls(certs, "silo-1")))
+    request = join_request(tiny_model)
+    request.base_model_fingerprint = "0" * 64
+    request.base_model_config_json = document
+    error = _refused(lambda: stub.Join(request))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert needle in (error.details() or "")
+
+
+def test_echoed_task_ids_are_cut_short(
+    coordinator: RunningCoordinator, certs: Path, tiny_model: Path
+) -> None:
+    silo = ProtocolSilo(coordinator.port, tls(certs, "silo-1"), tiny_model)
+    hostile = "\x1b]0;owned\x07" + "x" * 10_000
+    error = _refused(lambda: silo.stub.UploadUpdate(update_stream(hostile, b"\0" * 64)))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    details = error.details() or ""
+    assert len(details) < 200 and "\x1b" not in details and "\x07" not in details
+    silo.close()
+
+
+def _stalled_upload(stub: pb_grpc.SiloStub, task_id: str, release: threading.Event) -> object:
+    def messages() -> Iterator[pb.UpdateChunk]:
+        yield next(update_stream(task_id, b"\0" * 1024))  # the header, then nothing
+        release.wait(30)
+
+    return stub.UploadUpdate.future(messages())
+
+
+def test_one_silo_cannot_hold_more_than_its_share_of_calls(
+    quick: RunningCoordinator, certs: Path, tiny_model: Path
+) -> None:
+    silo = ProtocolSilo(quick.port, tls(certs, "silo-1"), tiny_model)
+    admin = _admin(quick, certs)
+    admin.StartRun(pb.StartRunRequest(spec=RunSpec(rounds=1, silos_per_round=1).to_proto()))
+    task = silo.next_task()
+    release = threading.Event()
+    stalled = [_stalled_upload(silo.stub, task.task_id, release) for _ in range(70)]
+    try:
+        codes = []
+        for call in stalled:
+            try:
+                call.result(timeout=20)  # type: ignore[attr-defined]
+            except grpc.RpcError as exc:
+                codes.append(exc.code())
+        # two were admitted and abandoned when they stalled; the rest were refused at once
+        assert codes.count(grpc.StatusCode.DEADLINE_EXCEEDED) == 2
+        assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 68
+        beat = pb.HeartbeatRequest(session_id=silo.joined.session_id, state="idle")
+        assert silo.stub.Heartbeat(beat, timeout=2).session_known
+        assert admin.GetStatus(pb.StatusRequest(), timeout=2).state == pb.RUN_STATE_RUNNING
+    finally:
+        release.set()
+    again = pb_grpc.SiloStub(channel(quick.port, tls(certs, "silo-1")))
+    error = _refused(
+        lambda: again.ReceiveTasks(pb.TaskStreamRequest(session_id=silo.joined.session_id)).next()
+    )
+    assert error.code() == grpc.StatusCode.ALREADY_EXISTS
+    silo.upload(task, constant_delta(silo.download(task), 0.01))
+    silo.close()
+
+
+def test_idle_connections_that_never_finish_tls_are_closed(quick: RunningCoordinator) -> None:
+    sockets = [socket.create_connection(("127.0.0.1", quick.port), timeout=10) for _ in range(20)]
+    try:
+        for sock in sockets:
+            assert sock.recv(1) == b""  # closed by the coordinator after its handshake timeout
+    finally:
+        for sock in sockets:
+            sock.close()
