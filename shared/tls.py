@@ -8,7 +8,9 @@ from pathlib import Path
 
 import grpc
 from cryptography import x509
-from cryptography.x509.oid import NameOID
+
+from shared.pki.fingerprint import certificate_fingerprint, key_fingerprint
+from shared.pki.identity import identity_of
 
 
 @dataclass(frozen=True)
@@ -60,10 +62,14 @@ def channel_credentials(files: TlsFiles) -> grpc.ChannelCredentials:
 
 @dataclass(frozen=True)
 class Peer:
-    """Who is calling: the common name and the role (OrganizationalUnit) of its certificate."""
+    """Who is calling: the identity (common name) and role (OrganizationalUnit) of its verified
+    certificate, and what pins and revokes that certificate."""
 
     name: str
     role: str
+    fingerprint: str  # SHA-256 of the certificate's DER: one issuance
+    public_key_fingerprint: str  # SHA-256 of its public key: the same after a renewal
+    serial: int
 
 
 def peer_of(context: grpc.ServicerContext) -> Peer | None:
@@ -72,11 +78,16 @@ def peer_of(context: grpc.ServicerContext) -> Peer | None:
     if not pem:
         return None
     cert = x509.load_pem_x509_certificate(bytes(pem[0]))
-    common = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    unit = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
-    if not common or not unit:
+    identity = identity_of(cert)
+    if identity is None:
         return None
-    return Peer(name=str(common[0].value), role=str(unit[0].value))
+    return Peer(
+        name=identity[0],
+        role=identity[1],
+        fingerprint=certificate_fingerprint(cert),
+        public_key_fingerprint=key_fingerprint(cert.public_key()),
+        serial=cert.serial_number,
+    )
 
 
 def require_role(context: grpc.ServicerContext, role: str) -> Peer:
