@@ -11,6 +11,7 @@ from shared.errors import CertificateError
 from shared.pki.authority import CA_DAYS, LEAF_DAYS
 from shared.pki.central import create_federation
 from shared.pki.crl import CRL_FILE, REASONS
+from shared.pki.identity import CLIENT_ROLES
 from shared.pki.issuance import Destination, Issuance, renew, revoke_name, sign_request
 from shared.pki.registry import IssuanceRegistry
 from shared.pki.request import create_request
@@ -152,19 +153,21 @@ def _list(args: argparse.Namespace) -> None:
         )
 
 
+_COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], None]]] = {
+    "init": ("admin: create the CA and the coordinator's certificate", _init),
+    "request": ("silo or admin: make your key and a signing request", _request),
+    "sign": ("admin: certify a request and write the recipient's bundle", _sign),
+    "renew": ("admin: re-issue a certificate for the same key", _renew),
+    "revoke": ("admin: revoke a name's certificates and rewrite crl.pem", _revoke),
+    "list": ("admin: every certificate issued, with its status", _list),
+}
+
+
 def _subcommands() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedmllm-certs", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    commands: dict[str, tuple[str, Callable[[argparse.Namespace], None]]] = {
-        "init": ("admin: create the CA and the coordinator's certificate", _init),
-        "request": ("silo or admin: make your key and a signing request", _request),
-        "sign": ("admin: certify a request and write the recipient's bundle", _sign),
-        "renew": ("admin: re-issue a certificate for the same key", _renew),
-        "revoke": ("admin: revoke a name's certificates and rewrite crl.pem", _revoke),
-        "list": ("admin: every certificate issued, with its status", _list),
-    }
     parsers = {}
-    for name, (help_text, handler) in commands.items():
+    for name, (help_text, handler) in _COMMANDS.items():
         parsers[name] = sub.add_parser(name, help=help_text, description=help_text)
         parsers[name].set_defaults(handler=handler)
         if name != "request":
@@ -175,25 +178,21 @@ def _subcommands() -> argparse.ArgumentParser:
     _add_days(parsers["init"], ca=True)
     parsers["request"].add_argument("--name", required=True, help="your identity, e.g. hospital-a")
     parsers["request"].add_argument("--out", type=Path, required=True, help="where your key stays")
-    parsers["sign"].add_argument("--role", required=True, choices=["silo", "admin"])
+    parsers["sign"].add_argument("--role", required=True, choices=list(CLIENT_ROLES))
     parsers["sign"].add_argument("request", type=Path, help="the NAME.csr received")
-    _add_days(parsers["sign"])
-    _add_destination(parsers["sign"])
     parsers["renew"].add_argument("--name", required=True)
-    _add_days(parsers["renew"])
-    _add_destination(parsers["renew"])
+    for name in ("sign", "renew"):
+        _add_days(parsers[name])
+        _add_destination(parsers[name])
     parsers["revoke"].add_argument("--name", required=True)
     parsers["revoke"].add_argument("--reason", choices=REASONS, default="unspecified")
     return parser
 
 
-SUBCOMMANDS = ("init", "request", "sign", "renew", "revoke", "list")
-
-
 def main(argv: list[str] | None = None) -> None:
     args_list = sys.argv[1:] if argv is None else argv
     try:
-        if args_list and args_list[0] in SUBCOMMANDS:
+        if args_list and args_list[0] in _COMMANDS:
             args = _subcommands().parse_args(args_list)
             args.handler(args)
         else:
