@@ -88,16 +88,14 @@ def _existing_role(out: Path, registry: IssuanceRegistry, name: str) -> str | No
     return None if identity is None else identity[1]
 
 
-def ensure_coordinator(
+def _ensure_coordinator(
     ca: Authority, out: Path, registry: IssuanceRegistry, *, hosts: list[str], days: int
 ) -> str | None:
     """Issue the coordinator's certificate, or re-issue it for the same key when its hosts
     changed; return a line saying so in that case."""
-    if not hosts:
-        raise CertificateError("--hosts needs the coordinator's DNS name or IP address")
     cert_path = out / f"{ROLE_COORDINATOR}.pem"
     if cert_path.is_file() and (out / f"{ROLE_COORDINATOR}.key").is_file():
-        _existing_role(out, registry, ROLE_COORDINATOR)
+        _existing_role(out, registry, ROLE_COORDINATOR)  # records it if an older version made it
         previous = hosts_of(load_certificate(cert_path.read_bytes(), source=str(cert_path)))
         if _host_set(previous) == _host_set(hosts):
             return None
@@ -127,6 +125,8 @@ def create_federation(
     keys in `out`; existing keys are kept. Return notes on what changed beyond adding."""
     check_days(days, flag="--days")
     check_days(ca_days, flag="--ca-days")
+    if not hosts:
+        raise CertificateError("--hosts needs the coordinator's DNS name or IP address")
     wanted = {**{name: ROLE_SILO for name in silos}, **{name: ROLE_ADMIN for name in admins}}
     for name in wanted:
         check_client_name(name)
@@ -142,7 +142,7 @@ def create_federation(
             raise CertificateError(
                 f"{name!r} is already a {existing} certificate in {out}; a name has one role"
             )
-    note = ensure_coordinator(ca, out, registry, hosts=hosts, days=days)
+    note = _ensure_coordinator(ca, out, registry, hosts=hosts, days=days)
     for name, role in wanted.items():
         if not ((out / f"{name}.pem").is_file() and (out / f"{name}.key").is_file()):
             _issue_for_key(ca, out, registry, name=name, role=role, hosts=[], days=days)
