@@ -11,7 +11,6 @@ from shared.errors import UpdateRejected
 MAX_MEAN_LOSS = 1e6
 
 
-
 def validate_update_meta(
     *,
     num_samples: int,

@@ -26,3 +26,7 @@ class IncompatibleSilo(FedMLLMError):
 
 class DataFormatError(FedMLLMError):
     """A silo data directory does not follow docs/silo-data.md."""
+
+
+class CertificateError(FedMLLMError):
+    """A certificate request, issuance, renewal, revocation list or CRL was refused."""

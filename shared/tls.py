@@ -10,8 +10,9 @@ from typing import Any
 
 import grpc
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.x509.oid import NameOID
+
+from shared.pki.fingerprint import certificate_fingerprint, key_fingerprint
+from shared.pki.identity import identity_of
 
 
 @dataclass(frozen=True)
@@ -63,25 +64,28 @@ def channel_credentials(files: TlsFiles) -> grpc.ChannelCredentials:
 
 @dataclass(frozen=True)
 class Peer:
-    """Who is calling: the common name and the role (OrganizationalUnit) of its certificate,
-    and the certificate's SHA-256 fingerprint (of its DER form), which pins the identity."""
+    """Who is calling: the identity (common name) and role (OrganizationalUnit) of its verified
+    certificate, and what pins and revokes that certificate."""
 
     name: str
     role: str
-    fingerprint: str = ""
+    fingerprint: str  # SHA-256 of the certificate's DER: one issuance
+    public_key_fingerprint: str  # SHA-256 of its public key: the same after a renewal
+    serial: int
 
 
 @functools.lru_cache(maxsize=4096)
 def _peer_of_pem(pem: bytes) -> Peer | None:
     cert = x509.load_pem_x509_certificate(pem)
-    common = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    unit = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
-    if not common or not unit:
+    identity = identity_of(cert)
+    if identity is None:
         return None
     return Peer(
-        name=str(common[0].value),
-        role=str(unit[0].value),
-        fingerprint=cert.fingerprint(hashes.SHA256()).hex(),
+        name=identity[0],
+        role=identity[1],
+        fingerprint=certificate_fingerprint(cert),
+        public_key_fingerprint=key_fingerprint(cert.public_key()),
+        serial=cert.serial_number,
     )
 
 
