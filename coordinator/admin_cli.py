@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 
 from coordinator.run_config import RunConfigError, add_flags, spec_from
+from shared.bounded import printable
 from shared.grpc_options import CHANNEL_OPTIONS
 from shared.payload import PayloadDigest, assemble
 from shared.tls import add_tls_arguments, channel_credentials, tls_files
@@ -38,6 +39,10 @@ def round_line(summary: pb.RoundSummary, total_rounds: int) -> str:
     )
     if summary.rejected:
         line += f"  {summary.rejected} rejected"
+    if summary.clipped:
+        line += f"  clipped {', '.join(summary.clipped)}"
+    if summary.excluded:
+        line += f"  left out {', '.join(summary.excluded)}"
     if summary.evaluation:
         line += "  eval " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(summary.evaluation.items()))
     return line
@@ -121,10 +126,10 @@ def _run(args: argparse.Namespace, stub: pb_grpc.AdminStub) -> int:
     elif args.command == "list-silos":
         silos = stub.ListSilos(pb.StatusRequest()).silos
         print(f"{'silo':<20} {'connected':<10} {'samples':>8} {'seen':>8}  state")
-        for s in silos:
+        for s in silos:  # names and states come from silos: printed sanitised
             print(
-                f"{s.silo_id:<20} {'yes' if s.connected else 'no':<10} "
-                f"{s.num_train_samples:>8} {s.seconds_since_seen:>7.1f}s  {s.state}"
+                f"{printable(s.silo_id):<20} {'yes' if s.connected else 'no':<10} "
+                f"{s.num_train_samples:>8} {s.seconds_since_seen:>7.1f}s  {printable(s.state)}"
             )
     elif args.command in ("pause", "resume"):
         call = stub.PauseRun if args.command == "pause" else stub.ResumeRun

@@ -22,6 +22,10 @@ from shared.tls import Peer, peer_of
 Context = grpc.aio.ServicerContext[Any, Any]
 
 _CALLER: contextvars.ContextVar[Peer] = contextvars.ContextVar("fedmllm_caller")
+# Counts a refusal of the current call by its status code name.
+_COUNT_REFUSAL: contextvars.ContextVar[Callable[[str], None]] = contextvars.ContextVar(
+    "fedmllm_count_refusal"
+)
 
 # Checks a caller beyond its role: returns why it is refused (revoked, ...), or None.
 Admission = Callable[[Peer], "tuple[grpc.StatusCode, str] | None"]
@@ -33,6 +37,10 @@ def caller() -> Peer:
 
 
 async def refuse(context: Context, code: grpc.StatusCode, message: str) -> NoReturn:
+    """End the call with `code` and `message`, counted before the caller can see it."""
+    count = _COUNT_REFUSAL.get(None)
+    if count is not None:
+        count(code.name)
     await context.abort(code, message)
     raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
@@ -71,10 +79,12 @@ class PeerGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         roles: dict[str, str],
         limits: CallLimits,
         admission: Admission | None = None,
+        on_refusal: Callable[[str, str], None] | None = None,
     ) -> None:
         self._roles = roles  # full service name -> the certificate role it requires
         self._limits = limits
         self._admission = admission
+        self._on_refusal = on_refusal  # (method, status code name) of every refused call
         self._in_flight: Counter[tuple[str, str, str]] = Counter()
 
     async def intercept_service(
@@ -88,9 +98,16 @@ class PeerGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         role = self._roles.get(service)
         if handler is None or role is None:
             return handler
-        return _wrapped(handler, self, role, call_kind(method))
+        return _wrapped(handler, self, role, call_kind(method), method.rsplit("/", 1)[-1])
 
-    async def enter(self, context: Context, role: str, kind: str) -> Peer:
+    async def admit(self, context: Context, role: str, kind: str, method: str) -> Peer:
+        """The caller, if it may make this call now; else the call is refused."""
+        on_refusal = self._on_refusal
+        if on_refusal is not None:
+            _COUNT_REFUSAL.set(lambda code: on_refusal(method, code))
+        return await self._enter(context, role, kind)
+
+    async def _enter(self, context: Context, role: str, kind: str) -> Peer:
         peer = peer_of(context)
         if peer is None:
             await refuse(context, grpc.StatusCode.UNAUTHENTICATED, "no verified client certificate")
@@ -127,42 +144,34 @@ class PeerGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return sum(n for (_, who, _), n in self._in_flight.items() if who == name)
 
 
-def _wrapped(handler: Any, guard: PeerGuard, role: str, kind: str) -> Any:
+def _wrapped(handler: Any, guard: PeerGuard, role: str, kind: str, method: str) -> Any:
+    """The handler behind the guard: admitted first, its refusals counted."""
     codec: dict[str, Any] = {
         "request_deserializer": handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
-    if handler.unary_unary is not None:
-        inner_uu = handler.unary_unary
-
-        async def unary_unary(request: Any, context: Context) -> Any:
-            peer = await guard.enter(context, role, kind)
-            try:
-                return await inner_uu(request, context)
-            finally:
-                guard.leave(peer, kind)
-
-        return grpc.unary_unary_rpc_method_handler(unary_unary, **codec)
     if handler.unary_stream is not None:
-        inner_us = handler.unary_stream
+        inner_stream = handler.unary_stream
 
         async def unary_stream(request: Any, context: Context) -> AsyncIterator[Any]:
-            peer = await guard.enter(context, role, kind)
+            peer = await guard.admit(context, role, kind, method)
             try:
-                async for response in inner_us(request, context):
+                async for response in inner_stream(request, context):
                     yield response
             finally:
                 guard.leave(peer, kind)
 
         return grpc.unary_stream_rpc_method_handler(unary_stream, **codec)
-    inner_su = handler.stream_unary
-    assert inner_su is not None, "the federation has no bidirectional calls"
+    unary = handler.unary_unary is not None
+    inner = handler.unary_unary if unary else handler.stream_unary
+    assert inner is not None, "the federation has no bidirectional calls"
 
-    async def stream_unary(requests: Any, context: Context) -> Any:
-        peer = await guard.enter(context, role, kind)
+    async def call(request: Any, context: Context) -> Any:
+        peer = await guard.admit(context, role, kind, method)
         try:
-            return await inner_su(requests, context)
+            return await inner(request, context)
         finally:
             guard.leave(peer, kind)
 
-    return grpc.stream_unary_rpc_method_handler(stream_unary, **codec)
+    make = grpc.unary_unary_rpc_method_handler if unary else grpc.stream_unary_rpc_method_handler
+    return make(call, **codec)

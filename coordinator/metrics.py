@@ -97,6 +97,12 @@ class CoordinatorMetrics:
             buckets=(0.01, 0.1, 0.5, 1, 5, 15, 60, 300),
             registry=r,
         )
+        self.refused_calls = Counter(
+            "fedmllm_refused_calls_total",
+            "Calls the coordinator refused, by method and status code",
+            ["method", "code"],
+            registry=r,
+        )
         self.update_norm = Gauge(
             "fedmllm_round_update_norm", "L2 norm of the last round's mean delta", registry=r
         )

@@ -38,6 +38,15 @@ FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--mask-skip-layers", "mask_skip_layers", int, "decoder layers unmasked at each end"),
     ("--prompt", "prompt_variant", str, "original or improved (modality-agnostic) templates"),
     ("--eval-every", "eval_every", int, "federated evaluation every N rounds (0: off)"),
+    ("--max-samples-per-silo", "max_samples_per_silo", int, "cap on a silo's declared samples"),
+    ("--max-weight-share", "max_weight_share", float, "cap on one update's share of a round"),
+    ("--aggregator", "aggregator", str, "mean, trimmed_mean, median, krum or multi_krum"),
+    ("--trim-fraction", "trim_fraction", float, "trimmed_mean: fraction cut at each end"),
+    ("--byzantine-silos", "byzantine_silos", int, "krum / multi_krum: silos tolerated (f)"),
+    ("--multi-krum-keep", "multi_krum_keep", int, "multi_krum: updates averaged (0: K - f)"),
+    ("--clip-norm", "clip_norm", float, "per-update L2 clipping bound (0: off)"),
+    ("--clip-median-factor", "clip_median_factor", float, "clip to this x the median norm"),
+    ("--wire-dtype", "wire_dtype", str, "dtype updates travel in: float32, bfloat16, float16"),
 )
 
 

@@ -142,6 +142,9 @@ async def _start_server(
     guard = PeerGuard(
         roles={"fedmllm.v1.Silo": ROLE_SILO, "fedmllm.v1.Admin": ROLE_ADMIN},
         limits=config.call_limits,
+        on_refusal=lambda method, code: federation.metrics.refused_calls.labels(
+            method=method, code=code
+        ).inc(),
     )
     options = [
         *SERVER_OPTIONS,

@@ -18,6 +18,7 @@ import torch
 from coordinator.run_state import RunSpec
 from coordinator.server import RunningCoordinator, serve
 from coordinator.silo_service import SiloServiceSettings
+from shared.pki import create_federation
 from shared.tensor_codec import StateDict, encode_state
 from shared.wire.v1 import federation_pb2 as pb
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
@@ -38,6 +39,13 @@ def _admin(running: RunningCoordinator, certs: Path) -> pb_grpc.AdminStub:
 def _rejected(running: RunningCoordinator, reason: str) -> float:
     value = running.federation.metrics.registry.get_sample_value(
         "fedmllm_updates_rejected_total", {"reason": reason}
+    )
+    return value or 0.0
+
+
+def _refusals(running: RunningCoordinator, method: str, code: str) -> float:
+    value = running.federation.metrics.registry.get_sample_value(
+        "fedmllm_refused_calls_total", {"method": method, "code": code}
     )
     return value or 0.0
 
@@ -140,6 +148,9 @@ def test_heartbeats_cannot_touch_another_silos_session(
         ).next()
     )
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert _refusals(coordinator, "Heartbeat", "PERMISSION_DENIED") == 1
+    assert _refusals(coordinator, "Heartbeat", "INVALID_ARGUMENT") == 1
+    assert _refusals(coordinator, "ReceiveTasks", "PERMISSION_DENIED") == 1
     victim.close()
     attacker.close()
 
@@ -203,6 +214,7 @@ def test_one_silo_cannot_hold_more_than_its_share_of_calls(
         # two were admitted and abandoned when they stalled; the rest were refused at once
         assert codes.count(grpc.StatusCode.DEADLINE_EXCEEDED) == 2
         assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 68
+        assert _refusals(quick, "UploadUpdate", "RESOURCE_EXHAUSTED") == 68
         beat = pb.HeartbeatRequest(session_id=silo.joined.session_id, state="idle")
         assert silo.stub.Heartbeat(beat, timeout=2).session_known
         assert admin.GetStatus(pb.StatusRequest(), timeout=2).state == pb.RUN_STATE_RUNNING
@@ -225,3 +237,71 @@ def test_idle_connections_that_never_finish_tls_are_closed(quick: RunningCoordin
     finally:
         for sock in sockets:
             sock.close()
+
+
+HONEST = {"silo-1": 0.01, "silo-2": 0.02, "silo-3": 0.03, "silo-4": 0.04}
+
+
+@pytest.fixture(scope="module")
+def five_certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("five-certs")
+    create_federation(directory, hosts=["localhost"], silos=[*HONEST, "attacker"], admins=["admin"])
+    return directory
+
+
+@pytest.mark.parametrize(
+    ("options", "bound"),
+    [
+        ({"max_weight_share": 0.25}, 0.25 * 0.5 + 0.75 * 0.04),
+        ({"clip_median_factor": 1.0}, 0.04),
+        ({"aggregator": "trimmed_mean", "trim_fraction": 0.2}, 0.04),
+        ({"aggregator": "median"}, 0.04),
+        ({"aggregator": "krum", "byzantine_silos": 1}, 0.04),
+        ({"aggregator": "multi_krum", "byzantine_silos": 1}, 0.04),
+        ({}, None),  # no defence: the probe really does take the model over
+    ],
+    ids=["share-cap", "median-clip", "trimmed-mean", "median", "krum", "multi-krum", "none"],
+)
+def test_a_hostile_silo_stays_within_the_honest_silos_influence(
+    five_certs: Path,
+    tiny_model: Path,
+    tmp_path: Path,
+    options: dict[str, object],
+    bound: float | None,
+) -> None:
+    config = coordinator_config(five_certs, tiny_model, tmp_path / "checkpoints")
+    with serve(config) as running:
+        silos = {
+            name: ProtocolSilo(
+                running.port,
+                tls(five_certs, name),
+                tiny_model,
+                num_samples=1000 if name == "attacker" else 10,
+            )
+            for name in [*HONEST, "attacker"]
+        }
+        spec = RunSpec(
+            rounds=1, silos_per_round=5, min_silos=5, max_samples_per_silo=1000, **options
+        )  # type: ignore[arg-type]
+        _admin(running, five_certs).StartRun(pb.StartRunRequest(spec=spec.to_proto()))
+        start = _adapter(running)
+        for name, silo in silos.items():
+            task = silo.next_task()
+            value = HONEST.get(name, 0.5)
+            samples = 1000 if name == "attacker" else 10
+            silo.upload(
+                task, constant_delta(silo.download(task), value), num_samples=samples, steps=1
+            )
+        deadline = time.monotonic() + 30
+        while running.federation.run is not None and running.federation.run.completed_rounds < 1:
+            assert time.monotonic() < deadline, "the round did not complete"
+            time.sleep(0.05)
+        moved = max(float((t - start[n]).abs().max()) for n, t in _adapter(running).items())
+        lowest = min(float((t - start[n]).min()) for n, t in _adapter(running).items())
+        for silo in silos.values():
+            silo.close()
+    if bound is None:
+        assert moved > 0.4  # the attacker's 1000 samples outweigh 4 x 10 honest ones
+    else:
+        assert moved <= bound + 1e-6, options
+        assert lowest >= 0.01 - 1e-6, options
