@@ -43,6 +43,8 @@ def round_line(summary: pb.RoundSummary, total_rounds: int) -> str:
         line += f"  clipped {', '.join(summary.clipped)}"
     if summary.excluded:
         line += f"  left out {', '.join(summary.excluded)}"
+    for silo, why in sorted(summary.failures.items()):
+        line += f"  {printable(silo)} failed ({printable(why, limit=120)})"
     if summary.evaluation:
         line += "  eval " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(summary.evaluation.items()))
     return line

@@ -221,13 +221,20 @@ class Federation(SiloRequests, EvaluationRounds):
         self.store.update_run(run)
         log.info("run %s %s: %s", run.run_id, phase.value, message)
 
-    def _await_silos(self, spec: RunSpec) -> list[str] | None:
-        """Silos to select from: K of them, or at least min_silos after the grace period."""
+    def _await_silos(self, spec: RunSpec, exclude: set[str]) -> list[str] | None:
+        """Silos to select from: K of them, or at least min_silos after the grace period.
+        Silos that declared more samples than the run allows, or that reported they cannot
+        carry out this round's task (`exclude`), are passed over."""
         self.phase = pb.ROUND_PHASE_WAITING_FOR_SILOS
         waited_from = time.monotonic()
         with self._lock:
             while not self._stop.is_set():
-                available = self.registry.available()
+                available = [
+                    s
+                    for s in self.registry.available()
+                    if s not in exclude
+                    and self.registry.declared_samples(s) <= spec.max_samples_per_silo
+                ]
                 graced = time.monotonic() - waited_from >= self._settings.selection_grace_s
                 if len(available) >= spec.silos_per_round or (
                     graced and len(available) >= spec.min_silos
@@ -237,8 +244,9 @@ class Federation(SiloRequests, EvaluationRounds):
         return None
 
     def _play_round(self, run: RunRecord, index: int) -> None:
+        failed: set[str] = set()  # silos that said they cannot train: not asked again this round
         for attempt in range(MAX_ROUND_ATTEMPTS):
-            available = self._await_silos(run.spec)
+            available = self._await_silos(run.spec, failed)
             if available is None:
                 return
             assert self.model is not None
@@ -249,6 +257,7 @@ class Federation(SiloRequests, EvaluationRounds):
             open_round = self._open(run, index, attempt, selected)
             try:
                 self._collect(open_round)
+                failed |= open_round.failures.keys()
                 if self._stop.is_set():
                     return
                 if len(open_round.contributed) >= run.spec.min_silos:
@@ -355,6 +364,7 @@ class Federation(SiloRequests, EvaluationRounds):
             update_norm=float(torch.linalg.vector_norm(aggregate.total)) / aggregate.weight_sum,
             clipped=outcome.clipped,
             excluded=outcome.excluded,
+            failures=dict(open_round.failures),
             learning_rate=training_plan(run.spec, open_round.index).learning_rate,
         )
         self.phase = pb.ROUND_PHASE_CHECKPOINTING

@@ -97,6 +97,12 @@ class CoordinatorMetrics:
             buckets=(0.01, 0.1, 0.5, 1, 5, 15, 60, 300),
             registry=r,
         )
+        self.silo_failures = Counter(
+            "fedmllm_silo_failures_total",
+            "Tasks silos reported they could not carry out, by reason",
+            ["reason"],
+            registry=r,
+        )
         self.refused_calls = Counter(
             "fedmllm_refused_calls_total",
             "Calls the coordinator refused, by method and status code",

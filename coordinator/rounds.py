@@ -64,6 +64,7 @@ class OpenRound:
     folding: set[str] = field(default_factory=set)  # reserved, being read into the sum
     fold_lock: threading.Lock = field(default_factory=threading.Lock)
     reports: dict[str, EvaluationResult] = field(default_factory=dict)  # evaluation rounds
+    failures: dict[str, str] = field(default_factory=dict)  # silo id -> why it could not
 
     @property
     def kind(self) -> pb.TaskKind:
@@ -71,7 +72,8 @@ class OpenRound:
 
     @property
     def answered(self) -> set[str]:
-        return {*self.contributed, *self.reports}
+        """Silos done with their task: updated, evaluated, or reported they cannot."""
+        return {*self.contributed, *self.reports, *self.failures}
 
     @classmethod
     def open(
@@ -142,6 +144,12 @@ class OpenRound:
             raise Refusal(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"task {shown!r} is a {pb.TaskKind.Name(self.kind)} task",
+            )
+        if silo_id in self.failures:
+            raise Refusal(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"silo {silo_id!r} already reported it cannot carry out its task of round "
+                f"{self.index}",
             )
         if silo_id in self.answered or silo_id in self.folding:
             raise Refusal(

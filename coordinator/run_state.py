@@ -186,6 +186,7 @@ class RoundRecord:
     update_norm: float = 0.0
     clipped: list[str] = field(default_factory=list)  # updates scaled down by clipping
     excluded: list[str] = field(default_factory=list)  # updates the aggregator left out
+    failures: dict[str, str] = field(default_factory=dict)  # silo -> why it could not train
 
     def to_proto(self) -> pb.RoundSummary:
         return pb.RoundSummary(**asdict(self))

@@ -21,6 +21,7 @@ from coordinator.rounds import Contribution, EvaluationResult, OpenRound, Refusa
 from coordinator.run_state import RunRecord
 from coordinator.validation import max_local_steps, validate_update_meta
 from shared.bounded import printable
+from shared.errors import TASK_FAILURE_REASONS
 from shared.wire.v1 import federation_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -158,6 +159,29 @@ class SiloRequests:
             silo_id,
             header.num_samples,
             header.mean_loss,
+        )
+
+    def accept_failure(self, *, silo_id: str, report: pb.FailureReport) -> None:
+        """A selected silo cannot carry out its task: the round stops waiting for it."""
+        reason = report.reason if report.reason in TASK_FAILURE_REASONS else "exception"
+        detail = printable(report.detail, limit=300)
+        with self._lock:
+            open_round = self.open_round
+            if open_round is None:
+                raise Refusal(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"no round is open; task {printable(report.task_id)!r} of {silo_id!r} is stale",
+                )
+            open_round.check_task(report.task_id, silo_id)
+            open_round.failures[silo_id] = f"{reason}: {detail}"
+            self._changed.notify_all()
+        self.metrics.silo_failures.labels(reason=reason).inc()
+        log.warning(
+            "round %d: silo %s cannot carry out its task (%s): %s",
+            open_round.index,
+            silo_id,
+            reason,
+            detail,
         )
 
     def accept_report(self, *, silo_id: str, report: pb.EvaluationReport) -> None:

@@ -191,6 +191,13 @@ class SiloService(pb_grpc.SiloServicer):
             await _refuse(context, refusal)
         return pb.EvaluationReceipt(task_id=request.task_id)
 
+    async def ReportFailure(self, request: pb.FailureReport, context: Context) -> pb.FailureReceipt:
+        try:
+            self._federation.accept_failure(silo_id=caller().name, report=request)
+        except Refusal as refusal:
+            await _refuse(context, refusal)
+        return pb.FailureReceipt(task_id=request.task_id)
+
     async def Heartbeat(
         self, request: pb.HeartbeatRequest, context: Context
     ) -> pb.HeartbeatResponse:

@@ -30,3 +30,8 @@ class DataFormatError(FedMLLMError):
 
 class CertificateError(FedMLLMError):
     """A certificate request, issuance, renewal, revocation list or CRL was refused."""
+
+
+# Why a silo could not carry out a task, as it reports it and the coordinator counts it (a
+# closed set: metric label values).
+TASK_FAILURE_REASONS = ("non_finite_loss", "out_of_memory", "data", "model", "adapter", "exception")

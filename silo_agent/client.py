@@ -13,7 +13,12 @@ import grpc
 import torch
 
 from shared import __version__
-from shared.errors import IncompatibleSilo, PayloadError
+from shared.errors import (
+    TASK_FAILURE_REASONS,
+    DataFormatError,
+    IncompatibleSilo,
+    PayloadError,
+)
 from shared.evaluation.judge import LLMJudge
 from shared.grpc_options import CHANNEL_OPTIONS
 from shared.payload import PayloadDigest, assemble, iter_chunks
@@ -209,12 +214,26 @@ class SiloAgent:
             log.error(
                 "%s: refused by the coordinator (%s: %s)", label, exc.code().name, exc.details()
             )
-        except PayloadError as exc:
-            log.error("%s: global adapter rejected: %s", label, exc)
-        except (FloatingPointError, ValueError, RuntimeError) as exc:
-            log.error("%s: local training failed: %s", label, exc)
+        except Exception as exc:  # whatever stops this task: say so, then take the next one
+            reason = failure_reason(exc)
+            log.error("%s: cannot carry out the task (%s): %s", label, reason, exc)
+            self._report_failure(stub, task, reason, exc)
         finally:
             self._state = "idle"
+
+    def _report_failure(
+        self, stub: pb_grpc.SiloStub, task: pb.RoundTask, reason: str, exc: Exception
+    ) -> None:
+        """Tell the coordinator at once, so that the round need not wait for its deadline."""
+        detail = " ".join(str(exc).split())[:300] or type(exc).__name__
+        try:
+            stub.ReportFailure(
+                pb.FailureReport(task_id=task.task_id, reason=reason, detail=detail), timeout=30
+            )
+        except grpc.RpcError as error:
+            if error.code() not in TASK_REFUSALS:
+                raise
+            log.warning("round %d: failure report refused: %s", task.round, error.details())
 
     def _evaluate_and_report(self, stub: pb_grpc.SiloStub, task: pb.RoundTask, label: str) -> None:
         if not self._test_samples:
@@ -289,6 +308,22 @@ class SiloAgent:
             len(payload),
             time.monotonic() - started,
         )
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The wire's name for why a task could not be carried out."""
+    declared = getattr(exc, "reason", None)
+    if isinstance(declared, str) and declared in TASK_FAILURE_REASONS:
+        return declared
+    if isinstance(exc, FloatingPointError):
+        return "non_finite_loss"
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return "out_of_memory"
+    if isinstance(exc, DataFormatError):
+        return "data"
+    if isinstance(exc, PayloadError):
+        return "adapter"
+    return "exception"
 
 
 def plan_of(training: pb.TrainingPlan) -> LocalPlan:

@@ -213,6 +213,22 @@ class UploadReceipt(_message.Message):
     bytes_received: int
     def __init__(self, task_id: _Optional[str] = ..., bytes_received: _Optional[int] = ...) -> None: ...
 
+class FailureReport(_message.Message):
+    __slots__ = ("task_id", "reason", "detail")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    reason: str
+    detail: str
+    def __init__(self, task_id: _Optional[str] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class FailureReceipt(_message.Message):
+    __slots__ = ("task_id",)
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+
 class HeartbeatRequest(_message.Message):
     __slots__ = ("session_id", "state")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -290,7 +306,7 @@ class RunSpec(_message.Message):
     def __init__(self, rounds: _Optional[int] = ..., silos_per_round: _Optional[int] = ..., min_silos: _Optional[int] = ..., round_deadline_s: _Optional[float] = ..., seed: _Optional[int] = ..., learning_rate: _Optional[float] = ..., local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., strategy: _Optional[str] = ..., eta: _Optional[float] = ..., tau: _Optional[float] = ..., beta1: _Optional[float] = ..., beta2: _Optional[float] = ..., momentum: _Optional[float] = ..., proximal_mu: _Optional[float] = ..., gamma_max: _Optional[float] = ..., mask_skip_layers: _Optional[int] = ..., prompt_variant: _Optional[str] = ..., lr_schedule: _Optional[str] = ..., eval_every: _Optional[int] = ..., max_samples_per_silo: _Optional[int] = ..., max_weight_share: _Optional[float] = ..., aggregator: _Optional[str] = ..., trim_fraction: _Optional[float] = ..., byzantine_silos: _Optional[int] = ..., multi_krum_keep: _Optional[int] = ..., clip_norm: _Optional[float] = ..., clip_median_factor: _Optional[float] = ..., wire_dtype: _Optional[str] = ...) -> None: ...
 
 class RoundSummary(_message.Message):
-    __slots__ = ("round", "selected", "contributed", "num_samples", "mean_train_loss", "bytes_sent", "bytes_received", "seconds", "rejected", "mean_gamma", "learning_rate", "evaluation", "evaluated_by", "update_norm", "clipped", "excluded")
+    __slots__ = ("round", "selected", "contributed", "num_samples", "mean_train_loss", "bytes_sent", "bytes_received", "seconds", "rejected", "mean_gamma", "learning_rate", "evaluation", "evaluated_by", "update_norm", "clipped", "excluded", "failures")
     class EvaluationEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -298,6 +314,13 @@ class RoundSummary(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class FailuresEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     ROUND_FIELD_NUMBER: _ClassVar[int]
     SELECTED_FIELD_NUMBER: _ClassVar[int]
     CONTRIBUTED_FIELD_NUMBER: _ClassVar[int]
@@ -314,6 +337,7 @@ class RoundSummary(_message.Message):
     UPDATE_NORM_FIELD_NUMBER: _ClassVar[int]
     CLIPPED_FIELD_NUMBER: _ClassVar[int]
     EXCLUDED_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
     round: int
     selected: _containers.RepeatedScalarFieldContainer[str]
     contributed: _containers.RepeatedScalarFieldContainer[str]
@@ -330,7 +354,8 @@ class RoundSummary(_message.Message):
     update_norm: float
     clipped: _containers.RepeatedScalarFieldContainer[str]
     excluded: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, round: _Optional[int] = ..., selected: _Optional[_Iterable[str]] = ..., contributed: _Optional[_Iterable[str]] = ..., num_samples: _Optional[int] = ..., mean_train_loss: _Optional[float] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., seconds: _Optional[float] = ..., rejected: _Optional[int] = ..., mean_gamma: _Optional[float] = ..., learning_rate: _Optional[float] = ..., evaluation: _Optional[_Mapping[str, float]] = ..., evaluated_by: _Optional[_Iterable[str]] = ..., update_norm: _Optional[float] = ..., clipped: _Optional[_Iterable[str]] = ..., excluded: _Optional[_Iterable[str]] = ...) -> None: ...
+    failures: _containers.ScalarMap[str, str]
+    def __init__(self, round: _Optional[int] = ..., selected: _Optional[_Iterable[str]] = ..., contributed: _Optional[_Iterable[str]] = ..., num_samples: _Optional[int] = ..., mean_train_loss: _Optional[float] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., seconds: _Optional[float] = ..., rejected: _Optional[int] = ..., mean_gamma: _Optional[float] = ..., learning_rate: _Optional[float] = ..., evaluation: _Optional[_Mapping[str, float]] = ..., evaluated_by: _Optional[_Iterable[str]] = ..., update_norm: _Optional[float] = ..., clipped: _Optional[_Iterable[str]] = ..., excluded: _Optional[_Iterable[str]] = ..., failures: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class RunStatus(_message.Message):
     __slots__ = ("run_id", "state", "spec", "completed_rounds", "phase", "history", "message")

@@ -64,6 +64,11 @@ class SiloStub:
                 request_serializer=shared_dot_wire_dot_v1_dot_federation__pb2.EvaluationReport.SerializeToString,
                 response_deserializer=shared_dot_wire_dot_v1_dot_federation__pb2.EvaluationReceipt.FromString,
                 _registered_method=True)
+        self.ReportFailure = channel.unary_unary(
+                '/fedmllm.v1.Silo/ReportFailure',
+                request_serializer=shared_dot_wire_dot_v1_dot_federation__pb2.FailureReport.SerializeToString,
+                response_deserializer=shared_dot_wire_dot_v1_dot_federation__pb2.FailureReceipt.FromString,
+                _registered_method=True)
 
 
 class SiloServicer:
@@ -105,6 +110,12 @@ class SiloServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportFailure(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SiloServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -137,6 +148,11 @@ def add_SiloServicer_to_server(servicer, server):
                     servicer.ReportEvaluation,
                     request_deserializer=shared_dot_wire_dot_v1_dot_federation__pb2.EvaluationReport.FromString,
                     response_serializer=shared_dot_wire_dot_v1_dot_federation__pb2.EvaluationReceipt.SerializeToString,
+            ),
+            'ReportFailure': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportFailure,
+                    request_deserializer=shared_dot_wire_dot_v1_dot_federation__pb2.FailureReport.FromString,
+                    response_serializer=shared_dot_wire_dot_v1_dot_federation__pb2.FailureReceipt.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -301,6 +317,33 @@ class Silo:
             '/fedmllm.v1.Silo/ReportEvaluation',
             shared_dot_wire_dot_v1_dot_federation__pb2.EvaluationReport.SerializeToString,
             shared_dot_wire_dot_v1_dot_federation__pb2.EvaluationReceipt.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportFailure(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedmllm.v1.Silo/ReportFailure',
+            shared_dot_wire_dot_v1_dot_federation__pb2.FailureReport.SerializeToString,
+            shared_dot_wire_dot_v1_dot_federation__pb2.FailureReceipt.FromString,
             options,
             channel_credentials,
             insecure,
