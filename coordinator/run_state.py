@@ -86,6 +86,8 @@ class RunSpec:
     clip_norm: float = 0.0  # per-update L2 clipping bound (0: off)
     clip_median_factor: float = 0.0  # clip to this multiple of the round's median norm (0: off)
     wire_dtype: str = "float32"  # dtype updates travel in: float32, bfloat16 or float16
+    wait_timeout_s: float = 0.0  # give up a round short of min_silos after this long (0: never)
+    local_optimizer: str = ""  # sgd or adamw; "" takes the strategy's (SGD: SCAFFOLD, FedNova)
 
     def problems(self) -> list[str]:
         found = []
@@ -141,6 +143,10 @@ class RunSpec:
                 )
             if self.multi_krum_keep > self.min_silos:
                 found.append("multi_krum_keep must not exceed min_silos")
+        if self.local_optimizer not in ("", "sgd", "adamw"):
+            found.append("local_optimizer must be sgd or adamw")
+        if not (math.isfinite(self.wait_timeout_s) and self.wait_timeout_s >= 0):
+            found.append("wait_timeout_s must be a number of seconds >= 0")
         if self.wire_dtype not in WIRE_DTYPES:
             found.append(f"wire_dtype must be one of {', '.join(WIRE_DTYPES)}")
         for name in ("clip_norm", "clip_median_factor"):

@@ -71,7 +71,7 @@ class PayloadChunk(_message.Message):
     def __init__(self, header: _Optional[_Union[PayloadHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
-    __slots__ = ("agent_version", "base_model_fingerprint", "base_model_config_json", "lora_config_json", "adapter_layout", "num_train_samples", "num_test_samples")
+    __slots__ = ("agent_version", "base_model_fingerprint", "base_model_config_json", "lora_config_json", "adapter_layout", "num_train_samples", "num_test_samples", "agent_instance", "base_model_weights_fingerprint")
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +79,8 @@ class JoinRequest(_message.Message):
     ADAPTER_LAYOUT_FIELD_NUMBER: _ClassVar[int]
     NUM_TRAIN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     NUM_TEST_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    AGENT_INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_WEIGHTS_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     agent_version: str
     base_model_fingerprint: str
     base_model_config_json: str
@@ -86,7 +88,9 @@ class JoinRequest(_message.Message):
     adapter_layout: _containers.RepeatedCompositeFieldContainer[TensorSpec]
     num_train_samples: int
     num_test_samples: int
-    def __init__(self, agent_version: _Optional[str] = ..., base_model_fingerprint: _Optional[str] = ..., base_model_config_json: _Optional[str] = ..., lora_config_json: _Optional[str] = ..., adapter_layout: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., num_train_samples: _Optional[int] = ..., num_test_samples: _Optional[int] = ...) -> None: ...
+    agent_instance: str
+    base_model_weights_fingerprint: str
+    def __init__(self, agent_version: _Optional[str] = ..., base_model_fingerprint: _Optional[str] = ..., base_model_config_json: _Optional[str] = ..., lora_config_json: _Optional[str] = ..., adapter_layout: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., num_train_samples: _Optional[int] = ..., num_test_samples: _Optional[int] = ..., agent_instance: _Optional[str] = ..., base_model_weights_fingerprint: _Optional[str] = ...) -> None: ...
 
 class JoinResponse(_message.Message):
     __slots__ = ("silo_id", "session_id", "heartbeat_interval_s")
@@ -105,7 +109,7 @@ class TaskStreamRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ...) -> None: ...
 
 class TrainingPlan(_message.Message):
-    __slots__ = ("learning_rate", "local_epochs", "batch_size", "seed", "proximal_mu", "gamma_max", "mask_skip_layers", "prompt_variant", "control_variates", "wire_dtype")
+    __slots__ = ("learning_rate", "local_epochs", "batch_size", "seed", "proximal_mu", "gamma_max", "mask_skip_layers", "prompt_variant", "control_variates", "wire_dtype", "local_optimizer")
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     LOCAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +120,7 @@ class TrainingPlan(_message.Message):
     PROMPT_VARIANT_FIELD_NUMBER: _ClassVar[int]
     CONTROL_VARIATES_FIELD_NUMBER: _ClassVar[int]
     WIRE_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
     learning_rate: float
     local_epochs: int
     batch_size: int
@@ -126,7 +131,8 @@ class TrainingPlan(_message.Message):
     prompt_variant: str
     control_variates: bool
     wire_dtype: str
-    def __init__(self, learning_rate: _Optional[float] = ..., local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ..., proximal_mu: _Optional[float] = ..., gamma_max: _Optional[float] = ..., mask_skip_layers: _Optional[int] = ..., prompt_variant: _Optional[str] = ..., control_variates: _Optional[bool] = ..., wire_dtype: _Optional[str] = ...) -> None: ...
+    local_optimizer: str
+    def __init__(self, learning_rate: _Optional[float] = ..., local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ..., proximal_mu: _Optional[float] = ..., gamma_max: _Optional[float] = ..., mask_skip_layers: _Optional[int] = ..., prompt_variant: _Optional[str] = ..., control_variates: _Optional[bool] = ..., wire_dtype: _Optional[str] = ..., local_optimizer: _Optional[str] = ...) -> None: ...
 
 class RoundTask(_message.Message):
     __slots__ = ("run_id", "round", "task_id", "training", "adapter", "kind")
@@ -244,7 +250,7 @@ class HeartbeatResponse(_message.Message):
     def __init__(self, session_known: _Optional[bool] = ...) -> None: ...
 
 class RunSpec(_message.Message):
-    __slots__ = ("rounds", "silos_per_round", "min_silos", "round_deadline_s", "seed", "learning_rate", "local_epochs", "batch_size", "strategy", "eta", "tau", "beta1", "beta2", "momentum", "proximal_mu", "gamma_max", "mask_skip_layers", "prompt_variant", "lr_schedule", "eval_every", "max_samples_per_silo", "max_weight_share", "aggregator", "trim_fraction", "byzantine_silos", "multi_krum_keep", "clip_norm", "clip_median_factor", "wire_dtype")
+    __slots__ = ("rounds", "silos_per_round", "min_silos", "round_deadline_s", "seed", "learning_rate", "local_epochs", "batch_size", "strategy", "eta", "tau", "beta1", "beta2", "momentum", "proximal_mu", "gamma_max", "mask_skip_layers", "prompt_variant", "lr_schedule", "eval_every", "max_samples_per_silo", "max_weight_share", "aggregator", "trim_fraction", "byzantine_silos", "multi_krum_keep", "clip_norm", "clip_median_factor", "wire_dtype", "wait_timeout_s", "local_optimizer")
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
     SILOS_PER_ROUND_FIELD_NUMBER: _ClassVar[int]
     MIN_SILOS_FIELD_NUMBER: _ClassVar[int]
@@ -274,6 +280,8 @@ class RunSpec(_message.Message):
     CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
     CLIP_MEDIAN_FACTOR_FIELD_NUMBER: _ClassVar[int]
     WIRE_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    WAIT_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
     rounds: int
     silos_per_round: int
     min_silos: int
@@ -303,7 +311,9 @@ class RunSpec(_message.Message):
     clip_norm: float
     clip_median_factor: float
     wire_dtype: str
-    def __init__(self, rounds: _Optional[int] = ..., silos_per_round: _Optional[int] = ..., min_silos: _Optional[int] = ..., round_deadline_s: _Optional[float] = ..., seed: _Optional[int] = ..., learning_rate: _Optional[float] = ..., local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., strategy: _Optional[str] = ..., eta: _Optional[float] = ..., tau: _Optional[float] = ..., beta1: _Optional[float] = ..., beta2: _Optional[float] = ..., momentum: _Optional[float] = ..., proximal_mu: _Optional[float] = ..., gamma_max: _Optional[float] = ..., mask_skip_layers: _Optional[int] = ..., prompt_variant: _Optional[str] = ..., lr_schedule: _Optional[str] = ..., eval_every: _Optional[int] = ..., max_samples_per_silo: _Optional[int] = ..., max_weight_share: _Optional[float] = ..., aggregator: _Optional[str] = ..., trim_fraction: _Optional[float] = ..., byzantine_silos: _Optional[int] = ..., multi_krum_keep: _Optional[int] = ..., clip_norm: _Optional[float] = ..., clip_median_factor: _Optional[float] = ..., wire_dtype: _Optional[str] = ...) -> None: ...
+    wait_timeout_s: float
+    local_optimizer: str
+    def __init__(self, rounds: _Optional[int] = ..., silos_per_round: _Optional[int] = ..., min_silos: _Optional[int] = ..., round_deadline_s: _Optional[float] = ..., seed: _Optional[int] = ..., learning_rate: _Optional[float] = ..., local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., strategy: _Optional[str] = ..., eta: _Optional[float] = ..., tau: _Optional[float] = ..., beta1: _Optional[float] = ..., beta2: _Optional[float] = ..., momentum: _Optional[float] = ..., proximal_mu: _Optional[float] = ..., gamma_max: _Optional[float] = ..., mask_skip_layers: _Optional[int] = ..., prompt_variant: _Optional[str] = ..., lr_schedule: _Optional[str] = ..., eval_every: _Optional[int] = ..., max_samples_per_silo: _Optional[int] = ..., max_weight_share: _Optional[float] = ..., aggregator: _Optional[str] = ..., trim_fraction: _Optional[float] = ..., byzantine_silos: _Optional[int] = ..., multi_krum_keep: _Optional[int] = ..., clip_norm: _Optional[float] = ..., clip_median_factor: _Optional[float] = ..., wire_dtype: _Optional[str] = ..., wait_timeout_s: _Optional[float] = ..., local_optimizer: _Optional[str] = ...) -> None: ...
 
 class RoundSummary(_message.Message):
     __slots__ = ("round", "selected", "contributed", "num_samples", "mean_train_loss", "bytes_sent", "bytes_received", "seconds", "rejected", "mean_gamma", "learning_rate", "evaluation", "evaluated_by", "update_norm", "clipped", "excluded", "failures")
@@ -357,8 +367,18 @@ class RoundSummary(_message.Message):
     failures: _containers.ScalarMap[str, str]
     def __init__(self, round: _Optional[int] = ..., selected: _Optional[_Iterable[str]] = ..., contributed: _Optional[_Iterable[str]] = ..., num_samples: _Optional[int] = ..., mean_train_loss: _Optional[float] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., seconds: _Optional[float] = ..., rejected: _Optional[int] = ..., mean_gamma: _Optional[float] = ..., learning_rate: _Optional[float] = ..., evaluation: _Optional[_Mapping[str, float]] = ..., evaluated_by: _Optional[_Iterable[str]] = ..., update_norm: _Optional[float] = ..., clipped: _Optional[_Iterable[str]] = ..., excluded: _Optional[_Iterable[str]] = ..., failures: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
+class SiloProgress(_message.Message):
+    __slots__ = ("silo_id", "stage", "seconds")
+    SILO_ID_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    silo_id: str
+    stage: str
+    seconds: float
+    def __init__(self, silo_id: _Optional[str] = ..., stage: _Optional[str] = ..., seconds: _Optional[float] = ...) -> None: ...
+
 class RunStatus(_message.Message):
-    __slots__ = ("run_id", "state", "spec", "completed_rounds", "phase", "history", "message")
+    __slots__ = ("run_id", "state", "spec", "completed_rounds", "phase", "history", "message", "waiting_reason", "round_progress", "eta_s", "started_at", "base_model_fingerprint", "base_model_weights_fingerprint")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
@@ -366,6 +386,12 @@ class RunStatus(_message.Message):
     PHASE_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    WAITING_REASON_FIELD_NUMBER: _ClassVar[int]
+    ROUND_PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    ETA_S_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_WEIGHTS_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     state: RunState
     spec: RunSpec
@@ -373,7 +399,37 @@ class RunStatus(_message.Message):
     phase: RoundPhase
     history: _containers.RepeatedCompositeFieldContainer[RoundSummary]
     message: str
-    def __init__(self, run_id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., spec: _Optional[_Union[RunSpec, _Mapping]] = ..., completed_rounds: _Optional[int] = ..., phase: _Optional[_Union[RoundPhase, str]] = ..., history: _Optional[_Iterable[_Union[RoundSummary, _Mapping]]] = ..., message: _Optional[str] = ...) -> None: ...
+    waiting_reason: str
+    round_progress: _containers.RepeatedCompositeFieldContainer[SiloProgress]
+    eta_s: float
+    started_at: float
+    base_model_fingerprint: str
+    base_model_weights_fingerprint: str
+    def __init__(self, run_id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., spec: _Optional[_Union[RunSpec, _Mapping]] = ..., completed_rounds: _Optional[int] = ..., phase: _Optional[_Union[RoundPhase, str]] = ..., history: _Optional[_Iterable[_Union[RoundSummary, _Mapping]]] = ..., message: _Optional[str] = ..., waiting_reason: _Optional[str] = ..., round_progress: _Optional[_Iterable[_Union[SiloProgress, _Mapping]]] = ..., eta_s: _Optional[float] = ..., started_at: _Optional[float] = ..., base_model_fingerprint: _Optional[str] = ..., base_model_weights_fingerprint: _Optional[str] = ...) -> None: ...
+
+class RunLine(_message.Message):
+    __slots__ = ("run_id", "state", "completed_rounds", "rounds", "strategy", "started_at", "message")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    state: RunState
+    completed_rounds: int
+    rounds: int
+    strategy: str
+    started_at: float
+    message: str
+    def __init__(self, run_id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., completed_rounds: _Optional[int] = ..., rounds: _Optional[int] = ..., strategy: _Optional[str] = ..., started_at: _Optional[float] = ..., message: _Optional[str] = ...) -> None: ...
+
+class RunList(_message.Message):
+    __slots__ = ("runs",)
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    runs: _containers.RepeatedCompositeFieldContainer[RunLine]
+    def __init__(self, runs: _Optional[_Iterable[_Union[RunLine, _Mapping]]] = ...) -> None: ...
 
 class StartRunRequest(_message.Message):
     __slots__ = ("spec",)
@@ -382,24 +438,36 @@ class StartRunRequest(_message.Message):
     def __init__(self, spec: _Optional[_Union[RunSpec, _Mapping]] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
 
 class SiloInfo(_message.Message):
-    __slots__ = ("silo_id", "connected", "seconds_since_seen", "num_train_samples", "state", "num_test_samples")
+    __slots__ = ("silo_id", "connected", "seconds_since_seen", "num_train_samples", "state", "num_test_samples", "revoked", "revoked_reason", "notes", "key_fingerprint", "certificate_not_after")
     SILO_ID_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
     SECONDS_SINCE_SEEN_FIELD_NUMBER: _ClassVar[int]
     NUM_TRAIN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     NUM_TEST_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_REASON_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
+    KEY_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
     silo_id: str
     connected: bool
     seconds_since_seen: float
     num_train_samples: int
     state: str
     num_test_samples: int
-    def __init__(self, silo_id: _Optional[str] = ..., connected: _Optional[bool] = ..., seconds_since_seen: _Optional[float] = ..., num_train_samples: _Optional[int] = ..., state: _Optional[str] = ..., num_test_samples: _Optional[int] = ...) -> None: ...
+    revoked: bool
+    revoked_reason: str
+    notes: _containers.RepeatedScalarFieldContainer[str]
+    key_fingerprint: str
+    certificate_not_after: float
+    def __init__(self, silo_id: _Optional[str] = ..., connected: _Optional[bool] = ..., seconds_since_seen: _Optional[float] = ..., num_train_samples: _Optional[int] = ..., state: _Optional[str] = ..., num_test_samples: _Optional[int] = ..., revoked: _Optional[bool] = ..., revoked_reason: _Optional[str] = ..., notes: _Optional[_Iterable[str]] = ..., key_fingerprint: _Optional[str] = ..., certificate_not_after: _Optional[float] = ...) -> None: ...
 
 class SiloList(_message.Message):
     __slots__ = ("silos",)
@@ -408,14 +476,26 @@ class SiloList(_message.Message):
     def __init__(self, silos: _Optional[_Iterable[_Union[SiloInfo, _Mapping]]] = ...) -> None: ...
 
 class StopRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+
+class SiloRequest(_message.Message):
+    __slots__ = ("silo_id", "reason")
+    SILO_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    silo_id: str
+    reason: str
+    def __init__(self, silo_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ExportRequest(_message.Message):
-    __slots__ = ("round",)
+    __slots__ = ("round", "run_id")
     ROUND_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
     round: int
-    def __init__(self, round: _Optional[int] = ...) -> None: ...
+    run_id: str
+    def __init__(self, round: _Optional[int] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class ExportHeader(_message.Message):
     __slots__ = ("run_id", "round", "adapter_config_json", "adapter")

@@ -399,6 +399,21 @@ class AdminStub:
                 request_serializer=shared_dot_wire_dot_v1_dot_federation__pb2.ExportRequest.SerializeToString,
                 response_deserializer=shared_dot_wire_dot_v1_dot_federation__pb2.ExportChunk.FromString,
                 _registered_method=True)
+        self.ListRuns = channel.unary_unary(
+                '/fedmllm.v1.Admin/ListRuns',
+                request_serializer=shared_dot_wire_dot_v1_dot_federation__pb2.StatusRequest.SerializeToString,
+                response_deserializer=shared_dot_wire_dot_v1_dot_federation__pb2.RunList.FromString,
+                _registered_method=True)
+        self.RevokeSilo = channel.unary_unary(
+                '/fedmllm.v1.Admin/RevokeSilo',
+                request_serializer=shared_dot_wire_dot_v1_dot_federation__pb2.SiloRequest.SerializeToString,
+                response_deserializer=shared_dot_wire_dot_v1_dot_federation__pb2.SiloList.FromString,
+                _registered_method=True)
+        self.RotateSilo = channel.unary_unary(
+                '/fedmllm.v1.Admin/RotateSilo',
+                request_serializer=shared_dot_wire_dot_v1_dot_federation__pb2.SiloRequest.SerializeToString,
+                response_deserializer=shared_dot_wire_dot_v1_dot_federation__pb2.SiloList.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -446,6 +461,28 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRuns(self, request, context):
+        """Every run kept in the checkpoint directory, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeSilo(self, request, context):
+        """Cut a silo off: its certificate is refused on every call from now on, also after a
+        restart; its open streams end and it leaves selection.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateSilo(self, request, context):
+        """Accept the next key this silo identity presents (a replaced key), pinning it then.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -483,6 +520,21 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ExportAdapter,
                     request_deserializer=shared_dot_wire_dot_v1_dot_federation__pb2.ExportRequest.FromString,
                     response_serializer=shared_dot_wire_dot_v1_dot_federation__pb2.ExportChunk.SerializeToString,
+            ),
+            'ListRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRuns,
+                    request_deserializer=shared_dot_wire_dot_v1_dot_federation__pb2.StatusRequest.FromString,
+                    response_serializer=shared_dot_wire_dot_v1_dot_federation__pb2.RunList.SerializeToString,
+            ),
+            'RevokeSilo': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeSilo,
+                    request_deserializer=shared_dot_wire_dot_v1_dot_federation__pb2.SiloRequest.FromString,
+                    response_serializer=shared_dot_wire_dot_v1_dot_federation__pb2.SiloList.SerializeToString,
+            ),
+            'RotateSilo': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateSilo,
+                    request_deserializer=shared_dot_wire_dot_v1_dot_federation__pb2.SiloRequest.FromString,
+                    response_serializer=shared_dot_wire_dot_v1_dot_federation__pb2.SiloList.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -674,6 +726,87 @@ class Admin:
             '/fedmllm.v1.Admin/ExportAdapter',
             shared_dot_wire_dot_v1_dot_federation__pb2.ExportRequest.SerializeToString,
             shared_dot_wire_dot_v1_dot_federation__pb2.ExportChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedmllm.v1.Admin/ListRuns',
+            shared_dot_wire_dot_v1_dot_federation__pb2.StatusRequest.SerializeToString,
+            shared_dot_wire_dot_v1_dot_federation__pb2.RunList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeSilo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedmllm.v1.Admin/RevokeSilo',
+            shared_dot_wire_dot_v1_dot_federation__pb2.SiloRequest.SerializeToString,
+            shared_dot_wire_dot_v1_dot_federation__pb2.SiloList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateSilo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedmllm.v1.Admin/RotateSilo',
+            shared_dot_wire_dot_v1_dot_federation__pb2.SiloRequest.SerializeToString,
+            shared_dot_wire_dot_v1_dot_federation__pb2.SiloList.FromString,
             options,
             channel_credentials,
             insecure,
