@@ -41,6 +41,18 @@ def parse_args(argv: list[str] | None) -> tuple[CoordinatorConfig, Path | None]:
         "--metrics-port", type=int, default=9464, help="Prometheus /metrics port (-1 disables)"
     )
     parser.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address /metrics listens on (default loopback; a remote scraper needs its address)",
+    )
+    parser.add_argument(
+        "--metrics-tls",
+        action="store_true",
+        help="serve /metrics over TLS with this coordinator's certificate; scrapers need a "
+        "certificate of the federation's CA",
+    )
+    parser.add_argument("--crl", type=Path, help="a CRL file to honour (fedmllm-certs revoke)")
+    parser.add_argument(
         "--keep-checkpoints", type=int, default=5, help="round checkpoints kept per run"
     )
     parser.add_argument(
@@ -59,6 +71,9 @@ def parse_args(argv: list[str] | None) -> tuple[CoordinatorConfig, Path | None]:
         host=args.host,
         port=args.port,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        metrics_host=args.metrics_host,
+        metrics_tls=args.metrics_tls,
+        crl=args.crl,
         keep_checkpoints=args.keep_checkpoints,
     )
     return config, args.port_file

@@ -40,9 +40,20 @@ def _fsync_file(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
+# Adapters trained on patient data, and the state that rebuilds them: owner-only.
+FILE_MODE, DIR_MODE = 0o600, 0o700
+
+
+def private_dir(path: Path) -> None:
+    """Create `path` (and missing parents) owner-only; an existing one is narrowed too."""
+    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    os.chmod(path, DIR_MODE)
+
+
 def _write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
+    os.chmod(tmp, FILE_MODE)
     _fsync_file(tmp)
     os.replace(tmp, path)
     _fsync_dir(path.parent)
@@ -66,7 +77,7 @@ class CheckpointStore:
         self.keep = max(keep, 1)
         self._lock_handle: TextIO | None = None
         self._writing = threading.Lock()  # the run thread and admin calls both write
-        root.mkdir(parents=True, exist_ok=True)
+        private_dir(root)
 
     def lock(self) -> None:
         """Hold the directory for this process (one coordinator per checkpoint directory) and
@@ -101,15 +112,17 @@ class CheckpointStore:
         self, run: RunRecord, round_index: int, adapter: StateDict, strategy_state: StateDict
     ) -> Path:
         run_dir = self._run_dir(run.run_id)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(run_dir.parent)
+        private_dir(run_dir)
         final = run_dir / f"round-{round_index:05d}"
         tmp = run_dir / f".round-{round_index:05d}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        tmp.mkdir(mode=DIR_MODE)
         save_file(adapter, str(tmp / ADAPTER_FILE))
         save_file({k: v.contiguous() for k, v in strategy_state.items()}, str(tmp / STRATEGY_FILE))
         (tmp / RUN_FILE).write_text(json.dumps(run.to_dict(), indent=1), encoding="utf-8")
         for name in (ADAPTER_FILE, STRATEGY_FILE, RUN_FILE):
+            os.chmod(tmp / name, FILE_MODE)
             _fsync_file(tmp / name)
         _fsync_dir(tmp)
         if final.exists():  # a round redone after a crash between rename and pointer update
@@ -146,6 +159,23 @@ class CheckpointStore:
                 f"round {round_index} of run {run_id} is not kept (kept: {kept})"
             )
         return int(chosen.name.removeprefix("round-")), chosen / ADAPTER_FILE
+
+    def run_ids(self) -> list[str]:
+        """Every run with a kept round, newest first (run ids start with their start time)."""
+        runs = self.root / "runs"
+        if not runs.is_dir():
+            return []
+        return sorted((p.name for p in runs.iterdir() if self.round_dirs(p.name)), reverse=True)
+
+    def load_run(self, run_id: str) -> RunRecord:
+        """The record of a kept run as of its latest round; FileNotFoundError if none."""
+        latest = self._latest_round_dir(run_id)
+        if latest is None:
+            raise FileNotFoundError(f"no run {run_id!r} is kept in {self.root}")
+        try:
+            return RunRecord.from_dict(json.loads((latest / RUN_FILE).read_text("utf-8")))
+        except (OSError, ValueError, KeyError) as exc:
+            raise RuntimeError(f"{latest / RUN_FILE} is unreadable: {exc}") from exc
 
     def _latest_round_dir(self, run_id: str) -> Path | None:
         dirs = self.round_dirs(run_id)

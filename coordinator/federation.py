@@ -403,11 +403,25 @@ class Federation(SiloRequests, EvaluationRounds):
             record.seconds,
         )
 
-    def status(self) -> pb.RunStatus:
+    def status(self, run_id: str = "") -> pb.RunStatus:
+        """The current run's status, or a kept run's (Refusal NOT_FOUND if there is none)."""
         with self._lock:
-            if self.run is None:
-                return pb.RunStatus(state=pb.RUN_STATE_IDLE, message="no run started yet")
-            return self.run.status_proto(self.phase)
+            if self.run is not None and run_id in ("", self.run.run_id):
+                return self.run.status_proto(self.phase)
+        if not run_id:
+            return pb.RunStatus(state=pb.RUN_STATE_IDLE, message="no run started yet")
+        try:
+            return self.store.load_run(run_id).status_proto(pb.ROUND_PHASE_UNSPECIFIED)
+        except FileNotFoundError as exc:
+            raise Refusal(grpc.StatusCode.NOT_FOUND, str(exc)) from None
+
+    def drop_from_round(self, silo_id: str, reason: str) -> None:
+        """The silo will not answer its task of the open round (revoked): stop waiting for it."""
+        with self._lock:
+            open_round = self.open_round
+            if open_round is not None and silo_id in open_round.pending:
+                open_round.failures[silo_id] = reason
+                self._changed.notify_all()
 
 
 __all__ = ["ControllerSettings", "Federation", "Refusal", "UpdateRejected"]

@@ -14,10 +14,25 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import grpc
+
 from shared.wire.v1 import federation_pb2 as pb
 
-# Ends a task stream: its session was superseded, left, or the coordinator is closing.
-END_OF_STREAM = None
+
+@dataclass(frozen=True)
+class StreamEnd:
+    """Ends a task stream with this status: superseded, revoked, or the coordinator closing."""
+
+    code: grpc.StatusCode
+    message: str
+
+
+# At most this many operator notes are kept per silo (newest last).
+MAX_NOTES = 3
+
+
+class DuplicateAgent(Exception):
+    """A second agent process presents a certificate whose first agent is still connected."""
 
 
 @dataclass
@@ -32,7 +47,8 @@ class SiloSession:
     state: str = "joined"
     streaming: bool = False
     stream_opened: bool = False  # False between Join and the first ReceiveTasks
-    tasks: asyncio.Queue[pb.RoundTask | None] = field(default_factory=asyncio.Queue)
+    agent_instance: str = ""  # random per agent process ("" from older agents)
+    tasks: asyncio.Queue[pb.RoundTask | StreamEnd] = field(default_factory=asyncio.Queue)
 
 
 class SiloRegistry:
@@ -44,34 +60,73 @@ class SiloRegistry:
         self._by_session: dict[str, SiloSession] = {}
         self._liveness_timeout_s = liveness_timeout_s
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._notes: dict[str, list[str]] = {}
         self.closed = threading.Event()
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """The event loop that serves the task streams (their queues belong to it)."""
         self._loop = loop
 
-    def _deliver(self, session: SiloSession, task: pb.RoundTask | None) -> None:
+    def _deliver(self, session: SiloSession, task: pb.RoundTask | StreamEnd) -> None:
         loop = self._loop
         if loop is None or loop.is_closed():
             return
         loop.call_soon_threadsafe(session.tasks.put_nowait, task)
 
-    def join(self, silo_id: str, num_train_samples: int, num_test_samples: int = 0) -> SiloSession:
+    def join(
+        self,
+        silo_id: str,
+        num_train_samples: int,
+        num_test_samples: int = 0,
+        *,
+        agent_instance: str = "",
+    ) -> SiloSession:
+        """A new session for the silo, replacing its old one; DuplicateAgent if another agent
+        process holds a live session with this identity."""
         session = SiloSession(
             silo_id=silo_id,
             session_id=secrets.token_hex(16),
             num_train_samples=num_train_samples,
             num_test_samples=num_test_samples,
+            agent_instance=agent_instance,
         )
         with self._lock:
             old = self._sessions.get(silo_id)
+            if (
+                old is not None
+                and old.agent_instance
+                and agent_instance
+                and old.agent_instance != agent_instance
+                and self._alive(old, time.monotonic())
+            ):
+                self._note(silo_id, "a second agent with this certificate was refused")
+                raise DuplicateAgent(silo_id)
             if old is not None:
                 self._by_session.pop(old.session_id, None)
             self._sessions[silo_id] = session
             self._by_session[session.session_id] = session
         if old is not None:
-            self._deliver(old, END_OF_STREAM)
+            message = f"silo {silo_id!r}: superseded by a newer session of the same identity"
+            self._deliver(old, StreamEnd(grpc.StatusCode.ABORTED, message))
         return session
+
+    def end(self, silo_id: str, end: StreamEnd) -> None:
+        """Forget the silo's session and end its task stream with `end` (a revocation)."""
+        with self._lock:
+            session = self._sessions.pop(silo_id, None)
+            if session is not None:
+                self._by_session.pop(session.session_id, None)
+        if session is not None:
+            self._deliver(session, end)
+
+    def _note(self, silo_id: str, note: str) -> None:
+        """Keep an operator note on a silo (caller holds the lock)."""
+        stamped = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {note}"
+        self._notes[silo_id] = [*self._notes.get(silo_id, []), stamped][-MAX_NOTES:]
+
+    def note(self, silo_id: str, note: str) -> None:
+        with self._lock:
+            self._note(silo_id, note)
 
     def session(self, session_id: str) -> SiloSession | None:
         with self._lock:
@@ -157,7 +212,7 @@ class SiloRegistry:
         with self._lock:
             sessions = list(self._sessions.values())
         for session in sessions:
-            self._deliver(session, END_OF_STREAM)
+            self._deliver(session, StreamEnd(grpc.StatusCode.UNAVAILABLE, "coordinator closing"))
 
     def declared_samples(self, silo_id: str) -> int:
         """The training-sample count the silo declared when it joined (0 if unknown)."""
@@ -179,6 +234,7 @@ class SiloRegistry:
                     num_train_samples=s.num_train_samples,
                     num_test_samples=s.num_test_samples,
                     state=s.state,
+                    notes=self._notes.get(s.silo_id, []),
                 )
                 for s in sorted(self._sessions.values(), key=lambda s: s.silo_id)
             ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
@@ -23,6 +24,8 @@ class RunPhase(str, Enum):
         """A run that holds the coordinator: running, or paused between rounds."""
         return self in (RunPhase.RUNNING, RunPhase.PAUSED)
 
+
+UINT64_MAX, UINT32_MAX = 2**64 - 1, 2**32 - 1
 
 _STATE_TO_PROTO = {
     RunPhase.IDLE: pb.RUN_STATE_IDLE,
@@ -195,7 +198,11 @@ class RoundRecord:
     failures: dict[str, str] = field(default_factory=dict)  # silo -> why it could not train
 
     def to_proto(self) -> pb.RoundSummary:
-        return pb.RoundSummary(**asdict(self))
+        values = asdict(self)
+        for name in ("num_samples", "bytes_sent", "bytes_received"):  # records of any age
+            values[name] = min(max(int(values[name]), 0), UINT64_MAX)
+        values["rejected"] = min(max(int(values["rejected"]), 0), UINT32_MAX)
+        return pb.RoundSummary(**values)
 
 
 @dataclass
@@ -208,6 +215,9 @@ class RunRecord:
     history: list[RoundRecord] = field(default_factory=list)
     message: str = ""
     silos_seen: list[str] = field(default_factory=list)  # every silo that joined during the run
+    started_at: float = field(default_factory=time.time)  # unix time
+    base_model_fingerprint: str = ""  # the base model's config fingerprint, pinned at start
+    base_model_weights_fingerprint: str = ""  # pinned from the first silo that reports one
 
     @property
     def completed_rounds(self) -> int:
@@ -222,6 +232,9 @@ class RunRecord:
             "message": self.message,
             "history": [asdict(r) for r in self.history],
             "silos_seen": self.silos_seen,
+            "started_at": self.started_at,
+            "base_model_fingerprint": self.base_model_fingerprint,
+            "base_model_weights_fingerprint": self.base_model_weights_fingerprint,
         }
 
     @classmethod
@@ -233,6 +246,9 @@ class RunRecord:
             message=data.get("message", ""),
             history=[RoundRecord(**r) for r in data["history"]],
             silos_seen=list(data.get("silos_seen", [])),
+            started_at=float(data.get("started_at", 0.0)),
+            base_model_fingerprint=data.get("base_model_fingerprint", ""),
+            base_model_weights_fingerprint=data.get("base_model_weights_fingerprint", ""),
         )
 
     def status_proto(self, round_phase: pb.RoundPhase) -> pb.RunStatus:
@@ -244,4 +260,11 @@ class RunRecord:
             phase=round_phase,
             history=[r.to_proto() for r in self.history],
             message=self.message,
+            started_at=self.started_at,
+            base_model_fingerprint=self.base_model_fingerprint,
+            base_model_weights_fingerprint=self.base_model_weights_fingerprint,
         )
+
+
+def phase_proto(phase: RunPhase) -> pb.RunState:
+    return _STATE_TO_PROTO[phase]

@@ -12,6 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from peft import LoraConfig
@@ -22,6 +24,7 @@ from coordinator.admin_service import AdminService
 from coordinator.checkpoint import CheckpointStore
 from coordinator.federation import ControllerSettings, Federation
 from coordinator.guard import CallLimits, PeerGuard
+from coordinator.identity import CertificateExpiry, IdentityBook
 from coordinator.join_check import FederationIdentity
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.registry import SiloRegistry
@@ -36,6 +39,7 @@ from shared.adapter import (
 )
 from shared.grpc_options import SERVER_OPTIONS
 from shared.pki import ROLE_ADMIN, ROLE_SILO
+from shared.pki.fingerprint import not_after_of
 from shared.tensor_codec import StateDict
 from shared.tls import TlsFiles, server_credentials
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
@@ -53,11 +57,14 @@ class CoordinatorConfig:
     host: str = "[::]"  # address to listen on
     port: int = 0  # gRPC port; 0 picks a free one
     metrics_port: int | None = None  # Prometheus /metrics port; None disables, 0 picks one
+    metrics_host: str = "127.0.0.1"  # /metrics address: loopback unless a scraper is remote
+    metrics_tls: bool = False  # serve /metrics over TLS, scrapers with a federation certificate
     adapter_dir: Path | None = None  # start from this PEFT adapter instead of a fresh one
     keep_checkpoints: int = 5  # round checkpoints kept per run
     workers: int = 8  # threads for blocking work: chunk hashing, validation, folds, checkpoints
     max_connections: int = 10_000  # TCP connections held at once (each silo holds one)
     handshake_timeout_s: float = 10.0  # a connection that has not finished TLS by then is closed
+    crl: Path | None = None  # a CRL file (fedmllm-certs revoke) honoured as it changes
     call_limits: CallLimits = field(default_factory=CallLimits)  # per-certificate concurrency
     silo_service: SiloServiceSettings = field(default_factory=SiloServiceSettings)
     controller: ControllerSettings = field(default_factory=ControllerSettings)
@@ -71,6 +78,7 @@ class RunningCoordinator:
     port: int
     metrics_port: int | None
     federation: Federation
+    metrics_host: str = ""  # the address /metrics is bound to
 
 
 def _adapter_source(
@@ -139,9 +147,15 @@ async def _start_server(
     exported_config: str,
     workers: ThreadPoolExecutor,
 ) -> tuple[grpc.aio.Server, int]:
+    own_pem, _, ca_pem = config.tls.read()
+    identities = IdentityBook(state_dir=config.checkpoint_dir, crl=config.crl, ca_pem=ca_pem)
+    federation.metrics.registry.register(
+        CertificateExpiry(identities=identities, own_not_after=not_after_of(own_pem).timestamp())
+    )
     guard = PeerGuard(
         roles={"fedmllm.v1.Silo": ROLE_SILO, "fedmllm.v1.Admin": ROLE_ADMIN},
         limits=config.call_limits,
+        admission=identities.admission,
         on_refusal=lambda method, code: federation.metrics.refused_calls.labels(
             method=method, code=code
         ).inc(),
@@ -159,11 +173,15 @@ async def _start_server(
             incoming_dir=config.checkpoint_dir / "incoming",
             settings=config.silo_service,
             workers=workers,
+            identities=identities,
         ),
         server,
     )
     admin = AdminService(
-        federation=federation, adapter_config_json=exported_config, workers=workers
+        federation=federation,
+        adapter_config_json=exported_config,
+        workers=workers,
+        identities=identities,
     )
     pb_grpc.add_AdminServicer_to_server(admin, server)
     port = server.add_secure_port(f"{config.host}:{config.port}", server_credentials(config.tls))
@@ -171,6 +189,27 @@ async def _start_server(
         raise OSError(f"cannot listen on {config.host}:{config.port}")
     await server.start()
     return server, port
+
+
+def _metrics_server(config: CoordinatorConfig, federation: Federation) -> WSGIServer:
+    """/metrics on its own address; over TLS, only scrapers with a certificate of the
+    federation's CA are answered (the coordinator's own certificate serves it)."""
+    assert config.metrics_port is not None
+    tls: dict[str, Any] = {}
+    if config.metrics_tls:
+        tls = {
+            "certfile": str(config.tls.cert),
+            "keyfile": str(config.tls.key),
+            "client_cafile": str(config.tls.ca),
+            "client_auth_required": True,
+        }
+    server, _ = start_http_server(
+        config.metrics_port,
+        addr=config.metrics_host.strip("[]"),
+        registry=federation.metrics.registry,
+        **tls,
+    )
+    return server
 
 
 @contextmanager
@@ -193,14 +232,16 @@ def _serving(
         ).result()
         metrics_port = None
         if config.metrics_port is not None:
-            metrics_server, _ = start_http_server(
-                config.metrics_port, registry=federation.metrics.registry
-            )
+            metrics_server = _metrics_server(config, federation)
             metrics_port = metrics_server.server_port
         log.info("coordinator serving on port %d (metrics: %s)", port, metrics_port)
         try:
             yield RunningCoordinator(
-                server=server, port=port, metrics_port=metrics_port, federation=federation
+                server=server,
+                port=port,
+                metrics_port=metrics_port,
+                federation=federation,
+                metrics_host=str(metrics_server.server_address[0]) if metrics_server else "",
             )
         finally:
             federation.registry.close()

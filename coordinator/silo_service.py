@@ -16,10 +16,12 @@ from typing import Any, NoReturn
 
 import grpc
 
+from coordinator.checkpoint import private_dir
 from coordinator.federation import Federation
 from coordinator.guard import Context, caller, refuse
+from coordinator.identity import IdentityBook
 from coordinator.join_check import FederationIdentity, join_problems
-from coordinator.registry import END_OF_STREAM, SiloSession
+from coordinator.registry import DuplicateAgent, SiloSession
 from coordinator.rounds import Refusal
 from coordinator.upload import receive_update
 from shared.bounded import printable
@@ -55,13 +57,15 @@ class SiloService(pb_grpc.SiloServicer):
         incoming_dir: Path,
         settings: SiloServiceSettings,
         workers: ThreadPoolExecutor,
+        identities: IdentityBook,
     ) -> None:
         self._federation = federation
+        self._identities = identities
         self._identity = identity
         self._incoming = incoming_dir
         self._settings = settings
         self._workers = workers
-        incoming_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(incoming_dir)
 
     async def _blocking(self, function: Any, *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -97,9 +101,22 @@ class SiloService(pb_grpc.SiloServicer):
             )
         except Refusal as refusal:
             await _refuse(context, refusal)
-        session = self._federation.registry.join(
-            peer.name, request.num_train_samples, request.num_test_samples
-        )
+        try:
+            session = self._federation.registry.join(
+                peer.name,
+                request.num_train_samples,
+                request.num_test_samples,
+                agent_instance=request.agent_instance[:64],
+            )
+        except DuplicateAgent:
+            log.warning("silo %s: a second agent with the same certificate refused", peer.name)
+            await refuse(
+                context,
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"silo {peer.name!r} is already connected from another agent process with this "
+                "certificate; stop the other agent (each silo runs one)",
+            )
+        await self._blocking(self._identities.pin, peer)
         log.info(
             "silo %s joined (%d training, %d test samples)",
             peer.name,
@@ -138,16 +155,12 @@ class SiloService(pb_grpc.SiloServicer):
                 yield owed
             while True:
                 task = await session.tasks.get()
-                if task is not END_OF_STREAM:
+                if isinstance(task, pb.RoundTask):
                     yield task
                     continue
                 if registry.closed.is_set():
                     return
-                await refuse(
-                    context,
-                    grpc.StatusCode.ABORTED,
-                    f"silo {peer.name!r}: superseded by a newer session of the same identity",
-                )
+                await refuse(context, task.code, task.message)
         finally:
             registry.set_streaming(session, False)
             log.info("silo %s task stream closed", peer.name)

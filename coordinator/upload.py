@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -64,7 +65,7 @@ async def receive_update(
     try:
         open_round = federation.round_for_task(header.task_id, silo_id)
         federation.check_update_header(open_round, silo_id, header)
-        with path.open("xb") as spool:
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as spool:
             receiver = UpdateReceiver(
                 shape=federation.update_shape(),
                 announced=PayloadDigest(header.payload.total_bytes, header.payload.sha256),

@@ -72,6 +72,7 @@ class Peer:
     fingerprint: str  # SHA-256 of the certificate's DER: one issuance
     public_key_fingerprint: str  # SHA-256 of its public key: the same after a renewal
     serial: int
+    not_after: float = 0.0  # when the certificate expires (unix time)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -86,6 +87,7 @@ def _peer_of_pem(pem: bytes) -> Peer | None:
         fingerprint=certificate_fingerprint(cert),
         public_key_fingerprint=key_fingerprint(cert.public_key()),
         serial=cert.serial_number,
+        not_after=cert.not_valid_after_utc.timestamp(),
     )
 
 

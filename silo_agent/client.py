@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -87,6 +88,7 @@ class SiloAgent:
         self._call: grpc.RpcContext | None = None
         self._state = "idle"
         self._controls = ControlVariates()
+        self._instance = secrets.token_hex(8)  # tells this process from a second one
         self.silo_id = ""
 
     def stop(self) -> None:
@@ -130,6 +132,7 @@ class SiloAgent:
             ],
             num_train_samples=len(self._samples),
             num_test_samples=len(self._test_samples),
+            agent_instance=self._instance,
         )
         joined: pb.JoinResponse = stub.Join(request, wait_for_ready=True, timeout=30)
         self.silo_id = joined.silo_id

@@ -62,10 +62,19 @@ def update_stream(
 class ProtocolSilo:
     """Joins, holds a task stream open and hands received tasks to the test."""
 
-    def __init__(self, port: int, files: TlsFiles, model_dir: Path, num_samples: int = 10):
+    def __init__(
+        self,
+        port: int,
+        files: TlsFiles,
+        model_dir: Path,
+        num_samples: int = 10,
+        *,
+        request: pb.JoinRequest | None = None,
+    ):
         self.channel = channel(port, files)
         self.stub = pb_grpc.SiloStub(self.channel)
-        self.joined = self.stub.Join(join_request(model_dir, num_samples=num_samples), timeout=10)
+        join = request or join_request(model_dir, num_samples=num_samples)
+        self.joined = self.stub.Join(join, timeout=10)
         self.tasks: queue.Queue[pb.RoundTask] = queue.Queue()
         self.stream_error: grpc.RpcError | None = None
         self._stream = self.stub.ReceiveTasks(
