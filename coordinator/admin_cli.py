@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
@@ -75,6 +76,22 @@ def follow(stub: pb_grpc.AdminStub, *, poll_s: float = 0.5, printed: int = 0) ->
         time.sleep(poll_s)
 
 
+def silo_table(silos: Sequence[pb.SiloInfo]) -> str:
+    """One line per silo; names, states and notes come from silos and are printed sanitised."""
+    lines = [f"{'silo':<20} {'connected':<10} {'samples':>8} {'seen':>8}  state"]
+    for s in silos:
+        connected = "revoked" if s.revoked else ("yes" if s.connected else "no")
+        line = (
+            f"{printable(s.silo_id):<20} {connected:<10} {s.num_train_samples:>8} "
+            f"{s.seconds_since_seen:>7.1f}s  {printable(s.state)}"
+        )
+        notes = [printable(n, limit=100) for n in s.notes]
+        if s.revoked:
+            notes.insert(0, f"revoked: {printable(s.revoked_reason, limit=100)}")
+        lines.append(line + "".join(f"\n{'':<20} note: {n}" for n in notes))
+    return "\n".join(lines)
+
+
 def export_adapter(stub: pb_grpc.AdminStub, *, round_index: int, out: Path) -> pb.ExportHeader:
     """adapter_config.json and adapter_model.safetensors, checked against their digest."""
     stream = stub.ExportAdapter(pb.ExportRequest(round=round_index))
@@ -106,6 +123,12 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("stop", help="stop the running run after its checkpointed rounds")
     commands.add_parser("pause", help="hold the run after the open round")
     commands.add_parser("resume", help="go on with a paused run")
+    revoke = commands.add_parser("revoke", help="cut a silo off now: its certificate is refused")
+    revoke.add_argument("--silo", required=True, help="the silo's name")
+    revoke.add_argument("--reason", default="", help="kept with the revocation")
+    rotate = commands.add_parser("rotate", help="accept the next key a silo presents")
+    rotate.add_argument("--silo", required=True, help="the silo's name")
+    commands.add_parser("runs", help="every run kept by the coordinator")
     export = commands.add_parser("export", help="write a round's adapter as a PEFT directory")
     export.add_argument("--round", type=int, default=0, help="a kept round (default: latest)")
     export.add_argument("--out", type=Path, required=True, help="directory to write")
@@ -126,12 +149,22 @@ def _run(args: argparse.Namespace, stub: pb_grpc.AdminStub) -> int:
             follow(stub)
         print(status_text(stub.GetStatus(pb.StatusRequest())))
     elif args.command == "list-silos":
-        silos = stub.ListSilos(pb.StatusRequest()).silos
-        print(f"{'silo':<20} {'connected':<10} {'samples':>8} {'seen':>8}  state")
-        for s in silos:  # names and states come from silos: printed sanitised
+        print(silo_table(stub.ListSilos(pb.StatusRequest()).silos))
+    elif args.command in ("revoke", "rotate"):
+        call = stub.RevokeSilo if args.command == "revoke" else stub.RotateSilo
+        call(pb.SiloRequest(silo_id=args.silo, reason=getattr(args, "reason", "")))
+        done = "revoked" if args.command == "revoke" else "will be pinned to the next key it shows"
+        print(f"silo {args.silo} {done}")
+    elif args.command == "runs":
+        runs = stub.ListRuns(pb.StatusRequest()).runs
+        if not runs:
+            print("no runs kept by this coordinator yet")
+        for line in runs:
+            state = pb.RunState.Name(line.state).removeprefix("RUN_STATE_").lower()
+            started = time.strftime("%Y-%m-%d %H:%M", time.localtime(line.started_at))
             print(
-                f"{printable(s.silo_id):<20} {'yes' if s.connected else 'no':<10} "
-                f"{s.num_train_samples:>8} {s.seconds_since_seen:>7.1f}s  {printable(s.state)}"
+                f"{line.run_id}  {state:<9} {line.completed_rounds}/{line.rounds} rounds  "
+                f"{line.strategy:<10} started {started}  {printable(line.message, limit=80)}"
             )
     elif args.command in ("pause", "resume"):
         call = stub.PauseRun if args.command == "pause" else stub.ResumeRun

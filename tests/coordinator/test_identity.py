@@ -6,6 +6,8 @@ same certificate refused, and the certificates' expiry exported."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -179,3 +181,30 @@ def test_certificate_expiry_is_exported(certs: Path, tiny_model: Path, tmp_path:
         )
     assert left is not None and 300 * 86400 < left <= 366 * 86400
     assert own is not None and own > 300 * 86400
+
+
+def _cli(port: int, certs: Path, *command: str) -> subprocess.CompletedProcess[str]:
+    admin = tls(certs, "admin")
+    return subprocess.run(
+        [sys.executable, "-m", "coordinator.admin_cli", "--coordinator", f"localhost:{port}",
+         "--cert", str(admin.cert), "--key", str(admin.key), "--ca", str(admin.ca), *command],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def test_the_admin_revokes_rotates_and_lists_from_the_command_line(
+    certs: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    with serve(coordinator_config(certs, tiny_model, tmp_path / "state")) as running:
+        ProtocolSilo(running.port, tls(certs, "silo-1"), tiny_model).close()
+        ProtocolSilo(running.port, tls(certs, "silo-2"), tiny_model).close()
+        rotated = _cli(running.port, certs, "rotate", "--silo", "silo-2")
+        assert rotated.returncode == 0 and "silo-2 will be pinned" in rotated.stdout
+        revoked = _cli(running.port, certs, "revoke", "--silo", "silo-1", "--reason", "left")
+        assert revoked.returncode == 0, revoked.stderr
+        table = _cli(running.port, certs, "list-silos").stdout
+        (row,) = [line for line in table.splitlines() if line.startswith("silo-1")]
+        assert "revoked" in row and "note: revoked: left" in table
+        unknown = _cli(running.port, certs, "revoke", "--silo", "silo-9")
+        assert unknown.returncode != 0 and "NOT_FOUND" in unknown.stderr
+        assert "no runs" in _cli(running.port, certs, "runs").stdout
