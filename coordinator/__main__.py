@@ -53,6 +53,12 @@ def parse_args(argv: list[str] | None) -> tuple[CoordinatorConfig, Path | None]:
     )
     parser.add_argument("--crl", type=Path, help="a CRL file to honour (fedmllm-certs revoke)")
     parser.add_argument(
+        "--abandon-run",
+        action="store_true",
+        help="stop an unfinished run that was started with another base model or adapter "
+        "(instead of refusing to start)",
+    )
+    parser.add_argument(
         "--keep-checkpoints", type=int, default=5, help="round checkpoints kept per run"
     )
     parser.add_argument(
@@ -74,6 +80,7 @@ def parse_args(argv: list[str] | None) -> tuple[CoordinatorConfig, Path | None]:
         metrics_host=args.metrics_host,
         metrics_tls=args.metrics_tls,
         crl=args.crl,
+        abandon_run=args.abandon_run,
         keep_checkpoints=args.keep_checkpoints,
     )
     return config, args.port_file

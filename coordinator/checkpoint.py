@@ -8,8 +8,10 @@ either the previous complete round or the new complete round, never a half-writt
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
+import logging
 import os
 import shutil
 import threading
@@ -21,6 +23,8 @@ from safetensors.torch import load_file, save_file
 
 from coordinator.run_state import RunRecord
 from shared.tensor_codec import StateDict
+
+log = logging.getLogger(__name__)
 
 ADAPTER_FILE = "adapter.safetensors"
 STRATEGY_FILE = "strategy.safetensors"
@@ -59,6 +63,20 @@ def _write_text_atomic(path: Path, text: str) -> None:
     _fsync_dir(path.parent)
 
 
+class CheckpointFull(OSError):
+    """The checkpoint directory has no room for a round: nothing was saved, nothing lost."""
+
+    def __init__(self, directory: Path, *, needed: int, free: int) -> None:
+        super().__init__(
+            f"checkpoint directory {directory} full: about {needed:,} bytes needed, {free:,} free"
+        )
+        self.needed, self.free = needed, free
+
+
+# A write that failed for want of room (or quota) is a full disk, not a broken run.
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     """A loaded round checkpoint."""
@@ -91,8 +109,9 @@ class CheckpointStore:
         self._lock_handle = handle
         for leftover in self.root.glob("runs/*/.round-*.tmp-*"):
             shutil.rmtree(leftover, ignore_errors=True)
-        for leftover in self.root.glob("incoming/update-*"):
-            leftover.unlink(missing_ok=True)
+        for pattern in ("incoming/update-*", ".*.tmp-*", "runs/*/round-*/.*.tmp-*"):
+            for leftover in self.root.glob(pattern):
+                leftover.unlink(missing_ok=True)
 
     def unlock(self) -> None:
         if self._lock_handle is not None:
@@ -105,8 +124,31 @@ class CheckpointStore:
     def save_round(
         self, run: RunRecord, round_index: int, adapter: StateDict, strategy_state: StateDict
     ) -> Path:
+        """Save a round atomically; CheckpointFull (and nothing half-written) if there is no
+        room for it."""
         with self._writing:
-            return self._save_round(run, round_index, adapter, strategy_state)
+            try:
+                return self._save_round(run, round_index, adapter, strategy_state)
+            except OSError as exc:
+                if exc.errno not in _NO_ROOM:
+                    raise
+                for leftover in self.root.glob(f"runs/{run.run_id}/.round-*.tmp-*"):
+                    shutil.rmtree(leftover, ignore_errors=True)
+                needed = sum(t.numel() * t.element_size() for t in adapter.values())
+                needed += sum(t.numel() * t.element_size() for t in strategy_state.values())
+                raise CheckpointFull(self.root, needed=needed, free=self.bytes_free()) from exc
+
+    def bytes_free(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    def try_update_run(self, run: RunRecord) -> bool:
+        """update_run that logs instead of raising (a failure path must not fail)."""
+        try:
+            self.update_run(run)
+            return True
+        except OSError as exc:
+            log.error("run %s: its record could not be written: %s", run.run_id, exc)
+            return False
 
     def _save_round(
         self, run: RunRecord, round_index: int, adapter: StateDict, strategy_state: StateDict
@@ -192,9 +234,15 @@ class CheckpointStore:
         if not pointer.is_file():
             return None
         run_id = pointer.read_text(encoding="utf-8").strip()
+        if self._latest_round_dir(run_id) is None:
+            return None
+        return self.load_run_checkpoint(run_id)
+
+    def load_run_checkpoint(self, run_id: str) -> Checkpoint:
+        """The newest complete round of a kept run; FileNotFoundError if it has none."""
         latest = self._latest_round_dir(run_id)
         if latest is None:
-            return None
+            raise FileNotFoundError(f"no run {run_id!r} is kept in {self.root}")
         try:
             run = RunRecord.from_dict(json.loads((latest / RUN_FILE).read_text(encoding="utf-8")))
             adapter = load_file(str(latest / ADAPTER_FILE))
@@ -207,3 +255,17 @@ class CheckpointStore:
             adapter=adapter,
             strategy_state=strategy_state,
         )
+
+    def point_to(self, run_id: str) -> None:
+        """Make `run_id` the run a restarted coordinator resumes."""
+        with self._writing:
+            _write_text_atomic(self.root / "current", run_id)
+
+    def run_dir(self, run_id: str) -> Path:
+        return self._run_dir(run_id)
+
+    def forget_run(self, run_id: str) -> None:
+        """Remove a run that never got its first round saved (a start that failed)."""
+        with self._writing:
+            if not self.round_dirs(run_id):
+                shutil.rmtree(self._run_dir(run_id), ignore_errors=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from coordinator.checkpoint import CheckpointStore
 from coordinator.global_model import GlobalModel
@@ -28,8 +29,9 @@ class EvaluationRounds:
     store: CheckpointStore
     metrics: CoordinatorMetrics
 
-    def _collect(self, open_round: OpenRound, *, phase: str = "training") -> None:
-        raise NotImplementedError  # Federation's
+    if TYPE_CHECKING:  # the run loop's
+
+        def _collect(self, open_round: OpenRound, *, phase: str = "training") -> None: ...
 
     def _evaluate(self, run: RunRecord, index: int) -> None:
         """Every connected silo with a test split evaluates round `index`'s adapter; the

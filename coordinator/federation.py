@@ -7,7 +7,6 @@ updates into the open round. Everything shared is guarded by one lock and its co
 from __future__ import annotations
 
 import logging
-import random
 import secrets
 import threading
 import time
@@ -15,27 +14,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
-import torch
 
-from coordinator.aggregation.fold import AggregationRule, RoundFold
-from coordinator.checkpoint import CheckpointStore
+from coordinator.base_model import BaseModel, RunMismatch
+from coordinator.checkpoint import CheckpointFull, CheckpointStore
 from coordinator.evaluation_round import EvaluationRounds
 from coordinator.flat_adapter import FlatLayout
 from coordinator.global_model import GlobalModel
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.registry import SiloRegistry
 from coordinator.rounds import OpenRound, Refusal
-from coordinator.run_state import RoundRecord, RunPhase, RunRecord, RunSpec
-from coordinator.schedule import training_plan
+from coordinator.run_loop import RunLoop
+from coordinator.run_state import RunPhase, RunRecord, RunSpec
 from coordinator.silo_requests import SiloRequests
 from shared.errors import UpdateRejected
 from shared.tensor_codec import AdapterLayout, StateDict, describe_layout_difference, layout_of
 from shared.wire.v1 import federation_pb2 as pb
 
 log = logging.getLogger(__name__)
-
-# Rounds that end below min_silos are retried with a fresh selection this many times.
-MAX_ROUND_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -46,7 +41,7 @@ class ControllerSettings:
     poll_s: float = 0.25  # how often waiting loops re-check liveness and stop requests
 
 
-class Federation(SiloRequests, EvaluationRounds):
+class Federation(SiloRequests, EvaluationRounds, RunLoop):
     """The coordinator's state: current run, global adapter, open round, and the run thread."""
 
     def __init__(
@@ -57,12 +52,16 @@ class Federation(SiloRequests, EvaluationRounds):
         metrics: CoordinatorMetrics,
         initial_adapter: Callable[[int], StateDict],
         settings: ControllerSettings,
+        base_model: BaseModel,
+        abandon: bool = False,
     ) -> None:
         self.registry = registry
+        self.base_model = base_model
         self.store = store
         self.metrics = metrics
         self._initial_adapter = initial_adapter
-        self._settings = settings
+        self.poll_s = settings.poll_s
+        self.selection_grace_s = settings.selection_grace_s
         self.layout: AdapterLayout = layout_of(initial_adapter(0))
         self.flat = FlatLayout.from_layout(self.layout)
         # `_lock` guards the run, the model and the open round for short moments only: the
@@ -76,19 +75,29 @@ class Federation(SiloRequests, EvaluationRounds):
         self.model: GlobalModel | None = None
         self.open_round: OpenRound | None = None
         self.phase: pb.RoundPhase = pb.ROUND_PHASE_UNSPECIFIED
-        self._resume_from_checkpoint()
+        self.waiting_reason = ""  # why the current round cannot start, while it cannot
+        self._resume_from_checkpoint(abandon=abandon)
 
     # ------------------------------------------------------------------ lifecycle
 
-    def _resume_from_checkpoint(self) -> None:
+    def _resume_from_checkpoint(self, *, abandon: bool) -> None:
         checkpoint = self.store.load_latest()
         if checkpoint is None:
             return
+        run = checkpoint.run
         problems = describe_layout_difference(self.layout, layout_of(checkpoint.adapter))
+        if run.phase.active:
+            problems = problems or self.base_model.differences(run, self.store)
+            if problems and abandon:
+                run.phase, run.message = RunPhase.STOPPED, "abandoned: " + "; ".join(problems)
+                self.store.update_run(run)
+                log.warning("run %s %s", run.run_id, run.message)
+                problems = []
         if problems:
-            raise RuntimeError(
-                f"checkpoint of run {checkpoint.run.run_id} does not fit this "
-                f"base model: {'; '.join(problems)}"
+            raise RunMismatch(
+                f"the unfinished run {run.run_id} in {self.store.root} does not fit this "
+                f"coordinator: {'; '.join(problems)}; start it with the run's model and options, "
+                "or pass --abandon-run to stop that run and start afresh"
             )
         self.run = checkpoint.run
         self.model = GlobalModel.restore(
@@ -124,9 +133,17 @@ class Federation(SiloRequests, EvaluationRounds):
                         f"run {self.run.run_id} is still running; stop it first",
                     )
             run_id = f"run-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-            run = RunRecord(run_id=run_id, spec=spec)
+            run = self.base_model.pin(RunRecord(run_id=run_id, spec=spec), self.registry)
             model = GlobalModel.start(spec, self.flat, self._initial_adapter(spec.seed))
-            self.store.save_round(run, 0, model.adapter(), model.strategy_state())
+            try:
+                self.base_model.save(run, self.store)
+                self.store.save_round(run, 0, model.adapter(), model.strategy_state())
+            except OSError as exc:
+                self.store.forget_run(run_id)
+                code = grpc.StatusCode.RESOURCE_EXHAUSTED
+                if not isinstance(exc, CheckpointFull):
+                    code = grpc.StatusCode.FAILED_PRECONDITION
+                raise Refusal(code, f"run not started: {exc}") from None
             with self._lock:
                 self.run, self.model = run, model
             log.info("run %s started: %s", run_id, spec)
@@ -149,8 +166,47 @@ class Federation(SiloRequests, EvaluationRounds):
         """Hold the run between rounds: the open round finishes, the next waits for resume."""
         return self._set_phase(RunPhase.RUNNING, RunPhase.PAUSED)
 
-    def resume_run(self) -> RunRecord:
-        return self._set_phase(RunPhase.PAUSED, RunPhase.RUNNING)
+    def resume_run(self, run_id: str = "") -> RunRecord:
+        """Go on with a paused run, or with a failed one (the current or a kept one) from its
+        last saved round."""
+        with self._lock:
+            run = self.run
+        if run is not None and run_id in ("", run.run_id) and run.phase is RunPhase.PAUSED:
+            return self._set_phase(RunPhase.PAUSED, RunPhase.RUNNING)
+        return self._resume_failed(run_id or (run.run_id if run else ""))
+
+    def _resume_failed(self, run_id: str) -> RunRecord:
+        with self._admin:
+            with self._lock:
+                if self.run is not None and self.run.phase.active:
+                    raise Refusal(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        f"run {self.run.run_id} is {self.run.phase.value}; stop it first",
+                    )
+            try:
+                checkpoint = self.store.load_run_checkpoint(run_id)
+            except FileNotFoundError as exc:
+                raise Refusal(grpc.StatusCode.NOT_FOUND, str(exc)) from None
+            run = checkpoint.run
+            if run.phase is not RunPhase.FAILED:
+                raise Refusal(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"run {run.run_id} is {run.phase.value}; only a paused or failed run resumes",
+                )
+            problems = self.base_model.differences(run, self.store)
+            if problems:
+                raise Refusal(grpc.StatusCode.FAILED_PRECONDITION, "; ".join(problems))
+            run.phase, run.message = RunPhase.RUNNING, f"resumed after round {checkpoint.round}"
+            model = GlobalModel.restore(
+                run.spec, self.flat, checkpoint.adapter, checkpoint.strategy_state
+            )
+            self.store.point_to(run.run_id)
+            self.store.update_run(run)
+            with self._lock:
+                self.run, self.model = run, model
+            log.info("run %s resumed after round %d", run.run_id, checkpoint.round)
+            self._start_thread()
+            return run
 
     def _set_phase(self, current: RunPhase, new: RunPhase) -> RunRecord:
         with self._admin:
@@ -172,7 +228,7 @@ class Federation(SiloRequests, EvaluationRounds):
         """False when the run was stopped while paused."""
         with self._lock:
             while run.phase is RunPhase.PAUSED and not self._stop.is_set():
-                self._changed.wait(self._settings.poll_s)
+                self._changed.wait(self.poll_s)
         return not self._stop.is_set()
 
     def shutdown(self) -> None:
@@ -183,225 +239,14 @@ class Federation(SiloRequests, EvaluationRounds):
         if self._thread is not None:
             self._thread.join(10.0)
 
-    # ------------------------------------------------------------------ run loop
-
-    def _run_loop(self) -> None:
-        run = self.run
-        assert run is not None
-        try:
-            while run.completed_rounds < run.spec.rounds and not self._stop.is_set():
-                if not self._wait_while_paused(run):
-                    break
-                index = run.completed_rounds + 1
-                self._play_round(run, index)
-                every = run.spec.eval_every
-                due = index == run.spec.rounds or index % max(every, 1) == 0
-                if every and run.completed_rounds == index and due:
-                    self._evaluate(run, index)
-            if run.completed_rounds >= run.spec.rounds:
-                self._finish(run, RunPhase.COMPLETED, f"{run.completed_rounds} rounds completed")
-            elif self.run is run and run.phase.active and self._stop_requested:
-                self._finish(
-                    run,
-                    RunPhase.STOPPED,
-                    f"stopped by the admin after round {run.completed_rounds}",
-                )
-        except Exception as exc:
-            log.exception("run %s failed", run.run_id)
-            self._finish(run, RunPhase.FAILED, f"round {run.completed_rounds + 1}: {exc}")
-
-    @property
-    def _stop_requested(self) -> bool:
-        return self._stop.is_set() and not self.registry.closed.is_set()
-
     def _finish(self, run: RunRecord, phase: RunPhase, message: str) -> None:
+        """End the run in memory, then on disk as far as the disk allows (never raises)."""
         with self._lock:
             run.phase, run.message = phase, message
             self.phase = pb.ROUND_PHASE_UNSPECIFIED
-        self.store.update_run(run)
+            self.waiting_reason = ""
+        self.store.try_update_run(run)
         log.info("run %s %s: %s", run.run_id, phase.value, message)
-
-    def _await_silos(self, spec: RunSpec, exclude: set[str]) -> list[str] | None:
-        """Silos to select from: K of them, or at least min_silos after the grace period.
-        Silos that declared more samples than the run allows, or that reported they cannot
-        carry out this round's task (`exclude`), are passed over."""
-        self.phase = pb.ROUND_PHASE_WAITING_FOR_SILOS
-        waited_from = time.monotonic()
-        with self._lock:
-            while not self._stop.is_set():
-                available = [
-                    s
-                    for s in self.registry.available()
-                    if s not in exclude
-                    and self.registry.declared_samples(s) <= spec.max_samples_per_silo
-                ]
-                graced = time.monotonic() - waited_from >= self._settings.selection_grace_s
-                if len(available) >= spec.silos_per_round or (
-                    graced and len(available) >= spec.min_silos
-                ):
-                    return available
-                self._changed.wait(self._settings.poll_s)
-        return None
-
-    def _play_round(self, run: RunRecord, index: int) -> None:
-        failed: set[str] = set()  # silos that said they cannot train: not asked again this round
-        for attempt in range(MAX_ROUND_ATTEMPTS):
-            available = self._await_silos(run.spec, failed)
-            if available is None:
-                return
-            assert self.model is not None
-            rng = random.Random(run.spec.seed * 1_000_003 + index * 1_009 + attempt)
-            k = min(run.spec.silos_per_round, len(available))
-            selected = self.model.strategy.select(available, k, rng)
-            started = time.monotonic()
-            open_round = self._open(run, index, attempt, selected)
-            try:
-                self._collect(open_round)
-                failed |= open_round.failures.keys()
-                if self._stop.is_set():
-                    return
-                if len(open_round.contributed) >= run.spec.min_silos:
-                    try:
-                        self._aggregate(run, open_round, started)
-                        return
-                    except FloatingPointError as exc:  # the model moved in place: back to the save
-                        log.error(
-                            "round %d: %s; restoring round %d and redoing it",
-                            index,
-                            exc,
-                            run.completed_rounds,
-                        )
-                        self._restore_model(run)
-                        continue
-            finally:
-                assert open_round.fold is not None
-                open_round.fold.discard()
-            log.warning(
-                "round %d: %d of %d updates by the deadline (minimum %d); reselecting",
-                index,
-                len(open_round.contributed),
-                k,
-                run.spec.min_silos,
-            )
-        raise RuntimeError(
-            f"round {index}: fewer than {run.spec.min_silos} updates in "
-            f"{MAX_ROUND_ATTEMPTS} attempts"
-        )
-
-    def _open(self, run: RunRecord, index: int, attempt: int, selected: list[str]) -> OpenRound:
-        assert self.model is not None
-        # every silo that ever joined this run (SCAFFOLD's N), also across restarts
-        run.silos_seen = sorted({*run.silos_seen, *(s.silo_id for s in self.registry.snapshot())})
-        open_round = OpenRound.open(
-            run_id=run.run_id,
-            index=index,
-            attempt=attempt,
-            selected=selected,
-            download=self.model.download(),
-            fold=RoundFold(
-                aggregate=self.model.begin_round(population=len(run.silos_seen)),
-                rule=AggregationRule.from_spec(run.spec),
-                selected=selected,
-                shape=self.model.update_shape(run.spec.wire_dtype),
-            ),
-            deadline_s=run.spec.round_deadline_s,
-        )
-        plan = training_plan(run.spec, index)
-        with self._lock:
-            self.open_round = open_round
-            self.phase = pb.ROUND_PHASE_TRAINING
-            for silo_id in selected:
-                task = open_round.task_for(silo_id, plan)
-                if not self.registry.send(silo_id, task):
-                    log.warning("round %d: silo %s left before its task was sent", index, silo_id)
-        self.metrics.round.set(index)
-        self.metrics.silos_selected.set(len(selected))
-        log.info("round %d: selected %s (lr %.3g)", index, ", ".join(selected), plan.learning_rate)
-        return open_round
-
-    def _collect(self, open_round: OpenRound, *, phase: str = "training") -> None:
-        """Wait until every selected silo answered, the deadline passed, or none can answer."""
-        with self._lock:
-            while not self._stop.is_set():
-                pending = open_round.pending
-                if not pending or time.monotonic() >= open_round.deadline:
-                    break
-                if not set(pending) & set(self.registry.reachable()):
-                    log.warning(
-                        "round %d: every pending silo left (%s)",
-                        open_round.index,
-                        ", ".join(pending),
-                    )
-                    break
-                self._changed.wait(self._settings.poll_s)
-            open_round.closed = True
-            while open_round.folding:  # updates accepted before the close finish folding
-                self._changed.wait(self._settings.poll_s)
-        self.metrics.phase_duration.labels(phase=phase).observe(
-            time.monotonic() - open_round.started
-        )
-
-    def _aggregate(self, run: RunRecord, open_round: OpenRound, started: float) -> None:
-        model, fold = self.model, open_round.fold
-        assert model is not None and fold is not None
-        self.phase = pb.ROUND_PHASE_AGGREGATING
-        with self.metrics.phase_duration.labels(phase="aggregation").time():
-            with open_round.fold_lock:
-                outcome = fold.finish()
-            aggregate = fold.aggregate
-            model.apply(aggregate)
-        record = RoundRecord(
-            round=open_round.index,
-            selected=open_round.selected,
-            contributed=sorted(open_round.contributed),
-            num_samples=aggregate.samples,
-            mean_train_loss=open_round.sample_mean("mean_loss"),
-            bytes_sent=open_round.bytes_sent,
-            bytes_received=open_round.bytes_received,
-            seconds=time.monotonic() - started,
-            rejected=open_round.rejected,
-            mean_gamma=open_round.sample_mean("gamma"),
-            update_norm=float(torch.linalg.vector_norm(aggregate.total)) / aggregate.weight_sum,
-            clipped=outcome.clipped,
-            excluded=outcome.excluded,
-            failures=dict(open_round.failures),
-            learning_rate=training_plan(run.spec, open_round.index).learning_rate,
-        )
-        self.phase = pb.ROUND_PHASE_CHECKPOINTING
-        with self._lock:
-            # the round counts once it is saved: the saved record carries it, then memory
-            saved = RunRecord(
-                run_id=run.run_id,
-                spec=run.spec,
-                phase=run.phase,
-                history=[*run.history, record],
-                message=run.message,
-                silos_seen=run.silos_seen,
-            )
-        with self.metrics.phase_duration.labels(phase="checkpoint").time():
-            self.store.save_round(saved, open_round.index, model.adapter(), model.strategy_state())
-        with self._lock:
-            run.history.append(record)
-            self.open_round = None
-            changed_meanwhile = run.phase is not saved.phase  # paused while saving
-        if changed_meanwhile:
-            self.store.update_run(run)
-        self.metrics.rounds_completed.inc()
-        self.metrics.train_loss.set(record.mean_train_loss)
-        self.metrics.update_norm.set(record.update_norm)
-        self.metrics.silos_responded.set(len(record.contributed))
-        self.metrics.silos_dropped.set(len(record.selected) - len(record.contributed))
-        self.metrics.mean_gamma.set(record.mean_gamma)
-        self.metrics.round_duration.observe(time.monotonic() - started)
-        log.info(
-            "round %d: %s aggregated %d updates (%d samples), mean train loss %.4f, %.1f s",
-            record.round,
-            run.spec.strategy,
-            len(record.contributed),
-            record.num_samples,
-            record.mean_train_loss,
-            record.seconds,
-        )
 
     def status(self, run_id: str = "") -> pb.RunStatus:
         """The current run's status, or a kept run's (Refusal NOT_FOUND if there is none)."""

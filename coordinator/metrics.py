@@ -103,6 +103,21 @@ class CoordinatorMetrics:
             ["reason"],
             registry=r,
         )
+        self.silos_missing = Gauge(
+            "fedmllm_round_silos_missing",
+            "Silos the next round still waits for before it can start (0: not waiting)",
+            registry=r,
+        )
+        self.reselections = Counter(
+            "fedmllm_round_reselections_total",
+            "Round attempts that fell short of min_silos and were reselected",
+            registry=r,
+        )
+        self.checkpoint_failures = Counter(
+            "fedmllm_checkpoint_full_total",
+            "Rounds that could not be saved for want of disk (the run paused)",
+            registry=r,
+        )
         self.refused_calls = Counter(
             "fedmllm_refused_calls_total",
             "Calls the coordinator refused, by method and status code",

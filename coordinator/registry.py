@@ -29,6 +29,8 @@ class StreamEnd:
 
 # At most this many operator notes are kept per silo (newest last).
 MAX_NOTES = 3
+# Heartbeat states of a silo at work on a task (see the silo agent's states).
+BUSY_STATES = ("training", "uploading", "evaluating")
 
 
 class DuplicateAgent(Exception):
@@ -45,6 +47,8 @@ class SiloSession:
     num_test_samples: int = 0
     last_seen: float = field(default_factory=time.monotonic)
     state: str = "joined"
+    state_since: float = field(default_factory=time.monotonic)  # when `state` last changed
+    weights_fingerprint: str = ""  # what the silo reported of its base weights
     streaming: bool = False
     stream_opened: bool = False  # False between Join and the first ReceiveTasks
     agent_instance: str = ""  # random per agent process ("" from older agents)
@@ -61,6 +65,7 @@ class SiloRegistry:
         self._liveness_timeout_s = liveness_timeout_s
         self._loop: asyncio.AbstractEventLoop | None = None
         self._notes: dict[str, list[str]] = {}
+        self._stragglers: dict[str, int] = {}  # silo -> last round it is asked last in
         self.closed = threading.Event()
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -80,6 +85,7 @@ class SiloRegistry:
         num_test_samples: int = 0,
         *,
         agent_instance: str = "",
+        weights_fingerprint: str = "",
     ) -> SiloSession:
         """A new session for the silo, replacing its old one; DuplicateAgent if another agent
         process holds a live session with this identity."""
@@ -89,6 +95,7 @@ class SiloRegistry:
             num_train_samples=num_train_samples,
             num_test_samples=num_test_samples,
             agent_instance=agent_instance,
+            weights_fingerprint=weights_fingerprint,
         )
         with self._lock:
             old = self._sessions.get(silo_id)
@@ -128,6 +135,27 @@ class SiloRegistry:
         with self._lock:
             self._note(silo_id, note)
 
+    def mark_stragglers(self, silos: list[str], *, round_index: int, last_round: int) -> None:
+        """These silos missed an attempt of `round_index`: ask them last until `last_round`."""
+        with self._lock:
+            for silo in silos:
+                self._stragglers[silo] = last_round
+                self._note(silo, f"straggler: missed round {round_index}")
+
+    def stragglers(self, round_index: int) -> set[str]:
+        with self._lock:
+            return {s for s, until in self._stragglers.items() if until >= round_index}
+
+    def weights_fingerprints(self) -> dict[str, str]:
+        """What each connected silo reported of its base weights (when it did)."""
+        now = time.monotonic()
+        with self._lock:
+            return {
+                s.silo_id: s.weights_fingerprint
+                for s in self._sessions.values()
+                if s.weights_fingerprint and self._alive(s, now)
+            }
+
     def session(self, session_id: str) -> SiloSession | None:
         with self._lock:
             return self._by_session.get(session_id)
@@ -142,8 +170,8 @@ class SiloRegistry:
             if self._sessions.get(session.silo_id) is not session:
                 return False
             session.last_seen = time.monotonic()
-            if state:
-                session.state = state
+            if state and state != session.state:
+                session.state, session.state_since = state, session.last_seen
             return True
 
     def open_stream(self, session: SiloSession) -> bool:
@@ -223,18 +251,26 @@ class SiloRegistry:
     def connected_count(self) -> int:
         return len(self.connected())
 
-    def snapshot(self) -> list[pb.SiloInfo]:
+    def snapshot(self, *, hung_after_s: float = 0.0) -> list[pb.SiloInfo]:
+        """Every silo with a session; one whose heartbeats have said it is working on a task
+        for longer than `hung_after_s` (when given) is noted as hung."""
         now = time.monotonic()
         with self._lock:
-            return [
-                pb.SiloInfo(
-                    silo_id=s.silo_id,
-                    connected=self._alive(s, now),
-                    seconds_since_seen=now - s.last_seen,
-                    num_train_samples=s.num_train_samples,
-                    num_test_samples=s.num_test_samples,
-                    state=s.state,
-                    notes=self._notes.get(s.silo_id, []),
+            infos = []
+            for s in sorted(self._sessions.values(), key=lambda s: s.silo_id):
+                notes = list(self._notes.get(s.silo_id, []))
+                busy = now - s.state_since
+                if hung_after_s and s.state.startswith(BUSY_STATES) and busy > hung_after_s:
+                    notes.append(f"hung: {s.state!r} for {busy:.0f} s")
+                infos.append(
+                    pb.SiloInfo(
+                        silo_id=s.silo_id,
+                        connected=self._alive(s, now),
+                        seconds_since_seen=now - s.last_seen,
+                        num_train_samples=s.num_train_samples,
+                        num_test_samples=s.num_test_samples,
+                        state=s.state,
+                        notes=notes,
+                    )
                 )
-                for s in sorted(self._sessions.values(), key=lambda s: s.silo_id)
-            ]
+            return infos

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from typing import Any
 
@@ -196,6 +196,9 @@ class RoundRecord:
     clipped: list[str] = field(default_factory=list)  # updates scaled down by clipping
     excluded: list[str] = field(default_factory=list)  # updates the aggregator left out
     failures: dict[str, str] = field(default_factory=dict)  # silo -> why it could not train
+    reselections: list[str] = field(
+        default_factory=list
+    )  # earlier attempts and why they fell short
 
     def to_proto(self) -> pb.RoundSummary:
         values = asdict(self)
@@ -222,6 +225,10 @@ class RunRecord:
     @property
     def completed_rounds(self) -> int:
         return len(self.history)
+
+    def with_round(self, record: RoundRecord) -> RunRecord:
+        """A copy with one more round in its history (what a round's checkpoint saves)."""
+        return replace(self, history=[*self.history, record], silos_seen=list(self.silos_seen))
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import resource
@@ -21,6 +22,7 @@ from prometheus_client import start_http_server
 from transformers import PretrainedConfig
 
 from coordinator.admin_service import AdminService
+from coordinator.base_model import BaseModel
 from coordinator.checkpoint import CheckpointStore
 from coordinator.federation import ControllerSettings, Federation
 from coordinator.guard import CallLimits, PeerGuard
@@ -65,6 +67,7 @@ class CoordinatorConfig:
     max_connections: int = 10_000  # TCP connections held at once (each silo holds one)
     handshake_timeout_s: float = 10.0  # a connection that has not finished TLS by then is closed
     crl: Path | None = None  # a CRL file (fedmllm-certs revoke) honoured as it changes
+    abandon_run: bool = False  # stop an unfinished run that does not fit, instead of refusing
     call_limits: CallLimits = field(default_factory=CallLimits)  # per-certificate concurrency
     silo_service: SiloServiceSettings = field(default_factory=SiloServiceSettings)
     controller: ControllerSettings = field(default_factory=ControllerSettings)
@@ -90,6 +93,14 @@ def _adapter_source(
         return lora, lambda seed: {k: v.clone() for k, v in state.items()}
     lora, _ = initial_adapter(base_config, seed=0)
     return lora, lambda seed: initial_adapter(base_config, seed=seed)[1]
+
+
+def _adapter_digest(adapter_dir: Path | None) -> str:
+    """How runs' initial adapters start: fresh, or a given adapter file's SHA-256."""
+    if adapter_dir is None:
+        return "fresh"
+    with (adapter_dir / "adapter_model.safetensors").open("rb") as handle:
+        return "adapter sha256 " + hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def adapter_config_json(lora: LoraConfig) -> str:
@@ -128,6 +139,12 @@ def serve(config: CoordinatorConfig) -> Iterator[RunningCoordinator]:
             metrics=metrics,
             initial_adapter=factory,
             settings=config.controller,
+            base_model=BaseModel(
+                canonical_config=canonical,
+                fingerprint=config_fingerprint(canonical),
+                adapter_source=_adapter_digest(config.adapter_dir),
+            ),
+            abandon=config.abandon_run,
         )
         identity = FederationIdentity(
             canonical_config=canonical,

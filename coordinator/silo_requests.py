@@ -14,6 +14,8 @@ import grpc
 from coordinator.aggregation.fold import Arrival
 from coordinator.aggregation.receiver import ReceivedUpdate
 from coordinator.aggregation.shape import UpdateShape
+from coordinator.base_model import check_weights
+from coordinator.checkpoint import CheckpointStore
 from coordinator.global_model import GlobalModel
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.registry import SiloRegistry
@@ -37,6 +39,7 @@ class SiloRequests:
     run: RunRecord | None
     registry: SiloRegistry
     metrics: CoordinatorMetrics
+    store: CheckpointStore
 
     def round_for_task(self, task_id: str, silo_id: str) -> OpenRound:
         with self._lock:
@@ -78,6 +81,19 @@ class SiloRequests:
                 f"{num_train_samples} training samples declared; at most {cap} are accepted "
                 "per silo",
             )
+
+    def check_join_weights(self, silo_id: str, reported: str) -> None:
+        """A joining silo's base weights against the run's pin (the first report pins it)."""
+        with self._lock:
+            run = self.run
+            pin = check_weights(run, silo_id, reported)
+            if pin and run is not None:
+                run.base_model_weights_fingerprint = reported
+        if pin and run is not None:
+            log.info("run %s pinned to base weights %s (from %s)", run.run_id, reported, silo_id)
+            self.store.try_update_run(run)
+        if not reported:
+            self.registry.note(silo_id, "did not report its base weights' fingerprint")
 
     def check_update_header(
         self, open_round: OpenRound, silo_id: str, header: pb.UpdateHeader

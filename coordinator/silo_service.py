@@ -99,6 +99,11 @@ class SiloService(pb_grpc.SiloServicer):
             self._federation.check_declared_samples(
                 request.num_train_samples, hard_cap=self._settings.max_declared_samples
             )
+            await self._blocking(
+                self._federation.check_join_weights,
+                peer.name,
+                request.base_model_weights_fingerprint[:128],
+            )
         except Refusal as refusal:
             await _refuse(context, refusal)
         try:
@@ -107,6 +112,7 @@ class SiloService(pb_grpc.SiloServicer):
                 request.num_train_samples,
                 request.num_test_samples,
                 agent_instance=request.agent_instance[:64],
+                weights_fingerprint=request.base_model_weights_fingerprint[:128],
             )
         except DuplicateAgent:
             log.warning("silo %s: a second agent with the same certificate refused", peer.name)

@@ -316,7 +316,7 @@ class RunSpec(_message.Message):
     def __init__(self, rounds: _Optional[int] = ..., silos_per_round: _Optional[int] = ..., min_silos: _Optional[int] = ..., round_deadline_s: _Optional[float] = ..., seed: _Optional[int] = ..., learning_rate: _Optional[float] = ..., local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., strategy: _Optional[str] = ..., eta: _Optional[float] = ..., tau: _Optional[float] = ..., beta1: _Optional[float] = ..., beta2: _Optional[float] = ..., momentum: _Optional[float] = ..., proximal_mu: _Optional[float] = ..., gamma_max: _Optional[float] = ..., mask_skip_layers: _Optional[int] = ..., prompt_variant: _Optional[str] = ..., lr_schedule: _Optional[str] = ..., eval_every: _Optional[int] = ..., max_samples_per_silo: _Optional[int] = ..., max_weight_share: _Optional[float] = ..., aggregator: _Optional[str] = ..., trim_fraction: _Optional[float] = ..., byzantine_silos: _Optional[int] = ..., multi_krum_keep: _Optional[int] = ..., clip_norm: _Optional[float] = ..., clip_median_factor: _Optional[float] = ..., wire_dtype: _Optional[str] = ..., wait_timeout_s: _Optional[float] = ..., local_optimizer: _Optional[str] = ...) -> None: ...
 
 class RoundSummary(_message.Message):
-    __slots__ = ("round", "selected", "contributed", "num_samples", "mean_train_loss", "bytes_sent", "bytes_received", "seconds", "rejected", "mean_gamma", "learning_rate", "evaluation", "evaluated_by", "update_norm", "clipped", "excluded", "failures")
+    __slots__ = ("round", "selected", "contributed", "num_samples", "mean_train_loss", "bytes_sent", "bytes_received", "seconds", "rejected", "mean_gamma", "learning_rate", "evaluation", "evaluated_by", "update_norm", "clipped", "excluded", "failures", "reselections")
     class EvaluationEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -348,6 +348,7 @@ class RoundSummary(_message.Message):
     CLIPPED_FIELD_NUMBER: _ClassVar[int]
     EXCLUDED_FIELD_NUMBER: _ClassVar[int]
     FAILURES_FIELD_NUMBER: _ClassVar[int]
+    RESELECTIONS_FIELD_NUMBER: _ClassVar[int]
     round: int
     selected: _containers.RepeatedScalarFieldContainer[str]
     contributed: _containers.RepeatedScalarFieldContainer[str]
@@ -365,7 +366,8 @@ class RoundSummary(_message.Message):
     clipped: _containers.RepeatedScalarFieldContainer[str]
     excluded: _containers.RepeatedScalarFieldContainer[str]
     failures: _containers.ScalarMap[str, str]
-    def __init__(self, round: _Optional[int] = ..., selected: _Optional[_Iterable[str]] = ..., contributed: _Optional[_Iterable[str]] = ..., num_samples: _Optional[int] = ..., mean_train_loss: _Optional[float] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., seconds: _Optional[float] = ..., rejected: _Optional[int] = ..., mean_gamma: _Optional[float] = ..., learning_rate: _Optional[float] = ..., evaluation: _Optional[_Mapping[str, float]] = ..., evaluated_by: _Optional[_Iterable[str]] = ..., update_norm: _Optional[float] = ..., clipped: _Optional[_Iterable[str]] = ..., excluded: _Optional[_Iterable[str]] = ..., failures: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    reselections: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, round: _Optional[int] = ..., selected: _Optional[_Iterable[str]] = ..., contributed: _Optional[_Iterable[str]] = ..., num_samples: _Optional[int] = ..., mean_train_loss: _Optional[float] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., seconds: _Optional[float] = ..., rejected: _Optional[int] = ..., mean_gamma: _Optional[float] = ..., learning_rate: _Optional[float] = ..., evaluation: _Optional[_Mapping[str, float]] = ..., evaluated_by: _Optional[_Iterable[str]] = ..., update_norm: _Optional[float] = ..., clipped: _Optional[_Iterable[str]] = ..., excluded: _Optional[_Iterable[str]] = ..., failures: _Optional[_Mapping[str, str]] = ..., reselections: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SiloProgress(_message.Message):
     __slots__ = ("silo_id", "stage", "seconds")
