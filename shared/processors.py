@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,10 @@ def torchvision_works() -> bool:
 
 
 def load_processor(model_dir: Path, *, trust_remote_code: bool = False) -> ProcessorMixin:
-    """The model's multimodal processor, from local files only."""
-    if trust_remote_code or torchvision_works():
+    """The model's multimodal processor, from local files only; a processor the directory's
+    own code defines is loaded with `trust_remote_code` as it is."""
+    remote = trust_remote_code and _defines_own_processor(model_dir)
+    if remote or torchvision_works():
         processor = AutoProcessor.from_pretrained(
             str(model_dir), local_files_only=True, trust_remote_code=trust_remote_code
         )
@@ -57,14 +60,27 @@ def load_processor(model_dir: Path, *, trust_remote_code: bool = False) -> Proce
     return processor
 
 
-def processor_class_name(model_dir: Path) -> str:
-    """The processor class the directory names (as saved), else the family's stock one."""
+def _saved_processor_settings(model_dir: Path) -> Iterator[dict[str, Any]]:
     for name in _CLASS_FILES:
         path = model_dir / name
         if path.is_file():
-            saved = json.loads(path.read_text()).get("processor_class")
-            if isinstance(saved, str):
-                return saved
+            settings = json.loads(path.read_text())
+            if isinstance(settings, dict):
+                yield settings
+
+
+def _defines_own_processor(model_dir: Path) -> bool:
+    return any(
+        "AutoProcessor" in (s.get("auto_map") or {}) for s in _saved_processor_settings(model_dir)
+    )
+
+
+def processor_class_name(model_dir: Path) -> str:
+    """The processor class the directory names (as saved), else the family's stock one."""
+    for settings in _saved_processor_settings(model_dir):
+        saved = settings.get("processor_class")
+        if isinstance(saved, str):
+            return saved
     model_type = load_base_config(model_dir).model_type
     stock = PROCESSOR_MAPPING_NAMES.get(model_type)
     if not isinstance(stock, str):
