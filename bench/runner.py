@@ -13,6 +13,7 @@ import contextlib
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,8 @@ def _run_cell(
     clients = sorted(p for p in partition.iterdir() if p.name.startswith("client-"))
     test_dir = partition / "test"
     if method.name == "zero_shot":
-        return {"metrics": zero_shot(model, test_dir, seed=seed), "rounds": []}
+        metrics = zero_shot(model, test_dir, seed=seed, trust_remote_code=config.trust_remote_code)
+        return {"metrics": metrics, "rounds": []}
     if method.name == "local":
         return {
             "metrics": local(
@@ -121,6 +123,7 @@ def _run_cell(
                 epochs=config.local_baseline_epochs,
                 learning_rate=config.learning_rate,
                 batch_size=config.batch_size,
+                trust_remote_code=config.trust_remote_code,
             ),
             "rounds": [],
         }
@@ -148,6 +151,7 @@ def _processes(config: BenchConfig, partition: Path, model: Path) -> FederationP
         certs=config.out / "certs",
         client_dirs=sorted(p for p in partition.iterdir() if p.name.startswith("client-")),
         test_dir=partition / "test",
+        trust_remote_code=config.trust_remote_code,
     )
 
 
@@ -223,11 +227,19 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", type=Path, required=True, help="bench.yaml")
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the Python code shipped in the model directory (e.g. MiniCPM-V 2.6): the "
+        "silos load it and the coordinator starts from an adapter made with it",
+    )
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
     except BenchConfigError as exc:
         sys.exit(f"fedmllm-bench: {exc}")
+    if args.trust_remote_code:
+        config = replace(config, trust_remote_code=True)
     print(
         f"grid: {len(config.datasets)} data set(s) x {len(config.scenarios)} scenario(s) x "
         f"{len(config.methods)} method(s) x {len(config.seeds)} seed(s); results in "

@@ -17,6 +17,7 @@ import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from transformers import (
+    CONFIG_MAPPING,
     AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
@@ -24,7 +25,6 @@ from transformers import (
     PretrainedConfig,
     PreTrainedModel,
 )
-from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
 from shared.errors import IncompatibleSilo
@@ -216,12 +216,14 @@ def load_base_config(model_dir: Path) -> PretrainedConfig:
         raise FileNotFoundError(f"{model_dir}: no config.json; expected a Hugging Face model dir")
     data = json.loads(path.read_text())
     model_type = data.get("model_type")
-    if model_type in CONFIG_MAPPING_NAMES:
+    if model_type in CONFIG_MAPPING:
         config: PretrainedConfig = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
         return config
     if not isinstance(model_type, str):
         raise ValueError(f"{path}: no model_type")
-    plain = type("RemoteCodeConfig", (PretrainedConfig,), {"model_type": model_type})
+    plain: type[PretrainedConfig] = type(
+        "RemoteCodeConfig", (PretrainedConfig,), {"model_type": model_type}
+    )
     remote: PretrainedConfig = plain.from_dict(data)
     return remote
 

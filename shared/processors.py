@@ -17,10 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, ProcessorMixin
-from transformers.models.auto.processing_auto import (
-    PROCESSOR_MAPPING_NAMES,
-    processor_class_from_name,
-)
+from transformers.models.auto import processing_auto
 
 from shared.adapter import load_base_config
 
@@ -82,15 +79,19 @@ def processor_class_name(model_dir: Path) -> str:
         if isinstance(saved, str):
             return saved
     model_type = load_base_config(model_dir).model_type
-    stock = PROCESSOR_MAPPING_NAMES.get(model_type)
+    stock = processing_auto.PROCESSOR_MAPPING_NAMES.get(model_type)  # type: ignore[attr-defined]
     if not isinstance(stock, str):
         raise ProcessorLoadError(f"{model_dir}: no processor is known for model type {model_type}")
     return stock
 
 
-@functools.cache
+_IMAGE_ONLY: dict[type[ProcessorMixin], type[ProcessorMixin]] = {}
+
+
 def image_only(cls: type[ProcessorMixin]) -> type[ProcessorMixin]:
     """`cls` without its video processor, under the same class name (so it saves as `cls`)."""
+    if cls in _IMAGE_ONLY:
+        return _IMAGE_ONLY[cls]
     attributes = [a for a in cls.get_attributes() if a != VIDEO_PROCESSOR]
 
     def get_attributes(_: type) -> list[str]:
@@ -99,6 +100,7 @@ def image_only(cls: type[ProcessorMixin]) -> type[ProcessorMixin]:
     subclass: type[ProcessorMixin] = type(
         cls.__name__, (cls,), {"get_attributes": classmethod(get_attributes)}
     )
+    _IMAGE_ONLY[cls] = subclass
     return subclass
 
 
@@ -119,7 +121,7 @@ def image_only_processor(
 
 
 def _image_only_processor(model_dir: Path) -> ProcessorMixin:
-    cls = processor_class_from_name(processor_class_name(model_dir))
+    cls = processing_auto.processor_class_from_name(processor_class_name(model_dir))
     if cls is None or not issubclass(cls, ProcessorMixin):
         raise ProcessorLoadError(f"{model_dir}: unknown processor class")
     attributes = cls.get_attributes()

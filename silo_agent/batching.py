@@ -87,7 +87,7 @@ def prompt_texts(processor: ProcessorMixin, samples: Sequence[Sample]) -> list[s
     the processor's image token, to which the processor adds its own separators."""
     if processor.chat_template is None:
         return [
-            (processor.image_token if s.has_image else "")
+            (getattr(processor, "image_token", "") if s.has_image else "")
             + s.prompt.replace(IMAGE_MARKER, "").strip()
             for s in samples
         ]

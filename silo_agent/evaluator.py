@@ -29,7 +29,8 @@ def answer_loglikelihood(silo: SiloModel, samples: Sequence[Sample]) -> torch.Te
     targets = labels[:, 1:]
     mask = targets != IGNORE_INDEX
     picked = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1))
-    return (picked.squeeze(-1) * mask).sum(dim=1).cpu()
+    total: torch.Tensor = (picked.squeeze(-1) * mask).sum(dim=1).cpu()
+    return total
 
 
 def option_scores(

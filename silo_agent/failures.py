@@ -36,15 +36,21 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 
 
 @contextmanager
-def out_of_memory_as_failure(where: str) -> Iterator[None]:
-    """Re-raise an allocation failure (CUDA or host) as TrainingFailed('out_of_memory')."""
+def step_failures(family: str, where: str) -> Iterator[None]:
+    """Re-raise a failing forward or backward pass as TrainingFailed: an allocation failure
+    (CUDA or host) as 'out_of_memory', anything else the model raises as 'batching'."""
     try:
         yield
+    except TrainingFailed:
+        raise
     except Exception as exc:
-        if not _is_out_of_memory(exc):
-            raise
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        if _is_out_of_memory(exc):
+            raise TrainingFailed(
+                reason="out_of_memory",
+                detail=f"{where}: {first_line} (lower the batch size or use --quantize 4bit)",
+            ) from exc
         raise TrainingFailed(
-            reason="out_of_memory",
-            detail=f"{where}: {str(exc).splitlines()[0]} (lower the batch size or use "
-            "--quantize 4bit)",
+            reason="batching",
+            detail=f"{where}: {family} fails on this batch ({type(exc).__name__}: {first_line})",
         ) from exc

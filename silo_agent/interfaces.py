@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import torch
-from transformers import PaliGemmaProcessor, PreTrainedModel, ProcessorMixin
+from peft import PeftModel
+from transformers import PaliGemmaProcessor, ProcessorMixin
 
 from shared.silo_data import Sample
 from silo_agent.batching import prompt_texts, training_batch, user_images
@@ -25,12 +26,12 @@ class ModelInterface(Protocol):
         """Model inputs with `labels` (-100 everywhere but on answer tokens)."""
         ...
 
-    def forward(self, model: PreTrainedModel, batch: Batch) -> Any:
+    def forward(self, model: PeftModel, batch: Batch) -> Any:
         """The model's output (`logits`, and `loss` when the batch has labels)."""
         ...
 
     def generate(
-        self, model: PreTrainedModel, samples: Sequence[Sample], *, max_new_tokens: int
+        self, model: PeftModel, samples: Sequence[Sample], *, max_new_tokens: int
     ) -> list[str]:
         """Greedy answers to the samples' prompts."""
         ...
@@ -60,11 +61,11 @@ class ProcessorInterface:
     def training_batch(self, samples: Sequence[Sample]) -> Batch:
         return training_batch(self.processor, samples)
 
-    def forward(self, model: PreTrainedModel, batch: Batch) -> Any:
+    def forward(self, model: PeftModel, batch: Batch) -> Any:
         return model(**batch)
 
     def generate(
-        self, model: PreTrainedModel, samples: Sequence[Sample], *, max_new_tokens: int
+        self, model: PeftModel, samples: Sequence[Sample], *, max_new_tokens: int
     ) -> list[str]:
         tokenizer = self.processor.tokenizer
         inputs = self.processor(

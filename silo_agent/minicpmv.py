@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from peft import PeftModel
 from PIL import Image
-from transformers import PreTrainedModel, ProcessorMixin
+from transformers import ProcessorMixin
 
 from shared.prompts import IMAGE_MARKER
 from shared.silo_data import Sample
@@ -97,14 +98,14 @@ class MiniCPMVInterface:
             batch[key] = [r[key][0] for r in rows]
         return batch
 
-    def forward(self, model: PreTrainedModel, batch: Batch) -> Any:
+    def forward(self, model: PeftModel, batch: Batch) -> Any:
         data = {k: v for k, v in batch.items() if k != "labels"}
         if "labels" in batch:
             return model(data=data, labels=batch["labels"])
         return model(data=data)
 
     def generate(
-        self, model: PreTrainedModel, samples: Sequence[Sample], *, max_new_tokens: int
+        self, model: PeftModel, samples: Sequence[Sample], *, max_new_tokens: int
     ) -> list[str]:
         inputs = to_device(self._encode(samples), model.device)
         answers: list[str] = model.generate(

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from shared.prompts import PromptVariant
 from shared.silo_data import Sample
 from shared.tensor_codec import StateDict
-from silo_agent.failures import TrainingFailed, out_of_memory_as_failure
+from silo_agent.failures import TrainingFailed, step_failures
 from silo_agent.model import SiloModel
 from silo_agent.regularizers import (
     ProximalTerms,
@@ -133,7 +133,7 @@ def train_round(
         ):
             step = f"{label}: step {len(losses) + 1}"
             batch = silo.batch(batch_samples)
-            with out_of_memory_as_failure(step):
+            with step_failures(silo.family, step):
                 loss = silo.forward(batch).loss
                 if not torch.isfinite(loss):
                     raise TrainingFailed(reason="non_finite_loss", detail=f"{step}: loss {loss}")

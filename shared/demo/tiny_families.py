@@ -125,7 +125,7 @@ _QWEN_PIL = _pil(
 _QWEN_VISION = {"depth": 2, "num_heads": 2, "patch_size": PATCH_SIZE, "spatial_merge_size": 2}
 
 
-def _qwen_ids(ids: dict[str, int]) -> dict[str, int]:
+def _qwen_ids(ids: dict[str, int]) -> dict[str, Any]:
     return {
         "image_token_id": ids["image_token"],
         "video_token_id": ids["video_token"],
