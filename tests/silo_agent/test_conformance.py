@@ -27,7 +27,7 @@ from shared.demo.tiny_model import build_tiny_model
 from shared.prompts import TASKS, PromptVariant
 from shared.silo_data import Sample, read_split
 from silo_agent.batching import IGNORE_INDEX, modality_kind
-from silo_agent.evaluator import option_scores
+from silo_agent.evaluator import generate_answers, option_scores
 from silo_agent.failures import TrainingFailed
 from silo_agent.model import SiloModel, load_silo_model
 from silo_agent.trainer import LocalPlan, load_global_adapter, train_round
@@ -208,6 +208,20 @@ def test_option_scores_match_a_forward_pass_per_option(
                     if labels[position] != IGNORE_INDEX
                 )
                 assert abs(float(scores[row, option]) - expected) < 1e-4
+
+
+def test_greedy_answers_come_back_for_every_sample(
+    family: str, silo: SiloModel, samples: dict[str, list[Sample]]
+) -> None:
+    """Med-VQA answers are generated through the family's own generation path; padding the
+    batch (on the left) changes no sample's greedy answer."""
+    load_global_adapter(silo, random_adapter(silo, seed=3))
+    silo.model.eval()
+    chosen = supported_batch(family, samples)
+    with torch.inference_mode():
+        batched = generate_answers(silo, chosen, batch_size=len(chosen), max_new_tokens=4)
+        alone = [generate_answers(silo, [s], batch_size=1, max_new_tokens=4)[0] for s in chosen]
+    assert batched == alone
 
 
 def lora_modules(silo: SiloModel) -> dict[str, torch.nn.Module]:
