@@ -14,11 +14,9 @@ from typing import Any
 import transformers
 from transformers import PreTrainedModel, PreTrainedTokenizerFast, ProcessorMixin
 
+from shared.demo import tiny_configs as configs
+from shared.demo.tiny_configs import IMAGE_SIZE, PATCH_SIZE
 from shared.processors import image_only_processor
-
-IMAGE_SIZE = 32
-PATCH_SIZE = 8
-HIDDEN = 64
 
 
 def chat_template(image: str) -> str:
@@ -68,40 +66,6 @@ class TinyFamily:
         return model, processor
 
 
-def _text(
-    ids: dict[str, int], layers: int, model_type: str = "llama", **extra: Any
-) -> dict[str, Any]:
-    """A tiny decoder: hidden 64, 4 query and 2 key/value heads of 16."""
-    return {
-        "model_type": model_type,
-        "vocab_size": ids["vocab_size"],
-        "hidden_size": HIDDEN,
-        "intermediate_size": 2 * HIDDEN,
-        "num_hidden_layers": layers,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": 16,
-        "max_position_embeddings": 1024,
-        "pad_token_id": ids["pad"],
-        "bos_token_id": ids["bos"],
-        "eos_token_id": ids["eos"],
-        **extra,
-    }
-
-
-def _vision(**extra: Any) -> dict[str, Any]:
-    """A tiny ViT over 32x32 images in 8x8 patches."""
-    return {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "image_size": IMAGE_SIZE,
-        "patch_size": PATCH_SIZE,
-        **extra,
-    }
-
-
 def _pil(name: str, **kwargs: Any) -> Callable[[], Any]:
     return lambda: getattr(transformers, name)(**kwargs)
 
@@ -122,50 +86,6 @@ _QWEN_PIL = _pil(
     merge_size=2,
     temporal_patch_size=2,
 )
-_QWEN_VISION = {"depth": 2, "num_heads": 2, "patch_size": PATCH_SIZE, "spatial_merge_size": 2}
-
-
-def _qwen_ids(ids: dict[str, int]) -> dict[str, Any]:
-    return {
-        "image_token_id": ids["image_token"],
-        "video_token_id": ids["video_token"],
-        "vision_start_token_id": ids["vision_bos_token"],
-        "vision_end_token_id": ids["vision_eos_token"],
-    }
-
-
-def _qwen2_vl(ids: dict[str, int], layers: int) -> Any:
-    mrope = {"rope_type": "default", "mrope_section": [2, 3, 3]}
-    return transformers.Qwen2VLConfig(
-        text_config=_text(ids, layers, "qwen2_vl_text", rope_parameters=mrope),
-        vision_config={**_QWEN_VISION, "embed_dim": 32, "hidden_size": HIDDEN, "mlp_ratio": 2},
-        **_qwen_ids(ids),
-    )
-
-
-def _qwen2_5_vl(ids: dict[str, int], layers: int) -> Any:
-    mrope = {"rope_type": "default", "mrope_section": [2, 3, 3]}
-    vision = {**_QWEN_VISION, "hidden_size": 32, "intermediate_size": 64}
-    return transformers.Qwen2_5_VLConfig(
-        text_config=_text(ids, layers, "qwen2_5_vl_text", rope_parameters=mrope),
-        vision_config={**vision, "out_hidden_size": HIDDEN, "window_size": 16},
-        **_qwen_ids(ids),
-    )
-
-
-def _qwen3_vl(ids: dict[str, int], layers: int) -> Any:
-    mrope = {"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True}
-    vision = {**_QWEN_VISION, "hidden_size": 32, "intermediate_size": 64}
-    return transformers.Qwen3VLConfig(
-        text_config=_text(ids, layers, "qwen3_vl_text", rope_parameters=mrope),
-        vision_config={
-            **vision,
-            "out_hidden_size": HIDDEN,
-            "num_position_embeddings": 16,
-            "deepstack_visual_indexes": [1],
-        },
-        **_qwen_ids(ids),
-    )
 
 
 def _qwen(name: str, model: str, processor: str, config: Callable[..., Any]) -> TinyFamily:
@@ -193,114 +113,11 @@ _IDEFICS_PIL = {
 }
 
 
-def _idefics3(ids: dict[str, int], layers: int) -> Any:
-    return transformers.Idefics3Config(
-        text_config=_text(ids, layers),
-        vision_config=_vision(),
-        scale_factor=2,
-        image_token_id=ids["image_token"],
-    )
-
-
-def _smolvlm(ids: dict[str, int], layers: int) -> Any:
-    return transformers.SmolVLMConfig(
-        text_config=_text(ids, layers),
-        vision_config=_vision(),
-        scale_factor=2,
-        image_token_id=ids["image_token"],
-    )
-
-
-_CLIP_VISION = {"model_type": "clip_vision_model", "projection_dim": 32, **_vision()}
 _LLAVA_PROCESSOR = {
     "patch_size": PATCH_SIZE,
     "vision_feature_select_strategy": "default",
     "num_additional_image_tokens": 1,
 }
-
-
-def _llava(ids: dict[str, int], layers: int) -> Any:
-    return transformers.LlavaConfig(
-        text_config=_text(ids, layers),
-        vision_config=_CLIP_VISION,
-        image_token_index=ids["image_token"],
-        vision_feature_layer=-1,
-    )
-
-
-def _llava_next(ids: dict[str, int], layers: int) -> Any:
-    return transformers.LlavaNextConfig(
-        text_config=_text(ids, layers),
-        vision_config=_CLIP_VISION,
-        image_token_index=ids["image_token"],
-        vision_feature_layer=-1,
-        image_grid_pinpoints=[[IMAGE_SIZE, IMAGE_SIZE]],
-    )
-
-
-def _llava_onevision(ids: dict[str, int], layers: int) -> Any:
-    return transformers.LlavaOnevisionConfig(
-        text_config=_text(ids, layers, "qwen2"),
-        vision_config={"model_type": "siglip_vision_model", **_vision()},
-        image_token_index=ids["image_token"],
-        video_token_index=ids["video_token"],
-        image_grid_pinpoints=[[IMAGE_SIZE, IMAGE_SIZE]],
-        vision_aspect_ratio="anyres_max_1",
-    )
-
-
-def _gemma3(ids: dict[str, int], layers: int) -> Any:
-    text = _text(ids, layers, "gemma3_text", query_pre_attn_scalar=16, sliding_window=64)
-    return transformers.Gemma3Config(
-        text_config=text,
-        vision_config={"model_type": "siglip_vision_model", **_vision()},
-        mm_tokens_per_image=4,
-        boi_token_index=ids["boi_token"],
-        eoi_token_index=ids["eoi_token"],
-        image_token_index=ids["image_token"],
-    )
-
-
-def _paligemma(text_type: str) -> Callable[[dict[str, int], int], Any]:
-    def config(ids: dict[str, int], layers: int) -> Any:
-        return transformers.PaliGemmaConfig(
-            text_config=_text(ids, layers, text_type),
-            vision_config={
-                "model_type": "siglip_vision_model",
-                **_vision(),
-                "projection_dim": HIDDEN,
-            },
-            image_token_index=ids["image_token"],
-            projection_dim=HIDDEN,
-            hidden_size=HIDDEN,
-        )
-
-    return config
-
-
-def _mllama(ids: dict[str, int], layers: int) -> Any:
-    vision = _vision(
-        attention_heads=2,
-        num_global_layers=1,
-        max_num_tiles=1,
-        supported_aspect_ratios=[[1, 1]],
-        intermediate_layers_indices=[0],
-        vision_output_dim=64,
-    )
-    return transformers.MllamaConfig(
-        text_config=_text(ids, layers, "mllama_text_model", cross_attention_layers=[1]),
-        vision_config=vision,
-        image_token_index=ids["image_token"],
-    )
-
-
-def _internvl(ids: dict[str, int], layers: int) -> Any:
-    return transformers.InternVLConfig(
-        text_config=_text(ids, layers, "qwen2"),
-        vision_config=_vision(model_type="internvl_vision"),
-        image_token_id=ids["context_image_token"],
-        image_seq_length=4,
-    )
 
 
 def _family(
@@ -352,16 +169,19 @@ _SIGLIP_PIL = _pil("SiglipImageProcessorPil", size=_SQUARE, image_seq_length=16)
 FAMILIES: dict[str, TinyFamily] = {
     f.name: f
     for f in (
-        _qwen("qwen2_vl", "Qwen2VLForConditionalGeneration", "Qwen2VLProcessor", _qwen2_vl),
+        _qwen("qwen2_vl", "Qwen2VLForConditionalGeneration", "Qwen2VLProcessor", configs.qwen2_vl),
         _qwen(
-            "qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor", _qwen2_5_vl
+            "qwen2_5_vl",
+            "Qwen2_5_VLForConditionalGeneration",
+            "Qwen2_5_VLProcessor",
+            configs.qwen2_5_vl,
         ),
-        _qwen("qwen3_vl", "Qwen3VLForConditionalGeneration", "Qwen3VLProcessor", _qwen3_vl),
+        _qwen("qwen3_vl", "Qwen3VLForConditionalGeneration", "Qwen3VLProcessor", configs.qwen3_vl),
         _family(
             "idefics3",
             "Idefics3ForConditionalGeneration Idefics3Processor",
             _pil("Idefics3ImageProcessorPil", **_IDEFICS_PIL),
-            _idefics3,
+            configs.idefics3,
             _IDEFICS_TOKENS,
             "<image>",
             image_seq_len=4,
@@ -370,7 +190,7 @@ FAMILIES: dict[str, TinyFamily] = {
             "smolvlm",
             "SmolVLMForConditionalGeneration SmolVLMProcessor",
             _pil("SmolVLMImageProcessorPil", **_IDEFICS_PIL),
-            _smolvlm,
+            configs.smolvlm,
             {**_IDEFICS_TOKENS, "video_token": "<video>"},
             "<image>",
             image_seq_len=4,
@@ -379,7 +199,7 @@ FAMILIES: dict[str, TinyFamily] = {
             "llava",
             "LlavaForConditionalGeneration LlavaProcessor",
             _LLAVA_PIL,
-            _llava,
+            configs.llava,
             {"image_token": "<image>"},
             "<image>",
             **_LLAVA_PROCESSOR,
@@ -388,7 +208,7 @@ FAMILIES: dict[str, TinyFamily] = {
             "llava_next",
             "LlavaNextForConditionalGeneration LlavaNextProcessor",
             _NEXT_PIL,
-            _llava_next,
+            configs.llava_next,
             {"image_token": "<image>"},
             "<image>",
             **_LLAVA_PROCESSOR,
@@ -397,7 +217,7 @@ FAMILIES: dict[str, TinyFamily] = {
             "llava_onevision",
             "LlavaOnevisionForConditionalGeneration LlavaOnevisionProcessor",
             _ONEVISION_PIL,
-            _llava_onevision,
+            configs.llava_onevision,
             {"image_token": "<image>", "video_token": "<video>"},
             "<image>",
             num_image_tokens=16,
@@ -408,7 +228,7 @@ FAMILIES: dict[str, TinyFamily] = {
             "gemma3",
             "Gemma3ForConditionalGeneration Gemma3Processor",
             _pil("Gemma3ImageProcessorPil", size=_SQUARE),
-            _gemma3,
+            configs.gemma3,
             _GEMMA_TOKENS,
             "<start_of_image>",
             image_seq_length=4,
@@ -417,7 +237,7 @@ FAMILIES: dict[str, TinyFamily] = {
             "paligemma",
             "PaliGemmaForConditionalGeneration PaliGemmaProcessor",
             _SIGLIP_PIL,
-            _paligemma("gemma"),
+            configs.paligemma("gemma"),
             {"image_token": "<image>"},
             None,
         ),
@@ -425,7 +245,7 @@ FAMILIES: dict[str, TinyFamily] = {
             "paligemma2",
             "PaliGemmaForConditionalGeneration PaliGemmaProcessor",
             _SIGLIP_PIL,
-            _paligemma("gemma2"),
+            configs.paligemma("gemma2"),
             {"image_token": "<image>"},
             None,
         ),
@@ -433,7 +253,7 @@ FAMILIES: dict[str, TinyFamily] = {
             "mllama",
             "MllamaForConditionalGeneration MllamaProcessor",
             _pil("MllamaImageProcessorPil", size=_SQUARE, max_image_tiles=1),
-            _mllama,
+            configs.mllama,
             _MLLAMA_TOKENS,
             "<|image|>",
         ),
@@ -441,7 +261,7 @@ FAMILIES: dict[str, TinyFamily] = {
             "internvl",
             "InternVLForConditionalGeneration InternVLProcessor",
             _pil("GotOcr2ImageProcessorPil", size=_SQUARE),
-            _internvl,
+            configs.internvl,
             _INTERNVL_TOKENS,
             "<IMG_CONTEXT>",
             image_seq_length=4,
