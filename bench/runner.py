@@ -30,6 +30,7 @@ from bench.config import (
 from bench.federated import EVALUATOR, FederationProcesses
 from bench.report import plots, tables
 from coordinator.run_state import RunSpec
+from shared.adapter import RemoteCodeRequired, load_model_config, model_auto_class
 from shared.demo.twins import TWINS
 from shared.partition import main as partition_main
 from shared.pki import create_federation
@@ -240,6 +241,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"fedmllm-bench: {exc}")
     if args.trust_remote_code:
         config = replace(config, trust_remote_code=True)
+    if config.model is not None:
+        try:  # a model that needs its own code fails here, in one line, not in a cell
+            remote = config.trust_remote_code
+            model_auto_class(
+                load_model_config(config.model, trust_remote_code=remote), trust_remote_code=remote
+            )
+        except (RemoteCodeRequired, OSError, ValueError) as exc:
+            sys.exit(f"fedmllm-bench: model {config.model}: {exc}")
     print(
         f"grid: {len(config.datasets)} data set(s) x {len(config.scenarios)} scenario(s) x "
         f"{len(config.methods)} method(s) x {len(config.seeds)} seed(s); results in "

@@ -24,6 +24,7 @@ from shared.wire.v1 import federation_pb2_grpc as pb_grpc
 from silo_agent.__main__ import main
 from silo_agent.client import Backoff, SiloAgent
 from silo_agent.model import load_silo_model
+from silo_agent.predict import main as predict
 from tests.conftest import SILOS, coordinator_config, tls
 from tests.helpers import agents_running, channel, run_to_end, small_run
 from tests.silo_agent.remote_code_model import write_remote_code_model
@@ -145,3 +146,22 @@ def test_the_papers_adapter_weighs_5_046_272_parameters(
     state = load_file(str(adapter / "adapter_model.safetensors"))
     assert len(state) == 28 * 4 * 2
     assert sum(t.numel() for t in state.values()) == 28 * 8 * (2 * (3584 + 3584) + 2 * (3584 + 512))
+
+
+def test_predictions_of_an_adapter_for_a_remote_code_model(
+    remote_model: Path,
+    silo_data: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    adapter = tmp_path / "adapter"
+    main(
+        ["init-adapter", "--model", str(remote_model), "--trust-remote-code", "--out", str(adapter)]
+    )
+    capsys.readouterr()
+    data = str(silo_data["silo-1"])
+    model = str(remote_model)
+    predict(["--model", model, "--adapter", str(adapter), "--data", data, "--trust-remote-code"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 4 and all(r["task"] == "hateful_memes" for r in rows)
+    assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-5 for r in rows)
