@@ -15,11 +15,11 @@ from shared.adapter import RemoteCodeRequired
 from shared.errors import DataFormatError, IncompatibleSilo
 from shared.evaluation.judge import JudgeConfig, LLMJudge
 from shared.processors import ProcessorLoadError
-from shared.silo_data import has_split, read_split
+from shared.silo_data import Sample, has_split, read_split
 from shared.tls import add_tls_arguments, tls_files
 from silo_agent.client import SiloAgent
 from silo_agent.metrics import SiloMetrics
-from silo_agent.model import add_model_arguments, model_from_arguments
+from silo_agent.model import SiloModel, add_model_arguments, model_from_arguments
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,6 +80,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _model_for(args: argparse.Namespace, samples: list[Sample]) -> SiloModel:
+    """The model as the flags say, or exit in one line: it cannot load, or it cannot train
+    the data's modality mix (before joining, not mid-round)."""
+    try:
+        silo = model_from_arguments(args)
+    except (RemoteCodeRequired, ProcessorLoadError, OSError) as exc:
+        sys.exit(f"silo-agent: model {args.model}: {exc}")
+    refusal = silo.refusal(samples)
+    if refusal is not None:
+        sys.exit(f"silo-agent: {args.data}: {refusal} (see `silo-agent check`)")
+    return silo
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["check"]:
@@ -108,13 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"silo-agent: --eval-only needs {args.data / 'test.jsonl'}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        silo = model_from_arguments(args)
-    except (RemoteCodeRequired, ProcessorLoadError, OSError) as exc:
-        sys.exit(f"silo-agent: model {args.model}: {exc}")
-    refusal = silo.refusal([*samples, *test])
-    if refusal is not None:
-        sys.exit(f"silo-agent: {args.data}: {refusal} (see `silo-agent check`)")
+    silo = _model_for(args, [*samples, *test])
     log.info(
         "model %s loaded on %s with %d torch thread(s); %d training and %d test samples",
         args.model,

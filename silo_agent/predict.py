@@ -52,6 +52,20 @@ def predict(silo: SiloModel, samples: list[Sample], *, batch_size: int) -> list[
     return [rows[s.id] for s in samples]
 
 
+def _model(args: argparse.Namespace) -> SiloModel:
+    config = json.loads((args.adapter / "adapter_config.json").read_text())
+    try:
+        return load_silo_model(
+            args.model,
+            device=args.device,
+            lora_r=config["r"],
+            lora_alpha=config["lora_alpha"],
+            trust_remote_code=args.trust_remote_code,
+        )
+    except (RemoteCodeRequired, ProcessorLoadError, OSError) as exc:
+        sys.exit(f"fedmllm-predict: model {args.model}: {exc}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="fedmllm-predict",
@@ -83,17 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         adapter = load_file(str(args.adapter / "adapter_model.safetensors"))
     except (DataFormatError, OSError) as exc:
         sys.exit(f"fedmllm-predict: {exc}")
-    config = json.loads((args.adapter / "adapter_config.json").read_text())
-    try:
-        silo = load_silo_model(
-            args.model,
-            device=args.device,
-            lora_r=config["r"],
-            lora_alpha=config["lora_alpha"],
-            trust_remote_code=args.trust_remote_code,
-        )
-    except (RemoteCodeRequired, ProcessorLoadError, OSError) as exc:
-        sys.exit(f"fedmllm-predict: model {args.model}: {exc}")
+    silo = _model(args)
     load_global_adapter(silo, adapter)
     variant = PromptVariant(args.prompt) if args.prompt else None
     rows = predict(silo, [s.rendered(variant) for s in samples], batch_size=args.batch_size)
