@@ -10,6 +10,7 @@ the 4-bit path trains. docs/models.md's table is checked against SUPPORT below.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from dataclasses import replace
@@ -21,11 +22,20 @@ from peft import get_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
-from shared.adapter import ATTENTION_PROJECTIONS
+from shared.adapter import (
+    ATTENTION_PROJECTIONS,
+    canonical_config,
+    config_fingerprint,
+    initial_adapter,
+    load_base_config,
+    load_model_config,
+    lora_identity,
+)
 from shared.demo.synthetic_data import tokenizer_corpus, write_silo
 from shared.demo.tiny_model import build_tiny_model
 from shared.prompts import TASKS, PromptVariant
 from shared.silo_data import Sample, read_split
+from shared.tensor_codec import layout_of
 from silo_agent.batching import IGNORE_INDEX, modality_kind
 from silo_agent.evaluator import generate_answers, option_scores
 from silo_agent.failures import TrainingFailed
@@ -284,6 +294,19 @@ def test_four_bit_base_loads_and_trains(
     assert_round_changes_only_language_lora(
         quantised, supported_batch(family, samples), learning_rate=1e-2
     )
+
+
+def test_the_coordinator_derives_the_same_adapter_without_the_weights(
+    family: str, silo: SiloModel, model_dir: Path
+) -> None:
+    """The coordinator builds the layout from config.json on the meta device (the remote-code
+    family through `silo-agent init-adapter`); a silo joins only if the two agree."""
+    remote = SUPPORT[family].remote_code
+    config = load_model_config(model_dir, trust_remote_code=remote)
+    lora, state = initial_adapter(config, seed=0, trust_remote_code=remote)
+    assert layout_of(state) == silo.adapter_layout
+    assert lora_identity(lora.to_dict()) == lora_identity(json.loads(silo.lora_config_json))
+    assert config_fingerprint(canonical_config(load_base_config(model_dir))) == silo.fingerprint
 
 
 def test_docs_table_matches_the_suite() -> None:
