@@ -75,7 +75,8 @@ class ProcessorInterface:
             padding_side="left",
             return_tensors="pt",
         )
-        inputs = to_device(dict(inputs), model.device)
+        # PaliGemma's processor adds labels of its own; generation takes none
+        inputs = to_device({k: v for k, v in inputs.items() if k != "labels"}, model.device)
         output = model.generate(
             **inputs,
             max_new_tokens=max_new_tokens,
