@@ -6,17 +6,25 @@ import math
 from pathlib import Path
 from statistics import mean
 
-from shared.adapter import initial_adapter, load_base_config
+from shared.adapter import initial_adapter, load_model_config
 from shared.silo_data import read_split
+from shared.tensor_codec import StateDict
 from silo_agent.evaluator import evaluate
 from silo_agent.model import load_silo_model
 from silo_agent.trainer import LocalPlan, load_global_adapter, train_round
 
 
-def zero_shot(model: Path, test_dir: Path, *, seed: int) -> dict[str, float]:
+def fresh_adapter(model: Path, *, seed: int, trust_remote_code: bool = False) -> StateDict:
+    config = load_model_config(model, trust_remote_code=trust_remote_code)
+    return initial_adapter(config, seed=seed, trust_remote_code=trust_remote_code)[1]
+
+
+def zero_shot(
+    model: Path, test_dir: Path, *, seed: int, trust_remote_code: bool = False
+) -> dict[str, float]:
     """The base model untouched (a fresh LoRA adapter adds exactly zero: B starts at 0)."""
-    silo = load_silo_model(model, device="cpu")
-    load_global_adapter(silo, initial_adapter(load_base_config(model), seed=seed)[1])
+    silo = load_silo_model(model, device="cpu", trust_remote_code=trust_remote_code)
+    load_global_adapter(silo, fresh_adapter(model, seed=seed, trust_remote_code=trust_remote_code))
     return evaluate(silo, read_split(test_dir, "test"), variant=None)
 
 
@@ -29,13 +37,14 @@ def local(
     epochs: int,
     learning_rate: float,
     batch_size: int,
+    trust_remote_code: bool = False,
 ) -> dict[str, float]:
     """Each silo trains alone for `epochs` epochs; the mean of the silos' test scores."""
     test = read_split(test_dir, "test")
     scores: list[dict[str, float]] = []
     for index, directory in enumerate(client_dirs):
-        silo = load_silo_model(model, device="cpu")
-        state = initial_adapter(load_base_config(model), seed=seed)[1]
+        silo = load_silo_model(model, device="cpu", trust_remote_code=trust_remote_code)
+        state = fresh_adapter(model, seed=seed, trust_remote_code=trust_remote_code)
         samples = read_split(directory)
         for epoch in range(epochs):
             plan = LocalPlan(

@@ -59,6 +59,7 @@ class BenchConfig:
     methods: list[Method]
     seeds: list[int]
     model: Path | None = None  # a local model directory; None builds the tiny demo model
+    trust_remote_code: bool = False  # run the model directory's own code (MiniCPM-V 2.6)
     format_steps: int = 150  # format pretraining of the tiny model (bench/base_model.py)
     clients: int = 4
     silos_per_round: int = 2

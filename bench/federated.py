@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 
 from coordinator.run_state import RunSpec
+from shared.adapter import initial_adapter, load_model_config, write_adapter_directory
 from shared.demo.federation import (
     admin_command,
     processes,
@@ -41,9 +42,17 @@ class FederationProcesses:
     """Processes for one partition; `run(spec)` runs one FL method to its end."""
 
     def __init__(
-        self, *, workdir: Path, model: Path, certs: Path, client_dirs: list[Path], test_dir: Path
+        self,
+        *,
+        workdir: Path,
+        model: Path,
+        certs: Path,
+        client_dirs: list[Path],
+        test_dir: Path,
+        trust_remote_code: bool = False,
     ) -> None:
         self.workdir, self.certs, self.client_dirs = workdir, certs, client_dirs
+        self.trust_remote_code = trust_remote_code
         self.logs = workdir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         _link(workdir / "model", model)
@@ -56,15 +65,18 @@ class FederationProcesses:
 
     def __enter__(self) -> FederationProcesses:
         running = self._stack.enter_context(processes())
-        coordinator, port, _ = start_coordinator(self.workdir, self.logs)
+        coordinator, port, _ = start_coordinator(self.workdir, self.logs, *self._coordinator_args())
         running.append(coordinator)
         threads = threads_per_agent(len(self.client_dirs))  # the evaluator idles while they train
+        remote = ["--trust-remote-code"] if self.trust_remote_code else []
         running.extend(
-            start_silo(self.workdir, self.logs, d.name, port, threads=threads)
+            start_silo(self.workdir, self.logs, d.name, port, *remote, threads=threads)
             for d in self.client_dirs
         )
         running.append(
-            start_silo(self.workdir, self.logs, EVALUATOR, port, "--eval-only", threads=threads)
+            start_silo(
+                self.workdir, self.logs, EVALUATOR, port, "--eval-only", *remote, threads=threads
+            )
         )
         admin_cli = admin_command(self.certs, port)
         wait_for_silos(admin_cli, len(self.client_dirs) + 1)
@@ -77,6 +89,17 @@ class FederationProcesses:
         )
         self._admin = pb_grpc.AdminStub(channel)
         return self
+
+    def _coordinator_args(self) -> list[str]:
+        """A model with its own code: the coordinator starts from an adapter made here."""
+        if not self.trust_remote_code:
+            return []
+        adapter = self.workdir / "initial-adapter"
+        if not (adapter / "adapter_model.safetensors").exists():
+            config = load_model_config(self.workdir / "model", trust_remote_code=True)
+            lora, state = initial_adapter(config, seed=0, trust_remote_code=True)
+            write_adapter_directory(adapter, lora, state)
+        return ["--adapter", str(adapter)]
 
     def __exit__(
         self,

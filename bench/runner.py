@@ -13,6 +13,7 @@ import contextlib
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from bench.config import (
 from bench.federated import EVALUATOR, FederationProcesses
 from bench.report import plots, tables
 from coordinator.run_state import RunSpec
+from shared.adapter import RemoteCodeRequired, load_model_config, model_auto_class
 from shared.demo.twins import TWINS
 from shared.partition import main as partition_main
 from shared.pki import create_federation
@@ -134,7 +136,8 @@ def _run_cell(
     clients = sorted(p for p in partition.iterdir() if p.name.startswith("client-"))
     test_dir = partition / "test"
     if method.name == "zero_shot":
-        return {"metrics": zero_shot(model, test_dir, seed=seed), "rounds": []}
+        metrics = zero_shot(model, test_dir, seed=seed, trust_remote_code=config.trust_remote_code)
+        return {"metrics": metrics, "rounds": []}
     if method.name == "local":
         return {
             "metrics": local(
@@ -145,6 +148,7 @@ def _run_cell(
                 epochs=config.local_baseline_epochs,
                 learning_rate=config.learning_rate,
                 batch_size=config.batch_size,
+                trust_remote_code=config.trust_remote_code,
             ),
             "rounds": [],
         }
@@ -172,6 +176,7 @@ def _processes(config: BenchConfig, partition: Path, model: Path) -> FederationP
         certs=config.out / "certs",
         client_dirs=sorted(p for p in partition.iterdir() if p.name.startswith("client-")),
         test_dir=partition / "test",
+        trust_remote_code=config.trust_remote_code,
     )
 
 
@@ -243,11 +248,27 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", type=Path, required=True, help="bench.yaml")
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the Python code shipped in the model directory (e.g. MiniCPM-V 2.6): the "
+        "silos load it and the coordinator starts from an adapter made with it",
+    )
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
     except BenchConfigError as exc:
         sys.exit(f"fedmllm-bench: {exc}")
+    if args.trust_remote_code:
+        config = replace(config, trust_remote_code=True)
+    if config.model is not None:
+        try:  # a model that needs its own code fails here, in one line, not in a cell
+            remote = config.trust_remote_code
+            model_auto_class(
+                load_model_config(config.model, trust_remote_code=remote), trust_remote_code=remote
+            )
+        except (RemoteCodeRequired, OSError, ValueError) as exc:
+            sys.exit(f"fedmllm-bench: model {config.model}: {exc}")
     print(
         f"grid: {len(config.datasets)} data set(s) x {len(config.scenarios)} scenario(s) x "
         f"{len(config.methods)} method(s) x {len(config.seeds)} seed(s); results in "

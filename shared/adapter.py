@@ -15,8 +15,17 @@ from typing import Any
 
 import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
-from safetensors.torch import load_file
-from transformers import AutoConfig, AutoModelForImageTextToText, PretrainedConfig, PreTrainedModel
+from safetensors.torch import load_file, save_file
+from transformers import (
+    CONFIG_MAPPING,
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
 from shared.errors import IncompatibleSilo
 from shared.tensor_codec import StateDict
@@ -101,26 +110,69 @@ def describe_config_difference(
     return problems
 
 
-def meta_model(config: PretrainedConfig) -> PreTrainedModel:
+# Auto classes a remote-code model may register (config.json "auto_map"), most specific first.
+_REMOTE_AUTO_CLASSES = {
+    "AutoModelForImageTextToText": AutoModelForImageTextToText,
+    "AutoModelForCausalLM": AutoModelForCausalLM,
+    "AutoModel": AutoModel,
+}
+
+
+class RemoteCodeRequired(ValueError):
+    """The model's code ships with its directory and this caller may not (or will not) run it."""
+
+
+def model_auto_class(config: PretrainedConfig, *, trust_remote_code: bool = False) -> Any:
+    """The Auto class that builds this model: transformers' own image-text-to-text class, or
+    with `trust_remote_code` the class the directory's own code registers."""
+    if config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        return AutoModelForImageTextToText
+    auto_map = getattr(config, "auto_map", None) or {}
+    if not trust_remote_code:
+        hint = (
+            "it ships its own modeling code: pass --trust-remote-code to load it on a silo; "
+            "a coordinator never runs model code, so start it with --adapter DIR made by "
+            "`silo-agent init-adapter --model DIR --trust-remote-code --out DIR`"
+            if auto_map
+            else "it is not an image-text-to-text model this transformers version ships"
+        )
+        raise RemoteCodeRequired(f"model type {config.model_type!r}: {hint}")
+    for name, auto in _REMOTE_AUTO_CLASSES.items():
+        if name in auto_map:
+            return auto
+    raise RemoteCodeRequired(
+        f"model type {config.model_type!r}: config.json auto_map names none of "
+        f"{', '.join(_REMOTE_AUTO_CLASSES)}"
+    )
+
+
+def meta_model(config: PretrainedConfig, *, trust_remote_code: bool = False) -> PreTrainedModel:
     """The model's module tree with no weights (meta device): cheap, whatever the model's size."""
+    auto = model_auto_class(config, trust_remote_code=trust_remote_code)
     with torch.device("meta"):
-        model: PreTrainedModel = AutoModelForImageTextToText.from_config(config)
+        model: PreTrainedModel = auto.from_config(config, trust_remote_code=trust_remote_code)
     return model
 
 
 def lora_layout_state(
-    config: PretrainedConfig, lora: LoraConfig | None
+    config: PretrainedConfig, lora: LoraConfig | None, *, trust_remote_code: bool = False
 ) -> tuple[LoraConfig, StateDict]:
     """The adapter's (meta) state dict as PEFT names it, and the LoRA config used."""
-    model = meta_model(config)
+    model = meta_model(config, trust_remote_code=trust_remote_code)
     lora = lora or default_lora_config(language_attention_targets(model))
     peft_model = get_peft_model(model, lora)
     return lora, get_peft_model_state_dict(peft_model)
 
 
-def initial_adapter(config: PretrainedConfig, *, seed: int) -> tuple[LoraConfig, StateDict]:
+def initial_adapter(
+    config: PretrainedConfig,
+    *,
+    seed: int,
+    lora: LoraConfig | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[LoraConfig, StateDict]:
     """A fresh adapter as PEFT initialises one (A Kaiming-uniform, B zero), seeded."""
-    lora, meta_state = lora_layout_state(config, None)
+    lora, meta_state = lora_layout_state(config, lora, trust_remote_code=trust_remote_code)
     generator = torch.Generator().manual_seed(seed)
     state: StateDict = {}
     for name, tensor in sorted(meta_state.items()):
@@ -147,10 +199,42 @@ def load_adapter_directory(directory: Path) -> tuple[LoraConfig, StateDict]:
     return lora, load_file(str(weights))
 
 
+def write_adapter_directory(directory: Path, lora: LoraConfig, state: StateDict) -> None:
+    """A PEFT adapter directory that `load_adapter_directory` (and PEFT) read back."""
+    directory.mkdir(parents=True, exist_ok=True)
+    lora.save_pretrained(str(directory))
+    save_file(
+        {k: v.contiguous() for k, v in state.items()}, str(directory / "adapter_model.safetensors")
+    )
+
+
 def load_base_config(model_dir: Path) -> PretrainedConfig:
-    if not (model_dir / "config.json").is_file():
+    """The model's config as both sides read it for the federation's identity, never running
+    code: a model type transformers does not know (remote code) is read from config.json as is."""
+    path = model_dir / "config.json"
+    if not path.is_file():
         raise FileNotFoundError(f"{model_dir}: no config.json; expected a Hugging Face model dir")
-    config: PretrainedConfig = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
+    data = json.loads(path.read_text())
+    model_type = data.get("model_type")
+    if model_type in CONFIG_MAPPING:
+        config: PretrainedConfig = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
+        return config
+    if not isinstance(model_type, str):
+        raise ValueError(f"{path}: no model_type")
+    plain: type[PretrainedConfig] = type(
+        "RemoteCodeConfig", (PretrainedConfig,), {"model_type": model_type}
+    )
+    remote: PretrainedConfig = plain.from_dict(data)
+    return remote
+
+
+def load_model_config(model_dir: Path, *, trust_remote_code: bool = False) -> PretrainedConfig:
+    """The config the model is built from: with `trust_remote_code`, the directory's own class."""
+    if not trust_remote_code:
+        return load_base_config(model_dir)
+    config: PretrainedConfig = AutoConfig.from_pretrained(
+        str(model_dir), local_files_only=True, trust_remote_code=True
+    )
     return config
 
 

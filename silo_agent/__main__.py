@@ -11,13 +11,15 @@ from pathlib import Path
 import torch
 from prometheus_client import start_http_server
 
+from shared.adapter import RemoteCodeRequired
 from shared.errors import DataFormatError, IncompatibleSilo
 from shared.evaluation.judge import JudgeConfig, LLMJudge
-from shared.silo_data import has_split, read_split
+from shared.processors import ProcessorLoadError
+from shared.silo_data import Sample, has_split, read_split
 from shared.tls import add_tls_arguments, tls_files
 from silo_agent.client import SiloAgent
 from silo_agent.metrics import SiloMetrics
-from silo_agent.model import load_silo_model
+from silo_agent.model import SiloModel, add_model_arguments, model_from_arguments
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,6 +27,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="silo-agent",
         description="Join a FedMLLM federation and train its LoRA adapter on local data. "
         "Raw data never leaves this machine: only adapter deltas are sent.",
+        epilog="Also: `silo-agent check --data DIR --model DIR` proves locally that this silo "
+        "can train; `silo-agent init-adapter --model DIR --out DIR` writes the initial adapter "
+        "for a model with its own code (see docs/models.md).",
     )
     parser.add_argument(
         "--data",
@@ -33,24 +38,14 @@ def _parser() -> argparse.ArgumentParser:
         help="silo data directory (train.jsonl, images; see docs/silo-data.md)",
     )
     parser.add_argument("--coordinator", required=True, help="coordinator HOST:PORT")
-    parser.add_argument(
-        "--model",
-        type=Path,
-        required=True,
-        help="local Hugging Face directory of the base model and its processor",
-    )
+    add_model_arguments(parser)
     add_tls_arguments(parser, whose="this silo's")
-    parser.add_argument("--quantize", choices=["4bit"], help="load the base model in 4-bit NF4")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument(
         "--threads",
         type=int,
         default=0,
         help="CPU threads for torch (0: torch's default); set it when agents share a host",
     )
-    parser.add_argument("--lora-r", type=int, default=8)
-    parser.add_argument("--lora-alpha", type=int, default=8)
-    parser.add_argument("--lora-dropout", type=float, default=0.05)
     parser.add_argument(
         "--eval-only", action="store_true", help="join only to evaluate: test.jsonl, no training"
     )
@@ -85,12 +80,30 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _model_for(args: argparse.Namespace, samples: list[Sample]) -> SiloModel:
+    """The model as the flags say, or exit in one line: it cannot load, or it cannot train
+    the data's modality mix (before joining, not mid-round)."""
+    try:
+        silo = model_from_arguments(args)
+    except (RemoteCodeRequired, ProcessorLoadError, OSError) as exc:
+        sys.exit(f"silo-agent: model {args.model}: {exc}")
+    refusal = silo.refusal(samples)
+    if refusal is not None:
+        sys.exit(f"silo-agent: {args.data}: {refusal} (see `silo-agent check`)")
+    return silo
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["check"]:
         from silo_agent.check import main as check  # the local check needs no gRPC or TLS
 
         check(argv[1:])
+        return
+    if argv[:1] == ["init-adapter"]:
+        from silo_agent.init_adapter import main as init_adapter
+
+        init_adapter(argv[1:])
         return
     args = _parser().parse_args(argv)
     if args.threads < 0:
@@ -108,14 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"silo-agent: --eval-only needs {args.data / 'test.jsonl'}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    silo = load_silo_model(
-        args.model,
-        device=args.device,
-        quantize=args.quantize,
-        lora_r=args.lora_r,
-        lora_alpha=args.lora_alpha,
-        lora_dropout=args.lora_dropout,
-    )
+    silo = _model_for(args, [*samples, *test])
     log.info(
         "model %s loaded on %s with %d torch thread(s); %d training and %d test samples",
         args.model,

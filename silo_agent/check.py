@@ -1,8 +1,10 @@
-"""`silo-agent check --data DIR --model DIR`: validate a silo locally, contacting no one.
+"""`silo-agent check --data DIR --model DIR`: prove locally, contacting no one, that this silo
+can train.
 
-Reports every malformed record (not just the first), unreadable images, the modality mix,
-and prompts longer than the model accepts; loads the model's config and processor and builds
-its adapter layout on the meta device (no weights), so that an unsupported model shows here.
+Reports every malformed record (not just the first), unreadable images, the modality mix, and
+sequences longer than the model accepts; loads the model as a round would (same flags) and runs
+one forward and backward pass (no optimizer step) on a real batch of every modality mix present,
+reporting seconds per step, peak memory, the LoRA parameter count and the longest sequence.
 """
 
 from __future__ import annotations
@@ -14,92 +16,144 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
-from transformers import AutoProcessor, ProcessorMixin
+from transformers import PretrainedConfig, PreTrainedModel
 
-from shared.adapter import load_base_config, lora_layout_state
 from shared.errors import DataFormatError
 from shared.records_io import BadRecords, json_lines
 from shared.silo_data import SPLITS, Sample, parse_record
-from silo_agent.batching import prompt_texts, user_images
+from silo_agent.batching import modality_kind
+from silo_agent.failures import TrainingFailed
+from silo_agent.model import SiloModel, add_model_arguments, model_from_arguments
+from silo_agent.trial import peak_memory, trial_batches, trial_step
 
 
 @dataclass
 class SplitReport:
     name: str
-    samples: int = 0
+    samples: list[Sample] = field(default_factory=list)
     kinds: Counter[str] = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
-    longest_prompt: int = 0
+    longest: int = 0  # tokens of the longest sample, prompt and answer
     too_long: int = 0
 
 
-def _kind(sample: Sample) -> str:
-    if sample.has_image and sample.has_text:
-        return "image+text"
-    return "image only" if sample.has_image else "text only"
+def _readable(sample: Sample, report: SplitReport) -> bool:
+    if sample.image is None:
+        return True
+    try:
+        with Image.open(sample.image) as image:
+            image.verify()
+    except Exception as exc:  # PIL raises many kinds for a broken file
+        report.problems.append(f"{sample.image}: unreadable image ({exc})")
+        return False
+    return True
 
 
-def check_split(directory: Path, split: str, processor: ProcessorMixin, limit: int) -> SplitReport:
+def check_split(directory: Path, split: str, silo: SiloModel, limit: int) -> SplitReport:
     report = SplitReport(name=split)
     bad = BadRecords(skip=True)
-    samples: list[Sample] = []
     for where, record in json_lines(directory / f"{split}.jsonl", bad):
         try:
-            samples.append(parse_record(record, directory=directory, where=where))
+            sample = parse_record(record, directory=directory, where=where)
         except DataFormatError as exc:
             report.problems.append(str(exc))
+            continue
+        if _readable(sample, report):
+            report.samples.append(sample)
+            report.kinds[modality_kind(sample)] += 1
     report.problems += bad.examples
-    for sample in samples:
-        if sample.image is not None:
-            try:
-                with Image.open(sample.image) as image:
-                    image.verify()
-            except Exception as exc:  # PIL raises many kinds for a broken file
-                report.problems.append(f"{sample.image}: unreadable image ({exc})")
-                continue
-        report.kinds[_kind(sample)] += 1
-        report.samples += 1
-        encoded = processor(text=prompt_texts(processor, [sample]), images=user_images([sample]))
-        length = len(encoded["input_ids"][0])
-        report.longest_prompt = max(report.longest_prompt, length)
+    refusal = silo.refusal(report.samples)
+    if refusal is not None:
+        report.problems.append(f"{split}: {refusal}")
+        return report
+    for sample in report.samples:
+        try:
+            length = int(silo.batch([sample])["input_ids"].shape[1])
+        except TrainingFailed as exc:
+            report.problems.append(f"{split} sample {sample.id}: {exc.detail}")
+            continue
+        report.longest = max(report.longest, length)
         report.too_long += length > limit
     return report
 
 
-def main(argv: list[str] | None = None) -> None:
+def context_limit(config: PretrainedConfig) -> int:
+    text_config = getattr(config, "text_config", None) or config
+    return int(getattr(text_config, "max_position_embeddings", 0) or 10**9)
+
+
+def trial_problems(silo: SiloModel, samples: list[Sample], batch_size: int) -> list[str]:
+    """One forward and backward pass per modality mix; what failed, one line each."""
+    problems = []
+    for batch in trial_batches(samples, batch_size):
+        try:
+            step = trial_step(silo, batch)
+        except TrainingFailed as exc:
+            problems.append(f"training step: {exc}")
+            continue
+        print(
+            f"training step, {step.mix} batch of {step.rows} x {step.tokens} tokens: "
+            f"{step.seconds:.2f} s (forward and backward)"
+        )
+    return problems
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="silo-agent check",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--model", type=Path, required=True)
-    args = parser.parse_args(argv)
-    problems = 0
-    try:
-        config = load_base_config(args.model)
-        processor = AutoProcessor.from_pretrained(str(args.model), local_files_only=True)
-        _, layout = lora_layout_state(config, None)
-    except Exception as exc:
-        sys.exit(f"silo-agent check: model {args.model}: {exc}")
-    text_config = getattr(config, "text_config", config)
-    limit = int(getattr(text_config, "max_position_embeddings", 0) or 10**9)
-    print(
-        f"model {args.model}: {config.model_type}, adapter of {len(layout)} LoRA tensors, "
-        f"context {limit} tokens"
+    add_model_arguments(parser)
+    parser.add_argument(
+        "--batch-size", type=int, default=4, help="rows of the trial batches (the run's batch size)"
     )
-    splits = [s for s in SPLITS if (args.data / f"{s}.jsonl").is_file()]
-    if not splits:
-        sys.exit(f"silo-agent check: {args.data} has neither train.jsonl nor test.jsonl")
-    for split in splits:
-        report = check_split(args.data, split, processor, limit)
+    return parser
+
+
+def report_splits(data: Path, silo: SiloModel, limit: int) -> tuple[list[str], list[Sample]]:
+    """Each split's summary printed; its problems, and the samples to try training on (the
+    training split's, else the test split's)."""
+    problems: list[str] = []
+    trainable: list[Sample] = []
+    for split in [s for s in SPLITS if (data / f"{s}.jsonl").is_file()]:
+        report = check_split(data, split, silo, limit)
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(report.kinds.items()))
-        print(
-            f"{split}: {report.samples} usable samples ({kinds}); longest prompt "
-            f"{report.longest_prompt} tokens, {report.too_long} over the limit"
+        lengths = (
+            f"; longest sequence {report.longest} tokens, {report.too_long} over the limit"
+            if report.longest
+            else ""
         )
+        print(f"{split}: {len(report.samples)} usable samples ({kinds}){lengths}")
         for problem in report.problems:
             print(f"  problem: {problem}")
-        problems += len(report.problems) + report.too_long
-    print("ok" if not problems else f"{problems} problem(s)")
+        problems += report.problems + [f"{split}: a sample over the context"] * report.too_long
+        trainable = trainable or report.samples
+    return problems, trainable
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    if not any((args.data / f"{s}.jsonl").is_file() for s in SPLITS):
+        sys.exit(f"silo-agent check: {args.data} has neither train.jsonl nor test.jsonl")
+    try:
+        silo = model_from_arguments(args)
+    except Exception as exc:
+        sys.exit(f"silo-agent check: model {args.model}: {exc}")
+    base = silo.model.get_base_model()
+    assert isinstance(base, PreTrainedModel)
+    limit = context_limit(base.config)
+    lora_parameters = sum(p.numel() for p in silo.model.parameters() if p.requires_grad)
+    print(
+        f"model {args.model}: {silo.family}, adapter of {len(silo.adapter_layout)} LoRA tensors "
+        f"({lora_parameters:,} parameters), context {limit} tokens"
+    )
+    problems, trainable = report_splits(args.data, silo, limit)
+    if silo.refusal(trainable) is None:
+        for problem in trial_problems(silo, trainable, args.batch_size):
+            print(f"  problem: {problem}")
+            problems.append(problem)
+    print(f"peak memory {peak_memory(silo.device)}")
+    print("ok" if not problems else f"{len(problems)} problem(s)")
     sys.exit(1 if problems else 0)

@@ -16,19 +16,21 @@ from shared.evaluation.medvqa import VQAResult, medvqa_scores
 from shared.evaluation.scores import accuracy, binary_auc, macro_f1, option_probabilities
 from shared.prompts import TASKS, PromptVariant
 from shared.silo_data import Sample
-from silo_agent.batching import IGNORE_INDEX, prompt_texts, training_batch, user_images
+from silo_agent.batching import IGNORE_INDEX
 from silo_agent.model import SiloModel
 
 
-def _answer_loglikelihood(silo: SiloModel, samples: Sequence[Sample]) -> torch.Tensor:
-    """Sum of log p(answer tokens | prompt) for each sample."""
-    batch = {k: v.to(silo.device) for k, v in training_batch(silo.processor, samples).items()}
+def answer_loglikelihood(silo: SiloModel, samples: Sequence[Sample]) -> torch.Tensor:
+    """Sum of log p(answer tokens | prompt) for each sample, from the training batch's causal
+    pass: the logits that score an answer token see only the tokens before it."""
+    batch = silo.batch(samples)
     labels = batch.pop("labels")
-    logits = silo.model(**batch).logits[:, :-1].float()
+    logits = silo.forward(batch).logits[:, :-1].float()
     targets = labels[:, 1:]
     mask = targets != IGNORE_INDEX
     picked = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1))
-    return (picked.squeeze(-1) * mask).sum(dim=1).cpu()
+    total: torch.Tensor = (picked.squeeze(-1) * mask).sum(dim=1).cpu()
+    return total
 
 
 def option_scores(
@@ -43,7 +45,7 @@ def option_scores(
         rows.append(
             torch.stack(
                 [
-                    _answer_loglikelihood(silo, [replace(s, answer=task.target(o)) for s in chunk])
+                    answer_loglikelihood(silo, [replace(s, answer=task.target(o)) for s in chunk])
                     for o in range(len(task.options))
                 ],
                 dim=1,
@@ -55,27 +57,10 @@ def option_scores(
 def generate_answers(
     silo: SiloModel, samples: Sequence[Sample], *, batch_size: int, max_new_tokens: int = 16
 ) -> list[str]:
-    tokenizer = silo.processor.tokenizer
-    tokenizer.padding_side = "left"
     answers: list[str] = []
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
-        inputs = silo.processor(
-            text=prompt_texts(silo.processor, chunk),
-            images=user_images(chunk),
-            padding=True,
-            return_tensors="pt",
-        )
-        inputs = {k: v.to(silo.device) for k, v in inputs.items()}
-        output = silo.model.generate(
-            **inputs,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        new_tokens = output[:, inputs["input_ids"].shape[1] :]
-        answers += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
-    tokenizer.padding_side = "right"
+        answers += silo.interface.generate(silo.model, chunk, max_new_tokens=max_new_tokens)
     return answers
 
 

@@ -16,8 +16,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from shared.adapter import RemoteCodeRequired
 from shared.errors import DataFormatError
 from shared.evaluation.scores import option_probabilities
+from shared.processors import ProcessorLoadError
 from shared.prompts import TASKS, PromptVariant
 from shared.silo_data import Sample, read_split
 from silo_agent.evaluator import generate_answers, option_scores
@@ -50,6 +52,20 @@ def predict(silo: SiloModel, samples: list[Sample], *, batch_size: int) -> list[
     return [rows[s.id] for s in samples]
 
 
+def _model(args: argparse.Namespace) -> SiloModel:
+    config = json.loads((args.adapter / "adapter_config.json").read_text())
+    try:
+        return load_silo_model(
+            args.model,
+            device=args.device,
+            lora_r=config["r"],
+            lora_alpha=config["lora_alpha"],
+            trust_remote_code=args.trust_remote_code,
+        )
+    except (RemoteCodeRequired, ProcessorLoadError, OSError) as exc:
+        sys.exit(f"fedmllm-predict: model {args.model}: {exc}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="fedmllm-predict",
@@ -70,16 +86,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="JSON lines file (default: standard output)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the Python code shipped in the model directory (e.g. MiniCPM-V 2.6)",
+    )
     args = parser.parse_args(argv)
     try:
         samples = read_split(args.data, args.split)
         adapter = load_file(str(args.adapter / "adapter_model.safetensors"))
     except (DataFormatError, OSError) as exc:
         sys.exit(f"fedmllm-predict: {exc}")
-    config = json.loads((args.adapter / "adapter_config.json").read_text())
-    silo = load_silo_model(
-        args.model, device=args.device, lora_r=config["r"], lora_alpha=config["lora_alpha"]
-    )
+    silo = _model(args)
     load_global_adapter(silo, adapter)
     variant = PromptVariant(args.prompt) if args.prompt else None
     rows = predict(silo, [s.rendered(variant) for s in samples], batch_size=args.batch_size)

@@ -51,7 +51,10 @@ def decoder_depth(model: PeftModel) -> int:
     base = model.get_base_model()
     assert isinstance(base, PreTrainedModel)
     decoder = base.get_decoder()
-    layers = getattr(decoder, "layers", None)
+    # MiniCPM-V's decoder is a whole causal LM (`llm`), whose layers sit one level down
+    layers = getattr(decoder, "layers", None) or getattr(
+        getattr(decoder, "model", None), "layers", None
+    )
     if layers is None:
         raise ValueError(f"cannot count the decoder layers of {type(decoder).__name__}")
     return len(layers)

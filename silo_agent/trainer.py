@@ -14,7 +14,7 @@ from tqdm import tqdm
 from shared.prompts import PromptVariant
 from shared.silo_data import Sample
 from shared.tensor_codec import StateDict
-from silo_agent.batching import training_batch
+from silo_agent.failures import TrainingFailed, step_failures
 from silo_agent.model import SiloModel
 from silo_agent.regularizers import (
     ProximalTerms,
@@ -106,6 +106,9 @@ def train_round(
 ) -> LocalResult:
     """Train from `global_state` and return (local - global) in the layout's dtypes."""
     samples = [s.rendered(plan.prompt_variant) for s in samples]
+    refusal = silo.refusal(samples)
+    if refusal is not None:
+        raise TrainingFailed(reason="modality", detail=f"{label}: {refusal}")
     load_global_adapter(silo, global_state)
     model = silo.model
     model.train()
@@ -128,15 +131,14 @@ def train_round(
             leave=False,
             mininterval=2.0,
         ):
-            batch = {
-                k: v.to(silo.device)
-                for k, v in training_batch(silo.processor, batch_samples).items()
-            }
-            loss = model(**batch).loss
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{label}: non-finite loss at step {len(losses) + 1}")
-            objective = loss + proximal() if proximal.active else loss
-            objective.backward()
+            step = f"{label}: step {len(losses) + 1}"
+            batch = silo.batch(batch_samples)
+            with step_failures(silo.family, step):
+                loss = silo.forward(batch).loss
+                if not torch.isfinite(loss):
+                    raise TrainingFailed(reason="non_finite_loss", detail=f"{step}: loss {loss}")
+                objective = loss + proximal() if proximal.active else loss
+                objective.backward()
             if correction is not None:
                 for name, param in params.items():
                     param.grad.add_(correction[name])  # type: ignore[union-attr]

@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from shared.demo.synthetic_data import tokenizer_corpus, write_silo
-from shared.demo.tiny_model import FAMILIES, build_tiny_model
+from shared.demo.tiny_families import FAMILIES
+from shared.demo.tiny_model import build_tiny_model
 from shared.pki import create_federation
 
 
@@ -43,7 +44,10 @@ def _tls_args(certs: Path, name: str) -> list[str]:
     ]
 
 
-def start_coordinator(workdir: Path, logs: Path) -> tuple[subprocess.Popen[bytes], int, int]:
+def start_coordinator(
+    workdir: Path, logs: Path, *extra: str
+) -> tuple[subprocess.Popen[bytes], int, int]:
+    """The coordinator on `workdir/model`; `extra` arguments go to it as they are."""
     port_file = workdir / "coordinator.ports"
     port_file.unlink(missing_ok=True)
     process = subprocess.Popen(
@@ -64,6 +68,7 @@ def start_coordinator(workdir: Path, logs: Path) -> tuple[subprocess.Popen[bytes
             "--port-file",
             str(port_file),
             *_tls_args(workdir / "certs", "coordinator"),
+            *extra,
         ],
         stdout=(logs / "coordinator.log").open("wb"),
         stderr=subprocess.STDOUT,

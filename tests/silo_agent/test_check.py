@@ -1,8 +1,10 @@
-"""`silo-agent check`: every problem of a silo's data and model found locally."""
+"""`silo-agent check`: every problem of a silo's data and model found locally, and a real
+training step per modality mix."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from shared.demo.synthetic_data import tokenizer_corpus
+from shared.demo.tiny_model import build_tiny_model
+from silo_agent import batching
 from silo_agent.__main__ import main
 
 
@@ -63,3 +68,53 @@ def test_every_problem_is_listed(
     assert "train.jsonl:13: malformed JSON" in result.stdout
     assert "train: 10 usable samples" in result.stdout
     assert result.stdout.strip().endswith("3 problem(s)")
+
+
+def test_a_training_step_per_modality_mix_is_measured(
+    mixed_silo: Path, tiny_model: Path, check_silo: Check
+) -> None:
+    result = check_silo(mixed_silo, tiny_model)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "train: 8 usable samples (image only 2, image+text 3, text only 3)" in result.stdout
+    assert re.search(r"adapter of 16 LoRA tensors \(7,168 parameters\)", result.stdout)
+    assert re.search(r"train: .*; longest sequence \d+ tokens, 0 over the limit", result.stdout)
+    for mix in ("image only", "image+text", "text only", "mixed"):
+        step = re.search(
+            rf"training step, {re.escape(mix)} batch of \d x \d+ tokens: (\d+\.\d+) s",
+            result.stdout,
+        )
+        assert step is not None, mix
+    assert re.search(r"peak memory \d+ MiB", result.stdout)
+
+
+def test_a_batch_the_model_cannot_take_fails_the_check(
+    mixed_silo: Path,
+    tmp_path: Path,
+    check_silo: Check,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Mllama's 4-D cross-attention mask padded as if it were per token (as the batching once
+    did): every batch with an image breaks in the model, and check says so before any round."""
+    model = build_tiny_model(tmp_path / "mllama", family="mllama", corpus=tokenizer_corpus())
+    per_token = tuple(k for k in batching.SEQUENCE_KEYS if k != "cross_attention_mask")
+    monkeypatch.setattr(batching, "SEQUENCE_KEYS", per_token)
+    result = check_silo(mixed_silo, model)
+    assert result.returncode == 1
+    failures = [line for line in result.stdout.splitlines() if "problem: training step" in line]
+    assert len(failures) == 3  # image only, image+text, mixed; the text-only batch trains
+    assert all("batching" in line and "mllama fails on this batch" in line for line in failures)
+    assert "training step, text only batch" in result.stdout
+    assert result.stdout.strip().endswith("3 problem(s)")
+
+
+def test_a_mix_the_family_cannot_train_is_refused_by_name(
+    mixed_silo: Path, tmp_path: Path, check_silo: Check
+) -> None:
+    model = build_tiny_model(tmp_path / "paligemma", family="paligemma", corpus=tokenizer_corpus())
+    result = check_silo(mixed_silo, model)
+    assert result.returncode == 1
+    assert (
+        "problem: train: paligemma: PaliGemma's processor needs an image in every sample; "
+        "the data holds 2 image only, 3 image+text, 3 text only"
+    ) in result.stdout
+    assert "training step" not in result.stdout
