@@ -88,6 +88,8 @@ def installed_closure(names: set[str]) -> set[str]:
         found.add(name)
         for line in metadata.requires(name) or []:
             requirement = Requirement(line)
-            if requirement.marker is None or Marker(str(requirement.marker)).evaluate({"extra": ""}):
+            if requirement.marker is None or Marker(str(requirement.marker)).evaluate(
+                {"extra": ""}
+            ):
                 pending.append(requirement.name)
     return found

@@ -130,4 +130,3 @@ def test_coordinator_serves_with_only_its_dependencies(
         assert admin.GetStatus(pb.StatusRequest(), timeout=30).state == pb.RUN_STATE_IDLE
     assert process.returncode == 0, log.read_text()
     assert "Traceback" not in log.read_text() and "kernels" not in log.read_text()
-
