@@ -54,7 +54,7 @@ def test_silo_from_a_git_checkout(tmp_path: Path, tiny_model: Path) -> None:
         ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.strip()
     pip = _clean_venv(tmp_path / "venv")
-    url = f"fedmllm[silo] @ git+file://{ROOT}@{head}"
+    url = f"fedmllm[silo] @ git+file://localhost{ROOT}@{head}"  # a PEP 508 URL needs a host
     subprocess.run([str(pip), "install", "-q", url], check=True)
     subprocess.run([str(pip), "check"], check=True)
     assert {"bitsandbytes", "pillow", "scikit-learn"} <= _installed(pip)
