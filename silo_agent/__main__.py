@@ -16,7 +16,7 @@ from shared.evaluation.judge import JudgeConfig, LLMJudge
 from shared.silo_data import has_split, read_split
 from shared.tls import add_tls_arguments, tls_files
 from silo_agent.client import SiloAgent
-from silo_agent.metrics import SiloMetrics
+from silo_agent.metrics import SiloMetrics, certificate_name
 from silo_agent.model import load_silo_model
 
 
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
                 api_key_env=args.judge_key_env,
             )
         )
-    metrics = SiloMetrics()
+    metrics = SiloMetrics(silo=certificate_name(args.cert))
     if args.metrics_port >= 0:
         start_http_server(args.metrics_port, registry=metrics.registry)
     agent = SiloAgent(
