@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 from tests.deploy.packaging import ROOT
@@ -52,3 +53,30 @@ def exec_start(unit: str) -> list[str]:
         else:
             words.append(re.sub(r"\$\{(\w+)\}", lambda m: environment[m.group(1)], word))
     return words
+
+
+def _expand(name: str, analyze: str) -> set[str]:
+    """A system call or `@group`, as `systemd-analyze syscall-filter` lists it, nested groups
+    included."""
+    if not name.startswith("@"):
+        return {name}
+    listing = subprocess.run(
+        [analyze, "syscall-filter", name], capture_output=True, text=True, check=True
+    ).stdout
+    calls: set[str] = set()
+    for line in listing.splitlines()[1:]:
+        word = line.strip()
+        if word and not word.startswith("#"):
+            calls |= _expand(word, analyze)
+    return calls
+
+
+def allowed_system_calls(unit: str, analyze: str) -> set[str]:
+    """The allow-list SystemCallFilter= lines of `unit` leave: `~` lines take calls away."""
+    allowed: set[str] = set()
+    for line in unit_settings((SYSTEMD / unit).read_text())["Service.SystemCallFilter"]:
+        denied = line.startswith("~")
+        for name in line.removeprefix("~").split():
+            calls = _expand(name, analyze)
+            allowed = allowed - calls if denied else allowed | calls
+    return allowed

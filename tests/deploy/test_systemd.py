@@ -4,9 +4,11 @@ in `systemd-analyze security`; sysusers/tmpfiles that give the service user its 
 
 from __future__ import annotations
 
+import ctypes.util
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -18,11 +20,19 @@ import pytest
 from shared.pki import create_federation
 from shared.tls import TlsFiles
 from tests.deploy.cli_options import command_problems
-from tests.deploy.systemd_units import SYSTEMD, UNITS, exec_start, unit_settings
+from tests.deploy.packaging import ROOT
+from tests.deploy.systemd_units import (
+    SYSTEMD,
+    UNITS,
+    allowed_system_calls,
+    exec_start,
+    unit_settings,
+)
 
 ANALYZE = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
 PKI = Path("/etc/fedmllm/pki")
+SECCOMP_EXEC = Path(__file__).with_name("seccomp_exec.py")
 
 
 def _exposure(unit: Path) -> float:
@@ -151,3 +161,24 @@ def _reads(identity: tuple[int, int], path: Path) -> bool:
         ["cat", str(path)], user=uid, group=gid, extra_groups=[], capture_output=True
     )
     return done.returncode == 0
+
+
+@needs_analyze
+@pytest.mark.skipif(ctypes.util.find_library("seccomp") is None, reason="libseccomp is missing")
+def test_a_federation_runs_under_the_units_system_call_filter(tmp_path: Path) -> None:
+    calls = allowed_system_calls("fedmllm-coordinator.service", str(ANALYZE))
+    assert calls == allowed_system_calls("fedmllm-silo.service", str(ANALYZE))
+    allowed = tmp_path / "calls"
+    allowed.write_text("\n".join(sorted(calls)))
+    under_filter = [sys.executable, str(SECCOMP_EXEC), str(allowed), sys.executable]
+    # the filter bites: changing a file's owner is not a service's business
+    owned = tmp_path / "owned"
+    owned.touch()
+    chown = subprocess.run([*under_filter, "-c", f"import os; os.chown({str(owned)!r}, 0, 0)"])
+    assert chown.returncode == -signal.SIGSYS
+    # the demo federation: coordinator, a silo agent and the admin, every process filtered
+    demo = [*under_filter, "-m", "shared.demo", "--workdir", str(tmp_path / "demo")]
+    demo += ["--silos", "1", "--rounds", "1", "--train-samples", "8"]
+    done = subprocess.run(demo, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    logs = "".join(p.read_text()[-1500:] for p in (tmp_path / "demo" / "logs").glob("*.log"))
+    assert done.returncode == 0 and "1/1 rounds" in done.stdout, done.stdout + done.stderr + logs
