@@ -80,7 +80,9 @@ class CoordinatorMetrics:
             "fedmllm_sent_bytes_total", "Adapter payload bytes sent to silos", registry=r
         )
         self.updates_accepted = Counter(
-            "fedmllm_updates_accepted_total", "Updates validated and aggregated", registry=r
+            "fedmllm_updates_accepted_total",
+            "Updates validated and folded into their round (also in attempts later reselected)",
+            registry=r,
         )
         self.updates_rejected = Counter(
             "fedmllm_updates_rejected_total", "Updates refused, by reason", ["reason"], registry=r

@@ -130,3 +130,20 @@ def test_coordinator_serves_with_only_its_dependencies(
         assert admin.GetStatus(pb.StatusRequest(), timeout=30).state == pb.RUN_STATE_IDLE
     assert process.returncode == 0, log.read_text()
     assert "Traceback" not in log.read_text() and "kernels" not in log.read_text()
+
+
+def test_silo_checks_its_data_with_only_its_dependencies(
+    wheel_metadata: WheelMetadata,
+    release: tuple[Path, Path],
+    tiny_model: Path,
+    silo_data: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    closure = installed_closure(wheel_metadata.names("silo"))
+    assert not closure & {"matplotlib", "grpcio-tools"}
+    python = _venv_with(tmp_path / "venv", release[1], closure)
+    command = [str(python), "-m", "silo_agent", "check", "--data", str(silo_data["silo-1"])]
+    checked = subprocess.run(
+        [*command, "--model", str(tiny_model)], capture_output=True, text=True, timeout=300
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
