@@ -10,11 +10,12 @@ PROTO_SRC := proto/shared/wire/v1/federation.proto
 venv: $(STAMP)
 
 # torch first, from the pinned CPU build: anything that depends on torch would otherwise pull a CUDA build.
+# Every extra: the demo and the tests run every role (docs/deploy.md installs one role per host).
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[silo,coordinator,judge,bench,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)

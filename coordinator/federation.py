@@ -103,7 +103,7 @@ class Federation(SiloRequests, EvaluationRounds, RunLoop):
         self.model = GlobalModel.restore(
             self.run.spec, self.flat, checkpoint.adapter, checkpoint.strategy_state
         )
-        self.metrics.round.set(checkpoint.round)
+        self.metrics.show_run(self.run)
         if self.run.phase.active:
             log.info("resuming run %s after round %d", self.run.run_id, checkpoint.round)
             self._start_thread()
@@ -146,6 +146,7 @@ class Federation(SiloRequests, EvaluationRounds, RunLoop):
                 raise Refusal(code, f"run not started: {exc}") from None
             with self._lock:
                 self.run, self.model = run, model
+            self.metrics.show_run(run)
             log.info("run %s started: %s", run_id, spec)
             self._start_thread()
         return run
@@ -204,6 +205,7 @@ class Federation(SiloRequests, EvaluationRounds, RunLoop):
             self.store.update_run(run)
             with self._lock:
                 self.run, self.model = run, model
+            self.metrics.show_run(run)
             log.info("run %s resumed after round %d", run.run_id, checkpoint.round)
             self._start_thread()
             return run

@@ -123,6 +123,7 @@ class SiloService(pb_grpc.SiloServicer):
                 "certificate; stop the other agent (each silo runs one)",
             )
         await self._blocking(self._identities.pin, peer)
+        self._federation.metrics.show_silo(peer.name)
         log.info(
             "silo %s joined (%d training, %d test samples)",
             peer.name,

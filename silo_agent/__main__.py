@@ -18,7 +18,7 @@ from shared.processors import ProcessorLoadError
 from shared.silo_data import Sample, has_split, read_split
 from shared.tls import add_tls_arguments, tls_files
 from silo_agent.client import SiloAgent
-from silo_agent.metrics import SiloMetrics
+from silo_agent.metrics import SiloMetrics, certificate_name
 from silo_agent.model import SiloModel, add_model_arguments, model_from_arguments
 
 
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
                 api_key_env=args.judge_key_env,
             )
         )
-    metrics = SiloMetrics()
+    metrics = SiloMetrics(silo=certificate_name(args.cert))
     if args.metrics_port >= 0:
         start_http_server(args.metrics_port, registry=metrics.registry)
     agent = SiloAgent(
