@@ -74,15 +74,15 @@ class AdminService(pb_grpc.AdminServicer):
 
     async def RevokeSilo(self, request: pb.SiloRequest, context: Context) -> pb.SiloList:
         name = request.silo_id
-        reason = printable(request.reason or "revoked by the admin", limit=200)
+        why = printable(request.reason or "revoked by the admin", limit=200)
         try:
-            revoked = await self._blocking(self._identities.revoke, name, reason)
+            revoked = await self._blocking(self._identities.revoke, name, why)
         except KeyError:
             await refuse(context, grpc.StatusCode.NOT_FOUND, f"no silo {printable(name)!r} joined")
-        message = f"the certificate of {name!r} was revoked ({reason})"
+        message = f"the certificate of {name!r} was revoked ({why})"
         self._federation.registry.end(name, StreamEnd(grpc.StatusCode.PERMISSION_DENIED, message))
-        self._federation.drop_from_round(name, f"revoked: {reason}")
-        log.warning("silo %s revoked (%s): %d certificate(s)", name, reason, len(revoked))
+        self._federation.drop_from_round(name, f"revoked: {why}")
+        log.warning("silo %s revoked (%s): %d certificate(s)", name, why, len(revoked))
         return silo_list(self._federation.registry, self._identities)
 
     async def RotateSilo(self, request: pb.SiloRequest, context: Context) -> pb.SiloList:

@@ -120,7 +120,7 @@ class RunLoop:
                 if skip and waited >= self.selection_grace_s:
                     skip = set()  # passing over is a preference: never wait on it
                     continue
-                reason = waiting_reason(
+                why = waiting_reason(
                     eligible=len(eligible),
                     needed=spec.min_silos
                     if waited >= self.selection_grace_s
@@ -129,14 +129,14 @@ class RunLoop:
                     passed_over=sorted(skip),
                     over_cap=over,
                 )
-                if reason != said:
-                    log.warning("round %d: %s", index, reason)
-                    said = self.waiting_reason = f"round {index}: {reason}"
+                if why != said:  # said once per change, not every poll
+                    log.warning("round %d: %s", index, why)
+                    said, self.waiting_reason = why, f"round {index}: {why}"
                 self.metrics.silos_missing.set(spec.min_silos - len(eligible))
                 if spec.wait_timeout_s and waited > spec.wait_timeout_s:
                     raise RoundGaveUp(
                         f"round {index}: gave up after waiting {spec.wait_timeout_s:g} s for "
-                        f"silos: {reason}"
+                        f"silos: {why}"
                     )
                 self._changed.wait(self.poll_s)
         return None

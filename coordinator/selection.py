@@ -22,9 +22,9 @@ def waiting_reason(
     *, eligible: int, needed: int, connected: int, passed_over: list[str], over_cap: list[str]
 ) -> str:
     """Why a round cannot start yet, for the log, the admin's status and --follow."""
-    reason = f"{eligible} of {needed} silos available ({connected} connected)"
+    why = f"{eligible} of {needed} silos available ({connected} connected)"
     if passed_over:
-        reason += f"; not asked again this round: {', '.join(passed_over)}"
+        why += f"; not asked again this round: {', '.join(passed_over)}"
     if over_cap:
-        reason += f"; declared more samples than the run allows: {', '.join(over_cap)}"
-    return reason + f"; waiting for {needed - eligible} more"
+        why += f"; declared more samples than the run allows: {', '.join(over_cap)}"
+    return why + f"; waiting for {needed - eligible} more"

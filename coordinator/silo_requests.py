@@ -179,7 +179,7 @@ class SiloRequests:
 
     def accept_failure(self, *, silo_id: str, report: pb.FailureReport) -> None:
         """A selected silo cannot carry out its task: the round stops waiting for it."""
-        reason = report.reason if report.reason in TASK_FAILURE_REASONS else "exception"
+        cause = report.reason if report.reason in TASK_FAILURE_REASONS else "exception"
         detail = printable(report.detail, limit=300)
         with self._lock:
             open_round = self.open_round
@@ -189,14 +189,14 @@ class SiloRequests:
                     f"no round is open; task {printable(report.task_id)!r} of {silo_id!r} is stale",
                 )
             open_round.check_task(report.task_id, silo_id)
-            open_round.failures[silo_id] = f"{reason}: {detail}"
+            open_round.failures[silo_id] = f"{cause}: {detail}"
             self._changed.notify_all()
-        self.metrics.silo_failures.labels(reason=reason).inc()
+        self.metrics.silo_failures.labels(reason=cause).inc()
         log.warning(
             "round %d: silo %s cannot carry out its task (%s): %s",
             open_round.index,
             silo_id,
-            reason,
+            cause,
             detail,
         )
 
