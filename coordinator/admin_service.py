@@ -65,8 +65,14 @@ class AdminService(pb_grpc.AdminServicer):
             await refuse(context, refusal.code, str(refusal))
         return status
 
+    def _silo_list(self) -> pb.SiloList:
+        run = self._federation.run
+        # busy twice as long as a round may last: hung, not slow
+        hung = 2 * run.spec.round_deadline_s if run is not None and run.phase.active else 0.0
+        return silo_list(self._federation.registry, self._identities, hung_after_s=hung)
+
     async def ListSilos(self, request: pb.StatusRequest, context: Context) -> pb.SiloList:
-        return silo_list(self._federation.registry, self._identities)
+        return self._silo_list()
 
     async def ListRuns(self, request: pb.StatusRequest, context: Context) -> pb.RunList:
         runs: pb.RunList = await self._blocking(run_list, self._federation)
@@ -83,7 +89,7 @@ class AdminService(pb_grpc.AdminServicer):
         self._federation.registry.end(name, StreamEnd(grpc.StatusCode.PERMISSION_DENIED, message))
         self._federation.drop_from_round(name, f"revoked: {why}")
         log.warning("silo %s revoked (%s): %d certificate(s)", name, why, len(revoked))
-        return silo_list(self._federation.registry, self._identities)
+        return self._silo_list()
 
     async def RotateSilo(self, request: pb.SiloRequest, context: Context) -> pb.SiloList:
         name = request.silo_id
@@ -92,7 +98,7 @@ class AdminService(pb_grpc.AdminServicer):
         except KeyError:
             await refuse(context, grpc.StatusCode.NOT_FOUND, f"no silo {printable(name)!r} joined")
         log.warning("silo %s: the next key it presents will be pinned", name)
-        return silo_list(self._federation.registry, self._identities)
+        return self._silo_list()
 
     async def StopRun(self, request: pb.StopRequest, context: Context) -> Any:
         return await self._change(context, self._federation.stop_run)

@@ -41,6 +41,14 @@ class ControllerSettings:
     poll_s: float = 0.25  # how often waiting loops re-check liveness and stop requests
 
 
+def estimated_seconds_left(run: RunRecord) -> float:
+    """Rounds left times the mean round so far (0 while unknown or when the run is over)."""
+    left = run.spec.rounds - run.completed_rounds
+    if not run.history or left <= 0 or not run.phase.active:
+        return 0.0
+    return left * sum(r.seconds for r in run.history) / len(run.history)
+
+
 class Federation(SiloRequests, EvaluationRounds, RunLoop):
     """The coordinator's state: current run, global adapter, open round, and the run thread."""
 
@@ -253,8 +261,14 @@ class Federation(SiloRequests, EvaluationRounds, RunLoop):
     def status(self, run_id: str = "") -> pb.RunStatus:
         """The current run's status, or a kept run's (Refusal NOT_FOUND if there is none)."""
         with self._lock:
-            if self.run is not None and run_id in ("", self.run.run_id):
-                return self.run.status_proto(self.phase)
+            run = self.run
+            if run is not None and run_id in ("", run.run_id):
+                status = run.status_proto(self.phase)
+                status.waiting_reason = self.waiting_reason if run.phase.active else ""
+                if self.open_round is not None and run.phase.active:
+                    status.round_progress.extend(self.open_round.progress())
+                status.eta_s = estimated_seconds_left(run)
+                return status
         if not run_id:
             return pb.RunStatus(state=pb.RUN_STATE_IDLE, message="no run started yet")
         try:

@@ -65,6 +65,17 @@ class OpenRound:
     fold_lock: threading.Lock = field(default_factory=threading.Lock)
     reports: dict[str, EvaluationResult] = field(default_factory=dict)  # evaluation rounds
     failures: dict[str, str] = field(default_factory=dict)  # silo id -> why it could not
+    stages: dict[str, tuple[str, float]] = field(default_factory=dict)  # silo -> (stage, at s)
+
+    def reach(self, silo_id: str, stage: str) -> None:
+        """Note how far a selected silo has come (for the admin's status)."""
+        self.stages[silo_id] = (stage, time.monotonic() - self.started)
+
+    def progress(self) -> list[pb.SiloProgress]:
+        return [
+            pb.SiloProgress(silo_id=silo, stage=stage, seconds=at)
+            for silo, (stage, at) in sorted(self.stages.items())
+        ]
 
     @property
     def kind(self) -> pb.TaskKind:
@@ -113,6 +124,7 @@ class OpenRound:
             kind=self.kind,
         )
         self.sent[silo_id] = task
+        self.reach(silo_id, "selected")
         return task
 
     def unanswered_task(self, silo_id: str) -> pb.RoundTask | None:

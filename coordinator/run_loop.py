@@ -9,7 +9,6 @@ are asked last for a while, and a full disk pauses the run until there is room a
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -24,7 +23,7 @@ from coordinator.registry import SiloRegistry
 from coordinator.rounds import OpenRound
 from coordinator.run_state import RoundRecord, RunPhase, RunRecord
 from coordinator.schedule import training_plan
-from coordinator.selection import STRAGGLER_ROUNDS, choose, waiting_reason
+from coordinator.selection import STRAGGLER_ROUNDS, choose, round_rng, waiting_reason
 from shared.wire.v1 import federation_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -151,7 +150,7 @@ class RunLoop:
             if available is None:
                 return False
             assert self.model is not None
-            rng = random.Random(run.spec.seed * 1_000_003 + index * 1_009 + attempt)
+            rng = round_rng(run.spec.seed, index, attempt)
             k = min(run.spec.silos_per_round, len(available))
             selected = choose(available, k, rng, last=self.registry.stragglers(index))
             started = time.monotonic()

@@ -8,6 +8,11 @@ import random
 STRAGGLER_ROUNDS = 3
 
 
+def round_rng(seed: int, index: int, attempt: int) -> random.Random:
+    """The generator of one attempt of one round: the same run selects the same silos."""
+    return random.Random(seed * 1_000_003 + index * 1_009 + attempt)
+
+
 def choose(available: list[str], k: int, rng: random.Random, *, last: set[str]) -> list[str]:
     """K silos: uniformly among the available ones not in `last`, topped up from `last` only
     when too few are left. Sorted, so that the same seed and silos give the same round."""

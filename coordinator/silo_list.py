@@ -9,9 +9,12 @@ from coordinator.run_state import phase_proto
 from shared.wire.v1 import federation_pb2 as pb
 
 
-def silo_list(registry: SiloRegistry, identities: IdentityBook) -> pb.SiloList:
-    """Every silo with a session or a pinned identity (revoked ones included), by name."""
-    infos = {info.silo_id: info for info in registry.snapshot()}
+def silo_list(
+    registry: SiloRegistry, identities: IdentityBook, *, hung_after_s: float = 0.0
+) -> pb.SiloList:
+    """Every silo with a session or a pinned identity (revoked ones included), by name; one
+    busy with a task for longer than `hung_after_s` is noted as hung."""
+    infos = {info.silo_id: info for info in registry.snapshot(hung_after_s=hung_after_s)}
     for name in identities.names():
         infos.setdefault(name, pb.SiloInfo(silo_id=name, state="never joined since restart"))
     for name, info in infos.items():

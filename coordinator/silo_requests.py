@@ -59,6 +59,7 @@ class SiloRequests:
     def count_sent(self, open_round: OpenRound, nbytes: int, silo_id: str) -> None:
         with self._lock:
             open_round.bytes_sent += nbytes
+            open_round.reach(silo_id, "downloaded")
         self.metrics.bytes_sent.inc(nbytes)
         self.metrics.silo_bytes_sent.labels(silo=silo_id).inc(nbytes)
 
@@ -115,6 +116,8 @@ class SiloRequests:
             gamma=header.gamma,
             gamma_max=spec.gamma_max,
         )
+        with self._lock:
+            open_round.reach(silo_id, "uploading")
 
     def update_shape(self) -> UpdateShape:
         assert self.model is not None and self.run is not None
@@ -156,6 +159,7 @@ class SiloRequests:
             with self._lock:
                 open_round.folding.discard(silo_id)
                 if accepted:
+                    open_round.reach(silo_id, "uploaded")
                     open_round.contributed[silo_id] = Contribution(
                         num_samples=header.num_samples,
                         mean_loss=header.mean_loss,
@@ -190,6 +194,7 @@ class SiloRequests:
                 )
             open_round.check_task(report.task_id, silo_id)
             open_round.failures[silo_id] = f"{cause}: {detail}"
+            open_round.reach(silo_id, "failed")
             self._changed.notify_all()
         self.metrics.silo_failures.labels(reason=cause).inc()
         log.warning(
@@ -214,6 +219,7 @@ class SiloRequests:
             raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"non-finite metric {bad[0]!r}")
         with self._lock:
             open_round.check_task(report.task_id, silo_id, kind=pb.TASK_KIND_EVALUATE)
+            open_round.reach(silo_id, "evaluated")
             open_round.reports[silo_id] = EvaluationResult(
                 num_samples=report.num_samples, metrics=dict(report.metrics)
             )

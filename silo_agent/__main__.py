@@ -14,6 +14,7 @@ from prometheus_client import start_http_server
 from shared.adapter import RemoteCodeRequired
 from shared.errors import DataFormatError, IncompatibleSilo
 from shared.evaluation.judge import JudgeConfig, LLMJudge
+from shared.model_identity import weights_fingerprint
 from shared.processors import ProcessorLoadError
 from shared.silo_data import Sample, has_split, read_split
 from shared.tls import add_tls_arguments, tls_files
@@ -151,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         test_samples=test,
         judge=judge,
         metrics=metrics,
+        weights_fingerprint=weights_fingerprint(args.model),
     )
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: agent.stop())

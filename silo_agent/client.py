@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import secrets
 import threading
 import time
@@ -53,10 +54,18 @@ TASK_REFUSALS = frozenset(
 
 @dataclass(frozen=True)
 class Backoff:
-    """Reconnection delays: doubling from `initial_s` up to `max_s`."""
+    """Reconnection delays: doubling from `initial_s` up to `max_s`, jittered; while a
+    session held within `recent_s`, never above `recent_max_s`, so that silos are back within
+    seconds of a coordinator restart."""
 
     initial_s: float = 1.0
     max_s: float = 60.0
+    recent_s: float = 300.0
+    recent_max_s: float = 2.0
+
+    def delay(self, attempt_delay: float, *, since_session: float) -> float:
+        cap = self.recent_max_s if since_session < self.recent_s else self.max_s
+        return min(attempt_delay, cap) * random.uniform(0.5, 1.0)
 
 
 class SiloAgent:
@@ -73,6 +82,7 @@ class SiloAgent:
         judge: LLMJudge | None = None,
         backoff: Backoff | None = None,
         metrics: SiloMetrics | None = None,
+        weights_fingerprint: str = "",
     ) -> None:
         self._target = coordinator
         self._credentials = channel_credentials(tls)
@@ -89,6 +99,8 @@ class SiloAgent:
         self._state = "idle"
         self._controls = ControlVariates()
         self._instance = secrets.token_hex(8)  # tells this process from a second one
+        self._weights = weights_fingerprint  # of the base model's weight files
+        self._last_session = -1e9  # when a session last held (monotonic)
         self.silo_id = ""
 
     def stop(self) -> None:
@@ -98,10 +110,11 @@ class SiloAgent:
             call.cancel()
 
     def run(self) -> None:
-        """Join and serve round tasks until stopped, reconnecting with exponential backoff."""
+        """Join and serve round tasks until stopped, reconnecting with exponential backoff
+        (started afresh by every successful join)."""
         delay = self._backoff.initial_s
         while not self._stop.is_set():
-            started = time.monotonic()
+            joined_before = self._last_session
             try:
                 self._session()
                 reason = "the coordinator closed the task stream"
@@ -111,12 +124,14 @@ class SiloAgent:
                 reason = f"{exc.code().name}: {exc.details()}"
             if self._stop.is_set():
                 break
-            if time.monotonic() - started > self._backoff.max_s:
-                delay = self._backoff.initial_s  # a long session: start the backoff afresh
+            if self._last_session > joined_before:
+                delay = self._backoff.initial_s  # this attempt joined: start afresh
+                self._last_session = time.monotonic()
+            wait = self._backoff.delay(delay, since_session=time.monotonic() - self._last_session)
             log.warning(
-                "session with %s ended (%s); reconnecting in %.1f s", self._target, reason, delay
+                "session with %s ended (%s); reconnecting in %.1f s", self._target, reason, wait
             )
-            self._stop.wait(delay)
+            self._stop.wait(wait)
             delay = min(delay * 2, self._backoff.max_s)
 
     def _join(self, stub: pb_grpc.SiloStub) -> pb.JoinResponse:
@@ -133,9 +148,11 @@ class SiloAgent:
             num_train_samples=len(self._samples),
             num_test_samples=len(self._test_samples),
             agent_instance=self._instance,
+            base_model_weights_fingerprint=self._weights,
         )
         joined: pb.JoinResponse = stub.Join(request, wait_for_ready=True, timeout=30)
         self.silo_id = joined.silo_id
+        self._last_session = time.monotonic()
         log.info(
             "joined as %s with %d training and %d test samples",
             joined.silo_id,
