@@ -89,31 +89,32 @@ class Federation(SiloRequests, EvaluationRounds, RunLoop):
     # ------------------------------------------------------------------ lifecycle
 
     def _resume_from_checkpoint(self, *, abandon: bool) -> None:
+        """Resume the unfinished run of the checkpoint directory, if it fits this coordinator;
+        a finished run is only shown (its model is kept if it fits)."""
         checkpoint = self.store.load_latest()
         if checkpoint is None:
             return
         run = checkpoint.run
-        problems = describe_layout_difference(self.layout, layout_of(checkpoint.adapter))
-        if run.phase.active:
-            problems = problems or self.base_model.differences(run, self.store)
-            if problems and abandon:
-                run.phase, run.message = RunPhase.STOPPED, "abandoned: " + "; ".join(problems)
-                self.store.update_run(run)
-                log.warning("run %s %s", run.run_id, run.message)
-                problems = []
-        if problems:
-            raise RunMismatch(
-                f"the unfinished run {run.run_id} in {self.store.root} does not fit this "
-                f"coordinator: {'; '.join(problems)}; start it with the run's model and options, "
-                "or pass --abandon-run to stop that run and start afresh"
+        layout = describe_layout_difference(self.layout, layout_of(checkpoint.adapter))
+        problems = self.base_model.differences(run, self.store) or layout
+        if run.phase.active and problems:
+            if not abandon:
+                raise RunMismatch(
+                    f"the unfinished run {run.run_id} in {self.store.root} does not fit this "
+                    f"coordinator: {'; '.join(problems)}; start it with the run's model and "
+                    "options, or pass --abandon-run to stop that run and start afresh"
+                )
+            run.phase, run.message = RunPhase.STOPPED, "abandoned: " + "; ".join(problems)
+            self.store.update_run(run)
+            log.warning("run %s %s", run.run_id, run.message)
+        self.run = run
+        if not layout:
+            self.model = GlobalModel.restore(
+                run.spec, self.flat, checkpoint.adapter, checkpoint.strategy_state
             )
-        self.run = checkpoint.run
-        self.model = GlobalModel.restore(
-            self.run.spec, self.flat, checkpoint.adapter, checkpoint.strategy_state
-        )
-        self.metrics.show_run(self.run)
-        if self.run.phase.active:
-            log.info("resuming run %s after round %d", self.run.run_id, checkpoint.round)
+        self.metrics.show_run(run)
+        if run.phase.active:
+            log.info("resuming run %s after round %d", run.run_id, checkpoint.round)
             self._start_thread()
 
     def _restore_model(self, run: RunRecord) -> None:
