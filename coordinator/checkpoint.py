@@ -77,6 +77,13 @@ class CheckpointFull(OSError):
 _NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
 
 
+def no_room(exc: BaseException) -> bool:
+    """Whether a failed write ran out of disk (safetensors reports it only in its message)."""
+    if isinstance(exc, OSError):
+        return exc.errno in _NO_ROOM
+    return any(f"os error {code})" in str(exc) for code in _NO_ROOM)
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     """A loaded round checkpoint."""
@@ -129,8 +136,8 @@ class CheckpointStore:
         with self._writing:
             try:
                 return self._save_round(run, round_index, adapter, strategy_state)
-            except OSError as exc:
-                if exc.errno not in _NO_ROOM:
+            except Exception as exc:
+                if not no_room(exc):
                     raise
                 for leftover in self.root.glob(f"runs/{run.run_id}/.round-*.tmp-*"):
                     shutil.rmtree(leftover, ignore_errors=True)

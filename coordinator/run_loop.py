@@ -221,7 +221,7 @@ class RunLoop:
             with self._lock:
                 if run.phase is not RunPhase.PAUSED or self.run is not run:
                     return
-            if self.store.bytes_free() > 2 * needed:
+            if self.store.bytes_free() > 4 * needed:  # the round's spools come first
                 with self._lock:
                     if run.phase is RunPhase.PAUSED:
                         run.phase, run.message = RunPhase.RUNNING, ""

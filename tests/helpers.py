@@ -59,6 +59,18 @@ def update_stream(
         yield pb.UpdateChunk(data=chunk)
 
 
+def download(stub: pb_grpc.SiloStub, task: pb.RoundTask) -> StateDict:
+    """A task's global adapter, checked against its digest."""
+    stream = stub.DownloadAdapter(pb.DownloadRequest(task_id=task.task_id))
+    header = next(stream).header
+    payload = assemble(
+        PayloadDigest(header.total_bytes, header.sha256),
+        (m.data for m in stream),
+        max_bytes=1 << 30,
+    )
+    return decode_state(payload)
+
+
 class ProtocolSilo:
     """Joins, holds a task stream open and hands received tasks to the test."""
 
@@ -93,14 +105,7 @@ class ProtocolSilo:
         return self.tasks.get(timeout=timeout)
 
     def download(self, task: pb.RoundTask) -> StateDict:
-        stream = self.stub.DownloadAdapter(pb.DownloadRequest(task_id=task.task_id))
-        header = next(stream).header
-        payload = assemble(
-            PayloadDigest(header.total_bytes, header.sha256),
-            (m.data for m in stream),
-            max_bytes=1 << 30,
-        )
-        return decode_state(payload)
+        return download(self.stub, task)
 
     def upload(self, task: pb.RoundTask, delta: StateDict, **kwargs: object) -> object:
         return self.stub.UploadUpdate(update_stream(task.task_id, encode_state(delta), **kwargs))  # type: ignore[arg-type]
