@@ -110,7 +110,7 @@ class OpenRound:
             fold=fold,
         )
 
-    def task_for(self, silo_id: str, plan: pb.TrainingPlan) -> pb.RoundTask:
+    def task_for(self, silo_id: str, plan: pb.TrainingPlan, *, confirmed: str = "") -> pb.RoundTask:
         task_id = f"{self.run_id}/r{self.index}/a{self.attempt}/{secrets.token_hex(6)}"
         self.tasks[task_id] = silo_id
         task = pb.RoundTask(
@@ -122,6 +122,7 @@ class OpenRound:
                 total_bytes=self.digest.total_bytes, sha256=self.digest.sha256
             ),
             kind=self.kind,
+            confirmed_task_id=confirmed,
         )
         self.sent[silo_id] = task
         self.reach(silo_id, "selected")

@@ -232,8 +232,9 @@ class RunLoop:
 
     def _open(self, run: RunRecord, index: int, attempt: int, selected: list[str]) -> OpenRound:
         assert self.model is not None
-        # every silo that ever joined this run (SCAFFOLD's N), also across restarts
-        run.silos_seen = sorted({*run.silos_seen, *(s.silo_id for s in self.registry.snapshot())})
+        # every silo that joined this run to train (SCAFFOLD's N), also across restarts
+        trainers = (s.silo_id for s in self.registry.snapshot() if s.num_train_samples > 0)
+        run.silos_seen = sorted({*run.silos_seen, *trainers})
         open_round = OpenRound.open(
             run_id=run.run_id,
             index=index,
@@ -253,7 +254,7 @@ class RunLoop:
             self.open_round = open_round
             self.phase = pb.ROUND_PHASE_TRAINING
             for silo_id in selected:
-                task = open_round.task_for(silo_id, plan)
+                task = open_round.task_for(silo_id, plan, confirmed=run.confirmed_task(silo_id))
                 if not self.registry.send(silo_id, task):
                     log.warning("round %d: silo %s left before its task was sent", index, silo_id)
         self.metrics.round.set(index)
@@ -303,6 +304,7 @@ class RunLoop:
             excluded=outcome.excluded,
             failures=dict(open_round.failures),
             reselections=reselections,
+            tasks={s: open_round.sent[s].task_id for s in open_round.contributed},
             learning_rate=training_plan(run.spec, open_round.index).learning_rate,
         )
         self.phase = pb.ROUND_PHASE_CHECKPOINTING

@@ -71,7 +71,7 @@ class RunSpec:
     strategy: str = "fedavg"  # server strategy (see docs/strategies.md)
     eta: float | None = None  # server learning rate; None takes the strategy's default
     tau: float = 1e-3  # FedOpt adaptivity (v starts at tau^2)
-    beta1: float = 0.9  # FedOpt first-moment decay
+    beta1: float | None = None  # FedOpt first-moment decay; None: 0.9 (FedAdagrad: 0)
     beta2: float = 0.99  # FedOpt second-moment decay
     momentum: float = 0.9  # FedAvgM server momentum
     proximal_mu: float = 0.0  # FedProx mu on all LoRA weights (0: off)
@@ -110,7 +110,8 @@ class RunSpec:
             found.append(f"strategy must be one of {', '.join(_STRATEGIES)}")
         if self.eta is not None and not (self.eta > 0 and math.isfinite(self.eta)):
             found.append("eta must be positive")
-        if not (self.tau > 0 and 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+        beta1 = 0.0 if self.beta1 is None else self.beta1
+        if not (self.tau > 0 and 0 <= beta1 < 1 and 0 <= self.beta2 < 1):
             found.append("tau must be positive, beta1 and beta2 in [0, 1)")
         if not 0 <= self.momentum < 1:
             found.append("momentum must be in [0, 1)")
@@ -196,12 +197,12 @@ class RoundRecord:
     clipped: list[str] = field(default_factory=list)  # updates scaled down by clipping
     excluded: list[str] = field(default_factory=list)  # updates the aggregator left out
     failures: dict[str, str] = field(default_factory=dict)  # silo -> why it could not train
-    reselections: list[str] = field(
-        default_factory=list
-    )  # earlier attempts and why they fell short
+    reselections: list[str] = field(default_factory=list)  # attempts that fell short, and why
+    tasks: dict[str, str] = field(default_factory=dict)  # contributing silo -> its task id
 
     def to_proto(self) -> pb.RoundSummary:
         values = asdict(self)
+        del values["tasks"]  # the silos' business, not the admin's
         for name in ("num_samples", "bytes_sent", "bytes_received"):  # records of any age
             values[name] = min(max(int(values[name]), 0), UINT64_MAX)
         values["rejected"] = min(max(int(values["rejected"]), 0), UINT32_MAX)
@@ -225,6 +226,13 @@ class RunRecord:
     @property
     def completed_rounds(self) -> int:
         return len(self.history)
+
+    def confirmed_task(self, silo_id: str) -> str:
+        """The task of the silo's latest update that a saved round aggregated ("": none)."""
+        for record in reversed(self.history):
+            if silo_id in record.tasks:
+                return record.tasks[silo_id]
+        return ""
 
     def with_round(self, record: RoundRecord) -> RunRecord:
         """A copy with one more round in its history (what a round's checkpoint saves)."""

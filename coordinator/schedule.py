@@ -53,4 +53,11 @@ def training_plan(spec: RunSpec, index: int) -> pb.TrainingPlan:
         prompt_variant=spec.prompt_variant,
         control_variates=spec.strategy == "scaffold",
         wire_dtype=spec.wire_dtype,
+        local_optimizer=spec.local_optimizer or default_local_optimizer(spec.strategy),
     )
+
+
+def default_local_optimizer(strategy: str) -> str:
+    """SCAFFOLD's control variates and FedNova's normalisation assume local SGD steps (with
+    AdamW, a variate grows to hundreds of times the gradient it corrects); AdamW otherwise."""
+    return "sgd" if strategy in ("scaffold", "fednova") else "adamw"

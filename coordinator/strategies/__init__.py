@@ -25,11 +25,11 @@ def build_strategy(
     layout: FlatLayout,
     eta: float | None,
     tau: float,
-    beta1: float,
+    beta1: float | None,
     beta2: float,
     momentum: float,
 ) -> Strategy:
-    """A fresh strategy; `eta=None` takes the strategy's default server learning rate."""
+    """A fresh strategy; `eta=None` and `beta1=None` take the strategy's defaults."""
     try:
         cls = STRATEGIES[name]
     except KeyError:
@@ -37,7 +37,7 @@ def build_strategy(
     params = StrategyParams(
         eta=cls.default_eta if eta is None else eta,
         tau=tau,
-        beta1=beta1,
+        beta1=cls.default_beta1 if beta1 is None else beta1,
         beta2=beta2,
         momentum=momentum,
     )

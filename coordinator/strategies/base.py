@@ -48,6 +48,7 @@ class Strategy(ABC):
 
     name: ClassVar[str]
     default_eta: ClassVar[float] = 1.0
+    default_beta1: ClassVar[float] = 0.9  # server first-moment decay, where one is used
     uses_control_variates: ClassVar[bool] = False
 
     def __init__(self, *, layout: FlatLayout, params: StrategyParams) -> None:

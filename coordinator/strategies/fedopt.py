@@ -56,5 +56,8 @@ class FedYogi(FedOpt):
 
 
 class FedAdagrad(FedOpt):
+    """No server momentum by default (β₁ = 0), as Reddi et al.'s reference code and Flower."""
+
     name = "fedadagrad"
+    default_beta1 = 0.0
     kernel = staticmethod(adagrad_step)

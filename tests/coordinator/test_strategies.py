@@ -180,3 +180,15 @@ def test_unknown_strategy_is_refused() -> None:
     assert RunSpec(strategy="fedsgd").problems() == [
         "strategy must be one of fedavg, fedavgm, fedadam, fedyogi, fedadagrad, scaffold, fednova"
     ]
+
+
+def test_fedadagrad_takes_no_server_momentum_unless_asked() -> None:
+    """Reddi et al.'s reference code and Flower run FedAdagrad with beta1 = 0: m is the round's
+    delta; FedAdam and FedYogi keep 0.9."""
+    flat = FlatLayout.of({"w": torch.zeros(3)})
+    start = {"w": torch.zeros(3)}
+    for name, beta1 in (("fedadagrad", 0.0), ("fedadam", 0.9), ("fedyogi", 0.9)):
+        model = GlobalModel.start(RunSpec(strategy=name), flat, start)
+        assert model.strategy.params.beta1 == beta1, name
+    explicit = GlobalModel.start(RunSpec(strategy="fedadagrad", beta1=0.5), flat, start)
+    assert explicit.strategy.params.beta1 == 0.5

@@ -135,20 +135,22 @@ class TrainingPlan(_message.Message):
     def __init__(self, learning_rate: _Optional[float] = ..., local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ..., proximal_mu: _Optional[float] = ..., gamma_max: _Optional[float] = ..., mask_skip_layers: _Optional[int] = ..., prompt_variant: _Optional[str] = ..., control_variates: _Optional[bool] = ..., wire_dtype: _Optional[str] = ..., local_optimizer: _Optional[str] = ...) -> None: ...
 
 class RoundTask(_message.Message):
-    __slots__ = ("run_id", "round", "task_id", "training", "adapter", "kind")
+    __slots__ = ("run_id", "round", "task_id", "training", "adapter", "kind", "confirmed_task_id")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     TRAINING_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
+    CONFIRMED_TASK_ID_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     round: int
     task_id: str
     training: TrainingPlan
     adapter: PayloadHeader
     kind: TaskKind
-    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., task_id: _Optional[str] = ..., training: _Optional[_Union[TrainingPlan, _Mapping]] = ..., adapter: _Optional[_Union[PayloadHeader, _Mapping]] = ..., kind: _Optional[_Union[TaskKind, str]] = ...) -> None: ...
+    confirmed_task_id: str
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., task_id: _Optional[str] = ..., training: _Optional[_Union[TrainingPlan, _Mapping]] = ..., adapter: _Optional[_Union[PayloadHeader, _Mapping]] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., confirmed_task_id: _Optional[str] = ...) -> None: ...
 
 class EvaluationReport(_message.Message):
     __slots__ = ("task_id", "num_samples", "metrics")
