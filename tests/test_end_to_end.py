@@ -3,6 +3,7 @@ loopback, driven by `fedmllm-admin`, for two rounds."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -21,6 +22,21 @@ from shared.demo.federation import (
 from shared.tensor_codec import layout_of
 from silo_agent.model import load_silo_model
 from silo_agent.trainer import load_global_adapter
+
+
+def _no_secret_or_sample_in_logs(workdir: Path, logs: Path, names: list[str]) -> None:
+    """No private key and no sample content (caption, answer) in any process's log."""
+    text = "\n".join(p.read_text(errors="replace") for p in logs.iterdir())
+    assert "PRIVATE KEY" not in text
+    for name in names:
+        key = (workdir / "certs" / f"{name}.key").read_text().splitlines()[1]
+        assert key not in text
+        for line in (workdir / "data" / name / "train.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            for field in ("text", "answer"):
+                value = record.get(field)
+                if isinstance(value, str) and len(value) > 12:
+                    assert value not in text, f"{field} of a sample of {name} in a log"
 
 
 def test_two_silos_two_rounds_end_to_end(tmp_path: Path) -> None:
@@ -61,6 +77,7 @@ def test_two_silos_two_rounds_end_to_end(tmp_path: Path) -> None:
         assert len(round_lines) == 2 and all("silos 2/2" in line for line in round_lines)
     for name in names:  # each agent took the one torch thread it was given
         assert "on cpu with 1 torch thread(s)" in (logs / f"{name}.log").read_text()
+    _no_secret_or_sample_in_logs(workdir, logs, names)
 
     store = CheckpointStore(workdir / "checkpoints")
     latest = store.load_latest()
