@@ -141,7 +141,7 @@ class OpenRound:
         if owner is None:
             raise Refusal(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"task {shown!r} is not a task of open round {self.index}",
+                f"task {shown!r} is late: it is not a task of open round {self.index}",
             )
         if owner != silo_id:
             raise Refusal(

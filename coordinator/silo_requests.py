@@ -43,14 +43,18 @@ class SiloRequests:
 
     def round_for_task(self, task_id: str, silo_id: str) -> OpenRound:
         with self._lock:
-            open_round = self.open_round
-            if open_round is None:
-                raise Refusal(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"no round is open; task {printable(task_id)!r} of {silo_id!r} is stale",
-                )
-            open_round.check_task(task_id, silo_id)
-            return open_round
+            return self._round_of(task_id, silo_id)
+
+    def _round_of(self, task_id: str, silo_id: str) -> OpenRound:
+        """The open round `task_id` belongs to (caller holds the lock); a Refusal otherwise."""
+        open_round = self.open_round
+        if open_round is None:
+            raise Refusal(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"task {printable(task_id)!r} of {silo_id!r} is late: no round is open",
+            )
+        open_round.check_task(task_id, silo_id)
+        return open_round
 
     def unanswered_task(self, silo_id: str) -> pb.RoundTask | None:
         with self._lock:
@@ -186,13 +190,7 @@ class SiloRequests:
         cause = report.reason if report.reason in TASK_FAILURE_REASONS else "exception"
         detail = printable(report.detail, limit=300)
         with self._lock:
-            open_round = self.open_round
-            if open_round is None:
-                raise Refusal(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"no round is open; task {printable(report.task_id)!r} of {silo_id!r} is stale",
-                )
-            open_round.check_task(report.task_id, silo_id)
+            open_round = self._round_of(report.task_id, silo_id)
             open_round.failures[silo_id] = f"{cause}: {detail}"
             open_round.reach(silo_id, "failed")
             self._changed.notify_all()

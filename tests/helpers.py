@@ -20,11 +20,13 @@ from coordinator.registry import SiloRegistry
 from coordinator.run_state import RunSpec
 from shared.grpc_options import CHANNEL_OPTIONS
 from shared.payload import PayloadDigest, assemble, iter_chunks
+from shared.silo_data import read_split
 from shared.tensor_codec import StateDict, decode_state, encode_state
 from shared.tls import TlsFiles, channel_credentials
 from shared.wire.v1 import federation_pb2 as pb
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
-from silo_agent.client import SiloAgent
+from silo_agent.client import Backoff, SiloAgent
+from silo_agent.model import load_silo_model
 
 
 def channel(port: int, files: TlsFiles) -> grpc.Channel:
@@ -117,6 +119,26 @@ class ProtocolSilo:
 
 def constant_delta(layout_source: StateDict, value: float) -> StateDict:
     return {k: torch.full_like(v, value) for k, v in layout_source.items()}
+
+
+def local_agent(
+    port: int,
+    files: TlsFiles,
+    model: Path,
+    *,
+    train: Path | None,
+    test: Path | None = None,
+) -> SiloAgent:
+    """A real silo agent (CPU, quick reconnects) on a data directory's splits, to run in a
+    thread of the test."""
+    return SiloAgent(
+        coordinator=f"localhost:{port}",
+        tls=files,
+        silo=load_silo_model(model, device="cpu"),
+        samples=read_split(train) if train is not None else [],
+        test_samples=read_split(test, "test") if test is not None else [],
+        backoff=Backoff(0.2, 1.0),
+    )
 
 
 @contextmanager

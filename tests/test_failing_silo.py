@@ -8,13 +8,10 @@ from pathlib import Path
 
 from coordinator.server import serve
 from shared.demo.synthetic_data import write_silo
-from shared.silo_data import read_split
 from shared.wire.v1 import federation_pb2 as pb
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
-from silo_agent.client import Backoff, SiloAgent
-from silo_agent.model import load_silo_model
 from tests.conftest import SILOS, coordinator_config, tls
-from tests.helpers import agents_running, channel, run_to_end, small_run
+from tests.helpers import agents_running, channel, local_agent, run_to_end, small_run
 
 
 def test_a_silo_whose_training_raises_costs_seconds_not_the_deadline(
@@ -25,13 +22,7 @@ def test_a_silo_whose_training_raises_costs_seconds_not_the_deadline(
     }
     with serve(coordinator_config(certs, tiny_model, tmp_path / "ckpt")) as running:
         agents = [
-            SiloAgent(
-                coordinator=f"localhost:{running.port}",
-                tls=tls(certs, name),
-                silo=load_silo_model(tiny_model, device="cpu"),
-                samples=read_split(data[name]),
-                backoff=Backoff(0.2, 1.0),
-            )
+            local_agent(running.port, tls(certs, name), tiny_model, train=data[name])
             for name in SILOS
         ]
         for image in (data["silo-1"] / "images").iterdir():  # read at training time: it raises

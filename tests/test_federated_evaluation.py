@@ -9,13 +9,10 @@ from pathlib import Path
 import pytest
 
 from coordinator.server import serve
-from shared.silo_data import read_split
 from shared.wire.v1 import federation_pb2 as pb
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
-from silo_agent.client import Backoff, SiloAgent
-from silo_agent.model import load_silo_model
 from tests.conftest import EVALUATOR, SILOS, coordinator_config, tls
-from tests.helpers import agents_running, channel, run_to_end, small_run
+from tests.helpers import agents_running, channel, local_agent, run_to_end, small_run
 
 
 def test_evaluation_rounds_with_an_evaluation_only_silo(
@@ -23,13 +20,12 @@ def test_evaluation_rounds_with_an_evaluation_only_silo(
 ) -> None:
     with serve(coordinator_config(certs, tiny_model, tmp_path / "ckpt")) as running:
         agents = [
-            SiloAgent(
-                coordinator=f"localhost:{running.port}",
-                tls=tls(certs, name),
-                silo=load_silo_model(tiny_model, device="cpu"),
-                samples=[] if name == EVALUATOR else read_split(silo_data[name]),
-                test_samples=read_split(silo_data["silo-1" if name == EVALUATOR else name], "test"),
-                backoff=Backoff(0.2, 1.0),
+            local_agent(
+                running.port,
+                tls(certs, name),
+                tiny_model,
+                train=None if name == EVALUATOR else silo_data[name],
+                test=silo_data["silo-1" if name == EVALUATOR else name],
             )
             for name in [*SILOS, EVALUATOR]
         ]

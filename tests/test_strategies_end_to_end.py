@@ -15,13 +15,10 @@ from coordinator.checkpoint import CheckpointStore
 from coordinator.run_state import RunSpec
 from coordinator.server import serve
 from shared.demo.synthetic_data import write_silo
-from shared.silo_data import read_split
 from shared.wire.v1 import federation_pb2 as pb
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
-from silo_agent.client import Backoff, SiloAgent
-from silo_agent.model import load_silo_model
 from tests.conftest import SILOS, coordinator_config, tls
-from tests.helpers import agents_running, channel, run_to_end, small_run
+from tests.helpers import agents_running, channel, local_agent, run_to_end, small_run
 
 
 @pytest.fixture(scope="module")
@@ -47,13 +44,7 @@ def federation(
 ) -> Iterator[tuple[int, Path]]:
     with serve(coordinator_config(certs, tiny_model, tmp_path / "ckpt")) as running:
         agents = [
-            SiloAgent(
-                coordinator=f"localhost:{running.port}",
-                tls=tls(certs, name),
-                silo=load_silo_model(tiny_model, device="cpu"),
-                samples=read_split(mixed_data[name]),
-                backoff=Backoff(0.2, 1.0),
-            )
+            local_agent(running.port, tls(certs, name), tiny_model, train=mixed_data[name])
             for name in SILOS
         ]
         with agents_running(agents, running.federation.registry):
