@@ -107,7 +107,7 @@ class AdminService(pb_grpc.AdminServicer):
         return await self._change(context, self._federation.pause_run)
 
     async def ResumeRun(self, request: pb.StopRequest, context: Context) -> Any:
-        return await self._change(context, self._federation.resume_run)
+        return await self._change(context, lambda: self._federation.resume_run(request.run_id))
 
     async def ExportAdapter(
         self, request: pb.ExportRequest, context: Context
