@@ -65,18 +65,20 @@ def connection_of(args: argparse.Namespace, *, default_coordinator: str = "") ->
     }
     profile = values.pop("profile")
     if profile is not None:
-        for name, value in read_profile(Path(profile)).items():
-            values[name] = values[name] or value
+        for name, kept in read_profile(Path(profile)).items():
+            values[name] = values[name] or kept
     values["coordinator"] = values["coordinator"] or default_coordinator or None
-    for name, value in values.items():
-        if value is None:
+    found: dict[str, str] = {}
+    for name, setting in values.items():
+        if setting is None:
             raise usage_error(
                 f"no --{name} given: pass --{name}, set {ENVIRONMENT[name]}, or name a profile "
                 "with --profile (a bundle directory from fedmllm-certs sign)"
             )
+        found[name] = str(setting)
     return Connection(
-        target=str(values["coordinator"]),
-        files=TlsFiles(cert=Path(values["cert"]), key=Path(values["key"]), ca=Path(values["ca"])),  # type: ignore[arg-type]
+        target=found["coordinator"],
+        files=TlsFiles(cert=Path(found["cert"]), key=Path(found["key"]), ca=Path(found["ca"])),
     )
 
 
