@@ -92,8 +92,10 @@ def follow(
 ) -> pb.RunStatus:
     """Print each round as it completes, and why the run waits when it does, until it ends."""
     printed, waiting = 0, ""
+    status = _poll(stub, run_id)
+    if not json_lines:
+        print(headline(status), flush=True)
     while True:
-        status = _poll(stub, run_id)
         for summary in status.history[printed:]:
             line = json.dumps({"round": as_dict(summary)}) if json_lines else None
             print(line or round_line(summary, status.spec.rounds), flush=True)
@@ -105,6 +107,7 @@ def follow(
         if status.state in _FINAL:
             return status
         time.sleep(poll_s)
+        status = _poll(stub, run_id)
 
 
 def _follow_to_end(stub: pb_grpc.AdminStub, args: argparse.Namespace, run_id: str) -> int:
@@ -251,7 +254,7 @@ def _main(argv: list[str]) -> int:
             code: int = args.handler(args, pb_grpc.AdminStub(channel))
         except grpc.RpcError as exc:
             hint = (
-                " (fedmllm-admin runs lists them)"
+                " (fedmllm-admin runs lists the kept runs)"
                 if exc.code() == grpc.StatusCode.NOT_FOUND
                 else ""
             )

@@ -102,8 +102,8 @@ def check_credentials(files: TlsFiles, *, role: str) -> Identity:
         )
     if found[1] != role:
         raise config_error(
-            f"certificate {files.cert} is {found[0]!r}'s {found[1]} certificate; this command "
-            f"needs a {role} certificate (fedmllm-certs sign --role {role})"
+            f"certificate {files.cert} is the {found[1]} certificate of {found[0]!r}; this "
+            f"command needs a {role} certificate (fedmllm-certs sign --role {role})"
         )
     return Identity(name=found[0], role=found[1], not_after=cert.not_valid_after_utc)
 

@@ -33,16 +33,16 @@ def add_log_arguments(parser: argparse.ArgumentParser) -> None:
 class JsonFormatter(logging.Formatter):
     """One JSON object a line: time, level, process role, logger and message."""
 
-    def __init__(self, *, role: str) -> None:
+    def __init__(self, *, role: str, name: str = "") -> None:
         super().__init__()
-        self._role = role
+        self._party = {"role": role, **({"name": name} if name else {})}
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
-            "role": self._role,
+            **self._party,
             "logger": record.name,
             "message": record.getMessage(),
         }
@@ -72,16 +72,17 @@ class OncePerMessage(logging.Filter):
         return True
 
 
-def configure_logging(*, level: str, log_format: str, role: str, label: str = "") -> None:
-    """Root logging for a process of `role` ("coordinator", "silo"); `label` names it in text
-    lines (e.g. "silo[hospital-a]"). Python warnings go through it too. Without a terminal,
-    libraries' progress bars are off: they would fill log files and the journal."""
+def configure_logging(*, level: str, log_format: str, role: str, name: str = "") -> None:
+    """Root logging for a process of `role` ("coordinator", "silo") named `name` (a silo's
+    identity). Python warnings go through it too. Without a terminal, libraries' progress bars
+    are off: they would fill log files and the journal."""
     handler = logging.StreamHandler()
     if log_format == "json":
-        handler.setFormatter(JsonFormatter(role=role))
+        handler.setFormatter(JsonFormatter(role=role, name=name))
     else:
+        label = f"{role}[{name}]" if name else role
         handler.setFormatter(
-            logging.Formatter(f"%(asctime)s %(levelname)s {label or role} %(name)s: %(message)s")
+            logging.Formatter(f"%(asctime)s %(levelname)s {label} %(name)s: %(message)s")
         )
     handler.addFilter(OncePerMessage())
     logging.basicConfig(level=level, handlers=[handler], force=True)

@@ -128,7 +128,7 @@ def _main(argv: list[str]) -> int:
         level=args.log_level,
         log_format=args.log_format,
         role="silo",
-        label=f"silo[{identity.name}]",
+        name=identity.name,
     )
     wait_for_coordinator(connection, probe=_probe, retry=Retry(), report=log.warning)
     from silo_agent.session import serve  # torch and the model: once the coordinator answers

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import threading
 import time
@@ -214,9 +215,20 @@ class SiloAgent:
         except grpc.RpcError as exc:
             if exc.code() not in TASK_REFUSALS:
                 raise
-            log.error(
-                "%s: refused by the coordinator (%s: %s)", label, exc.code().name, exc.details()
-            )
+            if arrived_late(task, exc):
+                log.warning(
+                    "%s: the update arrived late (%s); the coordinator did not count it, this "
+                    "silo takes the next task",
+                    label,
+                    exc.details(),
+                )
+            else:
+                log.error(
+                    "%s: refused by the coordinator (%s: %s)",
+                    label,
+                    exc.code().name,
+                    exc.details(),
+                )
         except Exception as exc:  # whatever stops this task: say so, then take the next one
             reason = failure_reason(exc)
             log.error("%s: cannot carry out the task (%s): %s", label, reason, exc)
@@ -311,6 +323,17 @@ class SiloAgent:
             len(payload),
             time.monotonic() - started,
         )
+
+
+_LATE = re.compile(r"not a task of open round (\d+)|arrived late|no round is open")
+
+
+def arrived_late(task: pb.RoundTask, exc: grpc.RpcError) -> bool:
+    """Whether the coordinator refused this task's answer because its round had closed."""
+    if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+        return False
+    found = _LATE.search(exc.details() or "")
+    return found is not None and (found.group(1) is None or int(found.group(1)) != task.round)
 
 
 def failure_reason(exc: BaseException) -> str:
