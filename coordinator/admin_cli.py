@@ -124,7 +124,7 @@ def _follow_to_end(stub: pb_grpc.AdminStub, args: argparse.Namespace, run_id: st
 
 
 def _start_run(args: argparse.Namespace, stub: pb_grpc.AdminStub) -> int:
-    spec = spec_from(args)
+    spec = args.spec  # validated before connecting
     started = stub.StartRun(pb.StartRunRequest(spec=spec.to_proto()), timeout=CALL_TIMEOUT_S)
     print(as_json(started) if args.json and not args.follow else f"run {started.run_id} started")
     return _follow_to_end(stub, args, started.run_id) if args.follow else 0
@@ -240,6 +240,8 @@ def _probe(channel: grpc.Channel, timeout_s: float) -> object:
 
 def _main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "start-run":
+        args.spec = spec_from(args)
     connection = connection_of(args, default_coordinator="localhost:50051")
     check_credentials(connection.files, role=ROLE_ADMIN)
     wait_for_coordinator(

@@ -81,7 +81,8 @@ def add_log_level(parser: argparse.ArgumentParser) -> None:
 
 
 def run_command(prog: str, command: Callable[[list[str]], int | None], argv: Sequence[str]) -> None:
-    """Run `command(argv)` and exit with its code; a CliError or Ctrl-C ends in one line."""
+    """Run `command(argv)`; exit with its code unless 0 (a caller in-process goes on). A
+    CliError or Ctrl-C ends in one line on stderr."""
     try:
         code = command(list(argv))
     except CliError as error:
@@ -90,7 +91,8 @@ def run_command(prog: str, command: Callable[[list[str]], int | None], argv: Seq
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr, flush=True)
         code = EXIT_INTERRUPTED
-    sys.exit(code or EXIT_OK)
+    if code:
+        sys.exit(code)
 
 
 def argv_or_sys(argv: Sequence[str] | None) -> list[str]:

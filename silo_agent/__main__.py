@@ -31,6 +31,7 @@ from shared.wire.v1 import federation_pb2 as pb
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
 from silo_agent.options import (
     add_model_arguments,
+    check_device,
     check_model_arguments,
     check_parser,
     init_adapter_parser,
@@ -116,6 +117,7 @@ def _check(args: argparse.Namespace) -> tuple[Connection, Identity]:
     if not args.data.is_dir():
         raise config_error(f"--data {args.data} is not a directory (see docs/silo-data.md)")
     check_model_arguments(args)
+    check_device(args.device)
     if args.metrics_port >= 0:
         check_port("0.0.0.0", args.metrics_port, flag="--metrics-port")
     return connection, identity

@@ -23,7 +23,6 @@ from shared.silo_data import Sample, has_split, read_split
 from silo_agent.client import SiloAgent
 from silo_agent.metrics import SiloMetrics, certificate_name
 from silo_agent.model import SiloModel, model_from_arguments
-from silo_agent.options import check_device
 
 log = logging.getLogger("silo_agent")
 
@@ -42,7 +41,6 @@ def _splits(args: argparse.Namespace) -> tuple[list[Sample], list[Sample]]:
 def _model_for(args: argparse.Namespace, samples: list[Sample]) -> SiloModel:
     """The model as the flags say; it must load, and it must take the data's modality mix
     (checked before joining, not mid-round)."""
-    check_device(args.device)
     try:
         silo = model_from_arguments(args)
     except (RemoteCodeRequired, ProcessorLoadError, OSError, ValueError) as exc:
