@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 from coordinator.preflight import check_adapter_dir, check_checkpoint_dir, check_model_dir
-from shared.cli import Parser, argv_or_sys, config_error, run_command
+from shared.cli import Parser, argv_or_sys, config_error, run_command, usage_error
 from shared.credentials import check_credentials
 from shared.logs import add_log_arguments, configure_logging
 from shared.pki.identity import ROLE_COORDINATOR
@@ -85,7 +85,7 @@ def _preflight(args: argparse.Namespace) -> None:
     if args.crl is not None and not args.crl.is_file():
         raise config_error(f"--crl {args.crl} not found: pass the crl.pem of fedmllm-certs revoke")
     if args.keep_checkpoints < 1:
-        raise config_error(f"--keep-checkpoints must be at least 1, not {args.keep_checkpoints}")
+        raise usage_error(f"--keep-checkpoints must be at least 1, not {args.keep_checkpoints}")
     check_checkpoint_dir(args.checkpoint_dir)
     check_port(args.host, args.port, flag="--port")
     if args.metrics_port >= 0:

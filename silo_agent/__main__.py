@@ -31,6 +31,7 @@ from shared.wire.v1 import federation_pb2 as pb
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
 from silo_agent.options import (
     add_model_arguments,
+    check_data_dir,
     check_device,
     check_model_arguments,
     check_parser,
@@ -149,7 +150,11 @@ def _subcommand(name: str, argv: list[str]) -> None:
 
     def command(arguments: list[str]) -> int:
         args = parser.parse_args(arguments)
+        configure_logging(level="WARNING", log_format="text", role=name)
+        check_model_arguments(args)
         if name == "check":
+            check_data_dir(args.data)
+            check_device(args.device)
             from silo_agent.check import main as check  # the local check needs no gRPC or TLS
 
             return check(args)

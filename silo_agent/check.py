@@ -24,7 +24,6 @@ from shared.silo_data import SPLITS, Sample, parse_record
 from silo_agent.batching import modality_kind
 from silo_agent.failures import TrainingFailed
 from silo_agent.model import SiloModel, model_from_arguments
-from silo_agent.options import check_device
 from silo_agent.trial import peak_memory, trial_batches, trial_step
 
 
@@ -123,9 +122,6 @@ def report_splits(data: Path, silo: SiloModel, limit: int) -> tuple[list[str], l
 def main(args: argparse.Namespace) -> int:
     """0 when the silo can train, 1 with the problems listed; a CliError when it cannot even
     be checked (no data, a model that does not load)."""
-    if not any((args.data / f"{s}.jsonl").is_file() for s in SPLITS):
-        raise config_error(f"{args.data} has neither train.jsonl nor test.jsonl")
-    check_device(args.device)
     try:
         silo = model_from_arguments(args)
     except Exception as exc:  # whatever stops the model from loading is what the check reports

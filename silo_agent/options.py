@@ -33,6 +33,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def check_data_dir(data: Path) -> None:
+    """A silo data directory with a split to read (docs/silo-data.md)."""
+    if not data.is_dir():
+        raise config_error(f"--data {data} is not a directory (see docs/silo-data.md)")
+    if not any((data / f"{split}.jsonl").is_file() for split in ("train", "test")):
+        raise config_error(f"--data {data} has neither train.jsonl nor test.jsonl")
+
+
 def check_model_arguments(args: argparse.Namespace) -> None:
     """The model directory and the device as far as they can be checked without loading."""
     device = getattr(args, "device", "auto")
