@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -61,8 +62,27 @@ def split_target(target: str) -> tuple[str, int]:
 def diagnose(target: str, files: TlsFiles, *, probe: Probe, timeout_s: float = 5.0) -> Finding:
     """Probe the coordinator at `target` once: TCP, then TLS both ways, then one gRPC call."""
     host, port = split_target(target)
+    for attempt in (1, 2):
+        sock = _connect(host, port, target, timeout_s)
+        if isinstance(sock, Finding):
+            return sock
+        with sock:
+            finding = _handshake(sock, host, target, files, timeout_s)
+        if finding is not None:
+            return finding if not finding.ok else _call(target, files, probe, timeout_s)
+        if attempt == 1:
+            time.sleep(1.0)  # a coordinator shutting down also closes: look once more
+    return Finding(
+        f"the coordinator at {target} closes the connection right after the TLS handshake: it "
+        f"does not accept {files.cert} (not issued by the CA it trusts); ask the federation's "
+        "admin for a certificate of this federation",
+        EXIT_REFUSED,
+    )
+
+
+def _connect(host: str, port: int, target: str, timeout_s: float) -> socket.socket | Finding:
     try:
-        sock = socket.create_connection((host, port), timeout=timeout_s)
+        return socket.create_connection((host, port), timeout=timeout_s)
     except socket.gaierror as exc:
         return Finding(f"cannot resolve {host!r} ({exc.strerror}): check the address", EXIT_FAILED)
     except ConnectionRefusedError:
@@ -79,9 +99,6 @@ def diagnose(target: str, files: TlsFiles, *, probe: Probe, timeout_s: float = 5
         )
     except OSError as exc:
         return Finding(f"cannot reach {target}: {exc.strerror or exc}", EXIT_FAILED)
-    with sock:
-        finding = _handshake(sock, host, target, files, timeout_s)
-    return finding if not finding.ok else _call(target, files, probe, timeout_s)
 
 
 def _context(files: TlsFiles, *, verify: bool) -> ssl.SSLContext:
@@ -95,13 +112,13 @@ def _context(files: TlsFiles, *, verify: bool) -> ssl.SSLContext:
 
 def _handshake(
     sock: socket.socket, host: str, target: str, files: TlsFiles, timeout_s: float
-) -> Finding:
+) -> Finding | None:
+    """What the handshake found; None when the server closed right after it (a gRPC server
+    does so, without an alert, to a client certificate it does not trust)."""
     try:
         with _context(files, verify=True).wrap_socket(sock, server_hostname=host) as tls:
             tls.sendall(_H2_PREFACE)
-            if tls.recv(1):
-                return Finding()
-        return Finding(f"{target} closed the connection after the TLS handshake", EXIT_FAILED)
+            return Finding() if tls.recv(1) else None
     except ssl.SSLCertVerificationError as exc:
         return _server_certificate(exc, host, target, files, timeout_s)
     except ssl.SSLError as exc:
