@@ -126,7 +126,10 @@ def _follow_to_end(stub: pb_grpc.AdminStub, args: argparse.Namespace, run_id: st
 def _start_run(args: argparse.Namespace, stub: pb_grpc.AdminStub) -> int:
     spec = args.spec  # validated before connecting
     started = stub.StartRun(pb.StartRunRequest(spec=spec.to_proto()), timeout=CALL_TIMEOUT_S)
-    print(as_json(started) if args.json and not args.follow else f"run {started.run_id} started")
+    if args.json:  # following: every line is an object named by what it is
+        print(json.dumps({"started": as_dict(started)}) if args.follow else as_json(started))
+    else:
+        print(f"run {started.run_id} started", flush=True)
     return _follow_to_end(stub, args, started.run_id) if args.follow else 0
 
 
