@@ -35,7 +35,7 @@ def check_silo(capsys: pytest.CaptureFixture[str]) -> Check:
             main(["check", "--data", str(data), "--model", str(model)])
             code = 0
         except SystemExit as ended:
-            code = int(ended.value.code or 0)
+            code = int(ended.code or 0)
         captured = capsys.readouterr()
         return Outcome(code, captured.out, captured.err)
 

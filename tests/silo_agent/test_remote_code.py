@@ -52,7 +52,7 @@ def exit_message(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[i
         main(argv)
         code = 0
     except SystemExit as ended:
-        code = int(ended.value.code or 0)
+        code = int(ended.code or 0)
     captured = capsys.readouterr()
     return code, captured.out + captured.err
 
