@@ -39,6 +39,13 @@ from silo_agent.options import (
 )
 
 PROG = "silo-agent"
+# What the coordinator answers a silo it will not take at all: revoked, pinned to another key,
+# a second agent with the same certificate.
+_REFUSED = (
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.ALREADY_EXISTS,
+)
 log = logging.getLogger("silo_agent")
 
 DESCRIPTION = """\
@@ -139,7 +146,7 @@ def _main(argv: list[str]) -> int:
     try:
         return serve(args, connection)
     except grpc.RpcError as exc:
-        if exc.code() not in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+        if exc.code() not in _REFUSED:
             raise
         raise refused(f"refused by the coordinator ({exc.code().name}): {exc.details()}") from None
 
