@@ -15,9 +15,13 @@ from shared.cli import add_log_level
 LOG_FORMATS = ("text", "json")
 # Loggers of this project: their messages name a round or a silo, so a repeat is news.
 OWN_LOGGERS = ("coordinator", "silo_agent", "shared", "bench")
-# Known and harmless: bitsandbytes' optional faster CPU kernel is not installed; it uses its
-# own kernel instead. Shown at DEBUG so that it does not look like a fault.
-_HARMLESS = ("Failed to load CPU gemm_4bit_forward from kernels-community",)
+# Known and harmless, shown at DEBUG so that they do not look like faults: bitsandbytes'
+# optional faster CPU kernel is not installed (it uses its own); PEFT calls a transformers API
+# deprecated for v6 (nothing an operator can act on).
+_HARMLESS = (
+    "Failed to load CPU gemm_4bit_forward from kernels-community",
+    "`is_gradient_checkpointing` is deprecated",
+)
 
 
 def add_log_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +64,7 @@ class OncePerMessage(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if any(message.startswith(h) for h in _HARMLESS):
+        if any(h in message for h in _HARMLESS):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             return logging.getLogger().isEnabledFor(logging.DEBUG)
         if record.levelno < logging.WARNING or record.name.split(".")[0] in OWN_LOGGERS:
