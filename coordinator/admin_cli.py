@@ -81,8 +81,8 @@ def _poll(stub: pb_grpc.AdminStub, run_id: str) -> pb.RunStatus:
         except grpc.RpcError as exc:
             if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise
-            print(f"{PROG}: coordinator away ({exc.code().name}); retrying in {delay:.0f} s",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            away = f"coordinator away ({exc.code().name}); retrying in {delay:.0f} s"
+            print(f"{PROG}: {away}", file=sys.stderr, flush=True)
             time.sleep(delay)
             delay = min(delay * 2, 30.0)
 

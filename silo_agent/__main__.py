@@ -11,7 +11,6 @@ import grpc
 from shared.cli import (
     Parser,
     argv_or_sys,
-    config_error,
     refused,
     run_command,
     usage_error,
@@ -122,8 +121,7 @@ def _check(args: argparse.Namespace) -> tuple[Connection, Identity]:
         raise usage_error(f"--threads must be 0 or more, not {args.threads}")
     connection = connection_of(args)
     identity = check_credentials(connection.files, role=ROLE_SILO)
-    if not args.data.is_dir():
-        raise config_error(f"--data {args.data} is not a directory (see docs/silo-data.md)")
+    check_data_dir(args.data)
     check_model_arguments(args)
     check_device(args.device)
     if args.metrics_port >= 0:

@@ -98,6 +98,11 @@ def _file(site: Site, name: str, text: str) -> str:
     return str(site.tmp / name)
 
 
+def _adapter_dir(site: Site) -> str:
+    (site.tmp / "adapter_model.safetensors").write_bytes(b"")
+    return str(site.tmp)
+
+
 COORDINATOR = "fedmllm-coordinator"
 SILO = "silo-agent"
 ADMIN = "fedmllm-admin"
@@ -270,6 +275,18 @@ CASES = {
         lambda s: _swap(s.admin("status"), "--key", "/nowhere.key"),
         4,
         "private key /nowhere.key not found",
+    ),
+    "predict without an adapter": Case(
+        "fedmllm-predict",
+        lambda s: ["--model", str(s.model), "--adapter", str(s.tmp), "--data", str(s.data)],
+        4,
+        "has no adapter_config.json (fedmllm-admin export)",
+    ),
+    "init-adapter over an adapter": Case(
+        SILO,
+        lambda s: ["init-adapter", "--model", str(s.model), "--out", _adapter_dir(s)],
+        2,
+        "already holds an adapter; choose a new --out",
     ),
     "reserved certificate name": Case(
         "fedmllm-certs",
