@@ -38,8 +38,19 @@ def config_error(message: str) -> CliError:
     return CliError(message, code=EXIT_CONFIG)
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Descriptions as written; every option that has a default shows it."""
+class HelpFormatter(argparse.HelpFormatter):
+    """Descriptions wrapped by paragraph, indented blocks kept as written; every option that
+    has a default shows it."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = []
+        for paragraph in text.strip("\n").split("\n\n"):
+            lines = paragraph.splitlines()
+            if any(line.startswith(" ") for line in lines):
+                paragraphs.append("\n".join(indent + line for line in lines))
+            else:
+                paragraphs.append(super()._fill_text(paragraph, width, indent))
+        return "\n\n".join(paragraphs)
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
