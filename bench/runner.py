@@ -8,7 +8,6 @@ OUT/results.md holds the tables and OUT/plots/ the per-round figures.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import sys
@@ -19,6 +18,7 @@ from typing import Any
 
 from bench.base_model import format_pretrained_model
 from bench.baselines import local, zero_shot
+from bench.cli import parser as bench_parser
 from bench.config import (
     BASELINES,
     BenchConfig,
@@ -242,18 +242,7 @@ def run_grid(config: BenchConfig) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="fedmllm-bench",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--config", type=Path, required=True, help="bench.yaml")
-    parser.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="run the Python code shipped in the model directory (e.g. MiniCPM-V 2.6): the "
-        "silos load it and the coordinator starts from an adapter made with it",
-    )
+    parser = bench_parser()
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)

@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import signal
 import threading
 from pathlib import Path
 
-from coordinator.server import CoordinatorConfig, serve
+from coordinator.preflight import check_adapter_dir, check_checkpoint_dir, check_model_dir
+from shared.cli import Parser, argv_or_sys, config_error, run_command, usage_error
+from shared.credentials import check_credentials
+from shared.logs import add_log_arguments, configure_logging
+from shared.pki.identity import ROLE_COORDINATOR
+from shared.ports import check_port, port_problem
 from shared.tls import add_tls_arguments, tls_files
 
+PROG = "fedmllm-coordinator"
 
-def parse_args(argv: list[str] | None) -> tuple[CoordinatorConfig, Path | None]:
-    parser = argparse.ArgumentParser(
-        prog="fedmllm-coordinator",
+
+def _parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog=PROG,
         description="Serve a federation over mutual TLS. Start runs with fedmllm-admin.",
     )
     parser.add_argument(
@@ -43,7 +51,7 @@ def parse_args(argv: list[str] | None) -> tuple[CoordinatorConfig, Path | None]:
     parser.add_argument(
         "--metrics-host",
         default="127.0.0.1",
-        help="address /metrics listens on (default loopback; a remote scraper needs its address)",
+        help="address /metrics listens on (loopback unless a scraper is remote)",
     )
     parser.add_argument(
         "--metrics-tls",
@@ -64,11 +72,31 @@ def parse_args(argv: list[str] | None) -> tuple[CoordinatorConfig, Path | None]:
     parser.add_argument(
         "--port-file", type=Path, help="write the bound gRPC and metrics ports here once serving"
     )
-    parser.add_argument("--log-level", default="INFO")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s coordinator %(name)s: %(message)s"
-    )
+    add_log_arguments(parser)
+    return parser
+
+
+def _preflight(args: argparse.Namespace) -> None:
+    """Every check that needs no model code: a wrong path fails in a second, in one line."""
+    check_model_dir(args.model)
+    if args.adapter is not None:
+        check_adapter_dir(args.adapter)
+    check_credentials(tls_files(args), role=ROLE_COORDINATOR)
+    if args.crl is not None and not args.crl.is_file():
+        raise config_error(f"--crl {args.crl} not found: pass the crl.pem of fedmllm-certs revoke")
+    if args.keep_checkpoints < 1:
+        raise usage_error(f"--keep-checkpoints must be at least 1, not {args.keep_checkpoints}")
+    check_checkpoint_dir(args.checkpoint_dir)
+    check_port(args.host, args.port, flag="--port")
+    if args.metrics_port >= 0:
+        check_port(args.metrics_host, args.metrics_port, flag="--metrics-port")
+
+
+def _serve(args: argparse.Namespace, stop: threading.Event) -> None:
+    from coordinator.base_model import RunMismatch  # model code: loaded once the checks pass
+    from coordinator.server import CoordinatorConfig, serve
+    from shared.adapter import RemoteCodeRequired
+
     config = CoordinatorConfig(
         model_dir=args.model,
         checkpoint_dir=args.checkpoint_dir,
@@ -83,21 +111,42 @@ def parse_args(argv: list[str] | None) -> tuple[CoordinatorConfig, Path | None]:
         abandon_run=args.abandon_run,
         keep_checkpoints=args.keep_checkpoints,
     )
-    return config, args.port_file
+    try:
+        with serve(config) as running:
+            if args.port_file is not None:
+                tmp = args.port_file.with_suffix(".tmp")
+                tmp.write_text(f"{running.port} {running.metrics_port or 0}\n")
+                tmp.replace(args.port_file)
+            stop.wait()
+            logging.getLogger("coordinator").info("shutting down")
+    except (RunMismatch, RemoteCodeRequired) as exc:
+        raise config_error(str(exc)) from None
+    except OSError as exc:
+        raise config_error(_serve_problem(exc, args)) from None
 
 
-def main(argv: list[str] | None = None) -> None:
-    config, port_file = parse_args(argv)
+def _serve_problem(exc: OSError, args: argparse.Namespace) -> str:
+    """A port taken between the checks and the bind, or another file the coordinator needs."""
+    if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+        return port_problem(exc, args.host, args.port, flag="--port or --metrics-port")
+    if exc.errno is None and str(exc).startswith("cannot listen"):
+        return f"{exc}: is --port {args.port} taken, or --host not an address of this machine?"
+    return str(exc)
+
+
+def _main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    configure_logging(level=args.log_level, log_format=args.log_format, role="coordinator")
+    _preflight(args)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with serve(config) as running:
-        if port_file is not None:
-            tmp = port_file.with_suffix(".tmp")
-            tmp.write_text(f"{running.port} {running.metrics_port or 0}\n")
-            tmp.replace(port_file)
-        stop.wait()
-        logging.getLogger("coordinator").info("shutting down")
+    _serve(args, stop)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_command(PROG, _main, argv_or_sys(argv))
 
 
 if __name__ == "__main__":

@@ -7,88 +7,104 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from coordinator.run_schema import BY_FIELD, OPTIONS, RunOption
 from coordinator.run_state import RunSpec
+from shared.cli import EXIT_CONFIG, EXIT_USAGE, CliError
 
-# flag, RunSpec field, type, help
-FLAGS: tuple[tuple[str, str, type, str], ...] = (
-    ("--rounds", "rounds", int, "federated rounds"),
-    ("--silos-per-round", "silos_per_round", int, "K silos selected per round"),
-    ("--min-silos", "min_silos", int, "fewest updates a round may aggregate"),
-    ("--deadline", "round_deadline_s", float, "seconds a round waits for updates"),
-    ("--seed", "seed", int, "seeds selection, the initial adapter and shuffling"),
-    ("--lr", "learning_rate", float, "base client learning rate"),
-    ("--lr-schedule", "lr_schedule", str, "cosine (1%% warm-up) or constant"),
-    ("--local-epochs", "local_epochs", int, "local epochs per round"),
-    ("--batch-size", "batch_size", int, "local batch size"),
-    (
-        "--strategy",
-        "strategy",
-        str,
-        "fedavg, fedavgm, fedadam, fedyogi, fedadagrad, scaffold or fednova",
-    ),
-    ("--eta", "eta", float, "server learning rate (default: the strategy's)"),
-    ("--tau", "tau", float, "FedOpt adaptivity"),
-    ("--beta1", "beta1", float, "FedOpt first-moment decay"),
-    ("--beta2", "beta2", float, "FedOpt second-moment decay"),
-    ("--momentum", "momentum", float, "FedAvgM server momentum"),
-    ("--mu", "proximal_mu", float, "FedProx mu (0: off)"),
-    ("--gamma-max", "gamma_max", float, "adaptive masked proximal regulariser (0: off; paper 0.1)"),
-    ("--mask-skip-layers", "mask_skip_layers", int, "decoder layers unmasked at each end"),
-    ("--prompt", "prompt_variant", str, "original or improved (modality-agnostic) templates"),
-    ("--eval-every", "eval_every", int, "federated evaluation every N rounds (0: off)"),
-    ("--max-samples-per-silo", "max_samples_per_silo", int, "cap on a silo's declared samples"),
-    ("--max-weight-share", "max_weight_share", float, "cap on one update's share of a round"),
-    ("--aggregator", "aggregator", str, "mean, trimmed_mean, median, krum or multi_krum"),
-    ("--trim-fraction", "trim_fraction", float, "trimmed_mean: fraction cut at each end"),
-    ("--byzantine-silos", "byzantine_silos", int, "krum / multi_krum: silos tolerated (f)"),
-    ("--multi-krum-keep", "multi_krum_keep", int, "multi_krum: updates averaged (0: K - f)"),
-    ("--clip-norm", "clip_norm", float, "per-update L2 clipping bound (0: off)"),
-    ("--clip-median-factor", "clip_median_factor", float, "clip to this x the median norm"),
-    ("--wire-dtype", "wire_dtype", str, "dtype updates travel in: float32, bfloat16, float16"),
-)
+_DEFAULTS = {f.name: f.default for f in fields(RunSpec)}
+# A config file key: a flag's name or a RunSpec field's, with '-' or '_'.
+_KEYS = {o.key.replace("-", "_"): o for o in OPTIONS} | {o.field: o for o in OPTIONS}
 
 
-class RunConfigError(ValueError):
+class RunConfigError(CliError):
     """A run config file or flag combination that does not make a valid RunSpec."""
+
+    def __init__(self, message: str, *, code: int = EXIT_USAGE) -> None:
+        super().__init__(message, code=code)
+
+
+def _flag_type(option: RunOption) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            return option.check(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = option.kind.__name__ if isinstance(option.kind, type) else "choice"
+    return parse
+
+
+def _help(option: RunOption) -> str:
+    default = _DEFAULTS[option.field]
+    shown = "the strategy's" if default is None else repr(default) if default == "" else default
+    allowed = f"; {option.range_text()}" if option.range_text() else ""
+    return f"{option.help}{allowed} (default: {shown})".replace("%", "%%")
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="YAML run config with RunSpec keys")
-    for flag, field, kind, text in FLAGS:
-        parser.add_argument(flag, dest=field, type=kind, default=None, help=text)
+    """--config and one flag per run option; a flag given overrides the config file."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="YAML",
+        help="run config file: keys are these flags' names (examples in deploy/config/)",
+    )
+    for option in OPTIONS:
+        if isinstance(option.kind, tuple):
+            choices = [c for c in option.kind if c]
+            parser.add_argument(
+                option.flag, dest=option.field, choices=choices, default=None, help=_help(option)
+            )
+        else:
+            parser.add_argument(
+                option.flag,
+                dest=option.field,
+                type=_flag_type(option),
+                default=None,
+                metavar=option.kind.__name__.upper(),
+                help=_help(option),
+            )
 
 
 def read_config(path: Path) -> dict[str, Any]:
+    """The file's values by RunSpec field, each checked against its option."""
+    import yaml  # only a run config file needs it
+
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise RunConfigError(f"{path}: cannot read run config: {exc}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RunConfigError(f"{path}: cannot read run config: {exc}", code=EXIT_CONFIG) from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" line {where.line + 1}" if where is not None else ""
+        raise RunConfigError(f"{path}:{line} not YAML: {getattr(exc, 'problem', exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise RunConfigError(f"{path}: a run config is a mapping of RunSpec keys")
-    known = {f.name for f in fields(RunSpec)}
-    values = {str(k).replace("-", "_"): v for k, v in data.items()}
-    unknown = sorted(values.keys() - known)
-    if unknown:
-        raise RunConfigError(
-            f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-        )
+        raise RunConfigError(f"{path}: a run config is a mapping of option: value")
+    values: dict[str, Any] = {}
+    problems = []
+    for key, value in data.items():
+        option = _KEYS.get(str(key).replace("-", "_"))
+        if option is None:
+            known = ", ".join(o.key for o in OPTIONS)
+            raise RunConfigError(f"{path}: unknown key {key!r}; known keys: {known}")
+        if option.field in values:
+            raise RunConfigError(f"{path}: {option.field} is given twice (as {key!r} too)")
+        try:
+            values[option.field] = option.check(value)
+        except ValueError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise RunConfigError(f"{path}: {'; '.join(problems)}")
     return values
 
 
 def spec_from(args: argparse.Namespace) -> RunSpec:
     """The config file's values, overridden by any flag given, validated."""
     values = read_config(args.config) if args.config else {}
-    values |= {
-        field: getattr(args, field) for _, field, _, _ in FLAGS if getattr(args, field) is not None
-    }
-    try:
-        spec = RunSpec(**values)
-    except TypeError as exc:
-        raise RunConfigError(str(exc)) from exc
+    values |= {f: getattr(args, f) for f in BY_FIELD if getattr(args, f, None) is not None}
+    spec = RunSpec(**values)
     problems = spec.problems()
     if problems:
         where = f"{args.config}: " if args.config else ""

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from typing import Any
 
+from coordinator.run_schema import field_problems
 from shared.wire.v1 import federation_pb2 as pb
 
 
@@ -37,7 +37,6 @@ _STATE_TO_PROTO = {
 }
 
 
-_STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "scaffold", "fednova")
 _OPTIONAL = (
     "eta",
     "tau",
@@ -50,8 +49,6 @@ _OPTIONAL = (
     "trim_fraction",
     "byzantine_silos",
 )
-WIRE_DTYPES = ("float32", "bfloat16", "float16")
-AGGREGATORS = ("mean", "trimmed_mean", "median", "krum", "multi_krum")
 # Deltas that are not plain weighted sums of the silos' updates cannot take a robust rule.
 _PLAIN_SUM_STRATEGIES = ("scaffold", "fednova")
 
@@ -93,51 +90,12 @@ class RunSpec:
     local_optimizer: str = ""  # sgd or adamw; "" takes the strategy's (SGD: SCAFFOLD, FedNova)
 
     def problems(self) -> list[str]:
-        found = []
-        if self.rounds < 1:
-            found.append("rounds must be at least 1")
-        if self.silos_per_round < 1:
-            found.append("silos_per_round must be at least 1")
-        if not 1 <= self.min_silos <= self.silos_per_round:
-            found.append("min_silos must be between 1 and silos_per_round")
-        if not (self.round_deadline_s > 0 and math.isfinite(self.round_deadline_s)):
-            found.append("round_deadline_s must be a positive number of seconds")
-        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
-            found.append("learning_rate must be positive")
-        if self.local_epochs < 1 or self.batch_size < 1:
-            found.append("local_epochs and batch_size must be at least 1")
-        if self.strategy not in _STRATEGIES:
-            found.append(f"strategy must be one of {', '.join(_STRATEGIES)}")
-        if self.eta is not None and not (self.eta > 0 and math.isfinite(self.eta)):
-            found.append("eta must be positive")
-        beta1 = 0.0 if self.beta1 is None else self.beta1
-        if not (self.tau > 0 and 0 <= beta1 < 1 and 0 <= self.beta2 < 1):
-            found.append("tau must be positive, beta1 and beta2 in [0, 1)")
-        if not 0 <= self.momentum < 1:
-            found.append("momentum must be in [0, 1)")
-        if self.proximal_mu < 0 or self.gamma_max < 0:
-            found.append("proximal_mu and gamma_max must not be negative")
-        if self.prompt_variant not in ("", "original", "improved"):
-            found.append("prompt_variant must be '', 'original' or 'improved'")
-        if self.eval_every < 0:
-            found.append("eval_every must not be negative")
-        if self.lr_schedule not in ("cosine", "constant"):
-            found.append("lr_schedule must be 'cosine' or 'constant'")
-        return found + self._influence_problems()
-
-    def _influence_problems(self) -> list[str]:
-        """Bounds on one silo's influence and the robust rules' own parameters."""
-        found = []
-        if not 1 <= self.max_samples_per_silo <= 10**9:
-            found.append("max_samples_per_silo must be between 1 and 1e9")
-        if not 0 < self.max_weight_share <= 1:
-            found.append("max_weight_share must be in (0, 1]")
-        if self.aggregator not in AGGREGATORS:
-            found.append(f"aggregator must be one of {', '.join(AGGREGATORS)}")
-        elif self.aggregator != "mean" and self.strategy in _PLAIN_SUM_STRATEGIES:
+        """Each value's type and range (coordinator.run_schema), then how they combine."""
+        found = field_problems(asdict(self))
+        if self.min_silos > self.silos_per_round:
+            found.append("min_silos must not exceed silos_per_round")
+        if self.aggregator != "mean" and self.strategy in _PLAIN_SUM_STRATEGIES:
             found.append(f"aggregator {self.aggregator} does not compose with {self.strategy}")
-        if not 0 <= self.trim_fraction < 0.5:
-            found.append("trim_fraction must be in [0, 0.5)")
         if self.aggregator in ("krum", "multi_krum"):
             f = self.byzantine_silos
             if self.min_silos < 2 * f + 3:
@@ -147,16 +105,6 @@ class RunSpec:
                 )
             if self.multi_krum_keep > self.min_silos:
                 found.append("multi_krum_keep must not exceed min_silos")
-        if self.local_optimizer not in ("", "sgd", "adamw"):
-            found.append("local_optimizer must be sgd or adamw")
-        if not (math.isfinite(self.wait_timeout_s) and self.wait_timeout_s >= 0):
-            found.append("wait_timeout_s must be a number of seconds >= 0")
-        if self.wire_dtype not in WIRE_DTYPES:
-            found.append(f"wire_dtype must be one of {', '.join(WIRE_DTYPES)}")
-        for name in ("clip_norm", "clip_median_factor"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                found.append(f"{name} must be a finite number >= 0")
         return found
 
     def to_proto(self) -> pb.RunSpec:

@@ -4,43 +4,72 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
-import sys
 from pathlib import Path
 
-import torch
-from prometheus_client import start_http_server
+import grpc
 
-from shared.adapter import RemoteCodeRequired
-from shared.errors import DataFormatError, IncompatibleSilo
-from shared.evaluation.judge import JudgeConfig, LLMJudge
-from shared.model_identity import weights_fingerprint
-from shared.processors import ProcessorLoadError
-from shared.silo_data import Sample, has_split, read_split
-from shared.tls import add_tls_arguments, tls_files
-from silo_agent.client import SiloAgent
-from silo_agent.metrics import SiloMetrics, certificate_name
-from silo_agent.model import SiloModel, add_model_arguments, model_from_arguments
+from shared.cli import (
+    Parser,
+    argv_or_sys,
+    refused,
+    run_command,
+    usage_error,
+)
+from shared.connection import (
+    Connection,
+    Retry,
+    add_connection_arguments,
+    connection_of,
+    wait_for_coordinator,
+)
+from shared.credentials import Identity, check_credentials
+from shared.logs import add_log_arguments, configure_logging
+from shared.pki.identity import ROLE_SILO
+from shared.ports import check_port
+from shared.wire.v1 import federation_pb2 as pb
+from shared.wire.v1 import federation_pb2_grpc as pb_grpc
+from silo_agent.options import (
+    add_model_arguments,
+    check_data_dir,
+    check_device,
+    check_model_arguments,
+    check_parser,
+    init_adapter_parser,
+)
+
+PROG = "silo-agent"
+# What the coordinator answers a silo it will not take at all: revoked, pinned to another key,
+# a second agent with the same certificate.
+_REFUSED = (
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.ALREADY_EXISTS,
+)
+log = logging.getLogger("silo_agent")
+
+DESCRIPTION = """\
+Join a FedMLLM federation and train its LoRA adapter on local data. Raw data never leaves this
+machine: only adapter deltas are sent.
+
+commands:
+  silo-agent --data DIR --model DIR ...          join the federation and train (options below)
+  silo-agent check --data DIR --model DIR        prove locally, contacting no one, that this
+                                                 silo can train (silo-agent check --help)
+  silo-agent init-adapter --model DIR --out DIR  the initial adapter of a model that ships its
+                                                 own code (docs/models.md)
+"""
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="silo-agent",
-        description="Join a FedMLLM federation and train its LoRA adapter on local data. "
-        "Raw data never leaves this machine: only adapter deltas are sent.",
-        epilog="Also: `silo-agent check --data DIR --model DIR` proves locally that this silo "
-        "can train; `silo-agent init-adapter --model DIR --out DIR` writes the initial adapter "
-        "for a model with its own code (see docs/models.md).",
-    )
+    parser = Parser(prog=PROG, description=DESCRIPTION)
     parser.add_argument(
         "--data",
         type=Path,
         required=True,
         help="silo data directory (train.jsonl, images; see docs/silo-data.md)",
     )
-    parser.add_argument("--coordinator", required=True, help="coordinator HOST:PORT")
+    add_connection_arguments(parser, whose="this silo's")
     add_model_arguments(parser)
-    add_tls_arguments(parser, whose="this silo's")
     parser.add_argument(
         "--threads",
         type=int,
@@ -77,90 +106,76 @@ def _parser() -> argparse.ArgumentParser:
         default=-1,
         help="serve Prometheus /metrics on this port (-1: off)",
     )
-    parser.add_argument("--log-level", default="INFO")
+    add_log_arguments(parser)
     return parser
 
 
-def _model_for(args: argparse.Namespace, samples: list[Sample]) -> SiloModel:
-    """The model as the flags say, or exit in one line: it cannot load, or it cannot train
-    the data's modality mix (before joining, not mid-round)."""
+def _probe(channel: grpc.Channel, timeout_s: float) -> object:
+    """A heartbeat of no session: answered to any silo certificate the coordinator admits."""
+    return pb_grpc.SiloStub(channel).Heartbeat(pb.HeartbeatRequest(), timeout=timeout_s)
+
+
+def _check(args: argparse.Namespace) -> tuple[Connection, Identity]:
+    """What can be checked before the model loads, in the order an operator would fix it."""
+    if args.threads < 0:
+        raise usage_error(f"--threads must be 0 or more, not {args.threads}")
+    connection = connection_of(args)
+    identity = check_credentials(connection.files, role=ROLE_SILO)
+    check_data_dir(args.data)
+    check_model_arguments(args)
+    check_device(args.device)
+    if args.metrics_port >= 0:
+        check_port("0.0.0.0", args.metrics_port, flag="--metrics-port")
+    return connection, identity
+
+
+def _main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    connection, identity = _check(args)
+    configure_logging(
+        level=args.log_level,
+        log_format=args.log_format,
+        role="silo",
+        name=identity.name,
+    )
+    wait_for_coordinator(connection, probe=_probe, retry=Retry(), report=log.warning)
+    from silo_agent.session import serve  # torch and the model: once the coordinator answers
+
     try:
-        silo = model_from_arguments(args)
-    except (RemoteCodeRequired, ProcessorLoadError, OSError) as exc:
-        sys.exit(f"silo-agent: model {args.model}: {exc}")
-    refusal = silo.refusal(samples)
-    if refusal is not None:
-        sys.exit(f"silo-agent: {args.data}: {refusal} (see `silo-agent check`)")
-    return silo
+        return serve(args, connection)
+    except grpc.RpcError as exc:
+        if exc.code() not in _REFUSED:
+            raise
+        raise refused(f"refused by the coordinator ({exc.code().name}): {exc.details()}") from None
+
+
+def _subcommand(name: str, argv: list[str]) -> None:
+    """`silo-agent check` and `silo-agent init-adapter`: parsed before their model code loads."""
+    parser = check_parser() if name == "check" else init_adapter_parser()
+
+    def command(arguments: list[str]) -> int:
+        args = parser.parse_args(arguments)
+        configure_logging(level="WARNING", log_format="text", role=name)
+        check_model_arguments(args)
+        if name == "check":
+            check_data_dir(args.data)
+            check_device(args.device)
+            from silo_agent.check import main as check  # the local check needs no gRPC or TLS
+
+            return check(args)
+        from silo_agent.init_adapter import main as init_adapter
+
+        return init_adapter(args)
+
+    run_command(f"{PROG} {name}", command, argv)
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["check"]:
-        from silo_agent.check import main as check  # the local check needs no gRPC or TLS
-
-        check(argv[1:])
-        return
-    if argv[:1] == ["init-adapter"]:
-        from silo_agent.init_adapter import main as init_adapter
-
-        init_adapter(argv[1:])
-        return
-    args = _parser().parse_args(argv)
-    if args.threads < 0:
-        sys.exit(f"silo-agent: --threads must be 0 or more, not {args.threads}")
-    logging.basicConfig(
-        level=args.log_level, format=f"%(asctime)s %(levelname)s silo[{args.cert.stem}] %(message)s"
-    )
-    log = logging.getLogger("silo_agent")
-    try:
-        samples = [] if args.eval_only else read_split(args.data, "train")
-        test = read_split(args.data, "test") if has_split(args.data, "test") else []
-    except DataFormatError as exc:
-        sys.exit(f"silo-agent: {exc}")
-    if args.eval_only and not test:
-        sys.exit(f"silo-agent: --eval-only needs {args.data / 'test.jsonl'}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    silo = _model_for(args, [*samples, *test])
-    log.info(
-        "model %s loaded on %s with %d torch thread(s); %d training and %d test samples",
-        args.model,
-        silo.device,
-        torch.get_num_threads(),
-        len(samples),
-        len(test),
-    )
-    judge = None
-    if args.judge_model:
-        judge = LLMJudge(
-            JudgeConfig(
-                model=args.judge_model,
-                base_url=args.judge_base_url,
-                cache_path=args.judge_cache,
-                api_key_env=args.judge_key_env,
-            )
-        )
-    metrics = SiloMetrics(silo=certificate_name(args.cert))
-    if args.metrics_port >= 0:
-        start_http_server(args.metrics_port, registry=metrics.registry)
-    agent = SiloAgent(
-        coordinator=args.coordinator,
-        tls=tls_files(args),
-        silo=silo,
-        samples=samples,
-        test_samples=test,
-        judge=judge,
-        metrics=metrics,
-        weights_fingerprint=weights_fingerprint(args.model),
-    )
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: agent.stop())
-    try:
-        agent.run()
-    except IncompatibleSilo as exc:
-        sys.exit(f"silo-agent: refused by the coordinator: {exc}")
-    log.info("stopped")
+    arguments = argv_or_sys(argv)
+    if arguments[:1] in (["check"], ["init-adapter"]):
+        _subcommand(arguments[0], arguments[1:])
+    else:
+        run_command(PROG, _main, arguments)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ reporting seconds per step, peak memory, the LoRA parameter count and the longes
 from __future__ import annotations
 
 import argparse
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,12 +17,13 @@ from pathlib import Path
 from PIL import Image
 from transformers import PretrainedConfig, PreTrainedModel
 
+from shared.cli import config_error
 from shared.errors import DataFormatError
 from shared.records_io import BadRecords, json_lines
 from shared.silo_data import SPLITS, Sample, parse_record
 from silo_agent.batching import modality_kind
 from silo_agent.failures import TrainingFailed
-from silo_agent.model import SiloModel, add_model_arguments, model_from_arguments
+from silo_agent.model import SiloModel, model_from_arguments
 from silo_agent.trial import peak_memory, trial_batches, trial_step
 
 
@@ -98,20 +98,6 @@ def trial_problems(silo: SiloModel, samples: list[Sample], batch_size: int) -> l
     return problems
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="silo-agent check",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--data", type=Path, required=True)
-    add_model_arguments(parser)
-    parser.add_argument(
-        "--batch-size", type=int, default=4, help="rows of the trial batches (the run's batch size)"
-    )
-    return parser
-
-
 def report_splits(data: Path, silo: SiloModel, limit: int) -> tuple[list[str], list[Sample]]:
     """Each split's summary printed; its problems, and the samples to try training on (the
     training split's, else the test split's)."""
@@ -133,14 +119,13 @@ def report_splits(data: Path, silo: SiloModel, limit: int) -> tuple[list[str], l
     return problems, trainable
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
-    if not any((args.data / f"{s}.jsonl").is_file() for s in SPLITS):
-        sys.exit(f"silo-agent check: {args.data} has neither train.jsonl nor test.jsonl")
+def main(args: argparse.Namespace) -> int:
+    """0 when the silo can train, 1 with the problems listed; a CliError when it cannot even
+    be checked (no data, a model that does not load)."""
     try:
         silo = model_from_arguments(args)
-    except Exception as exc:
-        sys.exit(f"silo-agent check: model {args.model}: {exc}")
+    except Exception as exc:  # whatever stops the model from loading is what the check reports
+        raise config_error(f"model {args.model}: {exc}") from None
     base = silo.model.get_base_model()
     assert isinstance(base, PreTrainedModel)
     limit = context_limit(base.config)
@@ -156,4 +141,4 @@ def main(argv: list[str] | None = None) -> None:
             problems.append(problem)
     print(f"peak memory {peak_memory(silo.device)}")
     print("ok" if not problems else f"{len(problems)} problem(s)")
-    sys.exit(1 if problems else 0)
+    return 1 if problems else 0

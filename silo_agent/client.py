@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import secrets
 import threading
 import time
@@ -119,7 +120,7 @@ class SiloAgent:
                 self._session()
                 reason = "the coordinator closed the task stream"
             except grpc.RpcError as exc:
-                if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and not self.silo_id:
+                if _refused_for_good(exc, joined=bool(self.silo_id)):
                     raise IncompatibleSilo(exc.details() or "refused by the coordinator") from exc
                 reason = f"{exc.code().name}: {exc.details()}"
             if self._stop.is_set():
@@ -231,9 +232,20 @@ class SiloAgent:
         except grpc.RpcError as exc:
             if exc.code() not in TASK_REFUSALS:
                 raise
-            log.error(
-                "%s: refused by the coordinator (%s: %s)", label, exc.code().name, exc.details()
-            )
+            if arrived_late(task, exc):
+                log.warning(
+                    "%s: the update arrived late (%s); the coordinator did not count it, this "
+                    "silo takes the next task",
+                    label,
+                    exc.details(),
+                )
+            else:
+                log.error(
+                    "%s: refused by the coordinator (%s: %s)",
+                    label,
+                    exc.code().name,
+                    exc.details(),
+                )
         except Exception as exc:  # whatever stops this task: say so, then take the next one
             reason = failure_reason(exc)
             log.error("%s: cannot carry out the task (%s): %s", label, reason, exc)
@@ -328,6 +340,29 @@ class SiloAgent:
             len(payload),
             time.monotonic() - started,
         )
+
+
+_LATE = re.compile(r"not a task of open round (\d+)|arrived late|no round is open")
+
+
+def arrived_late(task: pb.RoundTask, exc: grpc.RpcError) -> bool:
+    """Whether the coordinator refused this task's answer because its round had closed."""
+    if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+        return False
+    found = _LATE.search(exc.details() or "")
+    return found is not None and (found.group(1) is None or int(found.group(1)) != task.round)
+
+
+def _refused_for_good(exc: grpc.RpcError, *, joined: bool) -> bool:
+    """Refusals that retrying cannot mend: this certificate is revoked or pinned to another
+    key, another agent runs with it, or (at the first join) the model does not fit."""
+    code = exc.code()
+    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+        return True
+    return not joined and code in (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.ALREADY_EXISTS,
+    )
 
 
 def failure_reason(exc: BaseException) -> str:

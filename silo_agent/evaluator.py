@@ -9,11 +9,11 @@ from dataclasses import replace
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from shared.evaluation.judge import LLMJudge
 from shared.evaluation.medvqa import VQAResult, medvqa_scores
 from shared.evaluation.scores import accuracy, binary_auc, macro_f1, option_probabilities
+from shared.progress import progress
 from shared.prompts import TASKS, PromptVariant
 from shared.silo_data import Sample
 from silo_agent.batching import IGNORE_INDEX
@@ -40,7 +40,7 @@ def option_scores(
     hateful', after the prompt: scores restricted to the options, no free-text parsing."""
     task = TASKS[str(samples[0].task)]
     rows = []
-    for start in tqdm(range(0, len(samples), batch_size), desc=label, leave=False, mininterval=2.0):
+    for start in progress(range(0, len(samples), batch_size), desc=label):
         chunk = samples[start : start + batch_size]
         rows.append(
             torch.stack(

@@ -9,8 +9,6 @@ writes a PEFT adapter directory, which the coordinator is started with (`--adapt
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 from shared.adapter import (
     default_lora_config,
@@ -20,33 +18,12 @@ from shared.adapter import (
     meta_model,
     write_adapter_directory,
 )
+from shared.cli import config_error, usage_error
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="silo-agent init-adapter",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--model", type=Path, required=True, help="base model directory")
-    parser.add_argument("--out", type=Path, required=True, help="adapter directory to write")
-    parser.add_argument("--lora-r", type=int, default=8)
-    parser.add_argument("--lora-alpha", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the LoRA A matrices")
-    parser.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="run the Python code shipped in the model directory to build its module tree",
-    )
-    return parser
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+def main(args: argparse.Namespace) -> int:
     if (args.out / "adapter_model.safetensors").exists():
-        sys.exit(
-            f"silo-agent init-adapter: {args.out} already holds an adapter; choose a new --out"
-        )
+        raise usage_error(f"{args.out} already holds an adapter; choose a new --out")
     try:
         config = load_model_config(args.model, trust_remote_code=args.trust_remote_code)
         model = meta_model(config, trust_remote_code=args.trust_remote_code)
@@ -56,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
             config, seed=args.seed, lora=lora, trust_remote_code=args.trust_remote_code
         )
     except (OSError, ValueError) as exc:
-        sys.exit(f"silo-agent init-adapter: model {args.model}: {exc}")
+        raise config_error(f"model {args.model}: {exc}") from None
     write_adapter_directory(args.out, lora, state)
     parameters = sum(t.numel() for t in state.values())
     megabytes = sum(t.numel() * t.element_size() for t in state.values()) / 1e6
@@ -64,3 +41,4 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.out}: {len(state)} LoRA tensors, {parameters:,} parameters ({megabytes:.1f} MB); "
         f"start the coordinator with --model {args.model} --adapter {args.out}"
     )
+    return 0

@@ -161,27 +161,6 @@ def load_silo_model(
     )
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags that say how the base model is loaded, for `silo-agent` and `check` alike."""
-    parser.add_argument(
-        "--model",
-        type=Path,
-        required=True,
-        help="local Hugging Face directory of the base model and its processor",
-    )
-    parser.add_argument("--quantize", choices=["4bit"], help="load the base model in 4-bit NF4")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--lora-r", type=int, default=8)
-    parser.add_argument("--lora-alpha", type=int, default=8)
-    parser.add_argument("--lora-dropout", type=float, default=0.05)
-    parser.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="run the Python code shipped in the model directory (e.g. MiniCPM-V 2.6); "
-        "only for a directory you trust",
-    )
-
-
 def model_from_arguments(args: argparse.Namespace) -> SiloModel:
     return load_silo_model(
         args.model,

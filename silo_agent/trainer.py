@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
-from tqdm import tqdm
 
+from shared.progress import progress
 from shared.prompts import PromptVariant
 from shared.silo_data import Sample
 from shared.tensor_codec import StateDict
@@ -125,11 +125,8 @@ def train_round(
     losses: list[float] = []
     torch.manual_seed(plan.seed)  # LoRA dropout
     for epoch in range(plan.local_epochs):
-        for batch_samples in tqdm(
-            _batches(samples, plan, epoch),
-            desc=f"{label} epoch {epoch + 1}",
-            leave=False,
-            mininterval=2.0,
+        for batch_samples in progress(
+            _batches(samples, plan, epoch), desc=f"{label} epoch {epoch + 1}"
         ):
             step = f"{label}: step {len(losses) + 1}"
             batch = silo.batch(batch_samples)

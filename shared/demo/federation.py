@@ -4,7 +4,6 @@ processes over mutual TLS on loopback, with a tiny embedded model and generated 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import shutil
@@ -15,14 +14,15 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from shared.cli import Parser
 from shared.demo.synthetic_data import tokenizer_corpus, write_silo
-from shared.demo.tiny_families import FAMILIES
-from shared.demo.tiny_model import build_tiny_model
 from shared.pki import create_federation
 
 
 def prepare(workdir: Path, *, silos: int, family: str, train: int, seed: int) -> list[str]:
     """Certificates, the tiny model and one data directory per silo, under `workdir`."""
+    from shared.demo.tiny_model import build_tiny_model  # transformers: not for --help
+
     names = [f"silo-{i}" for i in range(1, silos + 1)]
     create_federation(
         workdir / "certs", hosts=["localhost", "127.0.0.1"], silos=names, admins=["admin"]
@@ -167,16 +167,24 @@ def _metric(metrics_port: int, name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="fedmllm-demo", description=__doc__)
-    parser.add_argument("--workdir", type=Path, default=Path(".demo"))
-    parser.add_argument("--silos", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--family", choices=FAMILIES, default="idefics3")
+    parser = Parser(prog="fedmllm-demo", description=__doc__)
+    parser.add_argument(
+        "--workdir", type=Path, default=Path(".demo"), help="certificates, model, data and logs"
+    )
+    parser.add_argument("--silos", type=int, default=3, help="silo agents to start")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of the run")
+    parser.add_argument(
+        "--family", default="idefics3", help="tiny model family (shared/demo/tiny_families.py)"
+    )
     parser.add_argument("--train-samples", type=int, default=48, help="per silo")
-    parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--lr", type=float, default=1e-2, help="client learning rate")
     parser.add_argument("--strategy", default="fedavg", help="server strategy of the run")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the model, data and run")
     args = parser.parse_args(argv)
+    from shared.demo.tiny_families import FAMILIES
+
+    if args.family not in FAMILIES:
+        parser.error(f"--family {args.family!r} is not one of {', '.join(FAMILIES)}")
     started = time.monotonic()
     shutil.rmtree(args.workdir, ignore_errors=True)
     logs = args.workdir / "logs"

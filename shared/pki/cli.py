@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from shared.cli import Parser, argv_or_sys, config_error, run_command
 from shared.errors import CertificateError
 from shared.pki.authority import CA_DAYS, LEAF_DAYS
 from shared.pki.central import create_federation
@@ -27,7 +27,7 @@ def _split(value: str) -> list[str]:
 
 
 def _central(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="fedmllm-certs",
         description="Demo mode: make the CA and every key and certificate in one directory "
         "(rerun to add silos; existing keys are kept). For a real federation use the "
@@ -164,7 +164,7 @@ _COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], None]]] = {
 
 
 def _subcommands() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedmllm-certs", description=__doc__)
+    parser = Parser(prog="fedmllm-certs", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     parsers = {}
     for name, (help_text, handler) in _COMMANDS.items():
@@ -189,8 +189,7 @@ def _subcommands() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
-    args_list = sys.argv[1:] if argv is None else argv
+def _main(args_list: list[str]) -> int:
     try:
         if args_list and args_list[0] in _COMMANDS:
             args = _subcommands().parse_args(args_list)
@@ -198,4 +197,12 @@ def main(argv: list[str] | None = None) -> None:
         else:
             _central(args_list)
     except CertificateError as exc:
-        sys.exit(f"fedmllm-certs: {exc}")
+        raise config_error(str(exc)) from None
+    except OSError as exc:
+        raise config_error(f"{exc.filename or 'a file'}: {exc.strerror or exc}") from None
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Exit 0 done, 2 usage, 4 refused (the message says why and what to do)."""
+    run_command("fedmllm-certs", _main, argv_or_sys(argv))

@@ -178,7 +178,8 @@ def test_bf16_adapter_keeps_its_dtype_and_a_float32_master(tmp_path: Path) -> No
 
 def test_unknown_strategy_is_refused() -> None:
     assert RunSpec(strategy="fedsgd").problems() == [
-        "strategy must be one of fedavg, fedavgm, fedadam, fedyogi, fedadagrad, scaffold, fednova"
+        "strategy must be one of fedavg, fedavgm, fedadam, fedyogi, fedadagrad, scaffold, "
+        "fednova (got 'fedsgd')"
     ]
 
 

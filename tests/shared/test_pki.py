@@ -117,9 +117,10 @@ def test_misuse_is_refused_with_one_line_and_nothing_written(
 ) -> None:
     with pytest.raises(SystemExit) as refused:
         main(["--out", str(tmp_path / "pki"), *argv])
-    assert refused.value.code != 0
-    assert message in str(refused.value.code)
-    assert "\n" not in str(refused.value.code)
+    said = capsys.readouterr().err
+    assert refused.value.code == 4
+    assert message in said and said.startswith("fedmllm-certs: ")
+    assert said.count("\n") == 1
     assert not (tmp_path / "pki").exists()
 
 
