@@ -18,6 +18,8 @@ from shared.processors import ProcessorLoadError
 from shared.silo_data import Sample, has_split, read_split
 from shared.tls import add_tls_arguments, tls_files
 from silo_agent.client import SiloAgent
+from silo_agent.distributed import round_trainer, start_processes
+from silo_agent.hardware import HardwareError, add_hardware_arguments
 from silo_agent.metrics import SiloMetrics, certificate_name
 from silo_agent.model import SiloModel, add_model_arguments, model_from_arguments
 
@@ -39,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--coordinator", required=True, help="coordinator HOST:PORT")
     add_model_arguments(parser)
+    add_hardware_arguments(parser)
     add_tls_arguments(parser, whose="this silo's")
     parser.add_argument(
         "--threads",
@@ -85,7 +88,7 @@ def _model_for(args: argparse.Namespace, samples: list[Sample]) -> SiloModel:
     the data's modality mix (before joining, not mid-round)."""
     try:
         silo = model_from_arguments(args)
-    except (RemoteCodeRequired, ProcessorLoadError, OSError) as exc:
+    except (RemoteCodeRequired, ProcessorLoadError, OSError, HardwareError) as exc:
         sys.exit(f"silo-agent: model {args.model}: {exc}")
     refusal = silo.refusal(samples)
     if refusal is not None:
@@ -106,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         init_adapter(argv[1:])
         return
     args = _parser().parse_args(argv)
+    start_processes(args, argv)  # with --nproc-per-node N: this command as N processes
     if args.threads < 0:
         sys.exit(f"silo-agent: --threads must be 0 or more, not {args.threads}")
     logging.basicConfig(
@@ -130,6 +134,10 @@ def main(argv: list[str] | None = None) -> None:
         len(samples),
         len(test),
     )
+    train = round_trainer(args, silo)
+    if train.follower:  # ranks > 0 of a multi-GPU silo: rank 0 talks to the coordinator
+        train.follow(silo, samples)
+        return
     judge = None
     if args.judge_model:
         judge = LLMJudge(
@@ -151,6 +159,7 @@ def main(argv: list[str] | None = None) -> None:
         test_samples=test,
         judge=judge,
         metrics=metrics,
+        train=train,
     )
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: agent.stop())

@@ -9,11 +9,11 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
-from transformers import PretrainedConfig, ProcessorMixin
+from transformers import PretrainedConfig, PreTrainedModel, ProcessorMixin
 
 from shared.adapter import (
     canonical_config,
@@ -30,7 +30,15 @@ from shared.silo_data import Sample
 from shared.tensor_codec import AdapterLayout, layout_of
 from silo_agent.batching import batch_mix, modality_kind
 from silo_agent.failures import TrainingFailed
+from silo_agent.hardware import (
+    PRECISIONS,
+    HardwareError,
+    autocast,
+    compute_dtype,
+    resolve_precision,
+)
 from silo_agent.interfaces import Batch, ModelInterface, ProcessorInterface, to_device
+from silo_agent.replicas import rank_device, shard_base_weights, silo_group
 
 log = logging.getLogger(__name__)
 # PEFT calls a transformers API deprecated for v6 on every training step; nothing a silo
@@ -49,21 +57,21 @@ class SiloModel:
     lora: LoraConfig
     family: str  # the model type, e.g. qwen2_5_vl
     interface: ModelInterface
+    compute_dtype: torch.dtype = torch.float32  # base weights and autocast; LoRA stays fp32
+
+    def host_batch(self, samples: Sequence[Sample]) -> Batch:
+        """A training batch in host memory; a failure names the family and the mix."""
+        return prepare_batch(self.interface, self.family, samples)
 
     def batch(self, samples: Sequence[Sample]) -> Batch:
-        """A training batch on the model's device; a failure names the family and the mix."""
-        try:
-            batch = self.interface.training_batch(samples)
-        except Exception as exc:
-            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise TrainingFailed(
-                reason="batching",
-                detail=f"{self.family}: cannot batch {batch_mix(samples)} samples ({first_line})",
-            ) from exc
-        return dict(to_device(batch, self.device))
+        """A training batch on the model's device."""
+        return dict(to_device(self.host_batch(samples), self.device))
 
-    def forward(self, batch: Batch) -> Any:
-        return self.interface.forward(self.model, batch)
+    def forward(self, batch: Batch, *, network: torch.nn.Module | None = None) -> Any:
+        """The model's output under the silo's precision; `network` is the model's DDP
+        wrapper when several processes train it."""
+        with autocast(self.device, self.compute_dtype):
+            return self.interface.forward(cast(PeftModel, network or self.model), batch)
 
     def refusal(self, samples: Sequence[Sample]) -> str | None:
         """Why this family cannot train these samples (e.g. text-only ones), or None."""
@@ -87,31 +95,51 @@ class SiloModel:
         return lora_json(self.lora)
 
 
+def prepare_batch(interface: ModelInterface, family: str, samples: Sequence[Sample]) -> Batch:
+    """`interface.training_batch`, its failures as TrainingFailed naming the family and mix
+    (a function of picklable parts, so that DataLoader workers can run it)."""
+    try:
+        return interface.training_batch(samples)
+    except Exception as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise TrainingFailed(
+            reason="batching",
+            detail=f"{family}: cannot batch {batch_mix(samples)} samples ({first_line})",
+        ) from exc
+
+
 def pick_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(requested)
 
 
-def _quantization(quantize: str | None, device: torch.device) -> dict[str, Any]:
+def _load_options(quantize: str | None, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    """from_pretrained's dtype and, for 4-bit, NF4 weights computed in `dtype`."""
     if quantize is None:
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         return {"dtype": dtype}
     if quantize != "4bit":
         raise ValueError(f"unsupported quantization {quantize!r}; only '4bit' is offered")
     from transformers import BitsAndBytesConfig  # bitsandbytes is imported only when asked for
 
-    compute = torch.bfloat16 if device.type == "cuda" else torch.float32
     return {
         "quantization_config": BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
-            bnb_4bit_compute_dtype=compute,
+            bnb_4bit_compute_dtype=dtype,
             bnb_4bit_use_double_quant=True,
         ),
         "device_map": {"": device.index or 0} if device.type == "cuda" else "cpu",
-        "dtype": compute,
+        "dtype": dtype,
     }
+
+
+def enable_gradient_checkpointing(model: PreTrainedModel, family: str) -> None:
+    """Recompute each block's activations in the backward pass instead of keeping them
+    (non-reentrant: the LoRA dropout masks and DDP's hooks see the same pass twice)."""
+    if not model.supports_gradient_checkpointing:
+        raise HardwareError(f"{family} does not support --gradient-checkpointing; drop the flag")
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
 def interface_for(config: PretrainedConfig, processor: ProcessorMixin) -> ModelInterface:
@@ -131,6 +159,8 @@ def load_silo_model(
     lora_alpha: int = 8,
     lora_dropout: float = 0.05,
     trust_remote_code: bool = False,
+    precision: str = "auto",
+    gradient_checkpointing: bool = False,
 ) -> SiloModel:
     """Base model and processor from local files only, LoRA attached. With
     `trust_remote_code`, the directory's own code builds them (e.g. MiniCPM-V 2.6)."""
@@ -138,15 +168,18 @@ def load_silo_model(
     config = load_model_config(model_dir, trust_remote_code=trust_remote_code)
     auto = model_auto_class(config, trust_remote_code=trust_remote_code)
     target = pick_device(device)
+    dtype = compute_dtype(precision, target)
     processor = load_processor(model_dir, trust_remote_code=trust_remote_code)
     base = auto.from_pretrained(
         str(model_dir),
         local_files_only=True,
         trust_remote_code=trust_remote_code,
-        **_quantization(quantize, target),
+        **_load_options(quantize, target, dtype),
     )
     if quantize is None:
         base.to(target)
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(base, str(config.model_type))
     lora = default_lora_config(language_attention_targets(base))
     lora.r, lora.lora_alpha, lora.lora_dropout = lora_r, lora_alpha, lora_dropout
     model = get_peft_model(base, lora)
@@ -158,6 +191,7 @@ def load_silo_model(
         lora=lora,
         family=str(config.model_type),
         interface=interface_for(config, processor),
+        compute_dtype=dtype,
     )
 
 
@@ -171,6 +205,18 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--quantize", choices=["4bit"], help="load the base model in 4-bit NF4")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="base weights and autocast (LoRA stays fp32); with --quantize 4bit the compute "
+        "dtype. auto: bf16 on a GPU (fp16 where it has no bf16), fp32 on CPU",
+    )
+    parser.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute activations in the backward pass: much less memory, ~30%% more compute",
+    )
     parser.add_argument("--lora-r", type=int, default=8)
     parser.add_argument("--lora-alpha", type=int, default=8)
     parser.add_argument("--lora-dropout", type=float, default=0.05)
@@ -183,12 +229,23 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def model_from_arguments(args: argparse.Namespace) -> SiloModel:
-    return load_silo_model(
+    """The model as the flags say; under torchrun on this rank's GPU, or with `--shard fsdp`
+    loaded on the host and sharded across the ranks."""
+    device = rank_device(args.device)
+    target = pick_device(device)
+    shard = getattr(args, "shard", "none") == "fsdp"  # a flag of silo-agent, not of `check`
+    silo = load_silo_model(
         args.model,
-        device=args.device,
+        device="cpu" if shard else device,
         quantize=args.quantize,
         lora_r=args.lora_r,
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
         trust_remote_code=args.trust_remote_code,
+        precision=resolve_precision(args.precision, target),
+        gradient_checkpointing=args.gradient_checkpointing,
     )
+    if shard:
+        shard_base_weights(silo.model, silo_group(device=target, timeout_s=args.dist_timeout))
+        silo.device = target
+    return silo
