@@ -134,12 +134,16 @@ def _load_options(quantize: str | None, device: torch.device, dtype: torch.dtype
     }
 
 
-def enable_gradient_checkpointing(model: PreTrainedModel, family: str) -> None:
-    """Recompute each block's activations in the backward pass instead of keeping them
-    (non-reentrant: the LoRA dropout masks and DDP's hooks see the same pass twice)."""
-    if not model.supports_gradient_checkpointing:
+def enable_gradient_checkpointing(model: PeftModel, family: str) -> None:
+    """Recompute each block's activations in the backward pass instead of keeping them;
+    non-reentrant, so that LoRA dropout masks and DDP's hooks see the same pass twice and the
+    input embeddings need not require grad (transformers makes them, which breaks models that
+    write image features into them in place, such as MiniCPM-V)."""
+    base = cast(PreTrainedModel, model.get_base_model())
+    if not base.supports_gradient_checkpointing:
         raise HardwareError(f"{family} does not support --gradient-checkpointing; drop the flag")
-    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    base.disable_input_require_grads()
 
 
 def interface_for(config: PretrainedConfig, processor: ProcessorMixin) -> ModelInterface:
@@ -178,11 +182,11 @@ def load_silo_model(
     )
     if quantize is None:
         base.to(target)
-    if gradient_checkpointing:
-        enable_gradient_checkpointing(base, str(config.model_type))
     lora = default_lora_config(language_attention_targets(base))
     lora.r, lora.lora_alpha, lora.lora_dropout = lora_r, lora_alpha, lora_dropout
     model = get_peft_model(base, lora)
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(model, str(config.model_type))
     return SiloModel(
         model=model,
         processor=processor,
@@ -246,6 +250,8 @@ def model_from_arguments(args: argparse.Namespace) -> SiloModel:
         gradient_checkpointing=args.gradient_checkpointing,
     )
     if shard:
-        shard_base_weights(silo.model, silo_group(device=target, timeout_s=args.dist_timeout))
+        group = silo_group(device=target, timeout_s=args.dist_timeout)
+        held, total = shard_base_weights(silo.model, group)
         silo.device = target
+        log.info("FSDP: rank %d holds %d of the model's %d parameters", group.rank, held, total)
     return silo

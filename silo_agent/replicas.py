@@ -140,12 +140,14 @@ def rank_device(requested: str) -> str:
     return requested
 
 
-def shard_base_weights(model: torch.nn.Module, group: SiloGroup) -> None:
+def shard_base_weights(model: torch.nn.Module, group: SiloGroup) -> tuple[int, int]:
     """FSDP over the frozen base: each decoder (and vision) block and the rest of the model
     sharded across the ranks, moved to this rank's device; the LoRA weights stay whole on
-    every rank, where DDP keeps them in step (fully_shard leaves ignored weights in place)."""
+    every rank, where DDP keeps them in step (fully_shard leaves ignored weights in place).
+    Returns the parameters this rank holds, and the model's."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
 
     mesh = init_device_mesh(group.device.type, (group.world_size,))
     blocks = set(getattr(model, "_no_split_modules", None) or [])
@@ -155,6 +157,8 @@ def shard_base_weights(model: torch.nn.Module, group: SiloGroup) -> None:
     fully_shard(model, mesh=mesh, ignored_params=_trainable(model))
     for param in _trainable(model):
         param.data = param.data.to(group.device)
+    held = sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in model.parameters())
+    return held, sum(p.numel() for p in model.parameters())
 
 
 def _trainable(module: torch.nn.Module) -> set[torch.nn.Parameter]:
