@@ -5,7 +5,8 @@ remote-code family is written by tests/silo_agent/remote_code_model.py), loaded 
 loads a real one. For each family and modality mix: the loss covers exactly the answer tokens,
 the answer cannot leak into the logits that predict it, option scoring agrees with a brute-force
 forward pass per option, one round changes only the language model's LoRA q,k,v,o weights,
-gradient checkpointing and micro-batches change no update, and the 4-bit path trains. docs/models.md's table is checked against SUPPORT below.
+gradient checkpointing and micro-batches change no update, and the 4-bit path trains.
+docs/models.md's table is checked against SUPPORT below.
 """
 
 from __future__ import annotations
