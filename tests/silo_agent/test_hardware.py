@@ -16,9 +16,10 @@ from shared.tensor_codec import StateDict
 from shared.wire.v1 import federation_pb2 as pb
 from silo_agent.__main__ import main
 from silo_agent.client import plan_of
-from silo_agent.hardware import TrainingHardware, grad_scaler
+from silo_agent.hardware import HardwareError, TrainingHardware, grad_scaler
 from silo_agent.model import SiloModel, load_silo_model
 from silo_agent.regularizers import trainable_by_state_name
+from silo_agent.replicas import rank_device
 from silo_agent.step_loader import micro_chunks
 from silo_agent.trainer import LocalPlan, LocalResult, load_global_adapter, train_round
 
@@ -183,3 +184,15 @@ def test_flag_combinations_that_cannot_work_are_refused_in_one_line(
         main([*common, *tls, *flags])
     assert str(exited.value.code).startswith(f"silo-agent: {message}")
     assert "\n" not in str(exited.value.code)
+
+
+def test_each_process_under_torchrun_takes_the_gpu_of_its_local_rank(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert rank_device("cuda") == "cuda"  # one process: as asked
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert rank_device("cuda") == "cuda:1"
+    assert rank_device("cpu") == "cpu"
+    with pytest.raises(HardwareError, match="--device cuda:0 names one GPU for every process"):
+        rank_device("cuda:0")
