@@ -10,18 +10,23 @@ from pathlib import Path
 import pytest
 import torch
 
+from coordinator.server import RunningCoordinator
 from shared.adapter import initial_adapter, load_base_config
 from shared.silo_data import Sample, read_split
 from shared.tensor_codec import StateDict
 from shared.wire.v1 import federation_pb2 as pb
+from shared.wire.v1 import federation_pb2_grpc as pb_grpc
 from silo_agent.__main__ import main
-from silo_agent.client import plan_of
+from silo_agent.client import Backoff, SiloAgent, plan_of
+from silo_agent.distributed import RoundTrainer
 from silo_agent.hardware import HardwareError, TrainingHardware, grad_scaler
 from silo_agent.model import SiloModel, load_silo_model
 from silo_agent.regularizers import trainable_by_state_name
-from silo_agent.replicas import rank_device
+from silo_agent.replicas import SiloGroup, rank_device
 from silo_agent.step_loader import micro_chunks
 from silo_agent.trainer import LocalPlan, LocalResult, load_global_adapter, train_round
+from tests.conftest import tls
+from tests.helpers import agents_running, channel, run_to_end, small_run
 
 # 12 samples in batches of 5, 5 and 2; SGD, so that the delta is linear in the gradients
 PLAN = LocalPlan(
@@ -196,3 +201,23 @@ def test_each_process_under_torchrun_takes_the_gpu_of_its_local_rank(
     assert rank_device("cpu") == "cpu"
     with pytest.raises(HardwareError, match="--device cuda:0 names one GPU for every process"):
         rank_device("cuda:0")
+
+
+def test_loader_workers_fork_beside_a_live_grpc_session(
+    coordinator: RunningCoordinator, certs: Path, tiny_model: Path, silo_data: dict[str, Path]
+) -> None:
+    """Workers are forks of the agent, whose gRPC channel, task stream and heartbeat threads
+    are live while a round trains."""
+    agent = SiloAgent(
+        coordinator=f"localhost:{coordinator.port}",
+        tls=tls(certs, "silo-1"),
+        silo=silo_of(tiny_model),
+        samples=read_split(silo_data["silo-1"]),
+        backoff=Backoff(0.2, 1.0),
+        train=RoundTrainer(hardware=TrainingHardware(loader_workers=2), group=SiloGroup()),
+    )
+    admin = pb_grpc.AdminStub(channel(coordinator.port, tls(certs, "admin")))
+    with agents_running([agent], coordinator.federation.registry):
+        status = run_to_end(admin, small_run(rounds=2, silos_per_round=1, min_silos=1))
+    assert status.state == pb.RUN_STATE_COMPLETED, status.message
+    assert [list(r.contributed) for r in status.history] == [["silo-1"], ["silo-1"]]
