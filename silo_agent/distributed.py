@@ -28,6 +28,7 @@ from silo_agent.replicas import SiloGroup, silo_group
 from silo_agent.trainer import ControlVariates, LocalPlan, LocalResult, train_round
 
 log = logging.getLogger(__name__)
+Layout = tuple[tuple[str, torch.Size, torch.dtype], ...]  # names, shapes, dtypes in order
 POLL_S = 0.2  # how often a waiting rank looks for rank 0's next round
 
 
@@ -37,8 +38,8 @@ class RoundAnnouncement:
 
     plan: LocalPlan | None  # None: the agent stops
     label: str = ""
-    adapter: tuple[tuple[str, torch.Size, torch.dtype], ...] = ()  # the global adapter's layout
-    scaffold: bool = False  # the server variate and c_k follow, in the adapter's layout
+    adapter: Layout = ()  # the global adapter's
+    controls: Layout = ()  # SCAFFOLD's server variate's, and the silo's c_k in it; () if none
 
 
 class RoundTrainer:
@@ -67,14 +68,19 @@ class RoundTrainer:
         label: str = "train",
     ) -> LocalResult:
         if self.group.distributed:
-            scaffold = server_control is not None and controls is not None
-            layout = tuple((n, t.shape, t.dtype) for n, t in global_state.items())
-            self._announce(RoundAnnouncement(plan, label, layout, scaffold))
-            self.group.broadcast(global_state)
+            variates: StateDict = {}
             if server_control is not None and controls is not None:
-                self.group.broadcast(server_control)
-                zeros = {n: torch.zeros_like(c) for n, c in server_control.items()}
-                self.group.broadcast(zeros | controls.local)
+                variates = server_control
+            self._announce(RoundAnnouncement(plan, label, _layout(global_state), _layout(variates)))
+            self.group.broadcast(global_state)
+            if variates and controls is not None:
+                self.group.broadcast(variates)
+                self.group.broadcast(
+                    {
+                        n: controls.local.get(n, torch.zeros_like(c)).to(c.dtype)
+                        for n, c in variates.items()
+                    }
+                )
         return self._train(silo, samples, plan, global_state, server_control, controls, label)
 
     def _train(
@@ -109,13 +115,12 @@ class RoundTrainer:
         """Ranks > 0: train each round rank 0 announces, until it stops. A failure that rank 0
         meets at the same step (batching, a non-finite loss) ends only that round."""
         while (task := self._next_announcement()).plan is not None:
-            like = {name: torch.zeros(shape, dtype=dtype) for name, shape, dtype in task.adapter}
-            global_state = self.group.broadcast(like)
+            global_state = self.group.broadcast(_zeros(task.adapter))
             server_control, controls = None, None
-            if task.scaffold:
-                server_control = self.group.broadcast(like)
+            if task.controls:
+                server_control = self.group.broadcast(_zeros(task.controls))
                 controls = ControlVariates()
-                controls.local = self.group.broadcast(like)
+                controls.local = self.group.broadcast(_zeros(task.controls))
             try:
                 self._train(
                     silo, samples, task.plan, global_state, server_control, controls, task.label
@@ -156,6 +161,15 @@ class RoundTrainer:
         except dist.DistNetworkError:
             return RoundAnnouncement(plan=None)
         return announcement
+
+
+def _layout(state: StateDict) -> Layout:
+    return tuple((name, tensor.shape, tensor.dtype) for name, tensor in state.items())
+
+
+def _zeros(layout: Layout) -> StateDict:
+    """Tensors to receive a broadcast of this layout into."""
+    return {name: torch.zeros(shape, dtype=dtype) for name, shape, dtype in layout}
 
 
 def round_trainer(args: argparse.Namespace, silo: SiloModel) -> RoundTrainer:
