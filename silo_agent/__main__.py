@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 import grpc
@@ -29,9 +30,11 @@ from shared.ports import check_port
 from shared.wire.v1 import federation_pb2 as pb
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
 from silo_agent.options import (
+    add_hardware_arguments,
     add_model_arguments,
     check_data_dir,
     check_device,
+    check_hardware_flags,
     check_model_arguments,
     check_parser,
     init_adapter_parser,
@@ -70,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_connection_arguments(parser, whose="this silo's")
     add_model_arguments(parser)
+    add_hardware_arguments(parser)
     parser.add_argument(
         "--threads",
         type=int,
@@ -131,6 +135,7 @@ def _check(args: argparse.Namespace) -> tuple[Connection, Identity]:
 
 def _main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    check_hardware_flags(args)
     connection, identity = _check(args)
     configure_logging(
         level=args.log_level,
@@ -138,6 +143,10 @@ def _main(argv: list[str]) -> int:
         role="silo",
         name=identity.name,
     )
+    if args.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
+        from silo_agent.distributed import start_processes
+
+        start_processes(args, argv)  # this command as N processes under torchrun; exits
     wait_for_coordinator(connection, probe=_probe, retry=Retry(), report=log.warning)
     from silo_agent.session import serve  # torch and the model: once the coordinator answers
 

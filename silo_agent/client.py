@@ -9,7 +9,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -34,7 +34,13 @@ from shared.wire.v1 import federation_pb2_grpc as pb_grpc
 from silo_agent.evaluator import evaluate
 from silo_agent.metrics import SiloMetrics
 from silo_agent.model import SiloModel
-from silo_agent.trainer import ControlVariates, LocalPlan, load_global_adapter, train_round
+from silo_agent.trainer import (
+    ControlVariates,
+    LocalPlan,
+    LocalResult,
+    load_global_adapter,
+    train_round,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +90,7 @@ class SiloAgent:
         backoff: Backoff | None = None,
         metrics: SiloMetrics | None = None,
         weights_fingerprint: str = "",
+        train: Callable[..., LocalResult] = train_round,  # e.g. a RoundTrainer of several GPUs
     ) -> None:
         self._target = coordinator
         self._credentials = channel_credentials(tls)
@@ -91,6 +98,7 @@ class SiloAgent:
         self._samples = samples  # empty for an evaluation-only silo
         self._test_samples = test_samples
         self._judge = judge
+        self._train_round = train
         self.metrics = metrics or SiloMetrics()
         self.metrics.samples.labels(split="train").set(len(samples))
         self.metrics.samples.labels(split="test").set(len(test_samples))
@@ -297,7 +305,7 @@ class SiloAgent:
             raise ValueError("SCAFFOLD round without the server control variate")
         self._state = f"training round {task.round}"
         self._controls.use_run(task.run_id)
-        result = train_round(
+        result = self._train_round(
             self._silo,
             self._samples,
             plan_of(task.training),
@@ -392,6 +400,7 @@ def plan_of(training: pb.TrainingPlan) -> LocalPlan:
         mask_skip_layers=training.mask_skip_layers,
         prompt_variant=PromptVariant(training.prompt_variant) if training.prompt_variant else None,
         control_variates=training.control_variates,
+        local_optimizer=training.local_optimizer,
     )
 
 

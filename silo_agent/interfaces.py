@@ -41,14 +41,15 @@ class ModelInterface(Protocol):
         ...
 
 
-def to_device(value: Any, device: torch.device) -> Any:
-    """Tensors moved to `device`, inside lists and dicts too."""
+def to_device(value: Any, device: torch.device, *, non_blocking: bool = False) -> Any:
+    """Tensors moved to `device`, inside lists and dicts too (asynchronously from pinned
+    memory with `non_blocking`)."""
     if isinstance(value, torch.Tensor):
-        return value.to(device)
+        return value.to(device, non_blocking=non_blocking)
     if isinstance(value, list | tuple):
-        return type(value)(to_device(v, device) for v in value)
+        return type(value)(to_device(v, device, non_blocking=non_blocking) for v in value)
     if isinstance(value, dict):
-        return {k: to_device(v, device) for k, v in value.items()}
+        return {k: to_device(v, device, non_blocking=non_blocking) for k, v in value.items()}
     return value
 
 

@@ -4,12 +4,17 @@ before the model loads (no torch import for `--help` or a wrong path)."""
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from pathlib import Path
 
 from shared.cli import Parser, config_error, usage_error
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+SHARDING = ("none", "fsdp")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +27,18 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--quantize", choices=["4bit"], help="load the base model in 4-bit NF4")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="base weights and autocast (LoRA stays fp32); with --quantize 4bit the compute "
+        "dtype. auto: bf16 on a GPU (fp16 where it has no bf16), fp32 on CPU",
+    )
+    parser.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute activations in the backward pass: much less memory, ~30%% more compute",
+    )
     parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank")
     parser.add_argument("--lora-alpha", type=int, default=8, help="LoRA alpha")
     parser.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout")
@@ -110,3 +127,70 @@ def init_adapter_parser() -> argparse.ArgumentParser:
         help="run the Python code shipped in the model directory to build its module tree",
     )
     return parser
+
+
+def _count(minimum: int) -> type[int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {minimum} or more, not {value}")
+        return value
+
+    return parse  # type: ignore[return-value]
+
+
+def add_hardware_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that say how `silo-agent` computes a round (docs/models.md, hardware section)."""
+    group = parser.add_argument_group("hardware (see docs/models.md)")
+    group.add_argument(
+        "--micro-batch",
+        type=_count(0),
+        default=0,
+        help="samples per forward/backward pass, gradients accumulated up to the round's batch "
+        "size (0: the whole batch at once)",
+    )
+    group.add_argument(
+        "--loader-workers",
+        type=_count(-1),
+        default=-1,
+        help="processes that prepare batches while the GPU computes (-1: 4 per GPU process, "
+        "fewer on small hosts; 0 on CPU)",
+    )
+    group.add_argument(
+        "--nproc-per-node",
+        type=_count(1),
+        default=1,
+        help="training processes on this host, one per GPU (DistributedDataParallel); "
+        "or start silo-agent under torchrun",
+    )
+    group.add_argument(
+        "--shard",
+        choices=SHARDING,
+        default="none",
+        help="fsdp: shard the base weights across the processes (a model that does not fit "
+        "one GPU); training only",
+    )
+    group.add_argument(
+        "--dist-timeout",
+        type=_count(1),
+        default=1800,
+        help="seconds a training process waits for the others inside a round",
+    )
+
+
+def check_hardware_flags(args: argparse.Namespace) -> None:
+    """Flag combinations that cannot work, refused before anything loads."""
+    processes = int(os.environ.get("WORLD_SIZE", args.nproc_per_node))
+    if args.eval_only and processes > 1:
+        raise usage_error("--eval-only runs in one process: drop --nproc-per-node")
+    if args.shard != "fsdp":
+        return
+    if processes == 1:
+        raise usage_error("--shard fsdp shards across processes: add --nproc-per-node N")
+    if args.quantize:
+        raise usage_error("--shard fsdp cannot shard 4-bit weights: drop --shard (4-bit with DDP)")
+    if (args.data / "test.jsonl").is_file():
+        raise usage_error(
+            f"--shard fsdp trains only, and {args.data / 'test.jsonl'} asks for evaluation: "
+            "evaluate with a silo agent without --shard"
+        )

@@ -22,6 +22,7 @@ from shared.ports import port_problem
 from shared.processors import ProcessorLoadError
 from shared.silo_data import Sample, has_split, read_split
 from silo_agent.client import SiloAgent
+from silo_agent.distributed import round_trainer
 from silo_agent.metrics import SiloMetrics, certificate_name
 from silo_agent.model import SiloModel, model_from_arguments
 
@@ -98,6 +99,10 @@ def serve(args: argparse.Namespace, connection: Connection) -> int:
         len(samples),
         len(test),
     )
+    train = round_trainer(args, silo)
+    if train.follower:  # ranks > 0 of a multi-GPU silo: rank 0 talks to the coordinator
+        train.follow(silo, samples)
+        return 0
     agent = SiloAgent(
         coordinator=connection.target,
         tls=connection.files,
@@ -107,6 +112,7 @@ def serve(args: argparse.Namespace, connection: Connection) -> int:
         judge=_judge(args),
         metrics=_metrics(args, connection),
         weights_fingerprint=weights_fingerprint(args.model),
+        train=train,
     )
     interrupted = threading.Event()
 

@@ -14,7 +14,9 @@ from shared.progress import progress
 from shared.prompts import PromptVariant
 from shared.silo_data import Sample
 from shared.tensor_codec import StateDict
-from silo_agent.failures import TrainingFailed, step_failures
+from silo_agent.failures import TrainingFailed
+from silo_agent.hardware import TrainingHardware
+from silo_agent.local_steps import LocalSteps
 from silo_agent.model import SiloModel
 from silo_agent.regularizers import (
     ProximalTerms,
@@ -23,6 +25,8 @@ from silo_agent.regularizers import (
     modality_gamma,
     trainable_by_state_name,
 )
+from silo_agent.replicas import SiloGroup
+from silo_agent.step_loader import round_batches, step_batches
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,7 @@ class LocalPlan:
     mask_skip_layers: int = 4
     prompt_variant: PromptVariant | None = None
     control_variates: bool = False  # SCAFFOLD
+    local_optimizer: str = ""  # sgd or adamw ("": adamw)
 
 
 @dataclass
@@ -61,13 +66,17 @@ def load_global_adapter(silo: SiloModel, state: StateDict) -> None:
         raise ValueError(f"global adapter has tensors this model lacks, e.g. {unexpected[0]}")
 
 
-def _batches(samples: Sequence[Sample], plan: LocalPlan, epoch: int) -> list[list[Sample]]:
-    generator = torch.Generator().manual_seed(plan.seed * 1_000 + epoch)
-    order = torch.randperm(len(samples), generator=generator).tolist()
-    return [
-        [samples[i] for i in order[start : start + plan.batch_size]]
-        for start in range(0, len(order), plan.batch_size)
-    ]
+def local_optimizer(
+    plan: LocalPlan, params: list[torch.nn.Parameter], label: str
+) -> torch.optim.Optimizer:
+    """The plan's optimizer: plain SGD (no momentum, no weight decay: the local steps SCAFFOLD
+    and FedNova assume) or AdamW without weight decay."""
+    name = plan.local_optimizer or "adamw"
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=plan.learning_rate, momentum=0.0, weight_decay=0.0)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=plan.learning_rate, weight_decay=0.0)
+    raise ValueError(f"{label}: unknown local optimizer {name!r}; this silo knows sgd and adamw")
 
 
 class ControlVariates:
@@ -103,61 +112,77 @@ def train_round(
     server_control: StateDict | None = None,
     controls: ControlVariates | None = None,
     label: str = "train",
+    hardware: TrainingHardware | None = None,
+    group: SiloGroup | None = None,
 ) -> LocalResult:
-    """Train from `global_state` and return (local - global) in the layout's dtypes."""
+    """Train from `global_state` and return (local - global) in the layout's dtypes. Under a
+    group of processes, each computes its share of every batch and all return the same."""
+    group = group or SiloGroup()
     samples = [s.rendered(plan.prompt_variant) for s in samples]
     refusal = silo.refusal(samples)
     if refusal is not None:
         raise TrainingFailed(reason="modality", detail=f"{label}: {refusal}")
     load_global_adapter(silo, global_state)
-    model = silo.model
-    model.train()
-    params = trainable_by_state_name(model)
-    gamma = modality_gamma(samples, plan.gamma_max) if plan.gamma_max > 0 else 0.0
-    mask = masked_layers(decoder_depth(model), plan.mask_skip_layers) if gamma > 0 else set()
-    proximal = ProximalTerms(params, global_state, mu=plan.proximal_mu, gamma=gamma, mask=mask)
-    if not proximal.masked:
-        gamma = 0.0  # no layer to regularise: report what was applied
+    silo.model.train()
+    params = trainable_by_state_name(silo.model)
+    proximal = _proximal(silo, samples, plan, params, global_state)
     correction = None
     if server_control is not None and controls is not None:
         correction = {n: c.to(silo.device) for n, c in controls.correction(server_control).items()}
-    optimizer = torch.optim.AdamW(params.values(), lr=plan.learning_rate, weight_decay=0.0)
+    steps = LocalSteps(
+        silo=silo,
+        group=group,
+        params=params,
+        optimizer=local_optimizer(plan, list(params.values()), label),
+        proximal=proximal,
+        correction=correction,
+    )
     losses: list[float] = []
-    torch.manual_seed(plan.seed)  # LoRA dropout
+    torch.manual_seed(plan.seed * group.world_size + group.rank)  # LoRA dropout
     for epoch in range(plan.local_epochs):
-        for batch_samples in progress(
-            _batches(samples, plan, epoch), desc=f"{label} epoch {epoch + 1}"
+        batches = round_batches(samples, plan.batch_size, plan.seed, epoch)
+        for micro_batches in progress(
+            step_batches(silo, batches, hardware=hardware or TrainingHardware(), group=group),
+            desc=f"{label} epoch {epoch + 1}",
         ):
-            step = f"{label}: step {len(losses) + 1}"
-            batch = silo.batch(batch_samples)
-            with step_failures(silo.family, step):
-                loss = silo.forward(batch).loss
-                if not torch.isfinite(loss):
-                    raise TrainingFailed(reason="non_finite_loss", detail=f"{step}: loss {loss}")
-                objective = loss + proximal() if proximal.active else loss
-                objective.backward()
-            if correction is not None:
-                for name, param in params.items():
-                    param.grad.add_(correction[name])  # type: ignore[union-attr]
-            torch.nn.utils.clip_grad_norm_(list(params.values()), max_norm=1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(float(loss.detach()))
-    local = get_peft_model_state_dict(model)
-    delta = {
-        name: (local[name].detach().float().cpu() - start.float()).to(start.dtype)
-        for name, start in global_state.items()
-    }
+            losses.append(steps.run(micro_batches, f"{label}: step {len(losses) + 1}"))
+    applied = steps.applied(len(losses), label)
+    delta = _delta(silo, global_state)
     control_delta = None
     if server_control is not None and controls is not None:
         control_delta = controls.proposal(
-            server_control, delta, steps=max(len(losses), 1), lr=plan.learning_rate
+            server_control, delta, steps=max(applied, 1), lr=plan.learning_rate
         )
     return LocalResult(
         delta=delta,
         num_samples=len(samples),
-        steps=len(losses),
+        steps=applied,
         mean_loss=sum(losses) / len(losses) if losses else math.nan,
-        gamma=gamma,
+        gamma=proximal.gamma,
         control_delta=control_delta,
     )
+
+
+def _proximal(
+    silo: SiloModel,
+    samples: Sequence[Sample],
+    plan: LocalPlan,
+    params: dict[str, torch.nn.Parameter],
+    global_state: StateDict,
+) -> ProximalTerms:
+    """FedProx and the adaptive masked term, anchored at the global adapter; its gamma is
+    what was applied (0 when no layer is left to regularise)."""
+    gamma = modality_gamma(samples, plan.gamma_max) if plan.gamma_max > 0 else 0.0
+    mask = masked_layers(decoder_depth(silo.model), plan.mask_skip_layers) if gamma > 0 else set()
+    proximal = ProximalTerms(params, global_state, mu=plan.proximal_mu, gamma=gamma, mask=mask)
+    if not proximal.masked:
+        proximal.gamma = 0.0
+    return proximal
+
+
+def _delta(silo: SiloModel, global_state: StateDict) -> StateDict:
+    local = get_peft_model_state_dict(silo.model)
+    return {
+        name: (local[name].detach().float().cpu() - start.float()).to(start.dtype)
+        for name, start in global_state.items()
+    }

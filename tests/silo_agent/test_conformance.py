@@ -4,8 +4,9 @@ One tiny random model per family (shared.demo.tiny_families, seeded, built offli
 remote-code family is written by tests/silo_agent/remote_code_model.py), loaded exactly as a silo
 loads a real one. For each family and modality mix: the loss covers exactly the answer tokens,
 the answer cannot leak into the logits that predict it, option scoring agrees with a brute-force
-forward pass per option, one round changes only the language model's LoRA q,k,v,o weights, and
-the 4-bit path trains. docs/models.md's table is checked against SUPPORT below.
+forward pass per option, one round changes only the language model's LoRA q,k,v,o weights,
+gradient checkpointing and micro-batches change no update, and the 4-bit path trains.
+docs/models.md's table is checked against SUPPORT below.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,7 +41,8 @@ from shared.tensor_codec import layout_of
 from silo_agent.batching import IGNORE_INDEX, modality_kind
 from silo_agent.evaluator import generate_answers, option_scores
 from silo_agent.failures import TrainingFailed
-from silo_agent.model import SiloModel, load_silo_model
+from silo_agent.hardware import TrainingHardware
+from silo_agent.model import SiloModel, enable_gradient_checkpointing, load_silo_model
 from silo_agent.trainer import LocalPlan, load_global_adapter, train_round
 from tests.silo_agent.remote_code_model import write_remote_code_model
 from tests.silo_agent.support_table import MIXES, SUPPORT, render_table, supported_mixes
@@ -280,6 +283,42 @@ def test_one_round_changes_only_the_language_models_lora(
 ) -> None:
     chosen = [s for m in supported_mixes(family) if m != "mixed" for s in samples[m]]
     assert_round_changes_only_language_lora(silo, chosen, learning_rate=1e-2)
+
+
+@contextmanager
+def dropout_off(model: torch.nn.Module) -> Iterator[None]:
+    """Dropout masks follow how a batch is split; the gradients of the split must not."""
+    dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    rates = [m.p for m in dropouts]
+    for module in dropouts:
+        module.p = 0.0
+    try:
+        yield
+    finally:
+        for module, rate in zip(dropouts, rates, strict=True):
+            module.p = rate
+
+
+def test_checkpointing_and_micro_batches_leave_the_update_unchanged(
+    family: str, silo: SiloModel, samples: dict[str, list[Sample]]
+) -> None:
+    chosen = [s for m in supported_mixes(family) if m != "mixed" for s in samples[m]]
+    plan = LocalPlan(
+        1e-1, 1, len(chosen) - 1, 0, local_optimizer="sgd"
+    )  # a whole and a short batch
+    state = random_adapter(silo, seed=4)
+    base = silo.model.get_base_model()
+    with dropout_off(silo.model):
+        whole = train_round(silo, chosen, plan, state)
+        enable_gradient_checkpointing(silo.model, family)
+        try:
+            split = train_round(silo, chosen, plan, state, hardware=TrainingHardware(micro_batch=1))
+        finally:
+            base.activation_checkpointing_disable()
+    assert split.steps == whole.steps == 2
+    assert abs(split.mean_loss - whole.mean_loss) < 1e-5
+    for name, delta in whole.delta.items():
+        torch.testing.assert_close(split.delta[name], delta, rtol=1e-4, atol=1e-6)
 
 
 def test_four_bit_base_loads_and_trains(
