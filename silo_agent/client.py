@@ -31,11 +31,11 @@ from shared.tensor_codec import CONTROL_PREFIX, StateDict, decode_state, encode_
 from shared.tls import TlsFiles, channel_credentials
 from shared.wire.v1 import federation_pb2 as pb
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
+from silo_agent.control_variates import ControlVariates
 from silo_agent.evaluator import evaluate
 from silo_agent.metrics import SiloMetrics
 from silo_agent.model import SiloModel
 from silo_agent.trainer import (
-    ControlVariates,
     LocalPlan,
     LocalResult,
     load_global_adapter,
@@ -305,6 +305,7 @@ class SiloAgent:
             raise ValueError("SCAFFOLD round without the server control variate")
         self._state = f"training round {task.round}"
         self._controls.use_run(task.run_id)
+        self._controls.confirm(task.confirmed_task_id)
         result = self._train_round(
             self._silo,
             self._samples,
@@ -334,8 +335,9 @@ class SiloAgent:
         self.metrics.step_rate.set(result.steps / elapsed if elapsed > 0 else 0.0)
         self.metrics.last_round.set(task.round)
         self.metrics.rounds.labels(kind="train").inc()
-        if result.control_delta is not None:  # c_k moves only once the server has its delta
-            self._controls.commit(result.control_delta)
+        if result.control_delta is not None:  # c_k moves once a saved round confirms it
+            sent = {n: t.to(wire).float() for n, t in result.control_delta.items()}
+            self._controls.propose(task.task_id, sent)
         log.info(
             "%s: trained %d samples in %d steps at lr %.3g, mean loss %.4f, gamma %.3f, "
             "sent %d bytes, %.1f s",

@@ -22,11 +22,12 @@ from torch._C._distributed_c10d import Store, TCPStore
 from shared.cli import usage_error
 from shared.silo_data import Sample
 from shared.tensor_codec import StateDict
+from silo_agent.control_variates import ControlVariates
 from silo_agent.failures import TrainingFailed
 from silo_agent.hardware import TrainingHardware, hardware_from_arguments
 from silo_agent.model import SiloModel
 from silo_agent.replicas import SiloGroup, silo_group
-from silo_agent.trainer import ControlVariates, LocalPlan, LocalResult, train_round
+from silo_agent.trainer import LocalPlan, LocalResult, train_round
 
 log = logging.getLogger(__name__)
 Layout = tuple[tuple[str, torch.Size, torch.dtype], ...]  # names, shapes, dtypes in order

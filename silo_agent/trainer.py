@@ -14,6 +14,7 @@ from shared.progress import progress
 from shared.prompts import PromptVariant
 from shared.silo_data import Sample
 from shared.tensor_codec import StateDict
+from silo_agent.control_variates import ControlVariates
 from silo_agent.failures import TrainingFailed
 from silo_agent.hardware import TrainingHardware
 from silo_agent.local_steps import LocalSteps
@@ -77,30 +78,6 @@ def local_optimizer(
     if name == "adamw":
         return torch.optim.AdamW(params, lr=plan.learning_rate, weight_decay=0.0)
     raise ValueError(f"{label}: unknown local optimizer {name!r}; this silo knows sgd and adamw")
-
-
-class ControlVariates:
-    """SCAFFOLD's correction (c - c_k) and the silo's own variate c_k, for one run at a time."""
-
-    def __init__(self) -> None:
-        self.run_id = ""
-        self.local: StateDict = {}
-
-    def use_run(self, run_id: str) -> None:
-        """A new run starts from c_k = 0, as its server variate starts from c = 0."""
-        if run_id != self.run_id:
-            self.run_id, self.local = run_id, {}
-
-    def correction(self, server: StateDict) -> StateDict:
-        return {n: c - self.local.get(n, torch.zeros_like(c)) for n, c in server.items()}
-
-    def proposal(self, server: StateDict, delta: StateDict, *, steps: int, lr: float) -> StateDict:
-        """Option II: c_k+ = c_k - c - delta / (K lr); returns c_k+ - c_k (not yet applied)."""
-        return {n: -server[n] - delta[n].float() / (steps * lr) for n in server}
-
-    def commit(self, change: StateDict) -> None:
-        """Apply a proposal once the coordinator accepted the update that carried it."""
-        self.local = {n: self.local.get(n, torch.zeros_like(c)) + c for n, c in change.items()}
 
 
 def train_round(

@@ -11,6 +11,7 @@ import torch
 from shared.demo.synthetic_data import tokenizer_corpus
 from shared.demo.tiny_model import build_tiny_model
 from shared.silo_data import Sample
+from silo_agent.control_variates import ControlVariates
 from silo_agent.model import load_silo_model
 from silo_agent.regularizers import (
     ProximalTerms,
@@ -20,7 +21,6 @@ from silo_agent.regularizers import (
     modality_gamma,
     trainable_by_state_name,
 )
-from silo_agent.trainer import ControlVariates
 
 
 @pytest.fixture(scope="module")
@@ -104,11 +104,29 @@ def test_scaffold_control_variate_option_two() -> None:
     change = controls.proposal(server, delta, steps=4, lr=0.1)
     expected = -server["w"] - delta["w"] / (4 * 0.1)
     torch.testing.assert_close(change["w"], expected)
-    assert controls.local == {}  # nothing moves before the coordinator took the update
-    controls.commit(change)
+    assert controls.local == {}  # nothing moves before a saved round took the update
+    controls.propose("task-1", change)
+    controls.confirm("")  # the next task: no saved round has taken it yet
+    assert controls.local == {}
+    controls.propose("task-1", change)
+    controls.confirm("task-1")  # a saved round aggregated task-1's update
     torch.testing.assert_close(controls.local["w"], expected)
     torch.testing.assert_close(controls.correction(server)["w"], server["w"] - expected)
     controls.use_run("run-a")
     assert "w" in controls.local
     controls.use_run("run-b")  # a new run's server variate starts at 0, and so does c_k
     assert controls.local == {}
+
+
+def test_a_scaffold_proposal_that_no_saved_round_took_is_dropped() -> None:
+    """Abandoned attempts, redone rounds and rounds lost to a coordinator crash never reach
+    c, so their proposals never reach c_k: only the confirmed one does."""
+    controls = ControlVariates()
+    controls.use_run("run-a")
+    controls.propose("r2-attempt0", {"w": torch.tensor([5.0])})  # accepted, then abandoned
+    controls.confirm("r1")  # the next task confirms only round 1's update (not this silo's)
+    controls.propose("r2-attempt1", {"w": torch.tensor([1.0])})
+    controls.confirm("r2-attempt1")
+    torch.testing.assert_close(controls.local["w"], torch.tensor([1.0]))
+    controls.confirm("r2-attempt0")  # too late: dropped when the first confirmation came
+    torch.testing.assert_close(controls.local["w"], torch.tensor([1.0]))
