@@ -4,16 +4,18 @@ adapter in fp32, and the plan's local optimizer is the one that steps."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from coordinator.server import RunningCoordinator
 from shared.adapter import initial_adapter, load_base_config
+from shared.demo.federation import prepare, processes, start_coordinator
 from shared.silo_data import Sample, read_split
 from shared.tensor_codec import StateDict
+from shared.tls import TlsFiles
 from shared.wire.v1 import federation_pb2 as pb
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
 from silo_agent.__main__ import main
@@ -25,8 +27,7 @@ from silo_agent.regularizers import trainable_by_state_name
 from silo_agent.replicas import SiloGroup, rank_device
 from silo_agent.step_loader import micro_chunks
 from silo_agent.trainer import LocalPlan, LocalResult, load_global_adapter, train_round
-from tests.conftest import tls
-from tests.helpers import agents_running, channel, run_to_end, small_run
+from tests.helpers import channel, run_to_end, small_run
 
 # 12 samples in batches of 5, 5 and 2; SGD, so that the delta is linear in the gradients
 PLAN = LocalPlan(
@@ -204,21 +205,30 @@ def test_each_process_under_torchrun_takes_the_gpu_of_its_local_rank(
         rank_device("cuda:0")
 
 
-def test_loader_workers_fork_beside_a_live_grpc_session(
-    coordinator: RunningCoordinator, certs: Path, tiny_model: Path, silo_data: dict[str, Path]
-) -> None:
+def test_loader_workers_fork_beside_a_live_grpc_session(tmp_path: Path) -> None:
     """Workers are forks of the agent, whose gRPC channel, task stream and heartbeat threads
-    are live while a round trains."""
-    agent = SiloAgent(
-        coordinator=f"localhost:{coordinator.port}",
-        tls=tls(certs, "silo-1"),
-        silo=silo_of(tiny_model),
-        samples=read_split(silo_data["silo-1"]),
-        backoff=Backoff(0.2, 1.0),
-        train=RoundTrainer(hardware=TrainingHardware(loader_workers=2), group=SiloGroup()),
-    )
-    admin = pb_grpc.AdminStub(channel(coordinator.port, tls(certs, "admin")))
-    with agents_running([agent], coordinator.federation.registry):
-        status = run_to_end(admin, small_run(rounds=2, silos_per_round=1, min_silos=1))
+    are live while a round trains (the coordinator in its own process, as deployed)."""
+    names = prepare(tmp_path, silos=1, family="idefics3", train=8, seed=4)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    with processes() as running:
+        coordinator, port, _ = start_coordinator(tmp_path, logs)
+        running.append(coordinator)
+        agent = SiloAgent(
+            coordinator=f"localhost:{port}",
+            tls=TlsFiles.in_directory(tmp_path / "certs", names[0]),
+            silo=silo_of(tmp_path / "model"),
+            samples=read_split(tmp_path / "data" / names[0]),
+            backoff=Backoff(0.2, 1.0),
+            train=RoundTrainer(hardware=TrainingHardware(loader_workers=2), group=SiloGroup()),
+        )
+        admin = pb_grpc.AdminStub(channel(port, TlsFiles.in_directory(tmp_path / "certs", "admin")))
+        thread = threading.Thread(target=agent.run, daemon=True)
+        thread.start()
+        try:
+            status = run_to_end(admin, small_run(rounds=2, silos_per_round=1, min_silos=1))
+        finally:
+            agent.stop()
+            thread.join(10)
     assert status.state == pb.RUN_STATE_COMPLETED, status.message
-    assert [list(r.contributed) for r in status.history] == [["silo-1"], ["silo-1"]]
+    assert [list(r.contributed) for r in status.history] == [[names[0]], [names[0]]]
