@@ -163,6 +163,7 @@ def _reads(identity: tuple[int, int], path: Path) -> bool:
     return done.returncode == 0
 
 
+@pytest.mark.slow  # a whole demo federation under seccomp: ~25 s
 @needs_analyze
 @pytest.mark.skipif(ctypes.util.find_library("seccomp") is None, reason="libseccomp is missing")
 def test_a_federation_runs_under_the_units_system_call_filter(tmp_path: Path) -> None:

@@ -165,8 +165,9 @@ def _assert_one_process_rounds(
         assert abs(summary.mean_train_loss - sum(r.mean_loss for r in results) / 2) < 1e-4
         changes = [r.control_delta for r in results]
         assert all(c is not None for c in changes)
-        for name, change in zip(SILOS, changes, strict=True):
-            controls[name].commit(change)  # type: ignore[arg-type]
+        for name, change in zip(SILOS, changes, strict=True):  # the round was aggregated
+            controls[name].propose(f"{name}/{index}", change)  # type: ignore[arg-type]
+            controls[name].confirm(f"{name}/{index}")
         server_control = {
             n: c + sum(change[n] for change in changes) / 2  # type: ignore[index]
             for n, c in server_control.items()
