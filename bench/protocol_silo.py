@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import torch
 
+from coordinator.aggregation.shape import WIRE_DTYPES
 from shared.adapter import (
     canonical_config,
     config_fingerprint,
@@ -50,11 +51,17 @@ def join_request(model_dir: Path, *, num_samples: int = 10) -> pb.JoinRequest:
     )
 
 
-def zero_update(model_dir: Path) -> bytes:
-    """A valid float32 update of this base model's adapter: every delta zero."""
+def zero_update(model_dir: Path, dtype: str = "float32") -> bytes:
+    """A valid update of this base model's adapter in a wire dtype: every delta zero."""
     _, state = initial_adapter(load_base_config(model_dir), seed=0)
-    zeros: StateDict = {name: torch.zeros_like(t, dtype=torch.float32) for name, t in state.items()}
+    wire = getattr(torch, dtype)
+    zeros: StateDict = {name: torch.zeros_like(t, dtype=wire) for name, t in state.items()}
     return encode_state(zeros)
+
+
+def zero_updates(model_dir: Path) -> dict[str, bytes]:
+    """zero_update in every wire dtype a run may ask for."""
+    return {dtype: zero_update(model_dir, dtype) for dtype in WIRE_DTYPES}
 
 
 def _update_chunks(task: pb.RoundTask, payload: bytes, samples: int) -> list[pb.UpdateChunk]:
@@ -82,7 +89,9 @@ class SiloLoad:
 class ProtocolSilo:
     """One asyncio silo: `await start()`, then it heartbeats and answers tasks until `stop()`."""
 
-    def __init__(self, *, target: str, tls: TlsFiles, join: pb.JoinRequest, update: bytes) -> None:
+    def __init__(
+        self, *, target: str, tls: TlsFiles, join: pb.JoinRequest, updates: dict[str, bytes]
+    ) -> None:
         cert, key, ca = tls.read()
         credentials = grpc.ssl_channel_credentials(
             root_certificates=ca, private_key=key, certificate_chain=cert
@@ -90,7 +99,7 @@ class ProtocolSilo:
         self.channel = grpc.aio.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
         self.stub = pb_grpc.SiloStub(self.channel)
         self._join = join
-        self._update = update
+        self._updates = updates  # wire dtype -> payload
         self.load = SiloLoad()
         self._tasks: list[asyncio.Task[None]] = []
         self.session_id = ""
@@ -123,7 +132,13 @@ class ProtocolSilo:
                 async for _ in download:
                     pass
                 await self.stub.UploadUpdate(
-                    iter(_update_chunks(task, self._update, self._join.num_train_samples))
+                    iter(
+                        _update_chunks(
+                            task,
+                            self._updates[task.training.wire_dtype or "float32"],
+                            self._join.num_train_samples,
+                        )
+                    )
                 )
                 self.load.tasks += 1
             except grpc.aio.AioRpcError as exc:
@@ -145,10 +160,10 @@ async def start_silos(
     concurrency: int = 32,
 ) -> list[ProtocolSilo]:
     """Join every named silo (at most `concurrency` TLS handshakes at a time)."""
-    join, update = join_request(model_dir), zero_update(model_dir)
+    join, updates = join_request(model_dir), zero_updates(model_dir)
     gate = asyncio.Semaphore(concurrency)
     silos = [
-        ProtocolSilo(target=target, tls=TlsFiles.in_directory(certs, n), join=join, update=update)
+        ProtocolSilo(target=target, tls=TlsFiles.in_directory(certs, n), join=join, updates=updates)
         for n in names
     ]
 

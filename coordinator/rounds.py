@@ -13,6 +13,7 @@ from coordinator.aggregation.fold import RoundFold
 from shared.bounded import printable
 from shared.errors import FedMLLMError
 from shared.payload import PayloadDigest
+from shared.safetensors_stream import StateEncoder
 from shared.tensor_codec import StateDict, encode_state
 from shared.wire.v1 import federation_pb2 as pb
 
@@ -87,7 +88,7 @@ class OpenRound:
         fold: RoundFold | None,
         deadline_s: float,
     ) -> OpenRound:
-        payload = encode_state(download)  # once per round, shared by every download
+        payload = encode_download(download)  # once per round, shared by every download
         return cls(
             run_id=run_id,
             index=index,
@@ -166,6 +167,15 @@ class OpenRound:
         total = sum(c.num_samples for c in self.contributed.values())
         weighted = sum(float(getattr(c, field)) * c.num_samples for c in self.contributed.values())
         return weighted / total
+
+
+def encode_download(download: StateDict) -> bytes:
+    """safetensors bytes of what silos download, cut straight from the tensors when they
+    share one dtype (a run's wire dtype), else by safetensors itself."""
+    dtypes = {t.dtype for t in download.values()}
+    if len(dtypes) == 1:
+        return StateEncoder(download, dtype=dtypes.pop()).to_bytes()
+    return encode_state(download)
 
 
 def weighted_means(results: list[EvaluationResult]) -> dict[str, float]:

@@ -11,24 +11,29 @@ memory holds a block of each update rather than K whole updates.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from io import BufferedReader
 from pathlib import Path
 
 import torch
 
 from coordinator.aggregation import robust
+from coordinator.aggregation.kernels import add_scaled
 from coordinator.aggregation.receiver import ReceivedUpdate
 from coordinator.aggregation.shape import UpdateShape
+from coordinator.aggregation.spool import SpoolView
 from coordinator.run_state import RunSpec
 from coordinator.strategies import RoundAggregate
 
 log = logging.getLogger(__name__)
 
-# Elements per block read back from a spool: a few MB, cache-friendly, bounded memory.
-FOLD_BLOCK = 1 << 20
+# Elements folded per call: large enough that per-call overhead vanishes, small enough that
+# the mapped pages of one update never add up to much memory before they are let go.
+FOLD_BLOCK = 1 << 22
+# Elements per [K, B] block of the coordinate rules: K rows of it stay in cache.
+STACK_BLOCK = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -76,33 +81,6 @@ class FoldOutcome:
     excluded: list[str] = field(default_factory=list)  # not selected by Krum
 
 
-class SpoolReader:
-    """Reads spooled data block by block into one reused buffer, as float32 (a float32 spool
-    is read straight into the buffer the fold adds from: no copy)."""
-
-    def __init__(self, dtype: str, block: int = FOLD_BLOCK) -> None:
-        wire = getattr(torch, dtype)
-        self.itemsize = torch.empty(0, dtype=wire).element_size()
-        self._buffer = bytearray(block * self.itemsize)
-        self._raw = torch.frombuffer(self._buffer, dtype=wire)
-        self._values = self._raw if wire == torch.float32 else torch.empty(block)
-        self.block = block
-
-    def read(self, handle: BufferedReader, count: int) -> torch.Tensor:
-        """The next `count` (<= block) elements of `handle`, valid until the next read."""
-        want = count * self.itemsize
-        if handle.readinto(memoryview(self._buffer)[:want]) != want:
-            raise OSError(f"spooled update {handle.name} is truncated")
-        if self._values is not self._raw:
-            self._values[:count].copy_(self._raw[:count])
-        return self._values[:count]
-
-    def blocks(self, handle: BufferedReader, count: int) -> Iterator[tuple[int, torch.Tensor]]:
-        """(offset, values) over the next `count` elements of `handle`."""
-        for start in range(0, count, self.block):
-            yield start, self.read(handle, min(self.block, count - start))
-
-
 class RoundFold:
     """The updates of one round attempt, folded into `aggregate` in canonical order."""
 
@@ -120,7 +98,6 @@ class RoundFold:
         self._order = sorted(selected)
         self._arrivals: dict[str, Arrival] = {}
         self._next = 0  # position in the order up to which updates are folded
-        self._reader = SpoolReader(shape.dtype)
 
     def add(self, silo_id: str, arrival: Arrival) -> None:
         """Take an accepted update; fold what the canonical order allows. Callers serialise."""
@@ -176,17 +153,20 @@ class RoundFold:
         return outcome
 
     def _fold(self, arrival: Arrival, *, alpha: float, weight: float | None = None) -> None:
-        """Add one spooled update, read front to back: adapter values times `alpha` into the
-        sum, control values as they are into the control sum."""
+        """Add one spooled update in place from its file: adapter values times `alpha` into
+        the sum, control values as they are into the control sum."""
         aggregate = self.aggregate
-        with arrival.update.path.open("rb") as handle:
+        with SpoolView(arrival.update.path, self._shape.dtype) as spool:
             for run in self._shape.runs:
                 target = aggregate.control_total if run.control else aggregate.total
                 assert target is not None
                 scale = 1.0 if run.control else alpha
-                for start, values in self._reader.blocks(handle, run.count):
-                    at = run.target + start
-                    target[at : at + values.numel()].add_(values, alpha=scale)
+                for start in range(0, run.count, FOLD_BLOCK):
+                    count, at = min(FOLD_BLOCK, run.count - start), run.target + start
+                    values = spool.values(run.start + start, count)
+                    add_scaled(target[at : at + count], values, scale)
+                    del values
+                    spool.release(run.start + start, count)
         aggregate.weight_sum += arrival.weight if weight is None else weight
 
     def _stacked(
@@ -194,20 +174,18 @@ class RoundFold:
     ) -> Iterator[tuple[int, torch.Tensor]]:
         """(adapter offset, [K, B] block) over the adapter values of every update, each row
         scaled by its clipping factor."""
-        reader = self._reader
-        stack = torch.empty(len(arrivals), reader.block, dtype=torch.float32)
-        handles = [a.update.path.open("rb") for a in arrivals]
-        try:
+        stack = torch.empty(len(arrivals), STACK_BLOCK, dtype=torch.float32)
+        with contextlib.ExitStack() as opened:
+            spools = [
+                opened.enter_context(SpoolView(a.update.path, self._shape.dtype)) for a in arrivals
+            ]
             for run in (r for r in self._shape.runs if not r.control):
-                for start in range(0, run.count, reader.block):
-                    n = min(reader.block, run.count - start)
-                    for row, (handle, scale) in enumerate(zip(handles, scales, strict=True)):
-                        handle.seek((run.start + start) * reader.itemsize)
-                        stack[row, :n].copy_(reader.read(handle, n)).mul_(scale)
+                for start in range(0, run.count, STACK_BLOCK):
+                    n = min(STACK_BLOCK, run.count - start)
+                    for row, (spool, scale) in enumerate(zip(spools, scales, strict=True)):
+                        stack[row, :n].copy_(spool.values(run.start + start, n)).mul_(scale)
+                        spool.release(run.start + start, n)
                     yield run.target + start, stack[:, :n]
-        finally:
-            for handle in handles:
-                handle.close()
 
     def _coordinate_rule(self, arrivals: list[Arrival], scales: list[float]) -> None:
         trim = robust.trimmed_count(len(arrivals), self._rule.trim_fraction)
