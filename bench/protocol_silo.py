@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,8 +65,9 @@ def zero_updates(model_dir: Path) -> dict[str, bytes]:
     return {dtype: zero_update(model_dir, dtype) for dtype in WIRE_DTYPES}
 
 
-def _update_chunks(task: pb.RoundTask, payload: bytes, samples: int) -> list[pb.UpdateChunk]:
-    digest = PayloadDigest.of(payload)
+def _update_chunks(
+    task: pb.RoundTask, payload: bytes, digest: PayloadDigest, samples: int
+) -> Iterator[pb.UpdateChunk]:
     header = pb.UpdateHeader(
         task_id=task.task_id,
         num_samples=samples,
@@ -73,7 +75,9 @@ def _update_chunks(task: pb.RoundTask, payload: bytes, samples: int) -> list[pb.
         steps=1,
         payload=pb.PayloadHeader(total_bytes=digest.total_bytes, sha256=digest.sha256),
     )
-    return [pb.UpdateChunk(header=header), *(pb.UpdateChunk(data=c) for c in iter_chunks(payload))]
+    yield pb.UpdateChunk(header=header)
+    for chunk in iter_chunks(payload):
+        yield pb.UpdateChunk(data=chunk)
 
 
 @dataclass
@@ -90,7 +94,13 @@ class ProtocolSilo:
     """One asyncio silo: `await start()`, then it heartbeats and answers tasks until `stop()`."""
 
     def __init__(
-        self, *, target: str, tls: TlsFiles, join: pb.JoinRequest, updates: dict[str, bytes]
+        self,
+        *,
+        target: str,
+        tls: TlsFiles,
+        join: pb.JoinRequest,
+        updates: dict[str, bytes],
+        digests: dict[str, PayloadDigest] | None = None,
     ) -> None:
         cert, key, ca = tls.read()
         credentials = grpc.ssl_channel_credentials(
@@ -100,6 +110,7 @@ class ProtocolSilo:
         self.stub = pb_grpc.SiloStub(self.channel)
         self._join = join
         self._updates = updates  # wire dtype -> payload
+        self._digests = digests or {dtype: PayloadDigest.of(p) for dtype, p in updates.items()}
         self.load = SiloLoad()
         self._tasks: list[asyncio.Task[None]] = []
         self.session_id = ""
@@ -131,13 +142,10 @@ class ProtocolSilo:
                 download = self.stub.DownloadAdapter(pb.DownloadRequest(task_id=task.task_id))
                 async for _ in download:
                     pass
+                wire = task.training.wire_dtype or "float32"
                 await self.stub.UploadUpdate(
-                    iter(
-                        _update_chunks(
-                            task,
-                            self._updates[task.training.wire_dtype or "float32"],
-                            self._join.num_train_samples,
-                        )
+                    _update_chunks(
+                        task, self._updates[wire], self._digests[wire], self._join.num_train_samples
                     )
                 )
                 self.load.tasks += 1
@@ -161,9 +169,16 @@ async def start_silos(
 ) -> list[ProtocolSilo]:
     """Join every named silo (at most `concurrency` TLS handshakes at a time)."""
     join, updates = join_request(model_dir), zero_updates(model_dir)
+    digests = {dtype: PayloadDigest.of(payload) for dtype, payload in updates.items()}
     gate = asyncio.Semaphore(concurrency)
     silos = [
-        ProtocolSilo(target=target, tls=TlsFiles.in_directory(certs, n), join=join, updates=updates)
+        ProtocolSilo(
+            target=target,
+            tls=TlsFiles.in_directory(certs, n),
+            join=join,
+            updates=updates,
+            digests=digests,
+        )
         for n in names
     ]
 

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import secrets
+import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,13 @@ from shared.wire.v1 import federation_pb2 as pb
 log = logging.getLogger(__name__)
 
 Blocking = Callable[..., Awaitable[Any]]
+# Upload chunks held at once, over all uploads: each is a message of up to 4 MiB in gRPC's
+# buffers, then in Python, then being hashed, measured and spooled. Bounding them bounds the
+# memory uploads take however many silos upload at once, and 4 keep both cores busy.
+CHUNKS_IN_FLIGHT = 4
+_GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
 EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # end of a request stream
 
 
@@ -103,6 +111,15 @@ async def receive_update(
             path.unlink(missing_ok=True)
 
 
+def _gate() -> asyncio.Semaphore:
+    """The chunk permits of this event loop (one loop serves one coordinator)."""
+    loop = asyncio.get_running_loop()
+    gate = _GATES.get(loop)
+    if gate is None:
+        gate = _GATES[loop] = asyncio.Semaphore(CHUNKS_IN_FLIGHT)
+    return gate
+
+
 async def _stream_into(
     context: Context,
     receiver: UpdateReceiver,
@@ -112,20 +129,37 @@ async def _stream_into(
     blocking: Blocking,
 ) -> str:
     """Feed the data chunks to the receiver (in a worker thread, one at a time, while the
-    next chunk arrives); return the trailer's digest ("" without a trailer)."""
+    next chunk arrives); return the trailer's digest ("" without a trailer).
+
+    Each chunk takes a permit before it is read and gives it back once the receiver is done
+    with it, so that one upload still reads a chunk while the last is processed, and many
+    uploads together hold CHUNKS_IN_FLIGHT chunks at most."""
+    gate = _gate()
     pending: asyncio.Future[Any] | None = None
     trailer: str | None = None
     try:
-        while (message := await _next(context, stall_s=stall_s, silo_id=silo_id)) is not EOF:
-            part = message.WhichOneof("part")
-            if part == "trailer" and trailer is None:
-                trailer = message.trailer.sha256
-            elif part != "data" or trailer is not None:
+        while True:
+            await gate.acquire()
+            try:
+                message = await _next(context, stall_s=stall_s, silo_id=silo_id)
+                part = None if message is EOF else message.WhichOneof("part")
+                data = message.data if part == "data" and trailer is None else None
+            except BaseException:
+                gate.release()
+                raise
+            if data is None:
+                gate.release()
+                if message is EOF:
+                    break
+                if part == "trailer" and trailer is None:
+                    trailer = message.trailer.sha256
+                    continue
                 raise PayloadError(f"unexpected {part} inside an update stream")
-            else:
-                if pending is not None:
-                    await pending
-                pending = asyncio.ensure_future(blocking(receiver.write, message.data))
+            del message  # its buffer: only `data` is needed now
+            if pending is not None:
+                await pending
+            pending = asyncio.ensure_future(blocking(receiver.write, data))
+            pending.add_done_callback(lambda _: gate.release())
     finally:
         if pending is not None:
             await pending
