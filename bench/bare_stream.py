@@ -1,6 +1,7 @@
 """The floor of a transfer: a gRPC server and client that only move bytes, with the
 coordinator's mutual TLS, channel and server options and chunk messages. An upload is read and
-dropped; a download is served from a payload held in memory.
+dropped; a download is served from a payload held in memory. Hashed, both ends also take the
+SHA-256 of what passes (the floor of any transfer that verifies one).
 
     python -m bench.bare_stream --certs DIR --port-file FILE   (serves until killed)
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -36,9 +38,26 @@ class BareStream:
             received += len(message.data)
         return pb.UploadReceipt(bytes_received=received)
 
+    async def upload_hashed(self, requests: AsyncIterator[pb.PayloadChunk], context: Any) -> Any:
+        """As `upload`, hashing each chunk in a worker thread while the next one arrives."""
+        digest, received = hashlib.sha256(), 0
+        loop = asyncio.get_running_loop()
+        pending: asyncio.Future[None] | None = None
+        async for message in requests:
+            data = message.data
+            received += len(data)
+            if pending is not None:
+                await pending
+            pending = loop.run_in_executor(None, digest.update, data)
+        if pending is not None:
+            await pending
+        return pb.UploadReceipt(bytes_received=received, task_id=digest.hexdigest())
+
     async def download(self, request: pb.UploadReceipt, context: Any) -> Any:
         size, chunk = request.bytes_received, int(request.task_id)
-        payload = self._payloads.setdefault(size, os.urandom(size))
+        if size not in self._payloads:
+            self._payloads[size] = os.urandom(size)
+        payload = self._payloads[size]
         for start in range(0, size, chunk):
             yield pb.PayloadChunk(data=payload[start : start + chunk])
 
@@ -48,6 +67,11 @@ class BareStream:
             {
                 "Upload": grpc.stream_unary_rpc_method_handler(
                     self.upload,
+                    request_deserializer=pb.PayloadChunk.FromString,
+                    response_serializer=pb.UploadReceipt.SerializeToString,
+                ),
+                "UploadHashed": grpc.stream_unary_rpc_method_handler(
+                    self.upload_hashed,
                     request_deserializer=pb.PayloadChunk.FromString,
                     response_serializer=pb.UploadReceipt.SerializeToString,
                 ),
@@ -70,31 +94,45 @@ async def _serve(certs: Path, port_file: Path) -> None:
     await server.wait_for_termination()
 
 
-def upload(channel: grpc.Channel, payload: bytes, *, chunk_bytes: int) -> int:
-    """Stream `payload` in chunks; the bytes the server counted."""
+def upload(channel: grpc.Channel, payload: bytes, *, chunk_bytes: int, hashed: bool = False) -> int:
+    """Stream `payload` in chunks (hashed at both ends if `hashed`); the bytes received."""
     call = channel.stream_unary(
-        f"/{SERVICE}/Upload",
+        f"/{SERVICE}/UploadHashed" if hashed else f"/{SERVICE}/Upload",
         request_serializer=pb.PayloadChunk.SerializeToString,
         response_deserializer=pb.UploadReceipt.FromString,
     )
+    digest = hashlib.sha256()
 
     def chunks() -> Iterator[pb.PayloadChunk]:
         for start in range(0, len(payload), chunk_bytes):
-            yield pb.PayloadChunk(data=payload[start : start + chunk_bytes])
+            chunk = payload[start : start + chunk_bytes]
+            if hashed:
+                digest.update(chunk)
+            yield pb.PayloadChunk(data=chunk)
 
     receipt: pb.UploadReceipt = call(chunks())
+    if hashed and receipt.task_id != digest.hexdigest():
+        raise RuntimeError("the bare server hashed other bytes")
     return receipt.bytes_received
 
 
-def download(channel: grpc.Channel, size: int, *, chunk_bytes: int) -> list[bytes]:
-    """`size` bytes from the server, as the chunks they came in."""
+def download(
+    channel: grpc.Channel, size: int, *, chunk_bytes: int, hashed: bool = False
+) -> list[bytes]:
+    """`size` bytes from the server, as the chunks they came in (hashed if `hashed`)."""
     call = channel.unary_stream(
         f"/{SERVICE}/Download",
         request_serializer=pb.UploadReceipt.SerializeToString,
         response_deserializer=pb.PayloadChunk.FromString,
     )
     request = pb.UploadReceipt(bytes_received=size, task_id=str(chunk_bytes))
-    return [message.data for message in call(request)]
+    digest = hashlib.sha256()
+    chunks = []
+    for message in call(request):
+        chunks.append(message.data)
+        if hashed:
+            digest.update(chunks[-1])
+    return chunks
 
 
 def main() -> None:

@@ -16,7 +16,9 @@ warms up. Ratios are project time / bare time, per round; min and median over th
 from __future__ import annotations
 
 import argparse
+import os
 import queue
+import resource
 import statistics
 import subprocess
 import sys
@@ -49,12 +51,33 @@ from silo_agent.transfer import download_adapter, in_layout_dtypes, upload_updat
 SILO = "silo-bench"
 
 
-@dataclass
-class Round:
-    download: float
-    bare_download: float
-    upload: float
-    bare_upload: float
+@dataclass(frozen=True)
+class Transfer:
+    """One timed transfer: wall seconds, and CPU seconds at each end."""
+
+    wall: float
+    client_cpu: float
+    server_cpu: float
+
+
+# the transfers of one round, in the order they run
+KINDS = ("download", "bare_download", "hashed_download", "bare_upload", "hashed_upload", "upload")
+Round = dict[str, Transfer]
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _timed(action: Callable[[], object], server: int) -> Transfer:
+    own, theirs = resource.getrusage(resource.RUSAGE_SELF), _cpu_seconds(server)
+    started = time.perf_counter()
+    action()
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    client = after.ru_utime + after.ru_stime - own.ru_utime - own.ru_stime
+    return Transfer(wall, client, _cpu_seconds(server) - theirs)
 
 
 class BenchSilo:
@@ -90,39 +113,54 @@ class BenchSilo:
         self.channel.close()
 
 
-def _timed(action: Callable[[], object]) -> float:
-    started = time.perf_counter()
-    action()
-    return time.perf_counter() - started
-
-
 def _one_round(
-    silo: BenchSilo, bare: grpc.Channel, task: pb.RoundTask, delta: StateDict, *, first: bool
+    silo: BenchSilo, bare: grpc.Channel, task: pb.RoundTask, delta: StateDict, pids: tuple[int, int]
 ) -> Round:
-    """Both downloads (in the order `first` says), then the bare upload, then the project's:
-    the coordinator starts its round work only once the project's upload is in."""
+    """The downloads, then the bare uploads, then the project's: the coordinator starts its
+    round work only once the project's upload is in."""
+    coordinator, bare_server = pids
     layout = {n: TensorLayout(n, tuple(t.shape), "float32") for n, t in delta.items()}
     encoder = StateEncoder(delta, dtype=torch.float32)
     payload = encoder.to_bytes()
     data_chunk = max(map(len, encoder.chunks(chunk_bytes=CHUNK_BYTES, block=BLOCK_ELEMENTS)))
     header = pb.UpdateHeader(task_id=task.task_id, num_samples=10, mean_loss=1.0, steps=1)
+    size = task.adapter.total_bytes
+    actions: dict[str, tuple[Callable[[], object], int]] = {
+        "download": (
+            lambda: in_layout_dtypes(download_adapter(silo.stub, task), layout),
+            coordinator,
+        ),
+        "bare_download": (
+            lambda: bare_stream.download(bare, size, chunk_bytes=CHUNK_BYTES),
+            bare_server,
+        ),
+        "hashed_download": (
+            lambda: bare_stream.download(bare, size, chunk_bytes=CHUNK_BYTES, hashed=True),
+            bare_server,
+        ),
+        "bare_upload": (
+            lambda: bare_stream.upload(bare, payload, chunk_bytes=data_chunk),
+            bare_server,
+        ),
+        "hashed_upload": (
+            lambda: bare_stream.upload(bare, payload, chunk_bytes=data_chunk, hashed=True),
+            bare_server,
+        ),
+        "upload": (
+            lambda: upload_update(silo.stub, header, delta, dtype=torch.float32),
+            coordinator,
+        ),
+    }
+    return {kind: _timed(*actions[kind]) for kind in KINDS}
 
-    def fetch() -> None:
-        in_layout_dtypes(download_adapter(silo.stub, task), layout)
 
-    def fetch_bare() -> None:
-        bare_stream.download(bare, task.adapter.total_bytes, chunk_bytes=CHUNK_BYTES)
-
-    if first:
-        down, bare_down = _timed(fetch), _timed(fetch_bare)
-    else:
-        bare_down, down = _timed(fetch_bare), _timed(fetch)
-    up_bare = _timed(lambda: bare_stream.upload(bare, payload, chunk_bytes=data_chunk))
-    up = _timed(lambda: upload_update(silo.stub, header, delta, dtype=torch.float32))
-    return Round(down, bare_down, up, up_bare)
-
-
-def _rounds(silo: BenchSilo, bare: grpc.Channel, join: pb.JoinRequest, repeats: int) -> list[Round]:
+def _rounds(
+    silo: BenchSilo,
+    bare: grpc.Channel,
+    join: pb.JoinRequest,
+    repeats: int,
+    pids: tuple[int, int],
+) -> list[Round]:
     generator = torch.Generator().manual_seed(0)
     delta = {
         t.name: 0.01 * torch.randn(tuple(t.shape), generator=generator) for t in join.adapter_layout
@@ -130,7 +168,7 @@ def _rounds(silo: BenchSilo, bare: grpc.Channel, join: pb.JoinRequest, repeats: 
     rounds = []
     for index in range(repeats + 1):
         task = silo.tasks.get(timeout=600)
-        timed = _one_round(silo, bare, task, delta, first=index % 2 == 0)
+        timed = _one_round(silo, bare, task, delta, pids)
         if index:  # the first round warms up
             rounds.append(timed)
     return rounds
@@ -184,7 +222,7 @@ def measure(megabytes: int, *, repeats: int, work: Path) -> list[Round]:
     )
     try:
         _start_run(port, certs, repeats + 1)
-        return _rounds(silo, bare, join, repeats)
+        return _rounds(silo, bare, join, repeats, (coordinator.pid, bare_process.pid))
     finally:
         silo.close()
         bare.close()
@@ -193,25 +231,35 @@ def measure(megabytes: int, *, repeats: int, work: Path) -> list[Round]:
             process.wait(30)
 
 
-def _ratio(values: list[float]) -> str:
-    return f"{min(values):.2f} / {statistics.median(values):.2f}"
+def _ratio(rounds: list[Round], kind: str, baseline: str) -> str:
+    ratios = [r[kind].wall / r[baseline].wall for r in rounds]
+    return f"{min(ratios):.2f} / {statistics.median(ratios):.2f}"
+
+
+def _median(rounds: list[Round], kind: str, what: str) -> float:
+    return float(statistics.median(getattr(r[kind], what) for r in rounds))
 
 
 def table(results: dict[int, list[Round]]) -> str:
     lines = [
-        "| adapter | bare upload MB/s | upload / bare (min / median) | bare download MB/s | "
-        "download / bare (min / median) |",
-        "|---:|---:|---:|---:|---:|",
+        "| adapter | direction | bare MB/s | project / bare (min / median) | project / bare + "
+        "SHA-256 (min / median) | CPU s project (silo + coordinator) | CPU s bare |",
+        "|---:|---|---:|---:|---:|---:|---:|",
     ]
     for megabytes, rounds in results.items():
-        up = [r.upload / r.bare_upload for r in rounds]
-        down = [r.download / r.bare_download for r in rounds]
-        bare_up = megabytes / statistics.median(r.bare_upload for r in rounds)
-        bare_down = megabytes / statistics.median(r.bare_download for r in rounds)
-        lines.append(
-            f"| {megabytes} MB | {bare_up:.0f} | **{_ratio(up)}** | {bare_down:.0f} | "
-            f"**{_ratio(down)}** |"
-        )
+        for direction in ("upload", "download"):
+            bare, hashed = f"bare_{direction}", f"hashed_{direction}"
+            speed = megabytes / _median(rounds, bare, "wall")
+            cpu = [
+                _median(rounds, k, w)
+                for k in (direction, bare)
+                for w in ("client_cpu", "server_cpu")
+            ]
+            lines.append(
+                f"| {megabytes} MB | {direction} | {speed:.0f} | "
+                f"**{_ratio(rounds, direction, bare)}** | {_ratio(rounds, direction, hashed)} | "
+                f"{cpu[0]:.2f} + {cpu[1]:.2f} | {cpu[2]:.2f} + {cpu[3]:.2f} |"
+            )
     return "\n".join(lines)
 
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import secrets
 import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any
 import grpc
 
 from coordinator.aggregation.receiver import UpdateReceiver
+from coordinator.aggregation.spool import SpoolPool
 from coordinator.federation import Federation
 from coordinator.guard import Context, refuse
 from coordinator.rounds import OpenRound, Refusal
@@ -68,12 +67,13 @@ async def receive_update(
         )
     header: pb.UpdateHeader = first.header
     open_round: OpenRound | None = None
-    path = incoming / f"update-{secrets.token_hex(8)}.bin"
+    pool = SpoolPool.at(incoming)
+    path = pool.take()
     kept = False
     try:
         open_round = federation.round_for_task(header.task_id, silo_id)
         federation.check_update_header(open_round, silo_id, header)
-        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as spool:
+        with pool.open(path) as spool:
             receiver = UpdateReceiver(
                 shape=federation.update_shape(),
                 announced=PayloadDigest(header.payload.total_bytes, header.payload.sha256),
@@ -108,7 +108,7 @@ async def receive_update(
         )
     finally:
         if not kept:
-            path.unlink(missing_ok=True)
+            pool.give_back(path)
 
 
 def _gate() -> asyncio.Semaphore:

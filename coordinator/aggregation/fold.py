@@ -23,7 +23,7 @@ from coordinator.aggregation import robust
 from coordinator.aggregation.kernels import add_scaled
 from coordinator.aggregation.receiver import ReceivedUpdate
 from coordinator.aggregation.shape import UpdateShape
-from coordinator.aggregation.spool import SpoolView
+from coordinator.aggregation.spool import SpoolPool, SpoolView
 from coordinator.run_state import RunSpec
 from coordinator.strategies import RoundAggregate
 
@@ -208,6 +208,7 @@ class RoundFold:
         return robust.krum_select(scores, keep)
 
     def discard(self) -> None:
-        """Delete every spooled update of this attempt."""
+        """Hand every spooled update of this attempt back to its pool."""
         for arrival in self._arrivals.values():
-            Path(arrival.update.path).unlink(missing_ok=True)
+            path = Path(arrival.update.path)
+            SpoolPool.at(path.parent).give_back(path)

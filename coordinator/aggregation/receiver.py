@@ -158,6 +158,7 @@ class UpdateReceiver:
             raise PayloadError("the update carried no SHA-256, neither in its header nor after it")
         check_digest(self._hash.hexdigest(), announced)
         self._spool.flush()
+        self._spool.truncate()  # a reused spool file may have held a longer update
         return ReceivedUpdate(
             path=self._path,
             dtype=self._shape.dtype,

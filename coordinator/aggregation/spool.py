@@ -1,15 +1,65 @@
-"""A spooled update read in place: the file mapped into memory and viewed in its wire dtype,
-each stretch let go once read, so that folding it costs no copy and no lasting memory."""
+"""Spooled updates: files reused round after round, and read in place (mapped into memory and
+viewed in their wire dtype, each stretch let go once read): spooling costs one copy into pages
+the file already has, and folding no copy and no lasting memory."""
 
 from __future__ import annotations
 
 import mmap
+import os
+import secrets
+import threading
 from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO, ClassVar
 
 import torch
 
 PAGE = mmap.PAGESIZE
+
+
+class SpoolPool:
+    """The spool files of one directory. A new file costs the filesystem a page and a block
+    for every 4 KiB written (0.1 to 1.2 s of kernel time per 600 MB, measured here); writing
+    over a file of the last round costs a copy (0.05 s). Files handed back are kept for the
+    next uploads, so the disk holds as many as a round had uploads at once."""
+
+    _pools: ClassVar[dict[Path, SpoolPool]] = {}
+    _pools_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self._free: dict[Path, None] = {}  # ordered, and a file handed back twice is kept once
+        self._lock = threading.Lock()
+
+    @classmethod
+    def at(cls, directory: Path) -> SpoolPool:
+        with cls._pools_lock:
+            pool = cls._pools.get(directory)
+            if pool is None:
+                pool = cls._pools[directory] = cls(directory)
+            return pool
+
+    def take(self) -> Path:
+        """A spool file's path, a free one if there is one, else a new name."""
+        with self._lock:
+            if self._free:
+                path = next(iter(self._free))
+                del self._free[path]
+                return path
+        # named like every spool, so that a restarted coordinator clears them (CheckpointStore)
+        return self._directory / f"update-{secrets.token_hex(8)}.bin"
+
+    @staticmethod
+    def open(path: Path) -> BinaryIO:
+        """For writing from the start, over what the file held (owner-only; created again if
+        a restart cleared it)."""
+        return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "wb")
+
+    def give_back(self, path: Path) -> None:
+        """The update in `path` is no longer needed: keep the file for the next one."""
+        if path.parent == self._directory and path.exists():
+            with self._lock:
+                self._free[path] = None
 
 
 class SpoolView:
