@@ -18,9 +18,18 @@ def add_widened(total: torch.Tensor, values: torch.Tensor, h: torch.Tensor) -> N
     total.copy_(total + values.float() * h[0])
 
 
-def add_scaled(total: torch.Tensor, values: torch.Tensor, alpha: float) -> None:
-    """total += alpha * values, in place."""
+def write_widened(total: torch.Tensor, values: torch.Tensor, h: torch.Tensor) -> None:
+    """total = values * h[0], values widened to float32 inside the loop."""
+    total.copy_(values.float() * h[0])
+
+
+def add_scaled(total: torch.Tensor, values: torch.Tensor, alpha: float, *, write: bool) -> None:
+    """total += alpha * values in place, or total = alpha * values if `write` (the same
+    value, bit for bit, as adding to zeros)."""
     if values.dtype == total.dtype:
-        total.add_(values, alpha=alpha)
+        if write:
+            torch.mul(values, alpha, out=total)
+        else:
+            total.add_(values, alpha=alpha)
     else:
-        fused(add_widened)(total, values, hyper(alpha))
+        fused(write_widened if write else add_widened)(total, values, hyper(alpha))
