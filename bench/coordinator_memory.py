@@ -8,8 +8,10 @@ this process, each with its own certificate and mutual-TLS connection. A FedAvg 
 float32 wire selects all S every round: S silos download the adapter and upload a full-size
 update at once. The coordinator's RSS is sampled every 20 ms: before the run (every silo
 joined), the lowest of each round (idle) and the highest (its peak; VmHWM, reset before the
-run, agrees). Figures are in adapters (the float32 adapter's size). The largest S then runs
-`--long` rounds, to show whether the idle RSS climbs round after round.
+run, agrees). Idle is the lowest RSS of any round after the first: the master weights, the
+running sum and the round's download are held then. Figures are in adapters (the float32
+adapter's size). The largest S runs `--long` rounds, to show whether the idle RSS climbs round
+after round.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ class Memory:
     silos: int
     adapter_mib: float
     before_mib: float
-    idle_mib: list[float]  # per round: its lowest RSS
+    idle_mib: list[float]  # per round: its lowest RSS (the first round's is before it starts)
     peak_mib: list[float]  # per round: its highest RSS
     hwm_mib: float
 
@@ -69,7 +71,7 @@ class Memory:
         return mib / self.adapter_mib
 
     def row(self) -> str:
-        idle, peak = min(self.idle_mib), max(self.peak_mib)
+        idle, peak = min(self.idle_mib[1:]), max(self.peak_mib)
         return (
             f"| {self.silos} | {self.before_mib:.0f} | {idle:.0f} | {peak:.0f} | "
             f"**{self.adapters(peak - idle):.1f}** | {self.adapters(peak - self.before_mib):.1f} |"
@@ -155,11 +157,11 @@ def _slope(values: list[float]) -> float:
 
 
 def long_run_text(memory: Memory) -> str:
-    idle, peak = memory.idle_mib, memory.peak_mib
+    idle, peak = memory.idle_mib[1:], memory.peak_mib[1:]
     return (
-        f"{len(idle)} rounds at {memory.silos} silos: idle RSS {idle[0]:.0f} MiB in the first "
-        f"round, {idle[-1]:.0f} MiB in the last (highest {max(idle):.0f}; trend "
-        f"{_slope(idle):+.1f} MiB a round); peak {peak[0]:.0f} MiB in the first round, "
+        f"Rounds 2 to {len(idle) + 1} at {memory.silos} silos: idle RSS {idle[0]:.0f} MiB in "
+        f"round 2, {idle[-1]:.0f} MiB in the last (highest {max(idle):.0f}; trend "
+        f"{_slope(idle):+.1f} MiB a round); peak {peak[0]:.0f} MiB in round 2, "
         f"{peak[-1]:.0f} MiB in the last (highest {max(peak):.0f}, "
         f"{memory.adapters(max(peak) - min(idle)):.1f} adapters above the lowest idle)."
     )

@@ -12,7 +12,7 @@ import grpc
 from coordinator.aggregation.fold import RoundFold
 from shared.bounded import printable
 from shared.errors import FedMLLMError
-from shared.payload import PayloadDigest
+from shared.payload import CHUNK_BYTES, PayloadDigest, iter_chunks
 from shared.safetensors_stream import StateEncoder
 from shared.tensor_codec import StateDict, encode_state
 from shared.wire.v1 import federation_pb2 as pb
@@ -50,7 +50,7 @@ class OpenRound:
     index: int
     attempt: int
     selected: list[str]
-    payload: bytes
+    payload: list[bytes]  # the adapter download, in the chunks it is served in
     digest: PayloadDigest
     deadline: float
     fold: RoundFold | None  # the updates of a training round; None for an evaluation round
@@ -95,7 +95,7 @@ class OpenRound:
             attempt=attempt,
             selected=selected,
             payload=payload,
-            digest=PayloadDigest.of(payload),
+            digest=PayloadDigest.of_chunks(payload),
             deadline=time.monotonic() + deadline_s,
             fold=fold,
         )
@@ -169,13 +169,14 @@ class OpenRound:
         return weighted / total
 
 
-def encode_download(download: StateDict) -> bytes:
-    """safetensors bytes of what silos download, cut straight from the tensors when they
-    share one dtype (a run's wire dtype), else by safetensors itself."""
+def encode_download(download: StateDict) -> list[bytes]:
+    """What silos download, as safetensors cut into the chunks every download serves as they
+    are: straight from the tensors when they share one dtype (a run's wire dtype), else
+    serialised by safetensors first."""
     dtypes = {t.dtype for t in download.values()}
     if len(dtypes) == 1:
-        return StateEncoder(download, dtype=dtypes.pop()).to_bytes()
-    return encode_state(download)
+        return list(StateEncoder(download, dtype=dtypes.pop()).chunks(chunk_bytes=CHUNK_BYTES))
+    return list(iter_chunks(encode_state(download)))
 
 
 def weighted_means(results: list[EvaluationResult]) -> dict[str, float]:

@@ -160,6 +160,7 @@ async def _stream_into(
                 await pending
             pending = asyncio.ensure_future(blocking(receiver.write, data))
             pending.add_done_callback(lambda _: gate.release())
+            del data  # held by the write until it is done, and not a moment longer
     finally:
         if pending is not None:
             await pending

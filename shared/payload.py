@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import mmap
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from shared.errors import PayloadError
@@ -29,9 +29,22 @@ class PayloadDigest:
     def of(cls, payload: bytes) -> PayloadDigest:
         return cls(total_bytes=len(payload), sha256=hashlib.sha256(payload).hexdigest())
 
+    @classmethod
+    def of_chunks(cls, chunks: Sequence[bytes]) -> PayloadDigest:
+        digest = hashlib.sha256()
+        for chunk in chunks:
+            digest.update(chunk)
+        return cls(total_bytes=sum(map(len, chunks)), sha256=digest.hexdigest())
 
-def iter_chunks(payload: bytes, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
-    """Slice a payload into chunks; memoryview avoids copying the whole payload again."""
+
+def iter_chunks(
+    payload: bytes | Sequence[bytes], chunk_bytes: int = CHUNK_BYTES
+) -> Iterator[bytes]:
+    """A payload's chunks: a payload already cut (a list of chunks) as it is, without a copy;
+    one bytes object sliced (memoryview: the whole payload is never copied again)."""
+    if not isinstance(payload, bytes):
+        yield from payload
+        return
     view = memoryview(payload)
     for start in range(0, len(payload), chunk_bytes):
         yield bytes(view[start : start + chunk_bytes])

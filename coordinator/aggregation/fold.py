@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from coordinator.aggregation import robust
+from coordinator.aggregation.heap import release_freed
 from coordinator.aggregation.kernels import add_scaled
 from coordinator.aggregation.receiver import ReceivedUpdate
 from coordinator.aggregation.shape import UpdateShape
@@ -225,3 +226,4 @@ class RoundFold:
         for arrival in self._arrivals.values():
             path = Path(arrival.update.path)
             SpoolPool.at(path.parent).give_back(path)
+        release_freed()  # what the round's transfers and folds freed
