@@ -115,25 +115,6 @@ def serve(config: CoordinatorConfig) -> Iterator[RunningCoordinator]:
     """Start the coordinator; on exit stop serving, the run left resumable from its checkpoint."""
     _raise_descriptor_limit()
     limit_retention()
-    import tracemalloc, threading as _t, time as _time, os as _os
-    if _os.environ.get("DEBUG_TM"):
-        tracemalloc.start(8)
-        def _watch():
-            best = 0
-            while True:
-                _time.sleep(0.2)
-                cur, peak = tracemalloc.get_traced_memory()
-                if cur > best:
-                    best = cur
-                    snap = tracemalloc.take_snapshot()
-                    stats = snap.statistics("traceback")[:12]
-                    with open("/tmp/perf/tm.txt", "w") as out:
-                        out.write(f"current {cur/1e6:.0f} MB\n")
-                        for st in stats:
-                            out.write(f"{st.size/1e6:.1f} MB in {st.count} blocks\n")
-                            for line in st.traceback.format()[-8:]:
-                                out.write("   " + line + "\n")
-        _t.Thread(target=_watch, daemon=True).start()
     base_config = load_base_config(config.model_dir)
     canonical = canonical_config(base_config)
     lora, factory = _adapter_source(config, base_config)

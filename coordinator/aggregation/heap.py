@@ -1,11 +1,12 @@
 """Giving the memory a round frees back to the system, so that the coordinator's RSS does not
 climb round after round.
 
-glibc's malloc, left to its defaults, keeps what uploads, downloads and checkpoints free: each
-of the many threads that allocate gets an arena of its own, and after a large buffer is freed
-malloc raises its mmap threshold to that size, so that later multi-megabyte chunks come from
-arenas that never shrink. Measured with 32 silos at once and a 48 MiB adapter: the peak went
-from 1.5 GB to under 0.9 GB with the settings below. Elsewhere (another libc) this does nothing.
+glibc's malloc, left to its defaults, keeps what uploads, downloads and checkpoints free in
+many arenas (one per thread that allocates, up to eight per core) and gives little of it back.
+Two arenas, chunk-sized buffers taken from them (not mapped and unmapped one by one: a fresh
+mapping costs a page fault per 4 KiB, which doubled the coordinator's CPU time per byte
+transferred), and every free page given back once a round is over. Elsewhere (another libc)
+this does nothing.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ log = logging.getLogger(__name__)
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
-# Buffers from 128 KiB up are mapped on their own and unmapped when freed (the default, fixed
-# here so that it never rises); free memory above it at the top of a heap is returned.
-THRESHOLD_BYTES = 128 * 1024
+# Buffers below this come from the arenas: every chunk and message buffer (glibc's largest).
+MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
+# Free memory at the top of an arena is given back only above this between rounds' trims, so
+# that a round's chunk buffers are reused instead of given back and faulted in again.
+TRIM_THRESHOLD_BYTES = 64 * 1024 * 1024
 ARENAS = 2  # the coordinator's work is a few threads at a time on a couple of cores
 
 
@@ -45,8 +48,8 @@ def limit_retention() -> None:
     if libc is None:
         return
     for parameter, value in (
-        (M_MMAP_THRESHOLD, THRESHOLD_BYTES),
-        (M_TRIM_THRESHOLD, THRESHOLD_BYTES),
+        (M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES),
+        (M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES),
         (M_ARENA_MAX, ARENAS),
     ):
         if libc.mallopt(parameter, value) != 1:
