@@ -71,7 +71,7 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def _proc(pid: int) -> tuple[float, float, int]:
+def process_usage(pid: int) -> tuple[float, float, int]:
     """(RSS MiB, peak RSS MiB, open descriptors) of a process."""
     fields = dict(
         line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
@@ -80,7 +80,7 @@ def _proc(pid: int) -> tuple[float, float, int]:
     return mib("VmRSS"), mib("VmHWM"), len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def _start_coordinator(work: Path, certs: Path, model: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_coordinator(work: Path, certs: Path, model: Path) -> tuple[subprocess.Popen[bytes], int]:
     port_file = work / "ports"
     process = subprocess.Popen(
         [sys.executable, "-m", "coordinator", "--model", str(model),
@@ -125,7 +125,7 @@ async def _drive(
         await asyncio.sleep(2 * silos[0].interval)  # every silo heartbeats at least once
         status = await _admin_run(pb_grpc.AdminStub(channel), spec, admin_latency)
         await asyncio.sleep(2 * silos[0].interval)
-        usage = _proc(pid)
+        usage = process_usage(pid)
     finally:
         await asyncio.gather(*(s.stop() for s in silos))
         await channel.close(None)
@@ -137,9 +137,9 @@ def measure(silos: int, *, rounds: int, per_round: int, work: Path) -> LoadResul
     certs = work / "pki"
     create_federation(certs, hosts=["localhost", "127.0.0.1"], silos=names, admins=["admin"])
     model = build_tiny_model(work / "model", family="idefics3", corpus=tokenizer_corpus(), seed=0)
-    process, port = _start_coordinator(work, certs, model)
+    process, port = start_coordinator(work, certs, model)
     try:
-        idle_rss, _, _ = _proc(process.pid)
+        idle_rss, _, _ = process_usage(process.pid)
         k = min(per_round, silos)
         spec = RunSpec(rounds=rounds, silos_per_round=k, min_silos=k, round_deadline_s=120)
         join_s, fleet, status, admin, (_, peak, fds) = asyncio.run(

@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import torch
 
+from coordinator.aggregation.shape import WIRE_DTYPES
 from shared.adapter import (
     canonical_config,
     config_fingerprint,
@@ -50,15 +52,22 @@ def join_request(model_dir: Path, *, num_samples: int = 10) -> pb.JoinRequest:
     )
 
 
-def zero_update(model_dir: Path) -> bytes:
-    """A valid float32 update of this base model's adapter: every delta zero."""
+def zero_update(model_dir: Path, dtype: str = "float32") -> bytes:
+    """A valid update of this base model's adapter in a wire dtype: every delta zero."""
     _, state = initial_adapter(load_base_config(model_dir), seed=0)
-    zeros: StateDict = {name: torch.zeros_like(t, dtype=torch.float32) for name, t in state.items()}
+    wire = getattr(torch, dtype)
+    zeros: StateDict = {name: torch.zeros_like(t, dtype=wire) for name, t in state.items()}
     return encode_state(zeros)
 
 
-def _update_chunks(task: pb.RoundTask, payload: bytes, samples: int) -> list[pb.UpdateChunk]:
-    digest = PayloadDigest.of(payload)
+def zero_updates(model_dir: Path) -> dict[str, bytes]:
+    """zero_update in every wire dtype a run may ask for."""
+    return {dtype: zero_update(model_dir, dtype) for dtype in WIRE_DTYPES}
+
+
+def _update_chunks(
+    task: pb.RoundTask, payload: bytes, digest: PayloadDigest, samples: int
+) -> Iterator[pb.UpdateChunk]:
     header = pb.UpdateHeader(
         task_id=task.task_id,
         num_samples=samples,
@@ -66,7 +75,9 @@ def _update_chunks(task: pb.RoundTask, payload: bytes, samples: int) -> list[pb.
         steps=1,
         payload=pb.PayloadHeader(total_bytes=digest.total_bytes, sha256=digest.sha256),
     )
-    return [pb.UpdateChunk(header=header), *(pb.UpdateChunk(data=c) for c in iter_chunks(payload))]
+    yield pb.UpdateChunk(header=header)
+    for chunk in iter_chunks(payload):
+        yield pb.UpdateChunk(data=chunk)
 
 
 @dataclass
@@ -82,7 +93,15 @@ class SiloLoad:
 class ProtocolSilo:
     """One asyncio silo: `await start()`, then it heartbeats and answers tasks until `stop()`."""
 
-    def __init__(self, *, target: str, tls: TlsFiles, join: pb.JoinRequest, update: bytes) -> None:
+    def __init__(
+        self,
+        *,
+        target: str,
+        tls: TlsFiles,
+        join: pb.JoinRequest,
+        updates: dict[str, bytes],
+        digests: dict[str, PayloadDigest] | None = None,
+    ) -> None:
         cert, key, ca = tls.read()
         credentials = grpc.ssl_channel_credentials(
             root_certificates=ca, private_key=key, certificate_chain=cert
@@ -90,7 +109,8 @@ class ProtocolSilo:
         self.channel = grpc.aio.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
         self.stub = pb_grpc.SiloStub(self.channel)
         self._join = join
-        self._update = update
+        self._updates = updates  # wire dtype -> payload
+        self._digests = digests or {dtype: PayloadDigest.of(p) for dtype, p in updates.items()}
         self.load = SiloLoad()
         self._tasks: list[asyncio.Task[None]] = []
         self.session_id = ""
@@ -122,8 +142,11 @@ class ProtocolSilo:
                 download = self.stub.DownloadAdapter(pb.DownloadRequest(task_id=task.task_id))
                 async for _ in download:
                     pass
+                wire = task.training.wire_dtype or "float32"
                 await self.stub.UploadUpdate(
-                    iter(_update_chunks(task, self._update, self._join.num_train_samples))
+                    _update_chunks(
+                        task, self._updates[wire], self._digests[wire], self._join.num_train_samples
+                    )
                 )
                 self.load.tasks += 1
             except grpc.aio.AioRpcError as exc:
@@ -145,10 +168,17 @@ async def start_silos(
     concurrency: int = 32,
 ) -> list[ProtocolSilo]:
     """Join every named silo (at most `concurrency` TLS handshakes at a time)."""
-    join, update = join_request(model_dir), zero_update(model_dir)
+    join, updates = join_request(model_dir), zero_updates(model_dir)
+    digests = {dtype: PayloadDigest.of(payload) for dtype, payload in updates.items()}
     gate = asyncio.Semaphore(concurrency)
     silos = [
-        ProtocolSilo(target=target, tls=TlsFiles.in_directory(certs, n), join=join, update=update)
+        ProtocolSilo(
+            target=target,
+            tls=TlsFiles.in_directory(certs, n),
+            join=join,
+            updates=updates,
+            digests=digests,
+        )
         for n in names
     ]
 

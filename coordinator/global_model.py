@@ -17,10 +17,18 @@ MASTER_KEY = "master"
 class GlobalModel:
     """Owns the master weights; everything that moves them goes through the strategy."""
 
-    def __init__(self, *, flat: FlatLayout, master: torch.Tensor, strategy: Strategy) -> None:
+    def __init__(
+        self,
+        *,
+        flat: FlatLayout,
+        master: torch.Tensor,
+        strategy: Strategy,
+        wire_dtype: str = "float32",
+    ) -> None:
         self.flat = flat
         self.master = master
         self.strategy = strategy
+        self.wire_dtype = wire_dtype  # what silos download the adapter in
 
     @staticmethod
     def _strategy(spec: RunSpec, flat: FlatLayout) -> Strategy:
@@ -36,7 +44,12 @@ class GlobalModel:
 
     @classmethod
     def start(cls, spec: RunSpec, flat: FlatLayout, adapter: StateDict) -> GlobalModel:
-        return cls(flat=flat, master=flat.pack(adapter), strategy=cls._strategy(spec, flat))
+        return cls(
+            flat=flat,
+            master=flat.pack(adapter),
+            strategy=cls._strategy(spec, flat),
+            wire_dtype=spec.wire_dtype,
+        )
 
     @classmethod
     def restore(
@@ -49,14 +62,21 @@ class GlobalModel:
             flat=flat,
             master=master.clone() if master is not None else flat.pack(adapter),
             strategy=strategy,
+            wire_dtype=spec.wire_dtype,
         )
 
     def adapter(self) -> StateDict:
         return self.flat.unpack(self.master)
 
     def download(self) -> StateDict:
-        """What silos download: the adapter, plus the strategy's extras (control variates)."""
-        return {**self.adapter(), **self.strategy.download_extras()}
+        """What silos download: the adapter, plus the strategy's extras (control variates),
+        in the run's wire dtype; float32 ones are views of the master weights (no copy)."""
+        wire = getattr(torch, self.wire_dtype)
+        adapter = {
+            t.name: self.flat.view(self.master, i).to(wire) for i, t in enumerate(self.flat.tensors)
+        }
+        extras = {name: t.to(wire) for name, t in self.strategy.download_extras().items()}
+        return {**adapter, **extras}
 
     def update_shape(self, wire_dtype: str) -> UpdateShape:
         """What every update of a round must contain, in the run's wire dtype."""

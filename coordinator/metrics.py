@@ -15,6 +15,8 @@ from shared.errors import TASK_FAILURE_REASONS
 # increase() count the first rejection too (a series first seen at 1 counts as no increase).
 REJECTION_REASONS = (
     "refused",
+    "late",
+    "disk_full",
     "payload",
     "malformed",
     "layout",

@@ -12,7 +12,8 @@ import grpc
 from coordinator.aggregation.fold import RoundFold
 from shared.bounded import printable
 from shared.errors import FedMLLMError
-from shared.payload import PayloadDigest
+from shared.payload import CHUNK_BYTES, PayloadDigest, iter_chunks
+from shared.safetensors_stream import StateEncoder
 from shared.tensor_codec import StateDict, encode_state
 from shared.wire.v1 import federation_pb2 as pb
 
@@ -20,9 +21,10 @@ from shared.wire.v1 import federation_pb2 as pb
 class Refusal(FedMLLMError):
     """A request the coordinator refuses, with the exact gRPC status code to answer with."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, *, reason: str = "refused") -> None:
         super().__init__(message)
         self.code = code
+        self.reason = reason  # the label it is counted under (fedmllm_updates_rejected_total)
 
 
 @dataclass
@@ -49,7 +51,7 @@ class OpenRound:
     index: int
     attempt: int
     selected: list[str]
-    payload: bytes
+    payload: list[bytes]  # the adapter download, in the chunks it is served in
     digest: PayloadDigest
     deadline: float
     fold: RoundFold | None  # the updates of a training round; None for an evaluation round
@@ -98,14 +100,14 @@ class OpenRound:
         fold: RoundFold | None,
         deadline_s: float,
     ) -> OpenRound:
-        payload = encode_state(download)  # once per round, shared by every download
+        payload = encode_download(download)  # once per round, shared by every download
         return cls(
             run_id=run_id,
             index=index,
             attempt=attempt,
             selected=selected,
             payload=payload,
-            digest=PayloadDigest.of(payload),
+            digest=PayloadDigest.of_chunks(payload),
             deadline=time.monotonic() + deadline_s,
             fold=fold,
         )
@@ -142,6 +144,7 @@ class OpenRound:
             raise Refusal(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"task {shown!r} is late: it is not a task of open round {self.index}",
+                reason="late",
             )
         if owner != silo_id:
             raise Refusal(
@@ -152,6 +155,7 @@ class OpenRound:
             raise Refusal(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"round {self.index} is closed; update from {silo_id!r} arrived late",
+                reason="late",
             )
         if kind is not None and kind != self.kind:
             raise Refusal(
@@ -179,6 +183,16 @@ class OpenRound:
         total = sum(c.num_samples for c in self.contributed.values())
         weighted = sum(float(getattr(c, field)) * c.num_samples for c in self.contributed.values())
         return weighted / total
+
+
+def encode_download(download: StateDict) -> list[bytes]:
+    """What silos download, as safetensors cut into the chunks every download serves as they
+    are: straight from the tensors when they share one dtype (a run's wire dtype), else
+    serialised by safetensors first."""
+    dtypes = {t.dtype for t in download.values()}
+    if len(dtypes) == 1:
+        return list(StateEncoder(download, dtype=dtypes.pop()).chunks(chunk_bytes=CHUNK_BYTES))
+    return list(iter_chunks(encode_state(download)))
 
 
 def weighted_means(results: list[EvaluationResult]) -> dict[str, float]:

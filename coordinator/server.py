@@ -22,6 +22,7 @@ from prometheus_client import start_http_server
 from transformers import PretrainedConfig
 
 from coordinator.admin_service import AdminService
+from coordinator.aggregation.heap import limit_retention
 from coordinator.base_model import BaseModel
 from coordinator.checkpoint import CheckpointStore
 from coordinator.federation import ControllerSettings, Federation
@@ -124,6 +125,7 @@ def _raise_descriptor_limit() -> None:
 def serve(config: CoordinatorConfig) -> Iterator[RunningCoordinator]:
     """Start the coordinator; on exit stop serving, the run left resumable from its checkpoint."""
     _raise_descriptor_limit()
+    limit_retention()
     base_config = load_base_config(config.model_dir)
     canonical = canonical_config(base_config)
     lora, factory = _adapter_source(config, base_config)

@@ -52,6 +52,7 @@ class SiloRequests:
             raise Refusal(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"task {printable(task_id)!r} of {silo_id!r} is late: no round is open",
+                reason="late",
             )
         open_round.check_task(task_id, silo_id)
         return open_round

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import secrets
+import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ from typing import Any
 import grpc
 
 from coordinator.aggregation.receiver import UpdateReceiver
+from coordinator.aggregation.spool import SpoolPool
+from coordinator.checkpoint import no_room
 from coordinator.federation import Federation
 from coordinator.guard import Context, refuse
 from coordinator.rounds import OpenRound, Refusal
@@ -28,6 +29,13 @@ from shared.wire.v1 import federation_pb2 as pb
 log = logging.getLogger(__name__)
 
 Blocking = Callable[..., Awaitable[Any]]
+# Upload chunks held at once, over all uploads: each is a message of up to 4 MiB in gRPC's
+# buffers, then in Python, then being hashed, measured and spooled. Bounding them bounds the
+# memory uploads take however many silos upload at once, and 4 keep both cores busy.
+CHUNKS_IN_FLIGHT = 4
+_GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
 EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # end of a request stream
 
 
@@ -60,12 +68,13 @@ async def receive_update(
         )
     header: pb.UpdateHeader = first.header
     open_round: OpenRound | None = None
-    path = incoming / f"update-{secrets.token_hex(8)}.bin"
+    pool = SpoolPool.at(incoming)
+    path = pool.take()
     kept = False
     try:
         open_round = federation.round_for_task(header.task_id, silo_id)
         federation.check_update_header(open_round, silo_id, header)
-        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as spool:
+        with pool.open(path) as spool:
             receiver = UpdateReceiver(
                 shape=federation.update_shape(),
                 announced=PayloadDigest(header.payload.total_bytes, header.payload.sha256),
@@ -86,8 +95,20 @@ async def receive_update(
         kept = True
         return pb.UploadReceipt(task_id=header.task_id, bytes_received=update.nbytes)
     except Refusal as refusal:
-        federation.reject(open_round, "refused")
+        federation.reject(open_round, refusal.reason)
         await refuse(context, refusal.code, str(refusal))
+    except OSError as exc:
+        if not no_room(exc):
+            raise
+        federation.reject(open_round, "disk_full")
+        path.unlink(missing_ok=True)  # room for the round's checkpoint; not kept for reuse
+        log.error("update from %s refused: the coordinator's disk is full (%s)", silo_id, exc)
+        await refuse(
+            context,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"update from {silo_id!r} refused: the coordinator's disk ({incoming}) is full; "
+            "the round waits for room",
+        )
     except (PayloadError, UpdateRejected) as exc:
         reason = exc.reason if isinstance(exc, UpdateRejected) else "payload"
         federation.reject(open_round, reason)
@@ -100,7 +121,16 @@ async def receive_update(
         )
     finally:
         if not kept:
-            path.unlink(missing_ok=True)
+            pool.give_back(path)
+
+
+def _gate() -> asyncio.Semaphore:
+    """The chunk permits of this event loop (one loop serves one coordinator)."""
+    loop = asyncio.get_running_loop()
+    gate = _GATES.get(loop)
+    if gate is None:
+        gate = _GATES[loop] = asyncio.Semaphore(CHUNKS_IN_FLIGHT)
+    return gate
 
 
 async def _stream_into(
@@ -112,20 +142,38 @@ async def _stream_into(
     blocking: Blocking,
 ) -> str:
     """Feed the data chunks to the receiver (in a worker thread, one at a time, while the
-    next chunk arrives); return the trailer's digest ("" without a trailer)."""
+    next chunk arrives); return the trailer's digest ("" without a trailer).
+
+    Each chunk takes a permit before it is read and gives it back once the receiver is done
+    with it, so that one upload still reads a chunk while the last is processed, and many
+    uploads together hold CHUNKS_IN_FLIGHT chunks at most."""
+    gate = _gate()
     pending: asyncio.Future[Any] | None = None
     trailer: str | None = None
     try:
-        while (message := await _next(context, stall_s=stall_s, silo_id=silo_id)) is not EOF:
-            part = message.WhichOneof("part")
-            if part == "trailer" and trailer is None:
-                trailer = message.trailer.sha256
-            elif part != "data" or trailer is not None:
+        while True:
+            await gate.acquire()
+            try:
+                message = await _next(context, stall_s=stall_s, silo_id=silo_id)
+                part = None if message is EOF else message.WhichOneof("part")
+                data = message.data if part == "data" and trailer is None else None
+            except BaseException:
+                gate.release()
+                raise
+            if data is None:
+                gate.release()
+                if message is EOF:
+                    break
+                if part == "trailer" and trailer is None:
+                    trailer = message.trailer.sha256
+                    continue
                 raise PayloadError(f"unexpected {part} inside an update stream")
-            else:
-                if pending is not None:
-                    await pending
-                pending = asyncio.ensure_future(blocking(receiver.write, message.data))
+            del message  # its buffer: only `data` is needed now
+            if pending is not None:
+                await pending
+            pending = asyncio.ensure_future(blocking(receiver.write, data))
+            pending.add_done_callback(lambda _: gate.release())
+            del data  # held by the write until it is done, and not a moment longer
     finally:
         if pending is not None:
             await pending

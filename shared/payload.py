@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import hashlib
-import io
-from collections.abc import Iterable, Iterator
+import mmap
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO
 
 from shared.errors import PayloadError
 
 # gRPC's default receive limit is 4 MiB per message; a chunk plus its framing must stay below it,
 # so payloads of any size travel without raising that limit.
 CHUNK_BYTES = 4 * 1024 * 1024 - 64 * 1024
+# Receivers measure an update in blocks of this many elements, counted from the start of each
+# run of tensors (adapter, control); senders cut data chunks on block boundaries, so that no
+# block has to be pieced together from two chunks.
+BLOCK_ELEMENTS = 1 << 15
 
 
 @dataclass(frozen=True)
@@ -26,62 +29,87 @@ class PayloadDigest:
     def of(cls, payload: bytes) -> PayloadDigest:
         return cls(total_bytes=len(payload), sha256=hashlib.sha256(payload).hexdigest())
 
+    @classmethod
+    def of_chunks(cls, chunks: Sequence[bytes]) -> PayloadDigest:
+        digest = hashlib.sha256()
+        for chunk in chunks:
+            digest.update(chunk)
+        return cls(total_bytes=sum(map(len, chunks)), sha256=digest.hexdigest())
 
-def iter_chunks(payload: bytes, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
-    """Slice a payload into chunks; memoryview avoids copying the whole payload again."""
+
+def iter_chunks(
+    payload: bytes | Sequence[bytes], chunk_bytes: int = CHUNK_BYTES
+) -> Iterator[bytes]:
+    """A payload's chunks: a payload already cut (a list of chunks) as it is, without a copy;
+    one bytes object sliced (memoryview: the whole payload is never copied again)."""
+    if not isinstance(payload, bytes):
+        yield from payload
+        return
     view = memoryview(payload)
     for start in range(0, len(payload), chunk_bytes):
         yield bytes(view[start : start + chunk_bytes])
 
 
-class PayloadSink:
-    """Receives the chunks of one announced payload, hashing as they arrive.
+def check_digest(received: str, announced: str) -> None:
+    if received != announced:
+        raise PayloadError(
+            f"payload digest mismatch: received sha256 {received[:16]}..., "
+            f"announced {announced[:16]}..."
+        )
 
-    Bytes go to `out` (a file, so that an upload never needs to sit in memory whole).
-    `finish()` checks the size and the digest; any failure raises PayloadError.
-    """
 
-    def __init__(self, *, expected: PayloadDigest, out: IO[bytes], max_bytes: int) -> None:
+class PayloadBuffer:
+    """Receives the chunks of one announced payload into a buffer of exactly its size,
+    hashing as they arrive; `finish()` checks the size and the digest (PayloadError)."""
+
+    def __init__(self, *, expected: PayloadDigest, max_bytes: int) -> None:
         if expected.total_bytes > max_bytes:
             raise PayloadError(
                 f"announced payload of {expected.total_bytes} bytes exceeds the limit of "
                 f"{max_bytes} bytes"
             )
         self._expected = expected
-        self._out = out
         self._hash = hashlib.sha256()
+        # anonymous pages, all mapped up front (one call instead of a fault every 4 KiB:
+        # measured 0.9 vs 1.6 s for a 600 MB download) and never cleared twice
+        self._memory = (
+            mmap.mmap(
+                -1,
+                expected.total_bytes,
+                flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE,
+            )
+            if expected.total_bytes
+            else None
+        )
+        self._view = memoryview(self._memory) if self._memory is not None else memoryview(b"")
         self.received = 0
 
     def write(self, chunk: bytes) -> None:
         if len(chunk) > CHUNK_BYTES:
             raise PayloadError(f"chunk of {len(chunk)} bytes exceeds {CHUNK_BYTES} bytes")
-        self.received += len(chunk)
-        if self.received > self._expected.total_bytes:
+        end = self.received + len(chunk)
+        if end > self._expected.total_bytes:
             raise PayloadError(
                 f"payload longer than announced: more than {self._expected.total_bytes} bytes"
             )
+        self._view[self.received : end] = chunk
         self._hash.update(chunk)
-        self._out.write(chunk)
+        self.received = end
 
-    def finish(self) -> None:
+    def finish(self) -> memoryview:
+        """The verified payload (writable; tensors decoded from it are views of it)."""
         if self.received != self._expected.total_bytes:
             raise PayloadError(
                 f"payload truncated: received {self.received} of "
                 f"{self._expected.total_bytes} announced bytes"
             )
-        digest = self._hash.hexdigest()
-        if digest != self._expected.sha256:
-            raise PayloadError(
-                f"payload digest mismatch: received sha256 {digest[:16]}..., "
-                f"announced {self._expected.sha256[:16]}..."
-            )
+        check_digest(self._hash.hexdigest(), self._expected.sha256)
+        return self._view
 
 
-def assemble(expected: PayloadDigest, chunks: Iterable[bytes], *, max_bytes: int) -> bytes:
+def assemble(expected: PayloadDigest, chunks: Iterable[bytes], *, max_bytes: int) -> memoryview:
     """Collect a payload in memory (the global adapter on the silo side) and verify it."""
-    buffer = io.BytesIO()
-    sink = PayloadSink(expected=expected, out=buffer, max_bytes=max_bytes)
+    buffer = PayloadBuffer(expected=expected, max_bytes=max_bytes)
     for chunk in chunks:
-        sink.write(chunk)
-    sink.finish()
-    return buffer.getvalue()
+        buffer.write(chunk)
+    return buffer.finish()

@@ -22,10 +22,11 @@ def encode_state(state: Mapping[str, torch.Tensor]) -> bytes:
     return st_save({name: t.detach().contiguous().cpu() for name, t in state.items()})
 
 
-def decode_state(payload: bytes) -> StateDict:
-    """Parse safetensors bytes; a malformed payload raises PayloadError."""
+def decode_state(payload: bytes | bytearray | memoryview) -> StateDict:
+    """Parse safetensors bytes into tensors of their own; a malformed payload raises
+    PayloadError. (shared.safetensors_stream.decode_buffer decodes without a copy.)"""
     try:
-        return st_load(payload)
+        return st_load(payload if isinstance(payload, bytes) else bytes(payload))
     except Exception as exc:  # safetensors raises its own SafetensorError and others
         raise PayloadError(f"payload is not valid safetensors: {exc}") from exc
 

@@ -9,7 +9,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -24,10 +24,9 @@ from shared.errors import (
 )
 from shared.evaluation.judge import LLMJudge
 from shared.grpc_options import CHANNEL_OPTIONS
-from shared.payload import PayloadDigest, assemble, iter_chunks
 from shared.prompts import PromptVariant
 from shared.silo_data import Sample
-from shared.tensor_codec import CONTROL_PREFIX, StateDict, decode_state, encode_state
+from shared.tensor_codec import CONTROL_PREFIX, StateDict, decode_state
 from shared.tls import TlsFiles, channel_credentials
 from shared.wire.v1 import federation_pb2 as pb
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
@@ -35,17 +34,11 @@ from silo_agent.control_variates import ControlVariates
 from silo_agent.evaluator import evaluate
 from silo_agent.metrics import SiloMetrics
 from silo_agent.model import SiloModel
-from silo_agent.trainer import (
-    LocalPlan,
-    LocalResult,
-    load_global_adapter,
-    train_round,
-)
+from silo_agent.trainer import LocalPlan, LocalResult, load_global_adapter, train_round
+from silo_agent.transfer import download_adapter, in_layout_dtypes, upload_update
 
 log = logging.getLogger(__name__)
 
-# The global adapter a silo accepts; far above any LoRA adapter, far below a full model.
-MAX_ADAPTER_BYTES = 16 * 1024**3
 MAX_HEARTBEAT_FAILURES = 3
 # Refusals that concern one task (late, duplicate, malformed): the session goes on.
 TASK_REFUSALS = frozenset(
@@ -218,15 +211,8 @@ class SiloAgent:
                 stream.cancel()
                 return
 
-    def _download(self, stub: pb_grpc.SiloStub, task: pb.RoundTask) -> bytes:
-        stream = stub.DownloadAdapter(pb.DownloadRequest(task_id=task.task_id))
-        first = next(stream)
-        if first.WhichOneof("part") != "header":
-            raise PayloadError("adapter stream did not start with its header")
-        announced = PayloadDigest(first.header.total_bytes, first.header.sha256)
-        if announced != PayloadDigest(task.adapter.total_bytes, task.adapter.sha256):
-            raise PayloadError("adapter header differs from the one the round task announced")
-        return assemble(announced, (m.data for m in stream), max_bytes=MAX_ADAPTER_BYTES)
+    def _download(self, stub: pb_grpc.SiloStub, task: pb.RoundTask) -> memoryview:
+        return download_adapter(stub, task)
 
     def _execute(self, stub: pb_grpc.SiloStub, task: pb.RoundTask) -> None:
         """One round task. A refusal of this task (late, duplicate, malformed) is logged and
@@ -300,7 +286,10 @@ class SiloAgent:
 
     def _train_and_upload(self, stub: pb_grpc.SiloStub, task: pb.RoundTask, label: str) -> None:
         started = time.monotonic()
-        global_state, server_control = split_controls(decode_state(self._download(stub, task)))
+        payload = self._download(stub, task)
+        global_state, server_control = split_controls(
+            in_layout_dtypes(payload, self._silo.adapter_layout)
+        )
         if task.training.control_variates and not server_control:
             raise ValueError("SCAFFOLD round without the server control variate")
         self._state = f"training round {task.round}"
@@ -316,19 +305,16 @@ class SiloAgent:
             label=label,
         )
         controls = {CONTROL_PREFIX + n: t for n, t in (result.control_delta or {}).items()}
-        wire = getattr(torch, task.training.wire_dtype or "float32")
-        payload = encode_state({n: t.to(wire) for n, t in {**result.delta, **controls}.items()})
-        digest = PayloadDigest.of(payload)
         header = pb.UpdateHeader(
             task_id=task.task_id,
             num_samples=result.num_samples,
             mean_loss=result.mean_loss,
             steps=result.steps,
             gamma=result.gamma,
-            payload=pb.PayloadHeader(total_bytes=digest.total_bytes, sha256=digest.sha256),
         )
         self._state = f"uploading round {task.round}"
-        stub.UploadUpdate(_update_stream(header, payload))
+        wire = getattr(torch, task.training.wire_dtype or "float32")
+        sent_bytes = upload_update(stub, header, {**result.delta, **controls}, dtype=wire)
         elapsed = time.monotonic() - started
         self.metrics.steps.inc(result.steps)
         self.metrics.loss.set(result.mean_loss)
@@ -347,7 +333,7 @@ class SiloAgent:
             task.training.learning_rate,
             result.mean_loss,
             result.gamma,
-            len(payload),
+            sent_bytes,
             time.monotonic() - started,
         )
 
@@ -413,9 +399,3 @@ def split_controls(state: StateDict) -> tuple[StateDict, StateDict]:
         n.removeprefix(CONTROL_PREFIX): t for n, t in state.items() if n.startswith(CONTROL_PREFIX)
     }
     return adapter, controls
-
-
-def _update_stream(header: pb.UpdateHeader, payload: bytes) -> Iterator[pb.UpdateChunk]:
-    yield pb.UpdateChunk(header=header)
-    for chunk in iter_chunks(payload):
-        yield pb.UpdateChunk(data=chunk)

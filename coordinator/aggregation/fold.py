@@ -11,24 +11,32 @@ memory holds a block of each update rather than K whole updates.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from io import BufferedReader
 from pathlib import Path
 
 import torch
 
 from coordinator.aggregation import robust
+from coordinator.aggregation.heap import release_freed
+from coordinator.aggregation.kernels import add_scaled
 from coordinator.aggregation.receiver import ReceivedUpdate
 from coordinator.aggregation.shape import UpdateShape
+from coordinator.aggregation.spool import SpoolPool, SpoolView
 from coordinator.run_state import RunSpec
 from coordinator.strategies import RoundAggregate
 
 log = logging.getLogger(__name__)
 
-# Elements per block read back from a spool: a few MB, cache-friendly, bounded memory.
-FOLD_BLOCK = 1 << 20
+# Elements folded per call. The pages of a spool just written are mapped on first touch by
+# both of torch's threads at once, and small windows make them contend: 4M elements took
+# 180-300 ms per 150M, 32M elements 40 ms (the floor: 30). Larger windows would keep more of
+# an update mapped (counted as the coordinator's memory) before it is let go.
+FOLD_BLOCK = 1 << 25
+# Elements per [K, B] block of the coordinate rules: K rows of it stay in cache.
+STACK_BLOCK = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -76,33 +84,6 @@ class FoldOutcome:
     excluded: list[str] = field(default_factory=list)  # not selected by Krum
 
 
-class SpoolReader:
-    """Reads spooled data block by block into one reused buffer, as float32 (a float32 spool
-    is read straight into the buffer the fold adds from: no copy)."""
-
-    def __init__(self, dtype: str, block: int = FOLD_BLOCK) -> None:
-        wire = getattr(torch, dtype)
-        self.itemsize = torch.empty(0, dtype=wire).element_size()
-        self._buffer = bytearray(block * self.itemsize)
-        self._raw = torch.frombuffer(self._buffer, dtype=wire)
-        self._values = self._raw if wire == torch.float32 else torch.empty(block)
-        self.block = block
-
-    def read(self, handle: BufferedReader, count: int) -> torch.Tensor:
-        """The next `count` (<= block) elements of `handle`, valid until the next read."""
-        want = count * self.itemsize
-        if handle.readinto(memoryview(self._buffer)[:want]) != want:
-            raise OSError(f"spooled update {handle.name} is truncated")
-        if self._values is not self._raw:
-            self._values[:count].copy_(self._raw[:count])
-        return self._values[:count]
-
-    def blocks(self, handle: BufferedReader, count: int) -> Iterator[tuple[int, torch.Tensor]]:
-        """(offset, values) over the next `count` elements of `handle`."""
-        for start in range(0, count, self.block):
-            yield start, self.read(handle, min(self.block, count - start))
-
-
 class RoundFold:
     """The updates of one round attempt, folded into `aggregate` in canonical order."""
 
@@ -120,7 +101,6 @@ class RoundFold:
         self._order = sorted(selected)
         self._arrivals: dict[str, Arrival] = {}
         self._next = 0  # position in the order up to which updates are folded
-        self._reader = SpoolReader(shape.dtype)
 
     def add(self, silo_id: str, arrival: Arrival) -> None:
         """Take an accepted update; fold what the canonical order allows. Callers serialise."""
@@ -140,6 +120,13 @@ class RoundFold:
 
     def finish(self) -> FoldOutcome:
         """Fold what is left by the rule, fill the aggregate's counts, and say what happened."""
+        outcome = self._finish()
+        for name in self.aggregate.stale:  # nothing was folded into it
+            getattr(self.aggregate, name).zero_()
+        self.aggregate.stale.clear()
+        return outcome
+
+    def _finish(self) -> FoldOutcome:
         names = [s for s in self._order if s in self._arrivals]
         arrivals = [self._arrivals[s] for s in names]
         aggregate = self.aggregate
@@ -176,17 +163,23 @@ class RoundFold:
         return outcome
 
     def _fold(self, arrival: Arrival, *, alpha: float, weight: float | None = None) -> None:
-        """Add one spooled update, read front to back: adapter values times `alpha` into the
-        sum, control values as they are into the control sum."""
+        """Add one spooled update in place from its file: adapter values times `alpha` into
+        the sum, control values as they are into the control sum."""
         aggregate = self.aggregate
-        with arrival.update.path.open("rb") as handle:
+        written = set()
+        with SpoolView(arrival.update.path, self._shape.dtype) as spool:
             for run in self._shape.runs:
-                target = aggregate.control_total if run.control else aggregate.total
-                assert target is not None
-                scale = 1.0 if run.control else alpha
-                for start, values in self._reader.blocks(handle, run.count):
-                    at = run.target + start
-                    target[at : at + values.numel()].add_(values, alpha=scale)
+                name = "control_total" if run.control else "total"
+                target = getattr(aggregate, name)
+                scale, write = (1.0 if run.control else alpha), name in aggregate.stale
+                for start in range(0, run.count, FOLD_BLOCK):
+                    count, at = min(FOLD_BLOCK, run.count - start), run.target + start
+                    values = spool.values(run.start + start, count)
+                    add_scaled(target[at : at + count], values, scale, write=write)
+                    del values
+                    spool.release(run.start + start, count)
+                written.add(name)
+        aggregate.stale -= written  # every run of an update together covers its buffers
         aggregate.weight_sum += arrival.weight if weight is None else weight
 
     def _stacked(
@@ -194,20 +187,18 @@ class RoundFold:
     ) -> Iterator[tuple[int, torch.Tensor]]:
         """(adapter offset, [K, B] block) over the adapter values of every update, each row
         scaled by its clipping factor."""
-        reader = self._reader
-        stack = torch.empty(len(arrivals), reader.block, dtype=torch.float32)
-        handles = [a.update.path.open("rb") for a in arrivals]
-        try:
+        stack = torch.empty(len(arrivals), STACK_BLOCK, dtype=torch.float32)
+        with contextlib.ExitStack() as opened:
+            spools = [
+                opened.enter_context(SpoolView(a.update.path, self._shape.dtype)) for a in arrivals
+            ]
             for run in (r for r in self._shape.runs if not r.control):
-                for start in range(0, run.count, reader.block):
-                    n = min(reader.block, run.count - start)
-                    for row, (handle, scale) in enumerate(zip(handles, scales, strict=True)):
-                        handle.seek((run.start + start) * reader.itemsize)
-                        stack[row, :n].copy_(reader.read(handle, n)).mul_(scale)
+                for start in range(0, run.count, STACK_BLOCK):
+                    n = min(STACK_BLOCK, run.count - start)
+                    for row, (spool, scale) in enumerate(zip(spools, scales, strict=True)):
+                        stack[row, :n].copy_(spool.values(run.start + start, n)).mul_(scale)
+                        spool.release(run.start + start, n)
                     yield run.target + start, stack[:, :n]
-        finally:
-            for handle in handles:
-                handle.close()
 
     def _coordinate_rule(self, arrivals: list[Arrival], scales: list[float]) -> None:
         trim = robust.trimmed_count(len(arrivals), self._rule.trim_fraction)
@@ -217,6 +208,7 @@ class RoundFold:
             else:
                 combined = robust.trimmed_mean(block, trim)
             self.aggregate.total[start : start + combined.numel()].copy_(combined)
+        self.aggregate.stale.discard("total")
 
     def _krum(self, arrivals: list[Arrival], scales: list[float]) -> list[int]:
         gram = torch.zeros(len(arrivals), len(arrivals), dtype=torch.float64)
@@ -230,6 +222,8 @@ class RoundFold:
         return robust.krum_select(scores, keep)
 
     def discard(self) -> None:
-        """Delete every spooled update of this attempt."""
+        """Hand every spooled update of this attempt back to its pool."""
         for arrival in self._arrivals.values():
-            Path(arrival.update.path).unlink(missing_ok=True)
+            path = Path(arrival.update.path)
+            SpoolPool.at(path.parent).give_back(path)
+        release_freed()  # what the round's transfers and folds freed

@@ -1,32 +1,21 @@
 """Receiving one update: its safetensors header checked as soon as it arrives, its data
-spooled to disk, hashed, and measured (norm, largest magnitude, finiteness) in the same pass.
-
-Statistics are taken over fixed blocks of elements, so that they do not depend on how the
-sender cut its chunks: the same update always measures the same, bit for bit.
-"""
+hashed, measured (norm, largest magnitude, finiteness) and spooled to disk chunk by chunk."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-import torch
-
+from coordinator.aggregation.measure import UpdateStatistics
 from coordinator.aggregation.shape import WIRE_DTYPES, UpdateShape
 from shared.errors import PayloadError, UpdateRejected
-from shared.payload import CHUNK_BYTES, PayloadDigest, iter_chunks
+from shared.payload import CHUNK_BYTES, PayloadDigest, check_digest, iter_chunks
 
-# Elements per statistics block: small enough to stay in cache, large enough that per-call
-# overhead vanishes.
-STATS_BLOCK = 1 << 18
-# No LoRA delta comes near this; far below it, float32 running sums cannot overflow.
-MAX_ABS_VALUE = 1e6
 # Other safetensors codes, named as torch names them in refusals.
 _CODE_NAMES = {
     **{code: name for name, code in WIRE_DTYPES.items()},
@@ -107,14 +96,9 @@ class UpdateReceiver:
         self._hash = hashlib.sha256()
         self._head = bytearray()  # the 8-byte length and the JSON header, until complete
         self._data_start = -1  # payload offset of the data section, once the header is read
-        self._dtype = getattr(torch, shape.dtype)
-        self._itemsize = shape.itemsize
-        self._pending = bytearray()  # a statistics block split across chunks
-        self._element = 0  # data elements measured so far
-        self._sumsq = 0.0
-        self._max_abs = 0.0
+        self.statistics = UpdateStatistics(shape)
         self.received = 0
-        most = shape.numel * self._itemsize + self._max_header() + 8
+        most = shape.numel * shape.itemsize + self._max_header() + 8
         if announced.total_bytes > most:
             raise PayloadError(
                 f"announced update of {announced.total_bytes} bytes; this run's updates carry "
@@ -139,8 +123,8 @@ class UpdateReceiver:
         if self._data_start < 0:
             view = self._read_header(view)
         if len(view):
+            self.statistics.consume(view)
             self._spool.write(view)
-            self._measure(view)
 
     def _read_header(self, view: memoryview) -> memoryview:
         """Collect the header; return what of `view` is data."""
@@ -156,7 +140,7 @@ class UpdateReceiver:
             return self._read_header(view[take:])
         if len(self._head) == need and need > 8:
             _check_header(bytes(self._head[8:]), self._shape)
-            expected = need + self._shape.numel * self._itemsize
+            expected = need + self._shape.numel * self._shape.itemsize
             if expected != self._announced.total_bytes:
                 raise PayloadError(
                     f"announced {self._announced.total_bytes} bytes, but its header describes "
@@ -165,69 +149,21 @@ class UpdateReceiver:
             self._data_start = need
         return view[take:]
 
-    def _block_end(self) -> int:
-        """Element index where the current statistics block ends (blocks never straddle a
-        run: each block is all adapter or all control values)."""
-        run = self._shape.run_at(self._element)
-        block = (self._element - run.start) // STATS_BLOCK + 1
-        return min(run.start + block * STATS_BLOCK, run.start + run.count)
-
-    def _measure(self, view: memoryview) -> None:
-        size = self._itemsize
-        while len(view):
-            if self._element >= self._shape.numel:
-                raise PayloadError("more data than the header describes")
-            block_bytes = (self._block_end() - self._element) * size - len(self._pending)
-            take = min(block_bytes, len(view))
-            if not self._pending and take == block_bytes:
-                self._block(view[:take])
-            else:
-                self._pending += view[:take]
-                if take == block_bytes:
-                    self._block(memoryview(self._pending))
-                    self._pending = bytearray()
-            view = view[take:]
-
-    def _block(self, data: memoryview) -> None:
-        values = torch.frombuffer(data, dtype=self._dtype)
-        if self._dtype != torch.float32:
-            values = values.float()
-        low, high = torch.aminmax(values)
-        peak = max(-float(low), float(high))
-        if not math.isfinite(peak):
-            raise UpdateRejected(reason="non_finite", detail=self._where() + ": NaN or Inf values")
-        if peak > MAX_ABS_VALUE:
-            raise UpdateRejected(
-                reason="magnitude",
-                detail=f"{self._where()}: |value| {peak:.3g} above {MAX_ABS_VALUE:g}",
-            )
-        self._max_abs = max(self._max_abs, peak)
-        if not self._shape.run_at(self._element).control:
-            self._sumsq += float(torch.dot(values, values))
-        self._element += values.numel()
-
-    def _where(self) -> str:
-        return self._shape.name_at(self._element)
-
     def finish(self, trailer_sha256: str = "") -> ReceivedUpdate:
         total = self._announced.total_bytes
-        if self.received != total or self._element != self._shape.numel:
+        if self.received != total or not self.statistics.complete():
             raise PayloadError(f"payload truncated: received {self.received} of {total} bytes")
         announced = self._announced.sha256 or trailer_sha256
         if not announced:
             raise PayloadError("the update carried no SHA-256, neither in its header nor after it")
-        digest = self._hash.hexdigest()
-        if digest != announced:
-            raise PayloadError(
-                f"payload digest mismatch: received sha256 {digest[:16]}..., "
-                f"announced {announced[:16]}..."
-            )
+        check_digest(self._hash.hexdigest(), announced)
         self._spool.flush()
+        self._spool.truncate()  # a reused spool file may have held a longer update
         return ReceivedUpdate(
             path=self._path,
             dtype=self._shape.dtype,
-            norm=math.sqrt(self._sumsq),
-            max_abs=self._max_abs,
+            norm=self.statistics.norm,
+            max_abs=self.statistics.max_abs,
             nbytes=self.received,
         )
 

@@ -41,6 +41,10 @@ class RoundAggregate:
         self.samples = 0
         self.sample_steps = 0.0  # Σ n_k τ_k, for FedNova
         self.updates = 0
+        # buffers still holding an earlier round's values: the round's first fold writes them
+        # instead of adding to them (a zeroing pass saved), and a fold that writes nothing
+        # zeroes them at its end
+        self.stale = {"total", "control_total"} if control_total is not None else {"total"}
 
 
 class Strategy(ABC):
@@ -66,14 +70,12 @@ class Strategy(ABC):
         return float(num_samples)
 
     def begin_round(self, *, population: int) -> RoundAggregate:
-        """A zeroed aggregate over the same buffers every round (one attempt at a time)."""
+        """An aggregate over the same buffers every round (one attempt at a time); the
+        round's fold overwrites them (RoundAggregate.stale)."""
         if self._sums is None:
             control = self.layout.zeros() if self.uses_control_variates else None
             self._sums = (self.layout.zeros(), control)
         total, control = self._sums
-        total.zero_()
-        if control is not None:
-            control.zero_()
         return RoundAggregate(total=total, control_total=control, population=population)
 
     def download_extras(self) -> StateDict:

@@ -15,6 +15,7 @@ import grpc
 import pytest
 import torch
 
+from coordinator.aggregation.spool import SpoolPool
 from coordinator.run_state import RunSpec
 from coordinator.server import RunningCoordinator, serve
 from coordinator.silo_service import SiloServiceSettings
@@ -121,6 +122,37 @@ def test_header_numbers_outside_the_plausible_are_refused_and_counted(
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert admin.GetStatus(pb.StatusRequest()).history[0].rejected == 6
+    silo.close()
+
+
+def test_an_update_the_full_disk_cannot_hold_is_refused_and_the_round_waits_for_room(
+    coordinator: RunningCoordinator, certs: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # /dev/full is the kernel's own full disk: every write to it fails with ENOSPC. A spool
+    # opened there stands in for a spool directory whose disk just filled up.
+    silo = ProtocolSilo(coordinator.port, tls(certs, "silo-1"), tiny_model, num_samples=10)
+    admin = _admin(coordinator, certs)
+    spec = RunSpec(rounds=1, silos_per_round=1, min_silos=1, round_deadline_s=60.0)
+    admin.StartRun(pb.StartRunRequest(spec=spec.to_proto()))
+    task = silo.next_task()
+    delta = constant_delta(silo.download(task), 0.01)
+    with monkeypatch.context() as patched:
+        patched.setattr(SpoolPool, "open", staticmethod(lambda path: open("/dev/full", "wb")))
+        error = _refused(lambda: silo.upload(task, delta))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "silo-1" in (error.details() or "") and "disk" in (error.details() or "")
+    assert _rejected(coordinator, "disk_full") == 1
+    assert admin.GetStatus(pb.StatusRequest()).state == pb.RUN_STATE_RUNNING
+    silo.upload(task, delta)  # room again: the same task is taken
+    deadline = time.monotonic() + 20
+    while admin.GetStatus(pb.StatusRequest()).state == pb.RUN_STATE_RUNNING:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert admin.GetStatus(pb.StatusRequest()).state == pb.RUN_STATE_COMPLETED
+    error = _refused(lambda: silo.upload(task, delta))  # the round is over
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "late" in (error.details() or "")
+    assert _rejected(coordinator, "late") == 1
     silo.close()
 
 

@@ -18,7 +18,7 @@ from coordinator.checkpoint import CheckpointStore
 from coordinator.run_state import RunSpec
 from coordinator.server import RunningCoordinator, serve
 from shared.payload import PayloadDigest
-from shared.tensor_codec import encode_state
+from shared.tensor_codec import StateDict, encode_state
 from shared.wire.v1 import federation_pb2 as pb
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
 from tests.conftest import coordinator_config, tls
@@ -61,6 +61,15 @@ def two_silos(
         silo.close()
 
 
+def _assert_moved_by(adapter: StateDict, downloaded: StateDict, step: float) -> None:
+    """Silos download bfloat16 (the default wire dtype) while the master weights stay
+    float32: the new adapter is the download + `step` up to the download's rounding."""
+    for name, before in downloaded.items():
+        assert before.dtype == torch.bfloat16 and adapter[name].dtype == torch.float32
+        rounding = float(before.float().abs().max()) * 2**-8
+        torch.testing.assert_close(adapter[name], before.float() + step, atol=rounding, rtol=0)
+
+
 def test_round_aggregates_sample_weighted_and_checkpoints(
     coordinator: RunningCoordinator, certs: Path, two_silos: list[ProtocolSilo], tmp_path: Path
 ) -> None:
@@ -78,8 +87,7 @@ def test_round_aggregates_sample_weighted_and_checkpoints(
     assert status.history[0].num_samples == 40
     saved = CheckpointStore(tmp_path / "checkpoints").load_latest()
     assert saved is not None and saved.round == 1
-    for name, before in start.items():  # (30 * 1 + 10 * -1) / 40 = 0.5
-        torch.testing.assert_close(saved.adapter[name], before + 0.5)
+    _assert_moved_by(saved.adapter, start, 0.5)  # (30 * 1 + 10 * -1) / 40 = 0.5
 
 
 def _rejected(call: object) -> grpc.RpcError:
@@ -111,17 +119,17 @@ def test_malformed_updates_never_touch_the_global_adapter(
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, name
     first = next(iter(start))
     wrong_shape = dict(constant_delta(start, 0.25))
-    wrong_shape[first] = torch.zeros(3, 3)
+    wrong_shape[first] = torch.zeros(3, 3, dtype=start[first].dtype)
     non_finite = dict(constant_delta(start, 0.25))
     non_finite[first] = non_finite[first].clone().fill_(float("nan"))
     wrong_dtype = dict(constant_delta(start, 0.25))
-    wrong_dtype[first] = wrong_dtype[first].to(torch.bfloat16)
+    wrong_dtype[first] = wrong_dtype[first].to(torch.float16)
     missing = dict(constant_delta(start, 0.25))
     missing.pop(first)
     for label, delta, needle in (
         ("shape", wrong_shape, "shape [3, 3]"),
         ("nan", non_finite, "NaN"),
-        ("dtype", wrong_dtype, "dtype bfloat16"),
+        ("dtype", wrong_dtype, "dtype float16"),
         ("missing", missing, "missing"),
     ):
         error = _rejected(lambda d=delta: silo.upload(task, d))
@@ -137,8 +145,7 @@ def test_malformed_updates_never_touch_the_global_adapter(
     assert list(status.history[0].contributed) == ["silo-1"]
     saved = CheckpointStore(tmp_path / "checkpoints").load_latest()
     assert saved is not None
-    for name, before in start.items():
-        torch.testing.assert_close(saved.adapter[name], before + 0.25)
+    _assert_moved_by(saved.adapter, start, 0.25)
     late = _rejected(lambda: silo.upload(task, constant_delta(start, 0.25)))
     assert late.code() == grpc.StatusCode.FAILED_PRECONDITION
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 
 from shared.errors import PayloadError
-from shared.payload import CHUNK_BYTES, PayloadDigest, PayloadSink, assemble, iter_chunks
+from shared.payload import CHUNK_BYTES, PayloadBuffer, PayloadDigest, assemble, iter_chunks
 from shared.tensor_codec import decode_state, encode_state
 
 
@@ -59,18 +57,17 @@ def test_payload_longer_than_announced_is_rejected() -> None:
 
 def test_oversized_announcement_is_refused_before_any_data() -> None:
     with pytest.raises(PayloadError, match="exceeds the limit"):
-        PayloadSink(
-            expected=PayloadDigest(total_bytes=10**12, sha256="0" * 64),
-            out=io.BytesIO(),
-            max_bytes=10**9,
-        )
+        PayloadBuffer(expected=PayloadDigest(total_bytes=10**12, sha256="0" * 64), max_bytes=10**9)
 
 
 def test_oversized_chunk_is_rejected() -> None:
-    sink = PayloadSink(
+    sink = PayloadBuffer(
         expected=PayloadDigest(total_bytes=CHUNK_BYTES + 1, sha256="0" * 64),
-        out=io.BytesIO(),
         max_bytes=2 * CHUNK_BYTES,
     )
     with pytest.raises(PayloadError, match="chunk of"):
         sink.write(b"\0" * (CHUNK_BYTES + 1))
+
+
+def test_an_empty_payload_assembles() -> None:
+    assert assemble(PayloadDigest.of(b""), [], max_bytes=10) == b""

@@ -1,0 +1,284 @@
+"""A silo's download and upload through the project against a bare gRPC stream of the same bytes.
+
+    python -m bench.transport [--sizes 10 100 600] [--repeats 5] [--write-docs]
+
+For each size (MB of float32 adapter), a real coordinator process serves a FedAvg run of one
+silo per round on a float32 wire (so the bytes are the adapter's); this process is that silo.
+Each round it downloads the global adapter the way the silo agent does (into one buffer,
+hashed as it arrives, decoded in place) and uploads a delta of the same size (cut from the
+tensors and hashed as it is sent, digest in the trailer; the receipt comes once the
+coordinator has hashed, measured, spooled and folded it). In the same round, while the
+coordinator waits, a bare server process (bench/bare_stream.py: same mutual TLS, options and
+chunk size, nothing done with the bytes) streams as many bytes each way. The first round
+warms up. Ratios are project time / bare time, per round; min and median over the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import torch
+
+from bench import bare_stream
+from bench.docs import replace_section
+from bench.load import start_coordinator
+from bench.protocol_silo import join_request
+from bench.sized_model import sized_model
+from coordinator.run_state import RunSpec
+from shared.grpc_options import CHANNEL_OPTIONS
+from shared.payload import BLOCK_ELEMENTS, CHUNK_BYTES
+from shared.pki import create_federation
+from shared.safetensors_stream import StateEncoder
+from shared.tensor_codec import StateDict, TensorLayout
+from shared.tls import TlsFiles, channel_credentials
+from shared.wire.v1 import federation_pb2 as pb
+from shared.wire.v1 import federation_pb2_grpc as pb_grpc
+from silo_agent.transfer import download_adapter, in_layout_dtypes, upload_update
+
+SILO = "silo-bench"
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """One timed transfer: wall seconds, and CPU seconds at each end."""
+
+    wall: float
+    client_cpu: float
+    server_cpu: float
+
+
+# the transfers of one round, in the order they run
+KINDS = ("download", "bare_download", "hashed_download", "bare_upload", "hashed_upload", "upload")
+Round = dict[str, Transfer]
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _timed(action: Callable[[], object], server: int) -> Transfer:
+    own, theirs = resource.getrusage(resource.RUSAGE_SELF), _cpu_seconds(server)
+    started = time.perf_counter()
+    action()
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    client = after.ru_utime + after.ru_stime - own.ru_utime - own.ru_stime
+    return Transfer(wall, client, _cpu_seconds(server) - theirs)
+
+
+class BenchSilo:
+    """A silo holding its task stream and heartbeating, for the transfers timed here."""
+
+    def __init__(self, *, target: str, tls: TlsFiles, join: pb.JoinRequest) -> None:
+        self.channel = grpc.secure_channel(
+            target, channel_credentials(tls), options=CHANNEL_OPTIONS
+        )
+        self.stub = pb_grpc.SiloStub(self.channel)
+        joined = self.stub.Join(join, timeout=120)
+        self.tasks: queue.Queue[pb.RoundTask] = queue.Queue()
+        self._stream = self.stub.ReceiveTasks(pb.TaskStreamRequest(session_id=joined.session_id))
+        self._over = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+        threading.Thread(target=self._beat, args=(joined,), daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            for task in self._stream:
+                self.tasks.put(task)
+        except grpc.RpcError:
+            pass
+
+    def _beat(self, joined: pb.JoinResponse) -> None:
+        beat = pb.HeartbeatRequest(session_id=joined.session_id, state="bench")
+        while not self._over.wait(joined.heartbeat_interval_s):
+            self.stub.Heartbeat(beat, timeout=30)
+
+    def close(self) -> None:
+        self._over.set()
+        self._stream.cancel()
+        self.channel.close()
+
+
+def _one_round(
+    silo: BenchSilo, bare: grpc.Channel, task: pb.RoundTask, delta: StateDict, pids: tuple[int, int]
+) -> Round:
+    """The downloads, then the bare uploads, then the project's: the coordinator starts its
+    round work only once the project's upload is in."""
+    coordinator, bare_server = pids
+    layout = {n: TensorLayout(n, tuple(t.shape), "float32") for n, t in delta.items()}
+    encoder = StateEncoder(delta, dtype=torch.float32)
+    payload = encoder.to_bytes()
+    data_chunk = max(map(len, encoder.chunks(chunk_bytes=CHUNK_BYTES, block=BLOCK_ELEMENTS)))
+    header = pb.UpdateHeader(task_id=task.task_id, num_samples=10, mean_loss=1.0, steps=1)
+    size = task.adapter.total_bytes
+    actions: dict[str, tuple[Callable[[], object], int]] = {
+        "download": (
+            lambda: in_layout_dtypes(download_adapter(silo.stub, task), layout),
+            coordinator,
+        ),
+        "bare_download": (
+            lambda: bare_stream.download(bare, size, chunk_bytes=CHUNK_BYTES),
+            bare_server,
+        ),
+        "hashed_download": (
+            lambda: bare_stream.download(bare, size, chunk_bytes=CHUNK_BYTES, hashed=True),
+            bare_server,
+        ),
+        "bare_upload": (
+            lambda: bare_stream.upload(bare, payload, chunk_bytes=data_chunk),
+            bare_server,
+        ),
+        "hashed_upload": (
+            lambda: bare_stream.upload(bare, payload, chunk_bytes=data_chunk, hashed=True),
+            bare_server,
+        ),
+        "upload": (
+            lambda: upload_update(silo.stub, header, delta, dtype=torch.float32),
+            coordinator,
+        ),
+    }
+    return {kind: _timed(*actions[kind]) for kind in KINDS}
+
+
+def _rounds(
+    silo: BenchSilo,
+    bare: grpc.Channel,
+    join: pb.JoinRequest,
+    repeats: int,
+    pids: tuple[int, int],
+) -> list[Round]:
+    generator = torch.Generator().manual_seed(0)
+    delta = {
+        t.name: 0.01 * torch.randn(tuple(t.shape), generator=generator) for t in join.adapter_layout
+    }
+    rounds = []
+    for index in range(repeats + 1):
+        task = silo.tasks.get(timeout=600)
+        timed = _one_round(silo, bare, task, delta, pids)
+        if index:  # the first round warms up
+            rounds.append(timed)
+    return rounds
+
+
+def _start_bare(work: Path, certs: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port_file = work / "bare-port"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.bare_stream",
+            "--certs",
+            str(certs),
+            "--port-file",
+            str(port_file),
+        ]
+    )
+    deadline = time.monotonic() + 60
+    while not port_file.exists() or not port_file.read_text():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the bare stream server did not start")
+        time.sleep(0.1)
+    return process, int(port_file.read_text())
+
+
+def _start_run(port: int, certs: Path, rounds: int) -> None:
+    tls = TlsFiles.in_directory(certs, "admin")
+    with grpc.secure_channel(f"localhost:{port}", channel_credentials(tls)) as channel:
+        spec = RunSpec(
+            rounds=rounds,
+            silos_per_round=1,
+            min_silos=1,
+            round_deadline_s=600,
+            wire_dtype="float32",
+        )
+        pb_grpc.AdminStub(channel).StartRun(pb.StartRunRequest(spec=spec.to_proto()), timeout=60)
+
+
+def measure(megabytes: int, *, repeats: int, work: Path) -> list[Round]:
+    certs = work / "pki"
+    create_federation(certs, hosts=["localhost", "127.0.0.1"], silos=[SILO], admins=["admin"])
+    model = sized_model(work / "model", adapter_bytes=megabytes * 10**6)
+    join = join_request(model)
+    coordinator, port = start_coordinator(work, certs, model)
+    bare_process, bare_port = _start_bare(work, certs)
+    tls = TlsFiles.in_directory(certs, SILO)
+    silo = BenchSilo(target=f"localhost:{port}", tls=tls, join=join)
+    bare = grpc.secure_channel(
+        f"localhost:{bare_port}", channel_credentials(tls), options=CHANNEL_OPTIONS
+    )
+    try:
+        _start_run(port, certs, repeats + 1)
+        return _rounds(silo, bare, join, repeats, (coordinator.pid, bare_process.pid))
+    finally:
+        silo.close()
+        bare.close()
+        for process in (coordinator, bare_process):
+            process.terminate()
+            process.wait(30)
+
+
+def _ratio(rounds: list[Round], kind: str, baseline: str) -> str:
+    ratios = [r[kind].wall / r[baseline].wall for r in rounds]
+    return f"{min(ratios):.2f} / {statistics.median(ratios):.2f}"
+
+
+def _median(rounds: list[Round], kind: str, what: str) -> float:
+    return float(statistics.median(getattr(r[kind], what) for r in rounds))
+
+
+def table(results: dict[int, list[Round]]) -> str:
+    lines = [
+        "| adapter | direction | bare MB/s | project / bare (min / median) | project / bare + "
+        "SHA-256 (min / median) | CPU s project (silo + coordinator) | CPU s bare |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for megabytes, rounds in results.items():
+        for direction in ("upload", "download"):
+            bare, hashed = f"bare_{direction}", f"hashed_{direction}"
+            speed = megabytes / _median(rounds, bare, "wall")
+            cpu = [
+                _median(rounds, k, w)
+                for k in (direction, bare)
+                for w in ("client_cpu", "server_cpu")
+            ]
+            lines.append(
+                f"| {megabytes} MB | {direction} | {speed:.0f} | "
+                f"**{_ratio(rounds, direction, bare)}** | {_ratio(rounds, direction, hashed)} | "
+                f"{cpu[0]:.2f} + {cpu[1]:.2f} | {cpu[2]:.2f} + {cpu[3]:.2f} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 600], help="MB")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds per size")
+    parser.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
+    args = parser.parse_args(argv)
+    results = {}
+    for megabytes in args.sizes:
+        with tempfile.TemporaryDirectory() as work:
+            results[megabytes] = measure(megabytes, repeats=args.repeats, work=Path(work))
+        print(table({megabytes: results[megabytes]}).splitlines()[-1], flush=True)
+    text = table(results) + f"\n\n{args.repeats} timed rounds per size, after one warm-up round."
+    print(text)
+    if args.write_docs:
+        replace_section(Path("docs/benchmarks.md"), "transport", text)
+
+
+if __name__ == "__main__":
+    main()

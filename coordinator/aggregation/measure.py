@@ -1,0 +1,95 @@
+"""Measuring an update's values as they stream in: finiteness, largest magnitude, L2 norm.
+
+The norm is summed over fixed blocks of BLOCK_ELEMENTS values, counted from the start of each
+run (the adapter, the control variate), each block reduced on its own and the blocks' squares
+added exactly (math.fsum): the same update measures the same, bit for bit, however the sender
+cut its chunks. A sender that cuts on block boundaries (ours does) is measured in place, a few
+complete blocks per call; only a block split across two chunks is pieced together.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from coordinator.aggregation.shape import UpdateShape
+from shared.errors import PayloadError, UpdateRejected
+from shared.payload import BLOCK_ELEMENTS
+
+# No LoRA delta comes near this; far below it, float32 running sums cannot overflow.
+MAX_ABS_VALUE = 1e6
+
+
+class UpdateStatistics:
+    """Consumes the data section of one update in order (any cut); raises UpdateRejected at
+    the first non-finite or too large value, naming its tensor."""
+
+    def __init__(self, shape: UpdateShape) -> None:
+        self._shape = shape
+        self._dtype = getattr(torch, shape.dtype)
+        self._itemsize = shape.itemsize
+        self._runs = shape.runs
+        self._run = 0  # index of the run being measured
+        self._pending = bytearray()  # the start of a block whose end is in the next chunk
+        self.element = 0  # data elements measured so far
+        self.max_abs = 0.0
+        self._squares: list[float] = []  # per adapter block: its squared L2 norm
+
+    @property
+    def norm(self) -> float:
+        """L2 norm of the adapter values (control values excluded)."""
+        return math.sqrt(math.fsum(self._squares))
+
+    def _room(self) -> int:
+        """Elements left in the current run."""
+        run = self._runs[self._run]
+        return run.start + run.count - self.element
+
+    def consume(self, view: memoryview) -> None:
+        """Measure the next bytes of the data section."""
+        size = self._itemsize
+        while len(view):
+            if self._run >= len(self._runs):
+                raise PayloadError("more data than the header describes")
+            block = min(BLOCK_ELEMENTS, self._room())
+            if self._pending or len(view) < block * size:
+                take = min(block * size - len(self._pending), len(view))
+                self._pending += view[:take]
+                view = view[take:]
+                if len(self._pending) == block * size:
+                    self._measure(memoryview(self._pending), blocks=1)
+                    self._pending = bytearray()
+                continue
+            whole = min(len(view) // (block * size), self._room() // block)
+            self._measure(view[: whole * block * size], blocks=whole)
+            view = view[whole * block * size :]
+
+    def _measure(self, data: memoryview, *, blocks: int) -> None:
+        values = torch.frombuffer(data, dtype=self._dtype)
+        low, high = torch.aminmax(values)
+        peak = max(-float(low), float(high))
+        if not peak <= MAX_ABS_VALUE:  # NaN compares false
+            self._reject(values)
+        self.max_abs = max(self.max_abs, peak)
+        if not self._runs[self._run].control:
+            norms = torch.linalg.vector_norm(values.view(blocks, -1), dim=1, dtype=torch.float32)
+            self._squares.extend(float(n) ** 2 for n in norms.tolist())
+        self.element += values.numel()
+        if self._room() == 0:
+            self._run += 1
+
+    def _reject(self, values: torch.Tensor) -> None:
+        wide = values.float()
+        bad = ~torch.isfinite(wide) | (wide.abs() > MAX_ABS_VALUE)
+        first = int(torch.nonzero(bad)[0, 0])
+        where = self._shape.name_at(self.element + first)
+        value = float(wide[first])
+        if not math.isfinite(value):
+            raise UpdateRejected(reason="non_finite", detail=f"{where}: NaN or Inf values")
+        raise UpdateRejected(
+            reason="magnitude", detail=f"{where}: |value| {abs(value):.3g} above {MAX_ABS_VALUE:g}"
+        )
+
+    def complete(self) -> bool:
+        return self.element == self._shape.numel and not self._pending

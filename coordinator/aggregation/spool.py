@@ -1,0 +1,114 @@
+"""Spooled updates: files reused round after round, and read in place (mapped into memory and
+viewed in their wire dtype, each stretch let go once read): spooling costs one copy into pages
+the file already has, and folding no copy and no lasting memory."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import secrets
+import threading
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO, ClassVar
+
+import torch
+
+PAGE = mmap.PAGESIZE
+
+
+class SpoolPool:
+    """The spool files of one directory. A new file costs the filesystem a page and a block
+    for every 4 KiB written (0.1 to 1.2 s of kernel time per 600 MB, measured here); writing
+    over a file of the last round costs a copy (0.05 s). Files handed back are kept for the
+    next uploads, so the disk holds as many as a round had uploads at once."""
+
+    _pools: ClassVar[dict[Path, SpoolPool]] = {}
+    _pools_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self._free: dict[Path, None] = {}  # ordered, and a file handed back twice is kept once
+        self._lock = threading.Lock()
+
+    @classmethod
+    def at(cls, directory: Path) -> SpoolPool:
+        with cls._pools_lock:
+            pool = cls._pools.get(directory)
+            if pool is None:
+                pool = cls._pools[directory] = cls(directory)
+            return pool
+
+    def take(self) -> Path:
+        """A spool file's path, a free one if there is one, else a new name."""
+        with self._lock:
+            if self._free:
+                path = next(iter(self._free))
+                del self._free[path]
+                return path
+        # named like every spool, so that a restarted coordinator clears them (CheckpointStore)
+        return self._directory / f"update-{secrets.token_hex(8)}.bin"
+
+    @staticmethod
+    def open(path: Path) -> BinaryIO:
+        """For writing from the start, over what the file held (owner-only; created again if
+        a restart cleared it)."""
+        return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "wb")
+
+    def give_back(self, path: Path) -> None:
+        """The update in `path` is no longer needed: keep the file for the next one."""
+        if path.parent == self._directory and path.exists():
+            with self._lock:
+                self._free[path] = None
+
+
+class SpoolView:
+    """The values of one spooled update; use as a context manager. Tensors from `values`
+    are views of the file: callers drop them before the view closes."""
+
+    def __init__(self, path: Path, dtype: str) -> None:
+        self._dtype = getattr(torch, dtype)
+        self.itemsize = torch.empty(0, dtype=self._dtype).element_size()
+        self._map: mmap.mmap | None = None
+        self._values = torch.empty(0, dtype=self._dtype)
+        with path.open("rb") as handle:
+            size = path.stat().st_size
+            if size % self.itemsize:
+                raise OSError(f"spooled update {path} is truncated")
+            if size:
+                self._map = mmap.mmap(handle.fileno(), size, access=mmap.ACCESS_READ)
+                self._values = torch.frombuffer(self._map, dtype=self._dtype)
+        self.numel = self._values.numel()
+
+    def values(self, start: int, count: int) -> torch.Tensor:
+        """Elements [start, start + count) of the update (a view of the file)."""
+        if start + count > self.numel:
+            raise OSError(f"spooled update has {self.numel} values, not {start + count}")
+        return self._values[start : start + count]
+
+    def release(self, start: int, count: int) -> None:
+        """Unmap the whole pages of elements [start, start + count): read once, they need
+        not count toward the coordinator's memory (the file keeps them)."""
+        if self._map is None:
+            return
+        first = -(-start * self.itemsize // PAGE) * PAGE
+        last = (start + count) * self.itemsize // PAGE * PAGE
+        if last > first:
+            self._map.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+    def close(self) -> None:
+        self._values = torch.empty(0, dtype=self._dtype)
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+
+    def __enter__(self) -> SpoolView:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.close()

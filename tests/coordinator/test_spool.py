@@ -1,0 +1,94 @@
+"""Spool files: reused round after round, cut to the update they hold, read in place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from coordinator.aggregation.receiver import UpdateReceiver, receive_bytes
+from coordinator.aggregation.shape import UpdateShape
+from coordinator.aggregation.spool import SpoolPool, SpoolView
+from coordinator.flat_adapter import FlatLayout
+from coordinator.run_state import RunSpec
+from coordinator.server import RunningCoordinator
+from shared.payload import PayloadDigest
+from shared.safetensors_stream import StateEncoder
+from shared.wire.v1 import federation_pb2 as pb
+from shared.wire.v1 import federation_pb2_grpc as pb_grpc
+from tests.conftest import tls
+from tests.helpers import ProtocolSilo, channel, constant_delta
+
+LAYOUT = FlatLayout.of({"a": torch.zeros(3, 4), "b": torch.zeros(5)})
+
+
+def test_files_handed_back_are_taken_again_and_new_ones_are_private(tmp_path: Path) -> None:
+    pool = SpoolPool.at(tmp_path)
+    assert SpoolPool.at(tmp_path) is pool
+    first = pool.take()
+    with pool.open(first) as spool:
+        spool.write(b"x" * 10)
+    assert first.stat().st_mode & 0o777 == 0o600
+    second = pool.take()
+    assert second != first  # the first is in use
+    pool.give_back(first)
+    pool.give_back(first)  # twice: kept once
+    assert pool.take() == first
+    assert pool.take() not in (first, second)
+
+
+def test_a_reused_spool_holds_exactly_the_new_update(tmp_path: Path) -> None:
+    shape = UpdateShape(layout=LAYOUT, dtype="float32")
+    pool = SpoolPool.at(tmp_path)
+    path = pool.take()
+    with pool.open(path) as spool:
+        spool.write(b"\xff" * 1000)  # an earlier, longer update
+    pool.give_back(path)
+    state = {"a": torch.full((3, 4), 0.5), "b": torch.arange(5.0)}
+    payload = StateEncoder(state, dtype=torch.float32).to_bytes()
+    reused = pool.take()
+    assert reused == path
+    with pool.open(reused) as spool:
+        receiver = UpdateReceiver(
+            shape=shape, announced=PayloadDigest.of(payload), spool=spool, path=reused
+        )
+        receiver.write(payload)
+        update = receiver.finish()
+    assert reused.stat().st_size == LAYOUT.numel * 4
+    with SpoolView(update.path, "float32") as view:
+        assert torch.equal(view.values(0, LAYOUT.numel), LAYOUT.pack(state))
+
+
+def test_a_spool_view_reads_in_the_wire_dtype_and_lets_pages_go(tmp_path: Path) -> None:
+    shape = UpdateShape(layout=LAYOUT, dtype="bfloat16")
+    state = {"a": torch.full((3, 4), 0.25), "b": torch.arange(5.0)}
+    payload = StateEncoder(state, dtype=torch.bfloat16).to_bytes()
+    update = receive_bytes(payload, shape=shape, path=tmp_path / "u.bin")
+    with SpoolView(update.path, "bfloat16") as view:
+        values = view.values(0, LAYOUT.numel)
+        assert values.dtype == torch.bfloat16
+        assert torch.equal(values.float(), LAYOUT.pack(state))
+        del values
+        view.release(0, LAYOUT.numel)
+    assert (tmp_path / "u.bin").stat().st_size == LAYOUT.numel * 2
+
+
+def test_a_coordinator_keeps_one_spool_per_upload_at_once_over_rounds(
+    coordinator: RunningCoordinator, certs: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    admin = pb_grpc.AdminStub(channel(coordinator.port, tls(certs, "admin")))
+    silos = [ProtocolSilo(coordinator.port, tls(certs, f"silo-{i}"), tiny_model) for i in (1, 2)]
+    try:
+        spec = RunSpec(rounds=3, silos_per_round=2, min_silos=2, round_deadline_s=30)
+        admin.StartRun(pb.StartRunRequest(spec=spec.to_proto()))
+        incoming = tmp_path / "checkpoints" / "incoming"
+        seen: set[str] = set()
+        for _ in range(3):
+            for silo in silos:
+                task = silo.next_task()
+                silo.upload(task, constant_delta(silo.download(task), 0.01))
+            seen |= {p.name for p in incoming.iterdir()}
+        assert len(seen) == 2  # round 2 and 3 wrote over round 1's files
+    finally:
+        for silo in silos:
+            silo.close()

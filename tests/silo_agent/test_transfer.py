@@ -1,0 +1,98 @@
+"""A silo's transfers against a real coordinator: the adapter downloaded in the run's wire
+dtype and decoded in place, the update streamed with its digest in the trailer."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+
+from coordinator.checkpoint import CheckpointStore
+from coordinator.run_state import RunSpec
+from coordinator.server import RunningCoordinator
+from shared.payload import CHUNK_BYTES
+from shared.safetensors_stream import StateEncoder
+from shared.tensor_codec import TensorLayout, encode_state
+from shared.wire.v1 import federation_pb2 as pb
+from shared.wire.v1 import federation_pb2_grpc as pb_grpc
+from silo_agent.transfer import download_adapter, in_layout_dtypes, update_messages, upload_update
+from tests.conftest import tls
+from tests.helpers import ProtocolSilo, channel
+
+
+def _task(
+    coordinator: RunningCoordinator, certs: Path, silo: ProtocolSilo, wire: str
+) -> pb.RoundTask:
+    admin = pb_grpc.AdminStub(channel(coordinator.port, tls(certs, "admin")))
+    spec = RunSpec(rounds=1, silos_per_round=1, min_silos=1, round_deadline_s=30, wire_dtype=wire)
+    admin.StartRun(pb.StartRunRequest(spec=spec.to_proto()))
+    return silo.next_task()
+
+
+def _header(task: pb.RoundTask) -> pb.UpdateHeader:
+    return pb.UpdateHeader(task_id=task.task_id, num_samples=10, mean_loss=1.0, steps=1)
+
+
+def _saved_round(tmp_path: Path) -> dict[str, torch.Tensor]:
+    deadline = time.monotonic() + 30
+    while True:
+        saved = CheckpointStore(tmp_path / "checkpoints").load_latest()
+        if saved is not None and saved.round == 1:
+            return saved.adapter
+        assert time.monotonic() < deadline, "round 1 was not saved"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("wire", ["bfloat16", "float32"])
+def test_a_round_trip_in_the_wire_dtype_reaches_the_master_weights(
+    coordinator: RunningCoordinator, certs: Path, tiny_model: Path, tmp_path: Path, wire: str
+) -> None:
+    silo = ProtocolSilo(coordinator.port, tls(certs, "silo-1"), tiny_model)
+    try:
+        task = _task(coordinator, certs, silo, wire)
+        payload = download_adapter(silo.stub, task)
+        layout_source = silo.download(task)
+        layout = {n: TensorLayout(n, tuple(t.shape), "float32") for n, t in layout_source.items()}
+        state = in_layout_dtypes(payload, layout)
+        float32_bytes = len(encode_state({n: t.float() for n, t in state.items()}))
+        itemsize = torch.empty(0, dtype=getattr(torch, wire)).element_size()
+        assert task.adapter.total_bytes < float32_bytes * itemsize / 4 + 64 * 1024
+        assert all(t.dtype == torch.float32 for t in state.values())
+        delta = {n: torch.full_like(t, 0.25) for n, t in state.items()}
+        sent = upload_update(silo.stub, _header(task), delta, dtype=getattr(torch, wire))
+        assert sent == StateEncoder(delta, dtype=getattr(torch, wire)).total_bytes
+        saved = _saved_round(tmp_path)
+        for name, start in state.items():  # start is the download, rounded to the wire
+            rounding = float(start.abs().max()) * (2**-8 if wire == "bfloat16" else 2**-23)
+            torch.testing.assert_close(saved[name], start + 0.25, atol=rounding + 1e-7, rtol=0)
+    finally:
+        silo.close()
+
+
+def test_the_digest_travels_after_the_data_and_a_wrong_one_is_refused(
+    coordinator: RunningCoordinator, certs: Path, tiny_model: Path
+) -> None:
+    silo = ProtocolSilo(coordinator.port, tls(certs, "silo-1"), tiny_model)
+    try:
+        task = _task(coordinator, certs, silo, "bfloat16")
+        delta = {n: torch.full_like(t, 0.5) for n, t in silo.download(task).items()}
+        encoder = StateEncoder(delta, dtype=torch.bfloat16)
+        header = _header(task)
+        header.payload.total_bytes = encoder.total_bytes
+        first, *data, last = list(update_messages(header, encoder))
+        assert first.header.payload.sha256 == ""
+        chunks = [m.data for m in data]
+        assert b"".join(chunks) == encoder.to_bytes()
+        assert all(len(c) <= CHUNK_BYTES for c in chunks)
+        assert last.trailer.sha256 == hashlib.sha256(encoder.to_bytes()).hexdigest()
+        last.trailer.sha256 = "0" * 64
+        with pytest.raises(grpc.RpcError) as refused:
+            silo.stub.UploadUpdate(iter([first, *data, last]))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "digest mismatch" in (refused.value.details() or "")
+    finally:
+        silo.close()
