@@ -13,12 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 import grpc
 from peft import LoraConfig
-from prometheus_client import start_http_server
 from transformers import PretrainedConfig
 
 from coordinator.admin_service import AdminService
@@ -41,6 +39,7 @@ from shared.adapter import (
     lora_identity,
 )
 from shared.grpc_options import SERVER_OPTIONS
+from shared.metrics_http import serve_metrics
 from shared.pki import ROLE_ADMIN, ROLE_SILO
 from shared.pki.fingerprint import not_after_of
 from shared.tensor_codec import StateDict
@@ -214,21 +213,12 @@ def _metrics_server(config: CoordinatorConfig, federation: Federation) -> WSGISe
     """/metrics on its own address; over TLS, only scrapers with a certificate of the
     federation's CA are answered (the coordinator's own certificate serves it)."""
     assert config.metrics_port is not None
-    tls: dict[str, Any] = {}
-    if config.metrics_tls:
-        tls = {
-            "certfile": str(config.tls.cert),
-            "keyfile": str(config.tls.key),
-            "client_cafile": str(config.tls.ca),
-            "client_auth_required": True,
-        }
-    server, _ = start_http_server(
-        config.metrics_port,
-        addr=config.metrics_host.strip("[]"),
-        registry=federation.metrics.registry,
-        **tls,
+    return serve_metrics(
+        federation.metrics.registry,
+        port=config.metrics_port,
+        host=config.metrics_host,
+        tls=config.tls if config.metrics_tls else None,
     )
-    return server
 
 
 @contextmanager

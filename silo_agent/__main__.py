@@ -110,6 +110,25 @@ def _parser() -> argparse.ArgumentParser:
         default=-1,
         help="serve Prometheus /metrics on this port (-1: off)",
     )
+    parser.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address /metrics listens on (loopback unless a scraper is remote)",
+    )
+    parser.add_argument(
+        "--metrics-tls-cert",
+        type=Path,
+        help="serve /metrics over TLS with this server certificate (PEM) for this host's name "
+        "(a silo's federation certificate is for clients only)",
+    )
+    parser.add_argument(
+        "--metrics-tls-key", type=Path, help="the private key of --metrics-tls-cert (PEM)"
+    )
+    parser.add_argument(
+        "--metrics-client-ca",
+        type=Path,
+        help="over TLS, answer only scrapers with a certificate of this CA (default: --ca)",
+    )
     add_log_arguments(parser)
     return parser
 
@@ -119,17 +138,31 @@ def _probe(channel: grpc.Channel, timeout_s: float) -> object:
     return pb_grpc.SiloStub(channel).Heartbeat(pb.HeartbeatRequest(), timeout=timeout_s)
 
 
+def _check_metrics(args: argparse.Namespace) -> None:
+    if args.metrics_port >= 0:
+        check_port(args.metrics_host, args.metrics_port, flag="--metrics-port")
+    if (args.metrics_tls_cert is None) != (args.metrics_tls_key is None):
+        raise usage_error("--metrics-tls-cert and --metrics-tls-key go together")
+    given = {
+        "--metrics-tls-cert": args.metrics_tls_cert,
+        "--metrics-tls-key": args.metrics_tls_key,
+        "--metrics-client-ca": args.metrics_client_ca,
+    }
+    for flag, path in given.items():
+        if path is not None and not path.is_file():
+            raise usage_error(f"{flag} {path}: no such file")
+
+
 def _check(args: argparse.Namespace) -> tuple[Connection, Identity]:
     """What can be checked before the model loads, in the order an operator would fix it."""
     if args.threads < 0:
         raise usage_error(f"--threads must be 0 or more, not {args.threads}")
+    _check_metrics(args)
     connection = connection_of(args)
     identity = check_credentials(connection.files, role=ROLE_SILO)
     check_data_dir(args.data)
     check_model_arguments(args)
     check_device(args.device)
-    if args.metrics_port >= 0:
-        check_port("0.0.0.0", args.metrics_port, flag="--metrics-port")
     return connection, identity
 
 

@@ -10,17 +10,18 @@ import signal
 import threading
 
 import torch
-from prometheus_client import start_http_server
 
 from shared.adapter import RemoteCodeRequired
 from shared.cli import EXIT_INTERRUPTED, config_error, refused
 from shared.connection import Connection
 from shared.errors import DataFormatError, IncompatibleSilo
 from shared.evaluation.judge import JudgeConfig, LLMJudge
+from shared.metrics_http import serve_metrics
 from shared.model_identity import weights_fingerprint
 from shared.ports import port_problem
 from shared.processors import ProcessorLoadError
 from shared.silo_data import Sample, has_split, read_split
+from shared.tls import TlsFiles
 from silo_agent.client import SiloAgent
 from silo_agent.distributed import round_trainer
 from silo_agent.metrics import SiloMetrics, certificate_name
@@ -70,6 +71,17 @@ def _judge(args: argparse.Namespace) -> LLMJudge | None:
     return LLMJudge(config)
 
 
+def _metrics_tls(args: argparse.Namespace, connection: Connection) -> TlsFiles | None:
+    """The /metrics endpoint's own server certificate, and the CA its scrapers must hold."""
+    if args.metrics_tls_cert is None:
+        return None
+    return TlsFiles(
+        cert=args.metrics_tls_cert,
+        key=args.metrics_tls_key,
+        ca=args.metrics_client_ca or connection.files.ca,
+    )
+
+
 def _metrics(args: argparse.Namespace, connection: Connection) -> SiloMetrics:
     try:
         metrics = SiloMetrics(silo=certificate_name(connection.files.cert))
@@ -77,10 +89,15 @@ def _metrics(args: argparse.Namespace, connection: Connection) -> SiloMetrics:
         raise config_error(f"--cert: {exc}") from None
     if args.metrics_port >= 0:
         try:
-            start_http_server(args.metrics_port, registry=metrics.registry)
+            serve_metrics(
+                metrics.registry,
+                port=args.metrics_port,
+                host=args.metrics_host,
+                tls=_metrics_tls(args, connection),
+            )
         except OSError as exc:
             raise config_error(
-                port_problem(exc, "0.0.0.0", args.metrics_port, flag="--metrics-port")
+                port_problem(exc, args.metrics_host, args.metrics_port, flag="--metrics-port")
             ) from None
     return metrics
 

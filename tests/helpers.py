@@ -110,7 +110,10 @@ class ProtocolSilo:
         return download(self.stub, task)
 
     def upload(self, task: pb.RoundTask, delta: StateDict, **kwargs: object) -> object:
-        return self.stub.UploadUpdate(update_stream(task.task_id, encode_state(delta), **kwargs))  # type: ignore[arg-type]
+        """Send `delta` in the run's wire dtype, as a silo agent does."""
+        wire = getattr(torch, task.training.wire_dtype or "float32")
+        payload = encode_state({name: t.to(wire) for name, t in delta.items()})
+        return self.stub.UploadUpdate(update_stream(task.task_id, payload, **kwargs))  # type: ignore[arg-type]
 
     def close(self) -> None:
         self._stream.cancel()
