@@ -137,7 +137,8 @@ def test_an_update_the_full_disk_cannot_hold_is_refused_and_the_round_waits_for_
     task = silo.next_task()
     delta = constant_delta(silo.download(task), 0.01)
     with monkeypatch.context() as patched:
-        patched.setattr(SpoolPool, "open", staticmethod(lambda path: open("/dev/full", "wb")))
+        full = Path("/dev/full")
+        patched.setattr(SpoolPool, "open", staticmethod(lambda path: full.open("wb")))
         error = _refused(lambda: silo.upload(task, delta))
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "silo-1" in (error.details() or "") and "disk" in (error.details() or "")
