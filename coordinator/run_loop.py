@@ -159,6 +159,9 @@ class RunLoop:
                 self._collect(open_round)
                 if self._stop.is_set():
                     return False
+                if open_round.disk_full is not None:  # an update found no room to spool
+                    self._pause_for_disk(run, open_round.disk_full)
+                    return False
                 missed = [s for s in open_round.pending if s not in open_round.folding]
                 if missed:
                     self.registry.mark_stragglers(
@@ -203,7 +206,7 @@ class RunLoop:
         self._restore_model(run)
         return False
 
-    def _pause_for_disk(self, run: RunRecord, exc: CheckpointFull) -> None:
+    def _pause_for_disk(self, run: RunRecord, exc: OSError) -> None:
         """Hold the run until the checkpoint directory has room again; the round is redone."""
         message = f"{exc}; the run resumes when there is room again (or: fedmllm-admin resume)"
         log.error("run %s paused: %s", run.run_id, message)
@@ -213,7 +216,10 @@ class RunLoop:
             self.open_round = None
         self.store.try_update_run(run)
         threading.Thread(
-            target=self._resume_when_room, args=(run, exc.needed), daemon=True, name="disk-watch"
+            target=self._resume_when_room,
+            args=(run, getattr(exc, "needed", 0)),
+            daemon=True,
+            name="disk-watch",
         ).start()
 
     def _resume_when_room(self, run: RunRecord, needed: int) -> None:
@@ -268,6 +274,8 @@ class RunLoop:
         with self._lock:
             while not self._stop.is_set():
                 if not open_round.pending or time.monotonic() >= open_round.deadline:
+                    break
+                if open_round.disk_full is not None:
                     break
                 self._changed.wait(self.poll_s)
             open_round.closed = True

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from pathlib import Path
 
 import grpc
 
@@ -15,7 +16,7 @@ from coordinator.aggregation.fold import Arrival
 from coordinator.aggregation.receiver import ReceivedUpdate
 from coordinator.aggregation.shape import UpdateShape
 from coordinator.base_model import check_weights
-from coordinator.checkpoint import CheckpointStore
+from coordinator.checkpoint import CheckpointFull, CheckpointStore
 from coordinator.global_model import GlobalModel
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.registry import SiloRegistry
@@ -67,6 +68,16 @@ class SiloRequests:
             open_round.reach(silo_id, "downloaded")
         self.metrics.bytes_sent.inc(nbytes)
         self.metrics.silo_bytes_sent.labels(silo=silo_id).inc(nbytes)
+
+    def spool_full(self, open_round: OpenRound | None, directory: Path, needed: int) -> OSError:
+        """An update found no room: the round ends now and the run pauses until there is room
+        (then the round is redone). What to tell the silo."""
+        full = CheckpointFull(directory, needed=needed, free=self.store.bytes_free())
+        if open_round is not None:
+            with self._lock:
+                open_round.disk_full = open_round.disk_full or full
+                self._changed.notify_all()
+        return full
 
     def reject(self, open_round: OpenRound | None, reason: str) -> None:
         self.metrics.updates_rejected.labels(reason=reason).inc()

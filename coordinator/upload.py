@@ -102,12 +102,13 @@ async def receive_update(
             raise
         federation.reject(open_round, "disk_full")
         path.unlink(missing_ok=True)  # room for the round's checkpoint; not kept for reuse
-        log.error("update from %s refused: the coordinator's disk is full (%s)", silo_id, exc)
+        full = federation.spool_full(open_round, incoming, header.payload.total_bytes)
+        log.error("update from %s refused: %s; the run pauses until there is room", silo_id, full)
         await refuse(
             context,
             grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"update from {silo_id!r} refused: the coordinator's disk ({incoming}) is full; "
-            "the round waits for room",
+            f"update from {silo_id!r} refused: the coordinator's {full}; the run pauses until "
+            "there is room",
         )
     except (PayloadError, UpdateRejected) as exc:
         reason = exc.reason if isinstance(exc, UpdateRejected) else "payload"

@@ -125,7 +125,7 @@ def test_header_numbers_outside_the_plausible_are_refused_and_counted(
     silo.close()
 
 
-def test_an_update_the_full_disk_cannot_hold_is_refused_and_the_round_waits_for_room(
+def test_an_update_the_full_disk_cannot_hold_pauses_the_run_until_there_is_room(
     coordinator: RunningCoordinator, certs: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # /dev/full is the kernel's own full disk: every write to it fails with ENOSPC. A spool
@@ -135,26 +135,38 @@ def test_an_update_the_full_disk_cannot_hold_is_refused_and_the_round_waits_for_
     spec = RunSpec(rounds=1, silos_per_round=1, min_silos=1, round_deadline_s=60.0)
     admin.StartRun(pb.StartRunRequest(spec=spec.to_proto()))
     task = silo.next_task()
+    before = _adapter(coordinator)
     delta = constant_delta(silo.download(task), 0.01)
     with monkeypatch.context() as patched:
         full = Path("/dev/full")
         patched.setattr(SpoolPool, "open", staticmethod(lambda path: full.open("wb")))
         error = _refused(lambda: silo.upload(task, delta))
-    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "silo-1" in (error.details() or "") and "disk" in (error.details() or "")
-    assert _rejected(coordinator, "disk_full") == 1
-    assert admin.GetStatus(pb.StatusRequest()).state == pb.RUN_STATE_RUNNING
-    silo.upload(task, delta)  # room again: the same task is taken
-    deadline = time.monotonic() + 20
-    while admin.GetStatus(pb.StatusRequest()).state == pb.RUN_STATE_RUNNING:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    assert admin.GetStatus(pb.StatusRequest()).state == pb.RUN_STATE_COMPLETED
-    error = _refused(lambda: silo.upload(task, delta))  # the round is over
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "silo-1" in (error.details() or "") and "full" in (error.details() or "")
+        assert _rejected(coordinator, "disk_full") == 1
+        paused = _wait_for(admin, lambda s: s.state == pb.RUN_STATE_PAUSED)
+        assert "full" in paused.message and paused.completed_rounds == 0
+        for name, tensor in _adapter(coordinator).items():
+            assert torch.equal(tensor, before[name])
+    # room again: the run resumes by itself and the round is asked again
+    retry = silo.next_task()
+    assert retry.round == 1 and retry.task_id != task.task_id
+    error = _refused(lambda: silo.upload(task, delta))  # the abandoned attempt's task
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "late" in (error.details() or "")
     assert _rejected(coordinator, "late") == 1
+    silo.upload(retry, constant_delta(silo.download(retry), 0.01))
+    done = _wait_for(admin, lambda s: s.state != pb.RUN_STATE_RUNNING)
+    assert done.state == pb.RUN_STATE_COMPLETED
     silo.close()
+
+
+def _wait_for(admin: pb_grpc.AdminStub, done: object, timeout: float = 30) -> pb.RunStatus:
+    deadline = time.monotonic() + timeout
+    while not done(status := admin.GetStatus(pb.StatusRequest())):  # type: ignore[operator]
+        assert time.monotonic() < deadline, status
+        time.sleep(0.05)
+    return status
 
 
 def test_heartbeats_cannot_touch_another_silos_session(
