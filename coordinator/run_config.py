@@ -51,7 +51,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     )
     for option in OPTIONS:
         if isinstance(option.kind, tuple):
-            choices = [c for c in option.kind if c]
+            choices = [c for c in option.kind if c] + [short for short, _ in option.aliases]
             parser.add_argument(
                 option.flag, dest=option.field, choices=choices, default=None, help=_help(option)
             )
@@ -103,7 +103,8 @@ def read_config(path: Path) -> dict[str, Any]:
 def spec_from(args: argparse.Namespace) -> RunSpec:
     """The config file's values, overridden by any flag given, validated."""
     values = read_config(args.config) if args.config else {}
-    values |= {f: getattr(args, f) for f in BY_FIELD if getattr(args, f, None) is not None}
+    given = {f: getattr(args, f) for f in BY_FIELD if getattr(args, f, None) is not None}
+    values |= {f: BY_FIELD[f].check(v) for f, v in given.items()}  # short names: their full
     spec = RunSpec(**values)
     problems = spec.problems()
     if problems:

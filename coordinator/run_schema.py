@@ -29,6 +29,7 @@ class RunOption:
     low_open: bool = False
     high_open: bool = False
     optional: bool = False  # None allowed: the strategy's default
+    aliases: tuple[tuple[str, str], ...] = ()  # (short name, the allowed string it stands for)
 
     @property
     def key(self) -> str:
@@ -51,6 +52,7 @@ class RunOption:
         if value is None and self.optional:
             return None
         if isinstance(self.kind, tuple):
+            value = dict(self.aliases).get(value, value)
             if value not in self.kind:
                 shown = ", ".join(c or repr(c) for c in self.kind)
                 raise ValueError(f"{self.name} must be one of {shown} (got {value!r})")
@@ -258,7 +260,13 @@ OPTIONS: tuple[RunOption, ...] = (
         low=0,
         high=1e6,
     ),
-    RunOption("--wire-dtype", "wire_dtype", WIRE_DTYPES, "dtype updates travel in"),
+    RunOption(
+        "--wire-dtype",
+        "wire_dtype",
+        WIRE_DTYPES,
+        "dtype updates and downloads travel in (the coordinator keeps float32)",
+        aliases=(("fp32", "float32"), ("bf16", "bfloat16"), ("fp16", "float16")),
+    ),
 )
 
 BY_FIELD = {o.field: o for o in OPTIONS}

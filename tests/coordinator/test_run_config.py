@@ -149,3 +149,14 @@ def test_spec_from_an_older_client_takes_defaults() -> None:
             batch_size=4,
         )
     ) == RunSpec(rounds=3, silos_per_round=2, min_silos=1, round_deadline_s=60, learning_rate=1e-4)
+
+
+def test_the_wire_dtype_takes_its_short_names_in_flags_and_files(tmp_path: Path) -> None:
+    assert spec_from(_args("--wire-dtype", "fp32")).wire_dtype == "float32"
+    assert _spec_of(tmp_path, "wire-dtype: fp16\n").wire_dtype == "float16"
+    assert _spec_of(tmp_path, "wire-dtype: bfloat16\n").wire_dtype == "bfloat16"
+    assert spec_from(_args()).wire_dtype == "bfloat16"
+    with pytest.raises(
+        RunConfigError, match=r"run\.yaml: wire_dtype must be one of float32, bfloat16, float16"
+    ):
+        _spec_of(tmp_path, "wire-dtype: int8\n")

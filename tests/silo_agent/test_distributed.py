@@ -108,6 +108,7 @@ def test_two_processes_train_as_one_silo_with_the_one_process_update(
         batch_size=11,
         proximal_mu=0.1,
         local_optimizer="sgd",
+        wire_dtype="float32",  # updates as computed, compared with a one-process recomputation
     )
     partner = SiloAgent(
         coordinator=f"localhost:{coordinator.port}",
