@@ -9,6 +9,7 @@ so that no single peer can occupy the coordinator. Handlers read the admitted ca
 from __future__ import annotations
 
 import contextvars
+import inspect
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -150,7 +151,7 @@ def _wrapped(handler: Any, guard: PeerGuard, role: str, kind: str, method: str) 
         "request_deserializer": handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
-    if handler.unary_stream is not None:
+    if handler.unary_stream is not None and inspect.isasyncgenfunction(handler.unary_stream):
         inner_stream = handler.unary_stream
 
         async def unary_stream(request: Any, context: Context) -> AsyncIterator[Any]:
@@ -162,9 +163,20 @@ def _wrapped(handler: Any, guard: PeerGuard, role: str, kind: str, method: str) 
                 guard.leave(peer, kind)
 
         return grpc.unary_stream_rpc_method_handler(unary_stream, **codec)
+    if handler.unary_stream is not None:  # a stream written with context.write()
+        return grpc.unary_stream_rpc_method_handler(
+            _admitted(handler.unary_stream, guard, role, kind, method), **codec
+        )
     unary = handler.unary_unary is not None
     inner = handler.unary_unary if unary else handler.stream_unary
     assert inner is not None, "the federation has no bidirectional calls"
+
+    make = grpc.unary_unary_rpc_method_handler if unary else grpc.stream_unary_rpc_method_handler
+    return make(_admitted(inner, guard, role, kind, method), **codec)
+
+
+def _admitted(inner: Any, guard: PeerGuard, role: str, kind: str, method: str) -> Any:
+    """A coroutine handler behind the guard."""
 
     async def call(request: Any, context: Context) -> Any:
         peer = await guard.admit(context, role, kind, method)
@@ -173,5 +185,4 @@ def _wrapped(handler: Any, guard: PeerGuard, role: str, kind: str, method: str) 
         finally:
             guard.leave(peer, kind)
 
-    make = grpc.unary_unary_rpc_method_handler if unary else grpc.stream_unary_rpc_method_handler
-    return make(call, **codec)
+    return call

@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 import grpc
 
 from coordinator.checkpoint import private_dir
+from coordinator.download import send_download
 from coordinator.federation import Federation
 from coordinator.guard import Context, caller, refuse
 from coordinator.identity import IdentityBook
@@ -25,7 +26,6 @@ from coordinator.registry import DuplicateAgent, SiloSession
 from coordinator.rounds import Refusal
 from coordinator.upload import receive_update
 from shared.bounded import printable
-from shared.payload import iter_chunks
 from shared.wire.v1 import federation_pb2 as pb
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
 
@@ -40,7 +40,7 @@ class SiloServiceSettings:
     """Timing and size bounds of the silo service."""
 
     heartbeat_interval_s: int = 5  # how often silos report
-    upload_stall_s: float = 60.0  # an upload with no data for this long is abandoned
+    upload_stall_s: float = 60.0  # an upload (or download) stalled this long is abandoned
     max_declared_samples: int = 10**9  # a Join declaring more is refused outright
 
 
@@ -172,21 +172,15 @@ class SiloService(pb_grpc.SiloServicer):
             registry.set_streaming(session, False)
             log.info("silo %s task stream closed", peer.name)
 
-    async def DownloadAdapter(
-        self, request: pb.DownloadRequest, context: Context
-    ) -> AsyncIterator[pb.PayloadChunk]:
+    async def DownloadAdapter(self, request: pb.DownloadRequest, context: Context) -> None:
         peer = caller()
         try:
             open_round = self._federation.round_for_task(request.task_id, peer.name)
         except Refusal as refusal:
             await _refuse(context, refusal)
-        yield pb.PayloadChunk(
-            header=pb.PayloadHeader(
-                total_bytes=open_round.digest.total_bytes, sha256=open_round.digest.sha256
-            )
+        await send_download(
+            context, open_round, silo_id=peer.name, stall_s=self._settings.upload_stall_s
         )
-        for chunk in iter_chunks(open_round.payload):
-            yield pb.PayloadChunk(data=chunk)
         self._federation.count_sent(open_round, open_round.digest.total_bytes, peer.name)
 
     async def UploadUpdate(self, request_iterator: Any, context: Context) -> pb.UploadReceipt:

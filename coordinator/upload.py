@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from coordinator.aggregation.spool import SpoolPool
 from coordinator.checkpoint import no_room
 from coordinator.federation import Federation
 from coordinator.guard import Context, refuse
+from coordinator.permits import chunk_permits
 from coordinator.rounds import OpenRound, Refusal
 from shared.bounded import printable
 from shared.errors import PayloadError, UpdateRejected
@@ -33,9 +33,6 @@ Blocking = Callable[..., Awaitable[Any]]
 # buffers, then in Python, then being hashed, measured and spooled. Bounding them bounds the
 # memory uploads take however many silos upload at once, and 4 keep both cores busy.
 CHUNKS_IN_FLIGHT = 4
-_GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-    weakref.WeakKeyDictionary()
-)
 EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # end of a request stream
 
 
@@ -125,15 +122,6 @@ async def receive_update(
             pool.give_back(path)
 
 
-def _gate() -> asyncio.Semaphore:
-    """The chunk permits of this event loop (one loop serves one coordinator)."""
-    loop = asyncio.get_running_loop()
-    gate = _GATES.get(loop)
-    if gate is None:
-        gate = _GATES[loop] = asyncio.Semaphore(CHUNKS_IN_FLIGHT)
-    return gate
-
-
 async def _stream_into(
     context: Context,
     receiver: UpdateReceiver,
@@ -148,7 +136,7 @@ async def _stream_into(
     Each chunk takes a permit before it is read and gives it back once the receiver is done
     with it, so that one upload still reads a chunk while the last is processed, and many
     uploads together hold CHUNKS_IN_FLIGHT chunks at most."""
-    gate = _gate()
+    gate = chunk_permits("upload", CHUNKS_IN_FLIGHT)
     pending: asyncio.Future[Any] | None = None
     trailer: str | None = None
     try:
