@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m shared.demo --workdir .demo
+	$(PY) -m bench.demo --workdir .demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

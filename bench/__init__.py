@@ -1,1 +1,1 @@
-"""`fedmllm-bench`: the benchmark grid (data set x scenario x method x seed) and its reports."""
+"""The benchmark: its data (bench.data), the demo (bench.demo), the grid and its reports."""

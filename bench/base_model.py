@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from shared.demo.synthetic_data import tokenizer_corpus, write_silo
-from shared.demo.tiny_model import build_tiny_model
+from bench.data.synthetic_data import tokenizer_corpus, write_silo
+from bench.demo.tiny_model import build_tiny_model
 from shared.prompts import HATEFUL_MEMES
 from shared.silo_data import read_split
 from silo_agent.batching import training_batch

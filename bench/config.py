@@ -8,8 +8,8 @@ from typing import Any
 
 import yaml
 
-from shared.datasets import CRISISMMD_LABELS, DATASETS, SLAKE_LANGUAGES
-from shared.scenarios import SCENARIOS
+from bench.data.datasets import CRISISMMD_LABELS, DATASETS, SLAKE_LANGUAGES
+from bench.data.scenarios import SCENARIOS
 
 BASELINES = ("zero_shot", "local")
 

@@ -13,9 +13,7 @@ from typing import Any
 
 import grpc
 
-from coordinator.run_state import RunSpec
-from shared.adapter import initial_adapter, load_model_config, write_adapter_directory
-from shared.demo.federation import (
+from bench.demo.federation import (
     admin_command,
     processes,
     start_coordinator,
@@ -23,6 +21,8 @@ from shared.demo.federation import (
     threads_per_agent,
     wait_for_silos,
 )
+from coordinator.run_state import RunSpec
+from shared.adapter import initial_adapter, load_model_config, write_adapter_directory
 from shared.grpc_options import CHANNEL_OPTIONS
 from shared.tls import TlsFiles, channel_credentials
 from shared.wire.v1 import federation_pb2 as pb

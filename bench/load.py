@@ -24,11 +24,11 @@ from pathlib import Path
 
 import grpc
 
+from bench.data.synthetic_data import tokenizer_corpus
+from bench.demo.tiny_model import build_tiny_model
 from bench.docs import replace_section
 from bench.protocol_silo import ProtocolSilo, start_silos
 from coordinator.run_state import RunSpec
-from shared.demo.synthetic_data import tokenizer_corpus
-from shared.demo.tiny_model import build_tiny_model
 from shared.pki import create_federation
 from shared.tls import TlsFiles
 from shared.wire.v1 import federation_pb2 as pb

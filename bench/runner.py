@@ -27,12 +27,12 @@ from bench.config import (
     Method,
     load_config,
 )
+from bench.data.partition import main as partition_main
+from bench.data.twins import TWINS
 from bench.federated import EVALUATOR, FederationProcesses
 from bench.report import plots, tables
 from coordinator.run_state import RunSpec
 from shared.adapter import RemoteCodeRequired, load_model_config, model_auto_class
-from shared.demo.twins import TWINS
-from shared.partition import main as partition_main
 from shared.pki import create_federation
 
 

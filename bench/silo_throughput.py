@@ -37,10 +37,10 @@ from transformers import (
     Idefics3ForConditionalGeneration,
 )
 
+from bench.data.synthetic_data import tokenizer_corpus, write_silo
+from bench.demo.tiny_model import build_tiny_model
 from bench.docs import replace_section
 from shared.adapter import default_lora_config, language_attention_targets
-from shared.demo.synthetic_data import tokenizer_corpus, write_silo
-from shared.demo.tiny_model import build_tiny_model
 from shared.processors import load_processor
 from shared.prompts import HATEFUL_MEMES, PromptVariant, build_prompt
 from shared.silo_data import Sample, read_split

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from shared.demo.synthetic_data import tokenizer_corpus
-from shared.demo.tiny_model import build_tiny_model
+from bench.data.synthetic_data import tokenizer_corpus
+from bench.demo.tiny_model import build_tiny_model
 
 # LoRA r 8 on q, k, v and o: 4 x 8 x (in + out) = 64 H values per decoder layer.
 VALUES_PER_LAYER_AND_WIDTH = 64

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from bench.data.synthetic_data import tokenizer_corpus, write_silo
+from bench.demo.tiny_model import build_tiny_model
 from coordinator.federation import ControllerSettings
 from coordinator.server import CoordinatorConfig, RunningCoordinator, serve
 from coordinator.silo_service import SiloServiceSettings
-from shared.demo.synthetic_data import tokenizer_corpus, write_silo
-from shared.demo.tiny_model import build_tiny_model
 from shared.pki import create_federation
 from shared.tls import TlsFiles
 

@@ -9,9 +9,7 @@ from pathlib import Path
 
 import torch
 
-from coordinator.checkpoint import CheckpointStore
-from coordinator.run_state import RunPhase
-from shared.demo.federation import (
+from bench.demo.federation import (
     admin_command,
     prepare,
     processes,
@@ -19,6 +17,8 @@ from shared.demo.federation import (
     start_silo,
     wait_for_silos,
 )
+from coordinator.checkpoint import CheckpointStore
+from coordinator.run_state import RunPhase
 from shared.tensor_codec import layout_of
 from silo_agent.model import load_silo_model
 from silo_agent.trainer import load_global_adapter

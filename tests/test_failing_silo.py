@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from bench.data.synthetic_data import write_silo
 from coordinator.server import serve
-from shared.demo.synthetic_data import write_silo
 from shared.wire.v1 import federation_pb2 as pb
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
 from tests.conftest import SILOS, coordinator_config, tls

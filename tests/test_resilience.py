@@ -18,8 +18,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from bench.demo.federation import prepare, processes, start_coordinator, start_silo
 from coordinator.run_state import RunSpec
-from shared.demo.federation import prepare, processes, start_coordinator, start_silo
 from shared.tensor_codec import encode_state
 from shared.tls import TlsFiles
 from shared.wire.v1 import federation_pb2 as pb

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from bench.data.synthetic_data import tokenizer_corpus
 from bench.federated import FederationProcesses
 from bench.runner import main
 from shared.adapter import load_adapter_directory
-from shared.demo.synthetic_data import tokenizer_corpus
 from silo_agent.model import load_silo_model
 from tests.silo_agent.remote_code_model import write_remote_code_model
 

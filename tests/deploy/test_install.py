@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.demo.synthetic_data import write_silo
+from bench.data.synthetic_data import write_silo
 from tests.deploy.packaging import ROOT, build_release
 from tests.deploy.test_packaging import NOT_ON_A_COORDINATOR
 

@@ -178,7 +178,7 @@ def test_a_federation_runs_under_the_units_system_call_filter(tmp_path: Path) ->
     chown = subprocess.run([*under_filter, "-c", f"import os; os.chown({str(owned)!r}, 0, 0)"])
     assert chown.returncode == -signal.SIGSYS
     # the demo federation: coordinator, a silo agent and the admin, every process filtered
-    demo = [*under_filter, "-m", "shared.demo", "--workdir", str(tmp_path / "demo")]
+    demo = [*under_filter, "-m", "bench.demo", "--workdir", str(tmp_path / "demo")]
     demo += ["--silos", "1", "--rounds", "1", "--train-samples", "8"]
     done = subprocess.run(demo, cwd=ROOT, capture_output=True, text=True, timeout=300)
     logs = "".join(p.read_text()[-1500:] for p in (tmp_path / "demo" / "logs").glob("*.log"))

@@ -10,9 +10,9 @@ import transformers
 from PIL import Image
 from transformers import AutoProcessor
 
+from bench.data.synthetic_data import tokenizer_corpus
+from bench.demo.tiny_model import build_tiny_model
 from shared import processors
-from shared.demo.synthetic_data import tokenizer_corpus
-from shared.demo.tiny_model import build_tiny_model
 from shared.processors import load_processor, torchvision_works
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.demo.synthetic_data import write_silo
+from bench.data.synthetic_data import write_silo
 from shared.prompts import HATEFUL_MEMES, PromptVariant, build_prompt
 
 

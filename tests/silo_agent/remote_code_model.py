@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from transformers import SiglipImageProcessorPil
 
-from shared.demo.tiny_model import train_tokenizer
+from bench.demo.tiny_model import train_tokenizer
 
 QUERY_NUM = 4
 PATCH = 8

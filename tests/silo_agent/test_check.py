@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.demo.synthetic_data import tokenizer_corpus
-from shared.demo.tiny_model import build_tiny_model
+from bench.data.synthetic_data import tokenizer_corpus
+from bench.demo.tiny_model import build_tiny_model
 from silo_agent import batching
 from silo_agent.__main__ import main
 

@@ -1,6 +1,6 @@
 """Model conformance: every supported family trains and scores correctly through the silo.
 
-One tiny random model per family (shared.demo.tiny_families, seeded, built offline; the
+One tiny random model per family (bench.demo.tiny_families, seeded, built offline; the
 remote-code family is written by tests/silo_agent/remote_code_model.py), loaded exactly as a silo
 loads a real one. For each family and modality mix: the loss covers exactly the answer tokens,
 the answer cannot leak into the logits that predict it, option scoring agrees with a brute-force
@@ -24,6 +24,8 @@ from peft import get_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
+from bench.data.synthetic_data import tokenizer_corpus, write_silo
+from bench.demo.tiny_model import build_tiny_model
 from shared.adapter import (
     ATTENTION_PROJECTIONS,
     canonical_config,
@@ -33,8 +35,6 @@ from shared.adapter import (
     load_model_config,
     lora_identity,
 )
-from shared.demo.synthetic_data import tokenizer_corpus, write_silo
-from shared.demo.tiny_model import build_tiny_model
 from shared.prompts import TASKS, PromptVariant
 from shared.silo_data import Sample, read_split
 from shared.tensor_codec import layout_of

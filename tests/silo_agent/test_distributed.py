@@ -13,12 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from bench.data.synthetic_data import write_silo
+from bench.demo.federation import processes
 from coordinator.checkpoint import CheckpointStore
 from coordinator.run_state import RunSpec
 from coordinator.schedule import training_plan
 from coordinator.server import RunningCoordinator
-from shared.demo.federation import processes
-from shared.demo.synthetic_data import write_silo
 from shared.silo_data import read_split
 from shared.tensor_codec import StateDict
 from shared.wire.v1 import federation_pb2 as pb

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench.demo.federation import prepare, processes, start_coordinator
 from shared.adapter import initial_adapter, load_base_config
-from shared.demo.federation import prepare, processes, start_coordinator
 from shared.silo_data import Sample, read_split
 from shared.tensor_codec import StateDict
 from shared.tls import TlsFiles

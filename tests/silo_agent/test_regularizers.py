@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared.demo.synthetic_data import tokenizer_corpus
-from shared.demo.tiny_model import build_tiny_model
+from bench.data.synthetic_data import tokenizer_corpus
+from bench.demo.tiny_model import build_tiny_model
 from shared.silo_data import Sample
 from silo_agent.control_variates import ControlVariates
 from silo_agent.model import load_silo_model

@@ -13,10 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from bench.data.synthetic_data import tokenizer_corpus
 from coordinator.checkpoint import CheckpointStore
 from coordinator.server import serve
 from shared.adapter import RemoteCodeRequired, load_adapter_directory
-from shared.demo.synthetic_data import tokenizer_corpus
 from shared.silo_data import read_split
 from shared.tensor_codec import layout_of
 from shared.wire.v1 import federation_pb2 as pb

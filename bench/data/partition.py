@@ -22,7 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from shared.datasets import (
+from bench.data.datasets import (
     CRISISMMD_LABELS,
     DATASETS,
     SLAKE_LANGUAGES,
@@ -31,10 +31,8 @@ from shared.datasets import (
     ReadOptions,
     read_dataset,
 )
-from shared.errors import DataFormatError
-from shared.partition_files import client_summary, modality_shares, write_directory
-from shared.prompts import PromptVariant
-from shared.scenarios import (
+from bench.data.partition_files import client_summary, modality_shares, write_directory
+from bench.data.scenarios import (
     SCENARIOS,
     Placed,
     ScenarioError,
@@ -42,6 +40,8 @@ from shared.scenarios import (
     missing_shares,
     partition,
 )
+from shared.errors import DataFormatError
+from shared.prompts import PromptVariant
 
 
 def _parse_ratio(text: str) -> tuple[int, int]:
@@ -208,7 +208,7 @@ def build(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     }
     (out / "partition.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     if args.plot and clients:
-        from shared.partition_plots import write_plots  # matplotlib only when asked for
+        from bench.data.partition_plots import write_plots  # matplotlib only when asked for
 
         write_plots(summary, out / "plots")
     return summary

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.datasets.records import RawSample
+from bench.data.datasets.records import RawSample
 from shared.errors import FedMLLMError
 
 SCENARIOS = ("aligned", "missing", "cross", "hybrid")

@@ -1,4 +1,4 @@
-"""Each adapter on a tiny copy of its release (tests/shared/releases.py), the twins against the
+"""Each adapter on a tiny copy of its release (tests/bench/data/releases.py), the twins against the
 same layout, and each kind of bad input."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from shared.datasets import BadRecords, RawSample, ReadOptions, read_dataset
-from shared.demo.twins import TWINS
+from bench.data.datasets import BadRecords, RawSample, ReadOptions, read_dataset
+from bench.data.twins import TWINS
 from shared.errors import DataFormatError
 from shared.prompts import CRISISMMD, CRISISMMD_AGREED
-from tests.shared.releases import MEDALPACA_CARDS, RELEASES
+from tests.bench.data.releases import MEDALPACA_CARDS, RELEASES
 
 
 @pytest.fixture(scope="module")

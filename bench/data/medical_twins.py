@@ -9,7 +9,7 @@ import json
 import random
 from pathlib import Path
 
-from shared.demo.synthetic_data import noisy_image
+from bench.data.synthetic_data import noisy_image
 
 # (organ, its image colour, VQA-RAD image_organ, SLAKE location, its Chinese name)
 _ORGANS = (

@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from shared.datasets.records import RawSample, image_under
+from bench.data.datasets.records import RawSample, image_under
 from shared.prompts import TASKS
 from shared.records_io import BadRecords
 

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from shared.demo.medical_twins import write_medalpaca, write_slake, write_vqa_rad
-from shared.demo.synthetic_data import meme, noisy_image
+from bench.data.medical_twins import write_medalpaca, write_slake, write_vqa_rad
+from bench.data.synthetic_data import meme, noisy_image
 
 CRISISMMD_COLUMNS = (
     "event_name",

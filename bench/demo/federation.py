@@ -14,14 +14,14 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from bench.data.synthetic_data import tokenizer_corpus, write_silo
 from shared.cli import Parser
-from shared.demo.synthetic_data import tokenizer_corpus, write_silo
 from shared.pki import create_federation
 
 
 def prepare(workdir: Path, *, silos: int, family: str, train: int, seed: int) -> list[str]:
     """Certificates, the tiny model and one data directory per silo, under `workdir`."""
-    from shared.demo.tiny_model import build_tiny_model  # transformers: not for --help
+    from bench.demo.tiny_model import build_tiny_model  # transformers: not for --help
 
     names = [f"silo-{i}" for i in range(1, silos + 1)]
     create_federation(
@@ -174,14 +174,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--silos", type=int, default=3, help="silo agents to start")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of the run")
     parser.add_argument(
-        "--family", default="idefics3", help="tiny model family (shared/demo/tiny_families.py)"
+        "--family", default="idefics3", help="tiny model family (bench/demo/tiny_families.py)"
     )
     parser.add_argument("--train-samples", type=int, default=48, help="per silo")
     parser.add_argument("--lr", type=float, default=1e-2, help="client learning rate")
     parser.add_argument("--strategy", default="fedavg", help="server strategy of the run")
     parser.add_argument("--seed", type=int, default=0, help="seeds the model, data and run")
     args = parser.parse_args(argv)
-    from shared.demo.tiny_families import FAMILIES
+    from bench.demo.tiny_families import FAMILIES
 
     if args.family not in FAMILIES:
         parser.error(f"--family {args.family!r} is not one of {', '.join(FAMILIES)}")

@@ -10,9 +10,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from shared.datasets import RawSample
+from bench.data.datasets import RawSample
+from bench.data.scenarios import Placed
 from shared.prompts import IMAGE_MARKER, TASKS, PromptVariant, build_prompt
-from shared.scenarios import Placed
 from shared.silo_data import record, write_split
 
 VQA_INSTRUCTION = "Answer the question using a single word or phrase."

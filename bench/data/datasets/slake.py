@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from shared.datasets.records import RawSample, image_under
+from bench.data.datasets.records import RawSample, image_under
 from shared.records_io import BadRecords, has_columns, json_array
 
 COLUMNS = ("qid", "img_name", "question", "answer", "q_lang", "answer_type")

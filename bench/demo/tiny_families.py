@@ -14,8 +14,8 @@ from typing import Any
 import transformers
 from transformers import PreTrainedModel, PreTrainedTokenizerFast, ProcessorMixin
 
-from shared.demo import tiny_configs as configs
-from shared.demo.tiny_configs import IMAGE_SIZE, PATCH_SIZE
+from bench.demo import tiny_configs as configs
+from bench.demo.tiny_configs import IMAGE_SIZE, PATCH_SIZE
 from shared.processors import image_only_processor
 
 

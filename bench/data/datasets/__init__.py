@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from shared.datasets import crisismmd, hateful_memes, medalpaca, slake, vqa_rad
-from shared.datasets.records import RawSample
+from bench.data.datasets import crisismmd, hateful_memes, medalpaca, slake, vqa_rad
+from bench.data.datasets.records import RawSample
 from shared.records_io import BadRecords
 
 Reader = Callable[[Path, str, BadRecords], Iterator[RawSample]]

@@ -20,7 +20,7 @@ class RawSample:
     answer: str  # the target answer text
     label: int | None  # option index for multiple-choice tasks
     group: str  # what the Dirichlet split groups by: class label or question / data type
-    source: str  # the data set it comes from (a key of shared.datasets.DATASETS)
+    source: str  # the data set it comes from (a key of bench.data.datasets.DATASETS)
     task: str | None = None  # multiple-choice task of shared.prompts.TASKS
     answer_type: str | None = None  # OPEN / CLOSED for Med-VQA
 

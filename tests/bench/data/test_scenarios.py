@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from scipy.stats import chi2_contingency, chisquare
 
-from shared.datasets.records import RawSample
-from shared.scenarios import Placed, ScenarioError, ScenarioSpec, missing_shares, partition
+from bench.data.datasets.records import RawSample
+from bench.data.scenarios import Placed, ScenarioError, ScenarioSpec, missing_shares, partition
 
 
 def _synthetic(count: int = 2000, classes: int = 8) -> list[RawSample]:

@@ -13,7 +13,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from shared.demo.tiny_families import FAMILIES
+from bench.demo.tiny_families import FAMILIES
 
 _SPECIAL = ["<pad>", "<s>", "</s>", "<unk>", "<end_of_utterance>"]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.demo.twins import TWINS
-from shared.partition import main
+from bench.data.partition import main
+from bench.data.twins import TWINS
 from shared.silo_data import read_split
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from shared.datasets.records import RawSample, image_under
+from bench.data.datasets.records import RawSample, image_under
 from shared.prompts import HATEFUL_MEMES
 from shared.records_io import BadRecords, has_columns, json_lines
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from shared.datasets.records import RawSample
+from bench.data.datasets.records import RawSample
 from shared.records_io import BadRecords, has_columns, json_array
 
 FILE = "medical_meadow_wikidoc_medical_flashcards.json"

@@ -1,0 +1,1 @@
+"""The benchmark's data: release adapters, scenarios, the partition into silos, synthetic twins."""
