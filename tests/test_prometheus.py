@@ -103,8 +103,8 @@ def _expected(status: pb.RunStatus) -> dict[str, dict[str, float]]:
     """What Prometheus must report after this run, expression -> {label value: number}."""
     history = status.history
     return {
-        'sum(increase(fedmllm_updates_rejected_total{reason="refused"}[10m]))': {"": REFUSALS},
-        'sum(increase(fedmllm_updates_rejected_total{reason!="refused"}[10m]))': {"": 0},
+        'sum(increase(fedmllm_updates_rejected_total{reason="late"}[10m]))': {"": REFUSALS},
+        'sum(increase(fedmllm_updates_rejected_total{reason!="late"}[10m]))': {"": 0},
         "sum(increase(fedmllm_rounds_completed_total[10m]))": {"": len(history)},
         "sum(fedmllm_updates_accepted_total)": {"": sum(len(r.contributed) for r in history)},
         "sum(fedmllm_received_bytes_total)": {"": sum(r.bytes_received for r in history)},
@@ -153,9 +153,9 @@ def test_prometheus_counts_what_the_federation_did(
             _prometheus(targets, tmp_path) as port,
             agents_running(agents, running.federation.registry),
         ):
-            refused = 'fedmllm_updates_rejected_total{reason="refused"}'
+            refused = 'fedmllm_updates_rejected_total{reason="late"}'
             _eventually(lambda: [] if _values(port, refused) == {"": 0} else [f"{refused} != 0"])
-            # a silo that never joined sends stale updates: refused and counted, never selected
+            # a silo that never joined sends stale updates: refused as late and counted, never selected
             with channel(running.port, tls(certs, EVALUATOR)) as stray:
                 for attempt in range(REFUSALS):
                     with pytest.raises(grpc.RpcError):
