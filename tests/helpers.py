@@ -110,14 +110,18 @@ class ProtocolSilo:
         return download(self.stub, task)
 
     def upload(self, task: pb.RoundTask, delta: StateDict, **kwargs: object) -> object:
-        """Send `delta` in the run's wire dtype, as a silo agent does."""
-        wire = getattr(torch, task.training.wire_dtype or "float32")
-        payload = encode_state({name: t.to(wire) for name, t in delta.items()})
+        payload = wire_payload(task, delta)
         return self.stub.UploadUpdate(update_stream(task.task_id, payload, **kwargs))  # type: ignore[arg-type]
 
     def close(self) -> None:
         self._stream.cancel()
         self.channel.close()
+
+
+def wire_payload(task: pb.RoundTask, delta: StateDict) -> bytes:
+    """`delta` encoded in the run's wire dtype, as a silo agent sends it."""
+    wire = getattr(torch, task.training.wire_dtype or "float32")
+    return encode_state({name: t.to(wire) for name, t in delta.items()})
 
 
 def constant_delta(layout_source: StateDict, value: float) -> StateDict:

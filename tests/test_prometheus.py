@@ -155,7 +155,7 @@ def test_prometheus_counts_what_the_federation_did(
         ):
             refused = 'fedmllm_updates_rejected_total{reason="late"}'
             _eventually(lambda: [] if _values(port, refused) == {"": 0} else [f"{refused} != 0"])
-            # a silo that never joined sends stale updates: refused as late and counted, never selected
+            # a silo that never joined sends stale updates: late, counted, never selected
             with channel(running.port, tls(certs, EVALUATOR)) as stray:
                 for attempt in range(REFUSALS):
                     with pytest.raises(grpc.RpcError):
