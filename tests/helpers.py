@@ -5,14 +5,17 @@ exactly the (malformed) streams they need. Everything it talks to is real: gRPC,
 from __future__ import annotations
 
 import queue
+import ssl
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import grpc
+import pytest
 import torch
 
 from bench.protocol_silo import join_request
@@ -193,3 +196,21 @@ def small_run(**changes: object) -> RunSpec:
         batch_size=4,
     )
     return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def scrape(url: str, context: ssl.SSLContext | None = None) -> str:
+    with urllib.request.urlopen(url, timeout=10, context=context) as response:
+        return str(response.read().decode())
+
+
+def metrics_over_tls_only(port: int, scraper: TlsFiles) -> str:
+    """/metrics on `port` as served over TLS to `scraper` (a federation certificate), after
+    checking that a scraper without a certificate, and plain HTTP, get nothing."""
+    url = f"https://localhost:{port}/metrics"
+    trusted = ssl.create_default_context(cafile=str(scraper.ca))
+    with pytest.raises((ssl.SSLError, OSError)):  # no client certificate
+        scrape(url, trusted)
+    with pytest.raises(OSError):
+        scrape(f"http://localhost:{port}/metrics")
+    trusted.load_cert_chain(str(scraper.cert), str(scraper.key))
+    return scrape(url, trusted)

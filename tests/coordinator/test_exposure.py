@@ -4,24 +4,15 @@ certificates only when asked; checkpoints, spools and identity state owner-only.
 from __future__ import annotations
 
 import os
-import ssl
-import urllib.request
 from dataclasses import replace
 from pathlib import Path
-
-import pytest
 
 from coordinator.run_state import RunSpec
 from coordinator.server import serve
 from shared.wire.v1 import federation_pb2 as pb
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
 from tests.conftest import coordinator_config, tls
-from tests.helpers import ProtocolSilo, channel
-
-
-def _scrape(url: str, context: ssl.SSLContext | None = None) -> str:
-    with urllib.request.urlopen(url, timeout=10, context=context) as response:
-        return str(response.read().decode())
+from tests.helpers import ProtocolSilo, channel, metrics_over_tls_only, scrape
 
 
 def test_metrics_listen_on_loopback_by_default(
@@ -31,7 +22,7 @@ def test_metrics_listen_on_loopback_by_default(
         assert running.metrics_port is not None
         host = running.metrics_host
         assert host == "127.0.0.1"
-        assert "fedmllm_round" in _scrape(f"http://127.0.0.1:{running.metrics_port}/metrics")
+        assert "fedmllm_round" in scrape(f"http://127.0.0.1:{running.metrics_port}/metrics")
 
 
 def test_metrics_over_tls_answer_federation_certificates_only(
@@ -39,15 +30,8 @@ def test_metrics_over_tls_answer_federation_certificates_only(
 ) -> None:
     config = replace(coordinator_config(certs, tiny_model, tmp_path / "state"), metrics_tls=True)
     with serve(config) as running:
-        url = f"https://localhost:{running.metrics_port}/metrics"
-        admin = tls(certs, "admin")
-        trusted = ssl.create_default_context(cafile=str(admin.ca))
-        with pytest.raises((ssl.SSLError, OSError)):  # no client certificate
-            _scrape(url, trusted)
-        trusted.load_cert_chain(str(admin.cert), str(admin.key))
-        assert "fedmllm_round" in _scrape(url, trusted)
-        with pytest.raises(OSError):
-            _scrape(f"http://localhost:{running.metrics_port}/metrics")
+        assert running.metrics_port is not None
+        assert "fedmllm_round" in metrics_over_tls_only(running.metrics_port, tls(certs, "admin"))
 
 
 def test_state_written_by_the_coordinator_is_owner_only(

@@ -4,8 +4,6 @@ TLS answered only to scrapers holding a certificate of the federation's CA."""
 from __future__ import annotations
 
 import socket
-import ssl
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ from shared.connection import connection_of
 from silo_agent.__main__ import _parser, main
 from silo_agent.session import _metrics
 from tests.conftest import tls
+from tests.helpers import metrics_over_tls_only, scrape
 
 
 def _free_port() -> int:
@@ -33,11 +32,6 @@ def _outward_address() -> str | None:
     return None if address.startswith("127.") else address
 
 
-def _scrape(url: str, context: ssl.SSLContext | None = None) -> str:
-    with urllib.request.urlopen(url, timeout=10, context=context) as response:
-        return str(response.read().decode())
-
-
 def _started(certs: Path, tmp_path: Path, *extra: str) -> int:
     files = tls(certs, "silo-1")
     port = _free_port()
@@ -50,12 +44,12 @@ def _started(certs: Path, tmp_path: Path, *extra: str) -> int:
 
 def test_silo_metrics_listen_on_loopback_and_name_the_silo(certs: Path, tmp_path: Path) -> None:
     port = _started(certs, tmp_path)
-    assert 'silo="silo-1"' in _scrape(f"http://127.0.0.1:{port}/metrics")
+    assert 'silo="silo-1"' in scrape(f"http://127.0.0.1:{port}/metrics")
     outward = _outward_address()
     if outward is None:
         pytest.skip("this host has no address besides loopback to probe")
     with pytest.raises(OSError):
-        _scrape(f"http://{outward}:{port}/metrics")
+        scrape(f"http://{outward}:{port}/metrics")
 
 
 def test_silo_metrics_over_tls_answer_federation_certificates_only(
@@ -71,15 +65,7 @@ def test_silo_metrics_over_tls_answer_federation_certificates_only(
         "--metrics-tls-key",
         str(server.key),
     )
-    url = f"https://localhost:{port}/metrics"
-    admin = tls(certs, "admin")
-    trusted = ssl.create_default_context(cafile=str(admin.ca))
-    with pytest.raises((ssl.SSLError, OSError)):  # no client certificate
-        _scrape(url, trusted)
-    trusted.load_cert_chain(str(admin.cert), str(admin.key))
-    assert 'silo="silo-1"' in _scrape(url, trusted)
-    with pytest.raises(OSError):
-        _scrape(f"http://localhost:{port}/metrics")
+    assert 'silo="silo-1"' in metrics_over_tls_only(port, tls(certs, "admin"))
 
 
 def test_a_metrics_certificate_without_its_key_is_a_usage_error(
