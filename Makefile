@@ -28,9 +28,19 @@ test: $(STAMP)
 # 20 rounds; about an hour on 2 shared cores); each grid resumes where it stopped. Trimmed to
 # fit: Hateful-Memes levels other than each scenario's middle one run seed 0 only, and the
 # CrisisMMD and medical grids run FedAvg, FedAdam, Local and Zero-shot only.
+# Each grid's results.jsonl is then copied to docs/study/ with its tables (mean ± std and per
+# seed), its per-round plots and the paired significance of every comparison.
 STUDY_GRIDS := study study-crisismmd study-medical ablation
+STUDY_OUT := main:hateful_memes crisismmd:crisismmd medical:medical ablation:ablation
 study: $(STAMP)
 	for grid in $(STUDY_GRIDS); do $(PY) -m bench.runner --config bench/$$grid.yaml || exit 1; done
+	rm -rf docs/study && mkdir -p docs/study
+	for pair in $(STUDY_OUT); do out=$${pair%%:*}; name=$${pair##*:}; \
+	  cp .study/$$out/results.jsonl docs/study/$$name.jsonl && \
+	  $(PY) -m bench.report docs/study/$$name.jsonl --out docs/study/$$name.md \
+	    --plots docs/study/plots/$$name || exit 1; done
+	$(PY) -m bench.significance $(foreach p,$(STUDY_OUT),docs/study/$(lastword $(subst :, ,$(p))).jsonl) \
+	  --out docs/study/significance.md
 
 proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO_SRC)

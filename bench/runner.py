@@ -222,10 +222,11 @@ def run_grid(config: BenchConfig) -> list[dict[str, Any]]:
         silos=[*(f"client-{i:02d}" for i in range(config.clients)), EVALUATOR],
         admins=["admin"],
     )
-    model = _model(config)
-    # The baselines run here beside the idle agents of a partition: one thread, as each agent
-    # (two threads on a loaded 2-core machine made a Zero-shot cell 9 times slower).
+    # The base model's pretraining and the baselines run here, the baselines beside the idle
+    # agents of a partition: one thread, as each agent (two threads on a loaded 2-core machine
+    # made a Zero-shot cell 9 times slower).
     torch.set_num_threads(1)
+    model = _model(config)
     zero_shot_cache: dict[str, Any] = {}
     cells = [
         (d, s, m, seed)
