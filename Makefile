@@ -26,8 +26,7 @@ test: $(STAMP)
 
 # The demo-scale study of docs/results.md in the paper's setting (10 clients, 2 per round,
 # 20 rounds; about an hour on 2 shared cores); each grid resumes where it stopped. Trimmed to
-# fit: Hateful-Memes levels other than each scenario's middle one run seed 0 only, and the
-# CrisisMMD and medical grids run FedAvg, FedAdam, Local and Zero-shot only.
+# fit: Hateful-Memes levels other than each scenario's middle one run seed 0 only.
 # Each grid's results.jsonl is then copied to docs/study/ with its tables (mean ± std and per
 # seed), its per-round plots and the paired significance of every comparison.
 STUDY_GRIDS := study study-crisismmd study-medical ablation
