@@ -26,11 +26,19 @@ def test_mixed_signs_count_every_pattern_at_least_as_extreme() -> None:
     assert test.p_value == pytest.approx(8 / 16)
 
 
-def test_no_difference_gives_p_one_and_many_pairs_are_sampled() -> None:
+def test_no_difference_gives_p_one_and_twenty_pairs_are_still_exact() -> None:
     assert paired_test([0.5, 0.6], [0.5, 0.6]).p_value == 1.0
-    many = paired_test([1.0] * 20, [0.0] * 20)
+    twenty = paired_test([1.0] * 20, [0.0] * 20)
+    assert twenty.exact and twenty.p_value == pytest.approx(2 / 2**20)
+    # one pair against the other 19: |sum| >= 18 needs at most one of the 20 signs flipped
+    mixed = paired_test([1.0] * 19 + [0.0], [0.0] * 19 + [1.0])
+    assert mixed.p_value == pytest.approx(2 * 21 / 2**20)
+
+
+def test_beyond_the_exact_limit_the_p_value_is_sampled_and_never_zero() -> None:
+    many = paired_test([1.0] * 30, [0.0] * 30)
     assert not many.exact
-    assert many.p_value < 1e-3  # the true value, 2 / 2**20, is below what 200,000 draws resolve
+    assert many.p_value == pytest.approx(1 / 200_001)
 
 
 def test_unpaired_input_is_refused() -> None:
@@ -72,7 +80,7 @@ def test_the_table_pairs_by_seed_within_a_scenario_and_pools_over_scenarios() ->
     table = significance_table(rows)
     assert "hateful_memes/auc" in table and "accuracy" not in table
     # +5, -2: every one of the 4 sign patterns has |sum| >= 3
-    assert "| FedAvg > Local | cross | +5.0, -2.0 | +1.50 | 1.000 | 2 |" in table
-    assert "| FedAvg > Local | hybrid | +10.0 | +10.00 | 1.000 | 1 |" in table
+    assert "| FedAvg > Local | cross | +5.0, -2.0 | +1.50 | 1 | 2 |" in table
+    assert "| FedAvg > Local | hybrid | +10.0 | +10.00 | 1 | 1 |" in table
     # pooled: +5, -2, +10 (cross 0, cross 1, hybrid 0); |sum| >= 13 for 17, 13 and mirrored
-    assert "| FedAvg > Local | all cells pooled | +5.0, -2.0, +10.0 | +4.33 | 0.500 | 3 |" in table
+    assert "| FedAvg > Local | all cells pooled | +5.0, -2.0, +10.0 | +4.33 | 0.5 | 3 |" in table
