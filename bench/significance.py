@@ -24,7 +24,7 @@ from bench.report import PRIMARY
 EXACT_PAIRS = 24  # up to 2**24 sign patterns enumerated (in blocks); beyond, sampled
 SAMPLED_FLIPS = 200_000
 _BLOCK = 16  # sign patterns of the last 16 pairs held at once: 65,536 rows
-BASELINE_LABELS = ("Local", "Zero-shot")
+REFERENCES = ("Local", "Zero-shot", "FedAvg")
 
 
 @dataclass(frozen=True)
@@ -67,12 +67,18 @@ def primary_metrics(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def comparisons(methods: Sequence[str]) -> list[tuple[str, str]]:
-    """(method, against): every other method against each baseline present, and every
-    ablation variant 'X+...' against its plain 'X'."""
-    pairs = [(m, b) for b in BASELINE_LABELS if b in methods for m in methods if m != b]
-    pairs = [(m, b) for m, b in pairs if not (m == "Zero-shot" and b == "Local")]
+    """(method, against): every method against Local and Zero-shot, every FL method against
+    FedAvg, and every ablation variant 'X+...' against its plain 'X'."""
+    pairs = [
+        (method, reference)
+        for reference in REFERENCES
+        if reference in methods
+        for method in methods
+        if method not in (reference, "Zero-shot")
+        if method != "Local" or reference == "Zero-shot"
+    ]
     pairs += [(m, m.split("+")[0]) for m in methods if "+" in m and m.split("+")[0] in methods]
-    return pairs
+    return list(dict.fromkeys(pairs))
 
 
 def _pairs(

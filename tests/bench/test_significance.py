@@ -46,7 +46,7 @@ def test_unpaired_input_is_refused() -> None:
         paired_test([1.0, 2.0], [1.0])
 
 
-def test_comparisons_put_each_method_against_the_baselines_and_variants_against_their_base() -> (
+def test_comparisons_put_methods_against_the_baselines_and_fedavg_variants_against_their_base() -> (
     None
 ):
     assert comparisons(["Zero-shot", "Local", "FedAvg"]) == [
@@ -55,6 +55,7 @@ def test_comparisons_put_each_method_against_the_baselines_and_variants_against_
         ("FedAvg", "Zero-shot"),
     ]
     assert comparisons(["FedAvg", "FedAvg+prompt"]) == [("FedAvg+prompt", "FedAvg")]
+    assert ("FedProx", "FedAvg") in comparisons(["Local", "FedAvg", "FedProx"])
 
 
 def _row(method: str, scenario: str, seed: int, auc: float) -> dict[str, Any]:
