@@ -34,7 +34,7 @@ STUDY_GRIDS := study study-crisismmd study-medical ablation
 STUDY_OUT := main:hateful_memes crisismmd:crisismmd medical:medical ablation:ablation
 study: $(STAMP)
 	for grid in $(STUDY_GRIDS); do $(PY) -m bench.runner --config bench/$$grid.yaml || exit 1; done
-	rm -rf docs/study && mkdir -p docs/study
+	rm -rf docs/study/plots docs/study/partitions && mkdir -p docs/study
 	for pair in $(STUDY_OUT); do out=$${pair%%:*}; name=$${pair##*:}; \
 	  cp .study/$$out/results.jsonl docs/study/$$name.jsonl && \
 	  mkdir -p docs/study/partitions/$$name && \

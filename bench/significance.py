@@ -68,7 +68,8 @@ def primary_metrics(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 def comparisons(methods: Sequence[str]) -> list[tuple[str, str]]:
     """(method, against): every method against Local and Zero-shot, every FL method against
-    FedAvg, and every ablation variant 'X+...' against its plain 'X'."""
+    FedAvg, every ablation variant 'X+...' against its plain 'X', and a variant with a value
+    'X+reg(0.1)' against 'X+reg'."""
     pairs = [
         (method, reference)
         for reference in REFERENCES
@@ -78,7 +79,13 @@ def comparisons(methods: Sequence[str]) -> list[tuple[str, str]]:
         if method != "Local" or reference == "Zero-shot"
     ]
     pairs += [(m, m.split("+")[0]) for m in methods if "+" in m and m.split("+")[0] in methods]
+    pairs += [(m, _unvalued(m)) for m in methods if _unvalued(m) in methods and _unvalued(m) != m]
     return list(dict.fromkeys(pairs))
+
+
+def _unvalued(method: str) -> str:
+    """'FedAvg+reg(0.1)' -> 'FedAvg+reg': a variant with a value against the default one."""
+    return method[: method.rindex("(")] if method.endswith(")") and "(" in method else method
 
 
 def _pairs(

@@ -56,6 +56,11 @@ def test_comparisons_put_methods_against_the_baselines_and_fedavg_variants_again
     ]
     assert comparisons(["FedAvg", "FedAvg+prompt"]) == [("FedAvg+prompt", "FedAvg")]
     assert ("FedProx", "FedAvg") in comparisons(["Local", "FedAvg", "FedProx"])
+    assert comparisons(["FedAvg", "FedAvg+reg", "FedAvg+reg(0.1)"]) == [
+        ("FedAvg+reg", "FedAvg"),
+        ("FedAvg+reg(0.1)", "FedAvg"),
+        ("FedAvg+reg(0.1)", "FedAvg+reg"),
+    ]
 
 
 def _row(method: str, scenario: str, seed: int, auc: float) -> dict[str, Any]:
