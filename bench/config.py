@@ -55,12 +55,16 @@ class BenchConfig:
 
     out: Path
     datasets: list[DatasetEntry]
-    scenarios: list[dict[str, Any]]  # {"scenario": "missing", "beta": 0.5, "label": "β50"}
+    # {"scenario": "missing", "beta": 0.5, "label": "β50", "seeds": [0]}; seeds: this
+    # scenario's own (fewer) seeds instead of the grid's
+    scenarios: list[dict[str, Any]]
     methods: list[Method]
     seeds: list[int]
     model: Path | None = None  # a local model directory; None builds the tiny demo model
     trust_remote_code: bool = False  # run the model directory's own code (MiniCPM-V 2.6)
     format_steps: int = 150  # format pretraining of the tiny model (bench/base_model.py)
+    base_layers: int = 2  # decoder layers of the tiny model (>= 2 * mask_skip_layers + 1 for
+    # the regulariser's mask to hold any layer)
     clients: int = 4
     silos_per_round: int = 2
     rounds: int = 5
@@ -139,6 +143,9 @@ def load_config(path: Path) -> BenchConfig:
     for scenario in scenarios:
         if scenario.get("scenario") not in SCENARIOS:
             raise BenchConfigError(f"{path}: unknown scenario in {scenario}")
+        seeds = scenario.get("seeds", [0])
+        if not (isinstance(seeds, list) and seeds and all(isinstance(x, int) for x in seeds)):
+            raise BenchConfigError(f"{path}: {scenario}: seeds must be a list of integers")
     methods = [_method(m, str(path)) for m in data.get("methods", [])]
     if not (datasets and scenarios and methods and data.get("seeds")):
         raise BenchConfigError(f"{path}: datasets, scenarios, methods and seeds are required")

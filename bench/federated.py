@@ -17,10 +17,10 @@ from bench.demo.federation import (
     admin_command,
     processes,
     start_coordinator,
-    start_silo,
     threads_per_agent,
     wait_for_silos,
 )
+from bench.forked_agents import forked_agents, start_agent
 from coordinator.run_state import RunSpec
 from shared.adapter import initial_adapter, load_model_config, write_adapter_directory
 from shared.grpc_options import CHANNEL_OPTIONS
@@ -67,15 +67,16 @@ class FederationProcesses:
         running = self._stack.enter_context(processes())
         coordinator, port, _ = start_coordinator(self.workdir, self.logs, *self._coordinator_args())
         running.append(coordinator)
-        threads = threads_per_agent(len(self.client_dirs))  # the evaluator idles while they train
+        agents = self._stack.enter_context(forked_agents())  # stopped before the coordinator
         remote = ["--trust-remote-code"] if self.trust_remote_code else []
-        running.extend(
-            start_silo(self.workdir, self.logs, d.name, port, *remote, threads=threads)
+        agents.extend(
+            start_agent(self._agent_args(d.name, port, *remote), self.logs / f"{d.name}.log")
             for d in self.client_dirs
         )
-        running.append(
-            start_silo(
-                self.workdir, self.logs, EVALUATOR, port, "--eval-only", *remote, threads=threads
+        agents.append(
+            start_agent(
+                self._agent_args(EVALUATOR, port, "--eval-only", *remote),
+                self.logs / f"{EVALUATOR}.log",
             )
         )
         admin_cli = admin_command(self.certs, port)
@@ -89,6 +90,19 @@ class FederationProcesses:
         )
         self._admin = pb_grpc.AdminStub(channel)
         return self
+
+    def _agent_args(self, name: str, port: int, *extra: str) -> list[str]:
+        """`silo-agent` arguments for silo `name`, as `bench.demo.federation` gives them."""
+        certs = self.workdir / "certs"
+        threads = threads_per_agent(len(self.client_dirs))  # the evaluator idles while they train
+        return [
+            *("--data", str(self.workdir / "data" / name)),
+            *("--coordinator", f"127.0.0.1:{port}"),
+            *("--model", str(self.workdir / "model"), "--device", "cpu"),
+            *("--cert", str(certs / f"{name}.pem"), "--key", str(certs / f"{name}.key")),
+            *("--ca", str(certs / "ca.pem"), "--threads", str(threads)),
+            *extra,
+        ]
 
     def _coordinator_args(self) -> list[str]:
         """A model with its own code: the coordinator starts from an adapter made here."""

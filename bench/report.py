@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -104,6 +106,40 @@ def tables(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def per_seed_tables(results: list[dict[str, Any]]) -> str:
+    """Per data set and source: each cell's value per seed (x100, seeds in order), so that a
+    mean ± std can be read with the values behind it."""
+    lines: list[str] = []
+    for dataset in sorted({r["dataset"] for r in results}):
+        rows = [r for r in results if r["dataset"] == dataset]
+        found = {m for r in rows for m in r["metrics"]}
+        for metric in (m for m in ordered_metrics(found) if m.split("/")[1] == _primary(m)):
+            scenarios = list(dict.fromkeys(r["scenario"] for r in rows))
+            lines += [
+                f"### {dataset}: {metric} per seed (x100, seeds in order{_note(metric, rows)})",
+                "",
+                "| method | " + " | ".join(scenarios) + " |",
+                "|---|" + "---|" * len(scenarios),
+            ]
+            for method in dict.fromkeys(r["method"] for r in rows):
+                cells = []
+                for scenario in scenarios:
+                    mine = sorted(
+                        (r["seed"], r["metrics"][metric])
+                        for r in rows
+                        if r["method"] == method and r["scenario"] == scenario
+                        if metric in r["metrics"]
+                    )
+                    cells.append(" / ".join(f"{100 * v:.1f}" for _, v in mine) or "n/a")
+                lines.append(f"| {method} | " + " | ".join(cells) + " |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _primary(metric: str) -> str:
+    return PRIMARY.get(metric.split("/")[0], "")
+
+
 def plots(results: list[dict[str, Any]], directory: Path) -> list[Path]:
     """Loss, update norm and evaluation metric per round, one figure per data set x scenario."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -138,3 +174,23 @@ def plots(results: list[dict[str, Any]], directory: Path) -> list[Path]:
         plt.close(figure)
         written.append(path)
     return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.report",
+        description="A grid's tables (mean ± std, then per seed) and plots from results.jsonl.",
+    )
+    parser.add_argument("results", type=Path, help="a grid's results.jsonl")
+    parser.add_argument("--out", type=Path, required=True, help="the Markdown file to write")
+    parser.add_argument("--plots", type=Path, help="a folder for the per-round figures")
+    args = parser.parse_args(argv)
+    text = args.results.read_text(encoding="utf-8")
+    results = [json.loads(line) for line in text.splitlines() if line.strip()]
+    args.out.write_text(tables(results) + "\n" + per_seed_tables(results), encoding="utf-8")
+    if args.plots is not None:
+        plots(results, args.plots)
+
+
+if __name__ == "__main__":
+    main()

@@ -50,6 +50,38 @@ batch_size: 8
     assert len((tmp_path / "out" / "results.jsonl").read_text().splitlines()) == 3
 
 
+def test_zero_shot_runs_once_per_test_split_and_a_scenario_may_run_fewer_seeds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "bench.yaml"
+    config.write_text(f"""
+out: {tmp_path / "out"}
+datasets:
+  - {{name: hateful_memes, train: 24, test: 8}}
+scenarios:
+  - {{scenario: aligned, alpha: 1.0, label: aligned, seeds: [0]}}
+  - {{scenario: hybrid, keep_prob: 0.6, seeds: [1, 2]}}
+methods: [zero_shot]
+seeds: [0, 1, 2]
+clients: 2
+format_steps: 2
+base_layers: 3
+""")
+    main(["--config", str(config)])
+    capsys.readouterr()
+    lines = [json.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert [(r["scenario"], r["seed"]) for r in lines] == [
+        ("aligned", 0),
+        ("hybrid-keep_prob0.6", 1),
+        ("hybrid-keep_prob0.6", 2),
+    ]
+    # the test split is the same in every partition: evaluated once, the same numbers thrice
+    assert len({r["zero_shot_test_digest"] for r in lines}) == 1
+    assert all(r["metrics"] == lines[0]["metrics"] for r in lines)
+    model = json.loads((tmp_path / "out" / "model" / "config.json").read_text())
+    assert model["text_config"]["num_hidden_layers"] == 3
+
+
 def test_config_errors_name_the_problem(tmp_path: Path) -> None:
     config = tmp_path / "bench.yaml"
     config.write_text(
@@ -78,6 +110,12 @@ def test_config_errors_name_the_problem(tmp_path: Path) -> None:
         "slake_languages: zh\n"
     )
     with pytest.raises(BenchConfigError, match="slake_languages must be one of en, all"):
+        load_config(config)
+    config.write_text(
+        "datasets: [hateful_memes]\nscenarios: [{scenario: cross, seeds: 0}]\n"
+        "methods: [zero_shot]\nseeds: [0]\n"
+    )
+    with pytest.raises(BenchConfigError, match="seeds must be a list of integers"):
         load_config(config)
 
 

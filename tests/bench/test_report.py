@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.report import tables
+from bench.report import per_seed_tables, tables
 
 
 def _row(method: str, seed: int, scenario: str, **metrics: float) -> dict[str, Any]:
@@ -70,3 +70,16 @@ def test_medical_tables_keep_vqa_rad_and_slake_apart() -> None:
     assert headings[2].endswith("; SLAKE: every language)")
     assert "SLAKE" not in headings[0]
     assert "| FedYogi | 40.00 |" in report.split("### medical: slake/overall")[1]
+
+
+def test_per_seed_tables_show_each_seed_of_the_primary_metric_in_seed_order() -> None:
+    results = [
+        _row("FedAvg", 2, "hybrid", auc=0.90, accuracy=0.75),
+        _row("FedAvg", 0, "hybrid", auc=0.80, accuracy=0.70),
+        _row("Local", 0, "cross", auc=0.55, accuracy=0.5),
+    ]
+    report = per_seed_tables(results)
+    assert report.startswith("### hateful_memes: hateful_memes/auc per seed")
+    assert "accuracy" not in report
+    assert "| FedAvg | 80.0 / 90.0 | n/a |" in report
+    assert "| Local | n/a | 55.0 |" in report
