@@ -132,7 +132,8 @@ def test_malformed_updates_never_touch_the_global_adapter(
         ("dtype", wrong_dtype, "dtype float16"),
         ("missing", missing, "missing"),
     ):
-        error = _rejected(lambda d=delta: silo.upload(task, d))
+        payload = encode_state(delta)  # as given, not cast to the run's wire dtype
+        error = _rejected(lambda p=payload: silo.stub.UploadUpdate(update_stream(task.task_id, p)))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, label
         assert needle in (error.details() or ""), (label, error.details())
     silo.upload(task, constant_delta(start, 0.25))
