@@ -97,11 +97,21 @@ def image_only(cls: type[ProcessorMixin]) -> type[ProcessorMixin]:
     def get_attributes(_: type) -> list[str]:
         return attributes
 
-    subclass: type[ProcessorMixin] = type(
-        cls.__name__, (cls,), {"get_attributes": classmethod(get_attributes)}
-    )
+    def __reduce__(self: ProcessorMixin) -> tuple[Any, ...]:  # made here, so not importable
+        return _image_only_instance, (cls, self.__dict__)
+
+    namespace = {"get_attributes": classmethod(get_attributes), "__reduce__": __reduce__}
+    subclass: type[ProcessorMixin] = type(cls.__name__, (cls,), namespace)
     _IMAGE_ONLY[cls] = subclass
     return subclass
+
+
+def _image_only_instance(cls: type[ProcessorMixin], state: dict[str, Any]) -> ProcessorMixin:
+    """An unpickled image-only processor of `cls` (DataLoader workers in their own process)."""
+    subclass = image_only(cls)
+    processor: ProcessorMixin = subclass.__new__(subclass)
+    processor.__dict__.update(state)
+    return processor
 
 
 def _video_placeholder(cls: type[ProcessorMixin]) -> dict[str, None]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import functools
 import math
+import multiprocessing
+import multiprocessing.context
 from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
@@ -104,10 +106,21 @@ def step_batches(
         batch_size=None,  # an item is already a step's batches
         collate_fn=_as_prepared,
         num_workers=workers,
+        multiprocessing_context=_worker_context() if workers else None,
         prefetch_factor=hardware.prefetch if workers else None,
         pin_memory=silo.device.type == "cuda",
         generator=torch.Generator(),  # worker seeds drawn from it, not from the dropout RNG
     )
+
+
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """Workers forked from a server process that holds no gRPC threads: a fork of the agent
+    itself copies its live channel, stream and heartbeat threads mid-flight, and such a child
+    can abort as it starts. The server imports this module once; a worker then costs a fork
+    and the round's steps (pickled), not an interpreter start."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
 
 
 def _as_prepared(step: list[MicroBatch]) -> list[MicroBatch]:

@@ -11,8 +11,10 @@ docs/models.md's table is checked against SUPPORT below.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import pickle
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -42,7 +44,12 @@ from silo_agent.batching import IGNORE_INDEX, modality_kind
 from silo_agent.evaluator import generate_answers, option_scores
 from silo_agent.failures import TrainingFailed
 from silo_agent.hardware import TrainingHardware
-from silo_agent.model import SiloModel, enable_gradient_checkpointing, load_silo_model
+from silo_agent.model import (
+    SiloModel,
+    enable_gradient_checkpointing,
+    load_silo_model,
+    prepare_batch,
+)
 from silo_agent.trainer import LocalPlan, load_global_adapter, train_round
 from tests.silo_agent.remote_code_model import write_remote_code_model
 from tests.silo_agent.support_table import MIXES, SUPPORT, render_table, supported_mixes
@@ -319,6 +326,21 @@ def test_checkpointing_and_micro_batches_leave_the_update_unchanged(
     assert abs(split.mean_loss - whole.mean_loss) < 1e-5
     for name, delta in whole.delta.items():
         torch.testing.assert_close(split.delta[name], delta, rtol=1e-4, atol=1e-6)
+
+
+def test_a_loader_worker_in_its_own_process_prepares_the_same_batches(
+    family: str, silo: SiloModel, samples: dict[str, list[Sample]]
+) -> None:
+    """Loader workers start from a fork server, not from the agent: what they prepare with
+    arrives pickled, and must batch every supported sample exactly as the agent would."""
+    prepare = functools.partial(prepare_batch, silo.interface, silo.family)
+    copied = pickle.loads(pickle.dumps(prepare))
+    for sample in supported_batch(family, samples):
+        here, there = prepare([sample]), copied([sample])
+        assert here.keys() == there.keys()
+        for key, value in here.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(value, there[key]), key
 
 
 def test_four_bit_base_loads_and_trains(

@@ -205,9 +205,10 @@ def test_each_process_under_torchrun_takes_the_gpu_of_its_local_rank(
         rank_device("cuda:0")
 
 
-def test_loader_workers_fork_beside_a_live_grpc_session(tmp_path: Path) -> None:
-    """Workers are forks of the agent, whose gRPC channel, task stream and heartbeat threads
-    are live while a round trains (the coordinator in its own process, as deployed)."""
+def test_loader_workers_start_beside_a_live_grpc_session(tmp_path: Path) -> None:
+    """Workers start while the agent's gRPC channel, task stream and heartbeat threads are live
+    (the coordinator in its own process, as deployed); they come from a fork server, so none
+    is a copy of those threads."""
     names = prepare(tmp_path, silos=1, family="idefics3", train=8, seed=4)
     logs = tmp_path / "logs"
     logs.mkdir()

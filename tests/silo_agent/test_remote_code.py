@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from peft import get_peft_model_state_dict
 from safetensors.torch import load_file
 
 from bench.data.synthetic_data import tokenizer_corpus
@@ -23,8 +24,10 @@ from shared.wire.v1 import federation_pb2 as pb
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
 from silo_agent.__main__ import main
 from silo_agent.client import Backoff, SiloAgent
+from silo_agent.hardware import TrainingHardware
 from silo_agent.model import load_silo_model
 from silo_agent.predict import main as predict
+from silo_agent.trainer import LocalPlan, train_round
 from tests.conftest import SILOS, coordinator_config, tls
 from tests.helpers import agents_running, channel, run_to_end, small_run
 from tests.silo_agent.remote_code_model import write_remote_code_model
@@ -166,3 +169,18 @@ def test_predictions_of_an_adapter_for_a_remote_code_model(
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(rows) == 4 and all(r["task"] == "hateful_memes" for r in rows)
     assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-5 for r in rows)
+
+
+def test_loader_workers_prepare_batches_with_the_models_own_code(
+    remote_model: Path, silo_data: dict[str, Path]
+) -> None:
+    """Workers come from a fork server: the model's own processor reaches them pickled."""
+    silo = load_silo_model(remote_model, device="cpu", trust_remote_code=True, lora_dropout=0.0)
+    samples = read_split(silo_data[SILOS[0]])[:6]
+    plan = LocalPlan(1e-2, 1, 3, 0, local_optimizer="sgd")
+    start = {n: t.detach().clone() for n, t in get_peft_model_state_dict(silo.model).items()}
+    alone = train_round(silo, samples, plan, start)
+    workers = train_round(silo, samples, plan, start, hardware=TrainingHardware(loader_workers=2))
+    assert workers.steps == alone.steps == 2
+    for name, delta in alone.delta.items():
+        torch.testing.assert_close(workers.delta[name], delta)
