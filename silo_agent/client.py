@@ -17,24 +17,22 @@ import torch
 
 from shared import __version__
 from shared.errors import (
-    TASK_FAILURE_REASONS,
-    DataFormatError,
     IncompatibleSilo,
-    PayloadError,
 )
 from shared.evaluation.judge import LLMJudge
 from shared.grpc_options import CHANNEL_OPTIONS
-from shared.prompts import PromptVariant
 from shared.silo_data import Sample
-from shared.tensor_codec import CONTROL_PREFIX, StateDict, decode_state
+from shared.tensor_codec import CONTROL_PREFIX, decode_state
 from shared.tls import TlsFiles, channel_credentials
 from shared.wire.v1 import federation_pb2 as pb
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
 from silo_agent.control_variates import ControlVariates
 from silo_agent.evaluator import evaluate
+from silo_agent.failures import failure_reason
 from silo_agent.metrics import SiloMetrics
 from silo_agent.model import SiloModel
-from silo_agent.trainer import LocalPlan, LocalResult, load_global_adapter, train_round
+from silo_agent.round_task import plan_of, split_controls
+from silo_agent.trainer import LocalResult, load_global_adapter, train_round
 from silo_agent.transfer import download_adapter, in_layout_dtypes, upload_update
 
 log = logging.getLogger(__name__)
@@ -359,43 +357,3 @@ def _refused_for_good(exc: grpc.RpcError, *, joined: bool) -> bool:
         grpc.StatusCode.FAILED_PRECONDITION,
         grpc.StatusCode.ALREADY_EXISTS,
     )
-
-
-def failure_reason(exc: BaseException) -> str:
-    """The wire's name for why a task could not be carried out."""
-    declared = getattr(exc, "reason", None)
-    if isinstance(declared, str) and declared in TASK_FAILURE_REASONS:
-        return declared
-    if isinstance(exc, FloatingPointError):
-        return "non_finite_loss"
-    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
-        return "out_of_memory"
-    if isinstance(exc, DataFormatError):
-        return "data"
-    if isinstance(exc, PayloadError):
-        return "adapter"
-    return "exception"
-
-
-def plan_of(training: pb.TrainingPlan) -> LocalPlan:
-    return LocalPlan(
-        learning_rate=training.learning_rate,
-        local_epochs=training.local_epochs,
-        batch_size=training.batch_size,
-        seed=training.seed,
-        proximal_mu=training.proximal_mu,
-        gamma_max=training.gamma_max,
-        mask_skip_layers=training.mask_skip_layers,
-        prompt_variant=PromptVariant(training.prompt_variant) if training.prompt_variant else None,
-        control_variates=training.control_variates,
-        local_optimizer=training.local_optimizer,
-    )
-
-
-def split_controls(state: StateDict) -> tuple[StateDict, StateDict]:
-    """The adapter, and SCAFFOLD's server control variate if the payload carries one."""
-    adapter = {n: t for n, t in state.items() if not n.startswith(CONTROL_PREFIX)}
-    controls = {
-        n.removeprefix(CONTROL_PREFIX): t for n, t in state.items() if n.startswith(CONTROL_PREFIX)
-    }
-    return adapter, controls

@@ -8,7 +8,7 @@ from typing import Literal
 
 import torch
 
-from shared.errors import FedMLLMError
+from shared.errors import TASK_FAILURE_REASONS, DataFormatError, FedMLLMError, PayloadError
 
 Reason = Literal["batching", "modality", "non_finite_loss", "out_of_memory"]
 
@@ -54,3 +54,19 @@ def step_failures(family: str, where: str) -> Iterator[None]:
             reason="batching",
             detail=f"{where}: {family} fails on this batch ({type(exc).__name__}: {first_line})",
         ) from exc
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The wire's name for why a task could not be carried out."""
+    declared = getattr(exc, "reason", None)
+    if isinstance(declared, str) and declared in TASK_FAILURE_REASONS:
+        return declared
+    if isinstance(exc, FloatingPointError):
+        return "non_finite_loss"
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return "out_of_memory"
+    if isinstance(exc, DataFormatError):
+        return "data"
+    if isinstance(exc, PayloadError):
+        return "adapter"
+    return "exception"

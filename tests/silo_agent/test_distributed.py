@@ -23,8 +23,9 @@ from shared.silo_data import read_split
 from shared.tensor_codec import StateDict
 from shared.wire.v1 import federation_pb2 as pb
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
-from silo_agent.client import Backoff, SiloAgent, plan_of
+from silo_agent.client import Backoff, SiloAgent
 from silo_agent.model import load_silo_model
+from silo_agent.round_task import plan_of
 from silo_agent.trainer import ControlVariates, train_round
 from tests.conftest import SILOS, tls
 from tests.helpers import agents_running, channel, run_to_end

@@ -19,12 +19,13 @@ from shared.tls import TlsFiles
 from shared.wire.v1 import federation_pb2 as pb
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
 from silo_agent.__main__ import main
-from silo_agent.client import Backoff, SiloAgent, plan_of
+from silo_agent.client import Backoff, SiloAgent
 from silo_agent.distributed import RoundTrainer
 from silo_agent.hardware import HardwareError, TrainingHardware, grad_scaler
 from silo_agent.model import SiloModel, load_silo_model
 from silo_agent.regularizers import trainable_by_state_name
 from silo_agent.replicas import SiloGroup, rank_device
+from silo_agent.round_task import plan_of
 from silo_agent.step_loader import micro_chunks
 from silo_agent.trainer import LocalPlan, LocalResult, load_global_adapter, train_round
 from tests.helpers import channel, run_to_end, small_run
