@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from coordinator.aggregation.fold import RoundFold
+from coordinator.checkpoint import CheckpointFull
 from shared.bounded import printable
 from shared.errors import FedMLLMError
 from shared.payload import CHUNK_BYTES, PayloadDigest, iter_chunks
@@ -67,7 +68,7 @@ class OpenRound:
     fold_lock: threading.Lock = field(default_factory=threading.Lock)
     reports: dict[str, EvaluationResult] = field(default_factory=dict)  # evaluation rounds
     failures: dict[str, str] = field(default_factory=dict)  # silo id -> why it could not
-    disk_full: OSError | None = None  # an update found no room to spool: the run pauses
+    disk_full: CheckpointFull | None = None  # an update found no room to spool: run pauses
     stages: dict[str, tuple[str, float]] = field(default_factory=dict)  # silo -> (stage, at s)
 
     def reach(self, silo_id: str, stage: str) -> None:

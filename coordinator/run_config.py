@@ -34,10 +34,23 @@ def _flag_type(option: RunOption) -> Any:
     return parse
 
 
+def _full_name(option: RunOption) -> Any:
+    """A choice flag's value with a short name replaced by the name it stands for."""
+    full = dict(option.aliases)
+
+    def parse(text: str) -> str:
+        return full.get(text, text)
+
+    parse.__name__ = "choice"
+    return parse
+
+
 def _help(option: RunOption) -> str:
     default = _DEFAULTS[option.field]
     shown = "the strategy's" if default is None else repr(default) if default == "" else default
     allowed = f"; {option.range_text()}" if option.range_text() else ""
+    if option.aliases:
+        allowed += "; or " + ", ".join(f"{short} ({full})" for short, full in option.aliases)
     return f"{option.help}{allowed} (default: {shown})".replace("%", "%%")
 
 
@@ -50,10 +63,14 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         help="run config file: keys are these flags' names (examples in deploy/config/)",
     )
     for option in OPTIONS:
-        if isinstance(option.kind, tuple):
-            choices = [c for c in option.kind if c] + [short for short, _ in option.aliases]
+        if isinstance(option.kind, tuple):  # a short name becomes its full one before the check
             parser.add_argument(
-                option.flag, dest=option.field, choices=choices, default=None, help=_help(option)
+                option.flag,
+                dest=option.field,
+                type=_full_name(option),
+                choices=[c for c in option.kind if c],
+                default=None,
+                help=_help(option),
             )
         else:
             parser.add_argument(
@@ -103,8 +120,7 @@ def read_config(path: Path) -> dict[str, Any]:
 def spec_from(args: argparse.Namespace) -> RunSpec:
     """The config file's values, overridden by any flag given, validated."""
     values = read_config(args.config) if args.config else {}
-    given = {f: getattr(args, f) for f in BY_FIELD if getattr(args, f, None) is not None}
-    values |= {f: BY_FIELD[f].check(v) for f, v in given.items()}  # short names: their full
+    values |= {f: getattr(args, f) for f in BY_FIELD if getattr(args, f, None) is not None}
     spec = RunSpec(**values)
     problems = spec.problems()
     if problems:

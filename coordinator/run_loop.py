@@ -206,7 +206,7 @@ class RunLoop:
         self._restore_model(run)
         return False
 
-    def _pause_for_disk(self, run: RunRecord, exc: OSError) -> None:
+    def _pause_for_disk(self, run: RunRecord, exc: CheckpointFull) -> None:
         """Hold the run until the checkpoint directory has room again; the round is redone."""
         message = f"{exc}; the run resumes when there is room again (or: fedmllm-admin resume)"
         log.error("run %s paused: %s", run.run_id, message)
@@ -216,10 +216,7 @@ class RunLoop:
             self.open_round = None
         self.store.try_update_run(run)
         threading.Thread(
-            target=self._resume_when_room,
-            args=(run, getattr(exc, "needed", 0)),
-            daemon=True,
-            name="disk-watch",
+            target=self._resume_when_room, args=(run, exc.needed), daemon=True, name="disk-watch"
         ).start()
 
     def _resume_when_room(self, run: RunRecord, needed: int) -> None:

@@ -69,7 +69,9 @@ class SiloRequests:
         self.metrics.bytes_sent.inc(nbytes)
         self.metrics.silo_bytes_sent.labels(silo=silo_id).inc(nbytes)
 
-    def spool_full(self, open_round: OpenRound | None, directory: Path, needed: int) -> OSError:
+    def spool_full(
+        self, open_round: OpenRound | None, directory: Path, needed: int
+    ) -> CheckpointFull:
         """An update found no room: the round ends now and the run pauses until there is room
         (then the round is redone). What to tell the silo."""
         full = CheckpointFull(directory, needed=needed, free=self.store.bytes_free())
