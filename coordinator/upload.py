@@ -158,8 +158,12 @@ async def _stream_into(
                     continue
                 raise PayloadError(f"unexpected {part} inside an update stream")
             del message  # its buffer: only `data` is needed now
-            if pending is not None:
-                await pending
+            try:
+                if pending is not None:
+                    await pending  # the last chunk's write: a refusal ends the upload here
+            except BaseException:
+                gate.release()  # this chunk's permit: it will never be written
+                raise
             pending = asyncio.ensure_future(blocking(receiver.write, data))
             pending.add_done_callback(lambda _: gate.release())
             del data  # held by the write until it is done, and not a moment longer

@@ -19,6 +19,7 @@ from coordinator.aggregation.spool import SpoolPool
 from coordinator.run_state import RunSpec
 from coordinator.server import RunningCoordinator, serve
 from coordinator.silo_service import SiloServiceSettings
+from coordinator.upload import CHUNKS_IN_FLIGHT
 from shared.pki import create_federation
 from shared.tensor_codec import StateDict, encode_state
 from shared.wire.v1 import federation_pb2 as pb
@@ -167,6 +168,26 @@ def _wait_for(admin: pb_grpc.AdminStub, done: object, timeout: float = 30) -> pb
         assert time.monotonic() < deadline, status
         time.sleep(0.05)
     return status
+
+
+def test_refused_uploads_give_back_every_chunk_permit(
+    quick: RunningCoordinator, certs: Path, tiny_model: Path
+) -> None:
+    silo = ProtocolSilo(quick.port, tls(certs, "silo-1"), tiny_model, num_samples=10)
+    admin = _admin(quick, certs)
+    admin.StartRun(pb.StartRunRequest(spec=RunSpec(rounds=1, silos_per_round=1).to_proto()))
+    task = silo.next_task()
+    garbage = b"\xff" * 64 * 1024  # not safetensors: refused at its first chunk
+    for _ in range(2 * CHUNKS_IN_FLIGHT):  # the second chunk is read while the first fails
+        chunks = [garbage[:1024], garbage[1024:]]
+        error = _refused(
+            lambda c=chunks: silo.stub.UploadUpdate(
+                update_stream(task.task_id, garbage, chunks=c), timeout=10
+            )
+        )
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    silo.upload(task, constant_delta(silo.download(task), 0.01))  # not waiting on a permit
+    silo.close()
 
 
 def test_heartbeats_cannot_touch_another_silos_session(
