@@ -10,7 +10,6 @@ import grpc
 from coordinator.guard import Context, refuse
 from coordinator.permits import chunk_permits
 from coordinator.rounds import OpenRound
-from shared.payload import iter_chunks
 from shared.wire.v1 import federation_pb2 as pb
 
 # Download chunks being written at once, over all downloads: each is a 4 MiB message and its
@@ -27,7 +26,7 @@ async def send_download(
     header = pb.PayloadHeader(total_bytes=digest.total_bytes, sha256=digest.sha256)
     await context.write(pb.PayloadChunk(header=header))
     permits = chunk_permits("download", CHUNKS_IN_FLIGHT)
-    for chunk in iter_chunks(open_round.payload):
+    for chunk in open_round.payload:  # cut once per round, served as they are
         async with permits:
             try:
                 await asyncio.wait_for(context.write(pb.PayloadChunk(data=chunk)), stall_s)

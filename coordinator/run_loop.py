@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from coordinator.aggregation.fold import AggregationRule, RoundFold
+from coordinator.aggregation.spool import INCOMING, SpoolPool
 from coordinator.checkpoint import CheckpointFull, CheckpointStore
 from coordinator.global_model import GlobalModel
 from coordinator.metrics import CoordinatorMetrics
@@ -208,6 +209,7 @@ class RunLoop:
 
     def _pause_for_disk(self, run: RunRecord, exc: CheckpointFull) -> None:
         """Hold the run until the checkpoint directory has room again; the round is redone."""
+        SpoolPool.at(self.store.root / INCOMING).drain()  # spools kept for reuse take room
         message = f"{exc}; the run resumes when there is room again (or: fedmllm-admin resume)"
         log.error("run %s paused: %s", run.run_id, message)
         self.metrics.checkpoint_failures.inc()

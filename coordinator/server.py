@@ -21,6 +21,7 @@ from transformers import PretrainedConfig
 
 from coordinator.admin_service import AdminService
 from coordinator.aggregation.heap import limit_retention
+from coordinator.aggregation.spool import INCOMING
 from coordinator.base_model import BaseModel
 from coordinator.checkpoint import CheckpointStore
 from coordinator.federation import ControllerSettings, Federation
@@ -188,7 +189,7 @@ async def _start_server(
         SiloService(
             federation=federation,
             identity=identity,
-            incoming_dir=config.checkpoint_dir / "incoming",
+            incoming_dir=config.checkpoint_dir / INCOMING,
             settings=config.silo_service,
             workers=workers,
             identities=identities,

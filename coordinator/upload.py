@@ -99,6 +99,7 @@ async def receive_update(
             raise
         federation.reject(open_round, "disk_full")
         path.unlink(missing_ok=True)  # room for the round's checkpoint; not kept for reuse
+        pool.drain()
         full = federation.spool_full(open_round, incoming, header.payload.total_bytes)
         log.error("update from %s refused: %s; the run pauses until there is room", silo_id, full)
         await refuse(

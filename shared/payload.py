@@ -37,14 +37,9 @@ class PayloadDigest:
         return cls(total_bytes=sum(map(len, chunks)), sha256=digest.hexdigest())
 
 
-def iter_chunks(
-    payload: bytes | Sequence[bytes], chunk_bytes: int = CHUNK_BYTES
-) -> Iterator[bytes]:
-    """A payload's chunks: a payload already cut (a list of chunks) as it is, without a copy;
-    one bytes object sliced (memoryview: the whole payload is never copied again)."""
-    if not isinstance(payload, bytes):
-        yield from payload
-        return
+def iter_chunks(payload: bytes, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
+    """A payload's chunks, sliced through a memoryview: the whole payload is never copied
+    again."""
     view = memoryview(payload)
     for start in range(0, len(payload), chunk_bytes):
         yield bytes(view[start : start + chunk_bytes])
@@ -76,7 +71,7 @@ class PayloadBuffer:
             mmap.mmap(
                 -1,
                 expected.total_bytes,
-                flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE,
+                flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0),
             )
             if expected.total_bytes
             else None

@@ -15,6 +15,7 @@ from typing import BinaryIO, ClassVar
 import torch
 
 PAGE = mmap.PAGESIZE
+INCOMING = "incoming"  # the spool directory, inside the checkpoint directory
 
 
 class SpoolPool:
@@ -60,6 +61,13 @@ class SpoolPool:
         if path.parent == self._directory and path.exists():
             with self._lock:
                 self._free[path] = None
+
+    def drain(self) -> None:
+        """Delete the files kept for reuse: the disk is full, and they hold room it needs."""
+        with self._lock:
+            kept, self._free = list(self._free), {}
+        for path in kept:
+            path.unlink(missing_ok=True)
 
 
 class SpoolView:

@@ -37,6 +37,18 @@ def test_files_handed_back_are_taken_again_and_new_ones_are_private(tmp_path: Pa
     assert pool.take() not in (first, second)
 
 
+def test_a_full_disk_drains_the_files_kept_for_reuse(tmp_path: Path) -> None:
+    pool = SpoolPool.at(tmp_path)
+    kept, busy = pool.take(), pool.take()
+    for path in (kept, busy):
+        with pool.open(path) as spool:
+            spool.write(b"\0" * 4096)
+    pool.give_back(kept)
+    pool.drain()
+    assert not kept.exists() and busy.exists()  # a spool still in use is left alone
+    assert pool.take() != kept
+
+
 def test_a_reused_spool_holds_exactly_the_new_update(tmp_path: Path) -> None:
     shape = UpdateShape(layout=LAYOUT, dtype="float32")
     pool = SpoolPool.at(tmp_path)
