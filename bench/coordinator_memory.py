@@ -7,9 +7,9 @@ For each S, a real coordinator process and S protocol-level silos (bench/protoco
 this process, each with its own certificate and mutual-TLS connection. A FedAvg run on a
 float32 wire selects all S every round: S silos download the adapter and upload a full-size
 update at once. The coordinator's RSS is sampled every 20 ms: before the run (every silo
-joined), the lowest of each round (idle) and the highest (its peak; VmHWM, reset before the
-run, agrees). Idle is the lowest RSS of any round after the first: the master weights, the
-running sum and the round's download are held then. Figures are in adapters (the float32
+joined), the lowest of each round (idle) and the highest (its peak). Idle is the lowest RSS of
+any round after the first: the master weights, the running sum and the round's download are
+held then. Figures are in adapters (the float32
 adapter's size). The largest S runs `--long` rounds, to show whether the idle RSS climbs round
 after round.
 """
@@ -65,7 +65,6 @@ class Memory:
     before_mib: float
     idle_mib: list[float]  # per round: its lowest RSS (the first round's is before it starts)
     peak_mib: list[float]  # per round: its highest RSS
-    hwm_mib: float
 
     def adapters(self, mib: float) -> float:
         return mib / self.adapter_mib
@@ -100,7 +99,6 @@ async def _drive(port: int, certs: Path, model: Path, silos: int, rounds: int, p
     try:
         await asyncio.sleep(2.0)
         before = process_usage(pid)[0]
-        Path(f"/proc/{pid}/clear_refs").write_text("5")  # restart VmHWM from here
         thread = threading.Thread(target=sampler.run, daemon=True)
         thread.start()
         spec = RunSpec(
@@ -118,7 +116,6 @@ async def _drive(port: int, certs: Path, model: Path, silos: int, rounds: int, p
         thread.join()
         if status.state != pb.RUN_STATE_COMPLETED:
             raise RuntimeError(f"the run ended {pb.RunState.Name(status.state)}: {status.message}")
-        hwm = process_usage(pid)[1]
     finally:
         sampler.stop()
         await asyncio.gather(*(s.stop() for s in fleet))
@@ -131,7 +128,6 @@ async def _drive(port: int, certs: Path, model: Path, silos: int, rounds: int, p
         before_mib=before,
         idle_mib=[min(s) for s in per_round if s],
         peak_mib=[max(s) for s in per_round if s],
-        hwm_mib=hwm,
     )
 
 

@@ -100,7 +100,7 @@ class ProtocolSilo:
         tls: TlsFiles,
         join: pb.JoinRequest,
         updates: dict[str, bytes],
-        digests: dict[str, PayloadDigest] | None = None,
+        digests: dict[str, PayloadDigest],  # of `updates`, computed once for the whole fleet
     ) -> None:
         cert, key, ca = tls.read()
         credentials = grpc.ssl_channel_credentials(
@@ -110,7 +110,7 @@ class ProtocolSilo:
         self.stub = pb_grpc.SiloStub(self.channel)
         self._join = join
         self._updates = updates  # wire dtype -> payload
-        self._digests = digests or {dtype: PayloadDigest.of(p) for dtype, p in updates.items()}
+        self._digests = digests
         self.load = SiloLoad()
         self._tasks: list[asyncio.Task[None]] = []
         self.session_id = ""
