@@ -73,7 +73,7 @@ def _update_chunks(
         num_samples=samples,
         mean_loss=1.0,
         steps=1,
-        payload=pb.PayloadHeader(total_bytes=digest.total_bytes, sha256=digest.sha256),
+        payload=digest.to_header(),
     )
     yield pb.UpdateChunk(header=header)
     for chunk in iter_chunks(payload):

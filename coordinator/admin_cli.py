@@ -35,7 +35,7 @@ from shared.cli import (
 from shared.connection import Retry, add_connection_arguments, connection_of, wait_for_coordinator
 from shared.credentials import check_credentials
 from shared.grpc_options import CHANNEL_OPTIONS
-from shared.payload import PayloadDigest, assemble
+from shared.payload import PayloadDigest, receive_chunks
 from shared.pki.identity import ROLE_ADMIN
 from shared.tls import channel_credentials
 from shared.wire.v1 import federation_pb2 as pb
@@ -57,16 +57,17 @@ Handler = Callable[[argparse.Namespace, pb_grpc.AdminStub], int]
 def export_adapter(
     stub: pb_grpc.AdminStub, *, round_index: int, out: Path, run_id: str = ""
 ) -> pb.ExportHeader:
-    """adapter_config.json and adapter_model.safetensors, checked against their digest."""
+    """adapter_config.json and adapter_model.safetensors, checked against their CRC-32."""
     stream = stub.ExportAdapter(pb.ExportRequest(round=round_index, run_id=run_id))
     header: pb.ExportHeader = next(stream).header
-    payload = assemble(
-        PayloadDigest(header.adapter.total_bytes, header.adapter.sha256),
+    chunks = receive_chunks(
+        PayloadDigest.from_header(header.adapter),
         (m.data for m in stream),
         max_bytes=header.adapter.total_bytes,
     )
     out.mkdir(parents=True, exist_ok=True)
-    (out / "adapter_model.safetensors").write_bytes(payload)
+    with (out / "adapter_model.safetensors").open("wb") as adapter:
+        adapter.writelines(chunks)
     (out / "adapter_config.json").write_text(header.adapter_config_json)
     return header
 

@@ -123,13 +123,12 @@ class AdminService(pb_grpc.AdminServicer):
             await refuse(context, grpc.StatusCode.NOT_FOUND, str(exc))
         loop = asyncio.get_running_loop()
         payload = await loop.run_in_executor(self._workers, path.read_bytes)
-        digest = PayloadDigest.of(payload)
         yield pb.ExportChunk(
             header=pb.ExportHeader(
                 run_id=run_id,
                 round=round_index,
                 adapter_config_json=self._adapter_config_json,
-                adapter=pb.PayloadHeader(total_bytes=digest.total_bytes, sha256=digest.sha256),
+                adapter=PayloadDigest.of(payload).to_header(),
             )
         )
         for chunk in iter_chunks(payload):

@@ -22,9 +22,7 @@ async def send_download(
     context: Context, open_round: OpenRound, *, silo_id: str, stall_s: float
 ) -> None:
     """Write the header, then every chunk; each write takes a permit until gRPC has sent it."""
-    digest = open_round.digest
-    header = pb.PayloadHeader(total_bytes=digest.total_bytes, sha256=digest.sha256)
-    await context.write(pb.PayloadChunk(header=header))
+    await context.write(pb.PayloadChunk(header=open_round.digest.to_header()))
     permits = chunk_permits("download", CHUNKS_IN_FLIGHT)
     for chunk in open_round.payload:  # cut once per round, served as they are
         async with permits:

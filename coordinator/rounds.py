@@ -122,9 +122,7 @@ class OpenRound:
             round=self.index,
             task_id=task_id,
             training=plan,
-            adapter=pb.PayloadHeader(
-                total_bytes=self.digest.total_bytes, sha256=self.digest.sha256
-            ),
+            adapter=self.digest.to_header(),
             kind=self.kind,
             confirmed_task_id=confirmed,
         )

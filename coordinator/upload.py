@@ -74,7 +74,7 @@ async def receive_update(
         with pool.open(path) as spool:
             receiver = UpdateReceiver(
                 shape=federation.update_shape(),
-                announced=PayloadDigest(header.payload.total_bytes, header.payload.sha256),
+                announced=PayloadDigest.from_header(header.payload),
                 spool=spool,
                 path=path,
             )
@@ -130,16 +130,16 @@ async def _stream_into(
     stall_s: float,
     silo_id: str,
     blocking: Blocking,
-) -> str:
+) -> int | None:
     """Feed the data chunks to the receiver (in a worker thread, one at a time, while the
-    next chunk arrives); return the trailer's digest ("" without a trailer).
+    next chunk arrives); return the trailer's CRC-32 (None without one).
 
     Each chunk takes a permit before it is read and gives it back once the receiver is done
     with it, so that one upload still reads a chunk while the last is processed, and many
     uploads together hold CHUNKS_IN_FLIGHT chunks at most."""
     gate = chunk_permits("upload", CHUNKS_IN_FLIGHT)
     pending: asyncio.Future[Any] | None = None
-    trailer: str | None = None
+    trailer: pb.PayloadTrailer | None = None
     try:
         while True:
             await gate.acquire()
@@ -155,7 +155,7 @@ async def _stream_into(
                 if message is EOF:
                     break
                 if part == "trailer" and trailer is None:
-                    trailer = message.trailer.sha256
+                    trailer = message.trailer
                     continue
                 raise PayloadError(f"unexpected {part} inside an update stream")
             del message  # its buffer: only `data` is needed now
@@ -171,4 +171,4 @@ async def _stream_into(
     finally:
         if pending is not None:
             await pending
-    return trailer or ""
+    return trailer.crc32 if trailer is not None and trailer.HasField("crc32") else None

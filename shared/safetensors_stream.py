@@ -1,5 +1,5 @@
 """safetensors without whole-payload copies: written chunk by chunk straight from the tensors
-(in one wire dtype), and read back as views of the one buffer a payload arrived in."""
+(in one wire dtype), and read back as views of the chunks a payload arrived in."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import itertools
 import json
 import math
 import struct
-from collections.abc import Iterator, Mapping
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -29,6 +30,9 @@ DTYPE_CODES = {
     torch.bool: "BOOL",
 }
 _CODE_DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}
+
+# Tensors decoded from received chunks (immutable bytes) are read, never written.
+warnings.filterwarnings("ignore", message="The given buffer is not writable")
 
 
 def _bytes_of(values: torch.Tensor) -> memoryview:
@@ -136,41 +140,70 @@ def _entry(name: str, entry: Any, data_bytes: int) -> tuple[torch.dtype, list[in
     return dtype, shape, offsets[0], offsets[1]
 
 
-def decode_buffer(buffer: bytearray | memoryview) -> StateDict:
-    """Parse safetensors held in `buffer`; the tensors are views of it (aligned ones; a
-    misaligned tensor is copied out). A malformed payload raises PayloadError."""
-    view = memoryview(buffer).cast("B")
-    if len(view) < 8:
+class _Received:
+    """A payload held as the chunks it arrived in, read by payload offset."""
+
+    def __init__(self, chunks: Sequence[bytes | bytearray | memoryview]) -> None:
+        self.chunks = [memoryview(c).cast("B") for c in chunks]
+        self.starts = list(itertools.accumulate((len(c) for c in self.chunks), initial=0))
+        self.size = self.starts[-1]
+
+    def read(self, start: int, end: int) -> bytes:
+        """Bytes [start, end), pieced together from the chunks they lie in."""
+        first = bisect.bisect_right(self.starts, start) - 1
+        pieces = []
+        for i in range(max(first, 0), len(self.chunks)):
+            at = self.starts[i]
+            if at >= end:
+                break
+            pieces.append(self.chunks[i][max(start - at, 0) : min(end - at, len(self.chunks[i]))])
+        return b"".join(pieces)
+
+    def tensor(self, start: int, end: int, dtype: torch.dtype) -> torch.Tensor:
+        """Bytes [start, end) as a flat tensor: a view of its chunk when it lies within one
+        (aligned), else a copy of its pieces."""
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        i = bisect.bisect_right(self.starts, start) - 1
+        offset = start - self.starts[i]
+        if end <= self.starts[i + 1] and offset % itemsize == 0:
+            count = (end - start) // itemsize
+            return torch.frombuffer(self.chunks[i], dtype=dtype, count=count, offset=offset)
+        return torch.frombuffer(bytearray(self.read(start, end)), dtype=dtype)
+
+
+def decode_chunks(chunks: Sequence[bytes | bytearray | memoryview]) -> StateDict:
+    """Parse safetensors that arrived as `chunks` (one buffer or many); each tensor is a view
+    of the chunk it lies in, and only a tensor split across chunks (or misaligned) is copied.
+    The tensors are read, never written, by their users. A malformed payload raises
+    PayloadError."""
+    received = _Received(chunks)
+    if received.size < 8:
         raise PayloadError("payload is not valid safetensors: shorter than its 8-byte length")
-    (length,) = struct.unpack_from("<Q", view)
-    if length > len(view) - 8:
+    (length,) = struct.unpack("<Q", received.read(0, 8))
+    if length > received.size - 8:
         raise PayloadError(f"payload is not valid safetensors: header of {length} bytes")
     try:
-        header = json.loads(bytes(view[8 : 8 + length]))
+        header = json.loads(received.read(8, 8 + length))
     except ValueError as exc:
         raise PayloadError(f"payload is not valid safetensors: header: {exc}") from None
     if not isinstance(header, dict):
         raise PayloadError("payload is not valid safetensors: header is not an object")
     header.pop("__metadata__", None)
-    data = view[8 + length :]
+    base, data_bytes = 8 + length, received.size - 8 - length
     state: StateDict = {}
     spans = []
     for name, entry in header.items():
-        dtype, shape, start, end = _entry(name, entry, len(data))
+        dtype, shape, start, end = _entry(name, entry, data_bytes)
         spans.append((start, end))
-        itemsize = torch.empty(0, dtype=dtype).element_size()
         if start == end:
             state[name] = torch.empty(shape, dtype=dtype)
-        elif start % itemsize:
-            state[name] = torch.frombuffer(bytearray(data[start:end]), dtype=dtype).view(shape)
         else:
-            count = (end - start) // itemsize
-            state[name] = torch.frombuffer(data, dtype=dtype, count=count, offset=start).view(shape)
+            state[name] = received.tensor(base + start, base + end, dtype).view(shape)
     covered = 0
     for start, end in sorted(spans):
         if start != covered:
             raise PayloadError("payload is not valid safetensors: tensors overlap or leave gaps")
         covered = end
-    if covered != len(data):
+    if covered != data_bytes:
         raise PayloadError("payload is not valid safetensors: data beyond the last tensor")
     return state

@@ -24,7 +24,7 @@ def encode_state(state: Mapping[str, torch.Tensor]) -> bytes:
 
 def decode_state(payload: bytes | bytearray | memoryview) -> StateDict:
     """Parse safetensors bytes into tensors of their own; a malformed payload raises
-    PayloadError. (shared.safetensors_stream.decode_buffer decodes without a copy.)"""
+    PayloadError. (shared.safetensors_stream.decode_chunks decodes without a copy.)"""
     try:
         return st_load(payload if isinstance(payload, bytes) else bytes(payload))
     except Exception as exc:  # safetensors raises its own SafetensorError and others

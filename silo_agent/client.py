@@ -22,7 +22,7 @@ from shared.errors import (
 from shared.evaluation.judge import LLMJudge
 from shared.grpc_options import CHANNEL_OPTIONS
 from shared.silo_data import Sample
-from shared.tensor_codec import CONTROL_PREFIX, decode_state
+from shared.tensor_codec import CONTROL_PREFIX, StateDict
 from shared.tls import TlsFiles, channel_credentials
 from shared.wire.v1 import federation_pb2 as pb
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
@@ -209,7 +209,7 @@ class SiloAgent:
                 stream.cancel()
                 return
 
-    def _download(self, stub: pb_grpc.SiloStub, task: pb.RoundTask) -> memoryview:
+    def _download(self, stub: pb_grpc.SiloStub, task: pb.RoundTask) -> StateDict:
         return download_adapter(stub, task)
 
     def _execute(self, stub: pb_grpc.SiloStub, task: pb.RoundTask) -> None:
@@ -263,7 +263,7 @@ class SiloAgent:
         if not self._test_samples:
             raise ValueError("asked to evaluate, but this silo has no test split")
         started = time.monotonic()
-        global_state, _ = split_controls(decode_state(self._download(stub, task)))
+        global_state, _ = split_controls(self._download(stub, task))
         self._state = f"evaluating round {task.round}"
         load_global_adapter(self._silo, global_state)
         variant = plan_of(task.training).prompt_variant
@@ -284,9 +284,8 @@ class SiloAgent:
 
     def _train_and_upload(self, stub: pb_grpc.SiloStub, task: pb.RoundTask, label: str) -> None:
         started = time.monotonic()
-        payload = self._download(stub, task)
         global_state, server_control = split_controls(
-            in_layout_dtypes(payload, self._silo.adapter_layout)
+            in_layout_dtypes(self._download(stub, task), self._silo.adapter_layout)
         )
         if task.training.control_variates and not server_control:
             raise ValueError("SCAFFOLD round without the server control variate")

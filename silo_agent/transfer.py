@@ -1,16 +1,15 @@
-"""Moving adapters between a silo and the coordinator: the global adapter received into one
-buffer and decoded in place; an update cut from the tensors, hashed and sent as one pipeline."""
+"""Moving adapters between a silo and the coordinator: the global adapter decoded from the
+chunks it arrived in; an update cut from the tensors, checked and sent as one pipeline."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 
 import torch
 
 from shared.errors import PayloadError
-from shared.payload import BLOCK_ELEMENTS, CHUNK_BYTES, PayloadDigest, assemble
-from shared.safetensors_stream import StateEncoder, decode_buffer
+from shared.payload import BLOCK_ELEMENTS, CHUNK_BYTES, PayloadCheck, PayloadDigest, receive_chunks
+from shared.safetensors_stream import StateEncoder, decode_chunks
 from shared.tensor_codec import CONTROL_PREFIX, AdapterLayout, StateDict
 from shared.wire.v1 import federation_pb2 as pb
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
@@ -19,22 +18,23 @@ from shared.wire.v1 import federation_pb2_grpc as pb_grpc
 MAX_ADAPTER_BYTES = 16 * 1024**3
 
 
-def download_adapter(stub: pb_grpc.SiloStub, task: pb.RoundTask) -> memoryview:
-    """The task's global adapter payload, verified against the digest the task announced."""
+def download_adapter(stub: pb_grpc.SiloStub, task: pb.RoundTask) -> StateDict:
+    """The task's global adapter, checked against what the task announced; its tensors are
+    views of the chunks it arrived in (no buffer is filled, nothing is copied)."""
     stream = stub.DownloadAdapter(pb.DownloadRequest(task_id=task.task_id))
     first = next(stream)
     if first.WhichOneof("part") != "header":
         raise PayloadError("adapter stream did not start with its header")
-    announced = PayloadDigest(first.header.total_bytes, first.header.sha256)
-    if announced != PayloadDigest(task.adapter.total_bytes, task.adapter.sha256):
+    announced = PayloadDigest.from_header(first.header)
+    if announced != PayloadDigest.from_header(task.adapter):
         raise PayloadError("adapter header differs from the one the round task announced")
-    return assemble(announced, (m.data for m in stream), max_bytes=MAX_ADAPTER_BYTES)
+    chunks = receive_chunks(announced, (m.data for m in stream), max_bytes=MAX_ADAPTER_BYTES)
+    return decode_chunks(chunks)
 
 
-def in_layout_dtypes(payload: memoryview, layout: AdapterLayout) -> StateDict:
-    """Decode a downloaded payload without copying it, each tensor (and its control variate)
-    in the dtype of the silo's own adapter tensor: the wire may carry fewer bits."""
-    state = decode_buffer(payload)
+def in_layout_dtypes(state: StateDict, layout: AdapterLayout) -> StateDict:
+    """Each tensor (and its control variate) in the dtype of the silo's own adapter tensor:
+    the wire may carry fewer bits."""
     for name, tensor in state.items():
         own = layout.get(name.removeprefix(CONTROL_PREFIX))
         if own is not None:
@@ -43,15 +43,15 @@ def in_layout_dtypes(payload: memoryview, layout: AdapterLayout) -> StateDict:
 
 
 def update_messages(header: pb.UpdateHeader, encoder: StateEncoder) -> Iterator[pb.UpdateChunk]:
-    """The header (its digest left empty), each data chunk as soon as it is cut and hashed,
-    then the digest in the trailer: hashing overlaps the stream, and no second copy of the
-    payload is ever made."""
-    digest = hashlib.sha256()
+    """The header (no check announced in it), each data chunk as soon as it is cut and
+    checked, then the CRC-32 in the trailer: checking overlaps the stream, and no second copy
+    of the payload is ever made."""
+    check = PayloadCheck()
     yield pb.UpdateChunk(header=header)
     for chunk in encoder.chunks(chunk_bytes=CHUNK_BYTES, block=BLOCK_ELEMENTS):
-        digest.update(chunk)
+        check.update(chunk)
         yield pb.UpdateChunk(data=chunk)
-    yield pb.UpdateChunk(trailer=pb.PayloadTrailer(sha256=digest.hexdigest()))
+    yield pb.UpdateChunk(trailer=pb.PayloadTrailer(crc32=check.crc32))
 
 
 def upload_update(

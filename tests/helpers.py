@@ -22,7 +22,7 @@ from bench.protocol_silo import join_request
 from coordinator.registry import SiloRegistry
 from coordinator.run_state import RunSpec
 from shared.grpc_options import CHANNEL_OPTIONS
-from shared.payload import PayloadDigest, assemble, iter_chunks
+from shared.payload import PayloadDigest, iter_chunks, receive_chunks
 from shared.silo_data import read_split
 from shared.tensor_codec import StateDict, decode_state, encode_state
 from shared.tls import TlsFiles, channel_credentials
@@ -57,7 +57,7 @@ def update_stream(
             mean_loss=loss,
             steps=steps,
             gamma=gamma,
-            payload=pb.PayloadHeader(total_bytes=digest.total_bytes, sha256=digest.sha256),
+            payload=digest.to_header(),
         )
     )
     for chunk in chunks if chunks is not None else iter_chunks(payload):
@@ -65,15 +65,13 @@ def update_stream(
 
 
 def download(stub: pb_grpc.SiloStub, task: pb.RoundTask) -> StateDict:
-    """A task's global adapter, checked against its digest."""
+    """A task's global adapter, checked against its CRC-32."""
     stream = stub.DownloadAdapter(pb.DownloadRequest(task_id=task.task_id))
     header = next(stream).header
-    payload = assemble(
-        PayloadDigest(header.total_bytes, header.sha256),
-        (m.data for m in stream),
-        max_bytes=1 << 30,
+    chunks = receive_chunks(
+        PayloadDigest.from_header(header), (m.data for m in stream), max_bytes=1 << 30
     )
-    return decode_state(payload)
+    return decode_state(b"".join(chunks))
 
 
 class ProtocolSilo:

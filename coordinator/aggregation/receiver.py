@@ -1,9 +1,8 @@
 """Receiving one update: its safetensors header checked as soon as it arrives, its data
-hashed, measured (norm, largest magnitude, finiteness) and spooled to disk chunk by chunk."""
+checked (CRC-32), measured (norm, largest magnitude, finiteness) and spooled chunk by chunk."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 import warnings
@@ -14,7 +13,7 @@ from typing import IO
 from coordinator.aggregation.measure import UpdateStatistics
 from coordinator.aggregation.shape import WIRE_DTYPES, UpdateShape
 from shared.errors import PayloadError, UpdateRejected
-from shared.payload import CHUNK_BYTES, PayloadDigest, check_digest, iter_chunks
+from shared.payload import CHUNK_BYTES, PayloadCheck, PayloadDigest, iter_chunks
 
 # Other safetensors codes, named as torch names them in refusals.
 _CODE_NAMES = {
@@ -80,7 +79,7 @@ def _check_header(raw: bytes, shape: UpdateShape) -> None:
 
 
 class UpdateReceiver:
-    """Consumes the chunks of one announced update; `finish()` verifies size and digest.
+    """Consumes the chunks of one announced update; `finish()` verifies its size and check.
 
     Everything here runs in a worker thread, one chunk at a time; any failure raises
     PayloadError (transport) or UpdateRejected (content), and the spool is the caller's.
@@ -93,7 +92,8 @@ class UpdateReceiver:
         self._announced = announced
         self._spool = spool
         self._path = path
-        self._hash = hashlib.sha256()
+        # the announced check; a SHA-256 is computed only for a sender that announced one
+        self._check = PayloadCheck(sha256=announced.crc32 is None and bool(announced.sha256))
         self._head = bytearray()  # the 8-byte length and the JSON header, until complete
         self._data_start = -1  # payload offset of the data section, once the header is read
         self.statistics = UpdateStatistics(shape)
@@ -117,7 +117,7 @@ class UpdateReceiver:
             raise PayloadError(
                 f"payload longer than announced: more than {self._announced.total_bytes} bytes"
             )
-        self._hash.update(chunk)
+        self._check.update(chunk)
         self.received += len(chunk)
         view = memoryview(chunk)
         if self._data_start < 0:
@@ -149,14 +149,20 @@ class UpdateReceiver:
             self._data_start = need
         return view[take:]
 
-    def finish(self, trailer_sha256: str = "") -> ReceivedUpdate:
+    def finish(self, trailer_crc32: int | None = None) -> ReceivedUpdate:
+        """The received update, once its size and check (the header's, else the trailer's
+        CRC-32) are verified."""
         total = self._announced.total_bytes
         if self.received != total or not self.statistics.complete():
             raise PayloadError(f"payload truncated: received {self.received} of {total} bytes")
-        announced = self._announced.sha256 or trailer_sha256
-        if not announced:
-            raise PayloadError("the update carried no SHA-256, neither in its header nor after it")
-        check_digest(self._hash.hexdigest(), announced)
+        announced = self._announced
+        if not announced.checked:
+            if trailer_crc32 is None:
+                raise PayloadError(
+                    "the update carried no CRC-32, neither in its header nor in its trailer"
+                )
+            announced = PayloadDigest(total, crc32=trailer_crc32)
+        self._check.verify(announced)
         self._spool.flush()
         self._spool.truncate()  # a reused spool file may have held a longer update
         return ReceivedUpdate(

@@ -7,6 +7,7 @@ malformed streams a faulty or hostile silo could send.
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,7 +109,9 @@ def test_malformed_updates_never_touch_the_global_adapter(
     good = encode_state(constant_delta(start, 0.25))
     cases = {
         "truncated": dict(chunks=[good[: len(good) // 2]]),
-        "digest": dict(announced=PayloadDigest(len(good), "0" * 64)),
+        "crc32": dict(announced=PayloadDigest(len(good), crc32=zlib.crc32(good) ^ 1)),
+        "sha256": dict(announced=PayloadDigest(len(good), sha256="0" * 64)),
+        "unchecked": dict(announced=PayloadDigest(len(good))),  # and no trailer
     }
     for name, kwargs in cases.items():
         error = _rejected(
@@ -142,7 +145,7 @@ def test_malformed_updates_never_touch_the_global_adapter(
     stolen = _rejected(lambda: other.upload(task, constant_delta(start, 9.0)))
     assert stolen.code() == grpc.StatusCode.PERMISSION_DENIED
     status = _wait_rounds(admin, 1)
-    assert status.history[0].rejected == 6
+    assert status.history[0].rejected == 8
     assert list(status.history[0].contributed) == ["silo-1"]
     saved = CheckpointStore(tmp_path / "checkpoints").load_latest()
     assert saved is not None

@@ -11,7 +11,7 @@ from safetensors.torch import save
 
 from shared.errors import PayloadError
 from shared.payload import BLOCK_ELEMENTS
-from shared.safetensors_stream import StateEncoder, decode_buffer
+from shared.safetensors_stream import StateEncoder, decode_chunks
 from shared.tensor_codec import CONTROL_PREFIX, decode_state
 
 WIRE = [torch.float32, torch.bfloat16, torch.float16]
@@ -59,10 +59,10 @@ def test_the_encoder_never_copies_the_whole_state() -> None:
 
 
 @pytest.mark.parametrize("dtype", [*WIRE, torch.int64, torch.bool])
-def test_decode_buffer_round_trips_as_views_of_the_buffer(dtype: torch.dtype) -> None:
+def test_decode_round_trips_as_views_of_the_buffer(dtype: torch.dtype) -> None:
     state = {"x": torch.arange(12).reshape(3, 4).to(dtype), "y": torch.ones(2, dtype=dtype)}
     buffer = bytearray(save(state))
-    decoded = decode_buffer(buffer)
+    decoded = decode_chunks([buffer])
     assert decoded.keys() == state.keys()
     for name, tensor in state.items():
         assert decoded[name].dtype == dtype
@@ -95,13 +95,41 @@ def _with_header(entries: dict[str, object], data: bytes) -> bytearray:
         ({"x": [1, 2]}, b"", "not a tensor"),
     ],
 )
-def test_decode_buffer_refuses_malformed_payloads(
+def test_decode_refuses_malformed_payloads(
     entries: dict[str, object], data: bytes, message: str
 ) -> None:
     with pytest.raises(PayloadError, match=message):
-        decode_buffer(_with_header(entries, data))
+        decode_chunks([_with_header(entries, data)])
 
 
-def test_decode_buffer_refuses_a_header_longer_than_the_payload() -> None:
+def test_decode_refuses_a_header_longer_than_the_payload() -> None:
     with pytest.raises(PayloadError, match="header of"):
-        decode_buffer(bytearray(struct.pack("<Q", 1000) + b"{}"))
+        decode_chunks([bytearray(struct.pack("<Q", 1000) + b"{}")])
+
+
+@pytest.mark.parametrize("chunk_bytes", [5, 64, 1000, 4096])
+@pytest.mark.parametrize("dtype", WIRE)
+def test_decode_reads_tensors_from_the_chunks_they_arrived_in(
+    chunk_bytes: int, dtype: torch.dtype
+) -> None:
+    """Any cut, even through the length prefix, the header or a value; a tensor that lies
+    within one chunk is a view of it, one split across chunks is pieced together."""
+    generator = torch.Generator().manual_seed(0)
+    state = {f"t{i:02d}": torch.randn(i + 3, 7, generator=generator).to(dtype) for i in range(12)}
+    payload = save(state)
+    chunks = [payload[i : i + chunk_bytes] for i in range(0, len(payload), chunk_bytes)]
+    decoded = decode_chunks(chunks)
+    assert decoded.keys() == state.keys()
+    views = 0
+    for name, tensor in state.items():
+        assert decoded[name].dtype == dtype and torch.equal(decoded[name], tensor)
+        ptr = decoded[name].data_ptr()
+        views += any(0 <= ptr - _address(c) < len(c) for c in chunks)
+    if chunk_bytes == 4096:
+        assert views == len(state)  # the whole payload fits one chunk: nothing copied
+    if chunk_bytes == 1000:
+        assert 0 < views < len(state)
+
+
+def _address(chunk: bytes) -> int:
+    return int(torch.frombuffer(chunk, dtype=torch.uint8).data_ptr())

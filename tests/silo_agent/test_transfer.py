@@ -1,10 +1,10 @@
 """A silo's transfers against a real coordinator: the adapter downloaded in the run's wire
-dtype and decoded in place, the update streamed with its digest in the trailer."""
+dtype and decoded from its chunks, the update streamed with its CRC-32 in the trailer."""
 
 from __future__ import annotations
 
-import hashlib
 import time
+import zlib
 from pathlib import Path
 
 import grpc
@@ -14,7 +14,7 @@ import torch
 from coordinator.checkpoint import CheckpointStore
 from coordinator.run_state import RunSpec
 from coordinator.server import RunningCoordinator
-from shared.payload import CHUNK_BYTES
+from shared.payload import CHUNK_BYTES, PayloadDigest
 from shared.safetensors_stream import StateEncoder
 from shared.tensor_codec import TensorLayout, encode_state
 from shared.wire.v1 import federation_pb2 as pb
@@ -54,10 +54,9 @@ def test_a_round_trip_in_the_wire_dtype_reaches_the_master_weights(
     silo = ProtocolSilo(coordinator.port, tls(certs, "silo-1"), tiny_model)
     try:
         task = _task(coordinator, certs, silo, wire)
-        payload = download_adapter(silo.stub, task)
         layout_source = silo.download(task)
         layout = {n: TensorLayout(n, tuple(t.shape), "float32") for n, t in layout_source.items()}
-        state = in_layout_dtypes(payload, layout)
+        state = in_layout_dtypes(download_adapter(silo.stub, task), layout)
         float32_bytes = len(encode_state({n: t.float() for n, t in state.items()}))
         itemsize = torch.empty(0, dtype=getattr(torch, wire)).element_size()
         assert task.adapter.total_bytes < float32_bytes * itemsize / 4 + 64 * 1024
@@ -73,7 +72,7 @@ def test_a_round_trip_in_the_wire_dtype_reaches_the_master_weights(
         silo.close()
 
 
-def test_the_digest_travels_after_the_data_and_a_wrong_one_is_refused(
+def test_the_check_travels_after_the_data_and_a_wrong_one_is_refused(
     coordinator: RunningCoordinator, certs: Path, tiny_model: Path
 ) -> None:
     silo = ProtocolSilo(coordinator.port, tls(certs, "silo-1"), tiny_model)
@@ -84,15 +83,19 @@ def test_the_digest_travels_after_the_data_and_a_wrong_one_is_refused(
         header = _header(task)
         header.payload.total_bytes = encoder.total_bytes
         first, *data, last = list(update_messages(header, encoder))
-        assert first.header.payload.sha256 == ""
+        assert not PayloadDigest.from_header(first.header.payload).checked
         chunks = [m.data for m in data]
         assert b"".join(chunks) == encoder.to_bytes()
         assert all(len(c) <= CHUNK_BYTES for c in chunks)
-        assert last.trailer.sha256 == hashlib.sha256(encoder.to_bytes()).hexdigest()
-        last.trailer.sha256 = "0" * 64
+        assert last.trailer.crc32 == zlib.crc32(encoder.to_bytes())
+        last.trailer.crc32 ^= 1
         with pytest.raises(grpc.RpcError) as refused:
             silo.stub.UploadUpdate(iter([first, *data, last]))
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "digest mismatch" in (refused.value.details() or "")
+        assert "check failed: received CRC-32" in (refused.value.details() or "")
+        last.trailer.ClearField("crc32")  # a trailer without its CRC-32
+        with pytest.raises(grpc.RpcError) as refused:
+            silo.stub.UploadUpdate(iter([first, *data, last]))
+        assert "carried no CRC-32" in (refused.value.details() or "")
     finally:
         silo.close()

@@ -55,12 +55,14 @@ class TensorSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ...) -> None: ...
 
 class PayloadHeader(_message.Message):
-    __slots__ = ("total_bytes", "sha256")
+    __slots__ = ("total_bytes", "sha256", "crc32")
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
+    CRC32_FIELD_NUMBER: _ClassVar[int]
     total_bytes: int
     sha256: str
-    def __init__(self, total_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+    crc32: int
+    def __init__(self, total_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., crc32: _Optional[int] = ...) -> None: ...
 
 class PayloadChunk(_message.Message):
     __slots__ = ("header", "data")
@@ -198,10 +200,12 @@ class UpdateHeader(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., num_samples: _Optional[int] = ..., mean_loss: _Optional[float] = ..., steps: _Optional[int] = ..., payload: _Optional[_Union[PayloadHeader, _Mapping]] = ..., gamma: _Optional[float] = ...) -> None: ...
 
 class PayloadTrailer(_message.Message):
-    __slots__ = ("sha256",)
+    __slots__ = ("sha256", "crc32")
     SHA256_FIELD_NUMBER: _ClassVar[int]
+    CRC32_FIELD_NUMBER: _ClassVar[int]
     sha256: str
-    def __init__(self, sha256: _Optional[str] = ...) -> None: ...
+    crc32: int
+    def __init__(self, sha256: _Optional[str] = ..., crc32: _Optional[int] = ...) -> None: ...
 
 class UpdateChunk(_message.Message):
     __slots__ = ("header", "data", "trailer")
