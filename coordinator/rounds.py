@@ -69,6 +69,7 @@ class OpenRound:
     reports: dict[str, EvaluationResult] = field(default_factory=dict)  # evaluation rounds
     failures: dict[str, str] = field(default_factory=dict)  # silo id -> why it could not
     disk_full: CheckpointFull | None = None  # an update found no room to spool: run pauses
+    fold_failures: dict[str, str] = field(default_factory=dict)  # silo -> why: attempt redone
     stages: dict[str, tuple[str, float]] = field(default_factory=dict)  # silo -> (stage, at s)
 
     def reach(self, silo_id: str, stage: str) -> None:

@@ -163,12 +163,20 @@ class RunLoop:
                 if open_round.disk_full is not None:  # an update found no room to spool
                     self._pause_for_disk(run, open_round.disk_full)
                     return False
-                missed = [s for s in open_round.pending if s not in open_round.folding]
+                missed = [
+                    s
+                    for s in open_round.pending
+                    if s not in open_round.folding and s not in open_round.fold_failures
+                ]
                 if missed:
                     self.registry.mark_stragglers(
                         missed, round_index=index, last_round=index + STRAGGLER_ROUNDS
                     )
-                if len(open_round.contributed) >= run.spec.min_silos:
+                # a failed fold left part of an update in the running sum: never concluded
+                if (
+                    not open_round.fold_failures
+                    and len(open_round.contributed) >= run.spec.min_silos
+                ):
                     return self._conclude(run, open_round, started, reselections)
             finally:
                 assert open_round.fold is not None
@@ -185,6 +193,8 @@ class RunLoop:
             why += f"; no update from {', '.join(missed)}"
         if open_round.failures:
             why += f"; could not train: {', '.join(sorted(open_round.failures))}"
+        for silo_id, failure in sorted(open_round.fold_failures.items()):
+            why += f"; the update from {silo_id} did not fold ({failure})"
         log.warning("round %d: %s; reselecting", open_round.index, why)
         return why
 
@@ -274,7 +284,7 @@ class RunLoop:
             while not self._stop.is_set():
                 if not open_round.pending or time.monotonic() >= open_round.deadline:
                     break
-                if open_round.disk_full is not None:
+                if open_round.disk_full is not None or open_round.fold_failures:
                     break
                 self._changed.wait(self.poll_s)
             open_round.closed = True

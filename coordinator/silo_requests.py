@@ -141,7 +141,15 @@ class SiloRequests:
         assert self.model is not None and self.run is not None
         return self.model.update_shape(self.run.spec.wire_dtype)
 
-    def accept_update(
+    def admit_update(self, *, open_round: OpenRound, silo_id: str, header: pb.UpdateHeader) -> None:
+        """Reserve the round's place for a received, verified update (Refusal if the round
+        closed meanwhile); from here a closing round waits until the update is folded."""
+        with self._lock:
+            # may have closed meanwhile; an evaluation task takes no update
+            open_round.check_task(header.task_id, silo_id, kind=pb.TASK_KIND_TRAIN)
+            open_round.folding.add(silo_id)
+
+    def fold_update(
         self,
         *,
         open_round: OpenRound,
@@ -149,17 +157,11 @@ class SiloRequests:
         header: pb.UpdateHeader,
         update: ReceivedUpdate,
     ) -> None:
-        """Hand a received, verified update to the round's fold.
-
-        Runs in a worker thread: the silo is reserved under the lock first, and a round
-        closing meanwhile waits until the fold has it. Its spool then belongs to the fold.
-        """
+        """Hand an admitted update to the round's fold (a worker thread, once the silo has
+        its receipt); its spool then belongs to the fold. A fold that fails leaves part of
+        the update in the running sum: the round's attempt is marked failed and redone."""
         model = self.model
         assert model is not None
-        with self._lock:
-            # may have closed meanwhile; an evaluation task takes no update
-            open_round.check_task(header.task_id, silo_id, kind=pb.TASK_KIND_TRAIN)
-            open_round.folding.add(silo_id)
         accepted = False
         try:
             fold = open_round.fold
@@ -173,19 +175,42 @@ class SiloRequests:
             with open_round.fold_lock, self.metrics.phase_duration.labels(phase="fold").time():
                 fold.add(silo_id, arrival)
             accepted = True
-        finally:
+        except Exception as exc:  # the receipt is sent: nobody else to tell
+            log.error(
+                "round %d: folding the update from %s failed (%s: %s); the attempt is redone",
+                open_round.index,
+                silo_id,
+                type(exc).__name__,
+                exc,
+            )
             with self._lock:
-                open_round.folding.discard(silo_id)
-                if accepted:
-                    open_round.reach(silo_id, "uploaded")
-                    open_round.contributed[silo_id] = Contribution(
-                        num_samples=header.num_samples,
-                        mean_loss=header.mean_loss,
-                        steps=header.steps,
-                        gamma=header.gamma,
-                    )
-                    open_round.bytes_received += update.nbytes
-                self._changed.notify_all()
+                open_round.fold_failures[silo_id] = f"{type(exc).__name__}: {exc}"
+        finally:
+            self._folded(open_round, silo_id, header, update, accepted=accepted)
+
+    def _folded(
+        self,
+        open_round: OpenRound,
+        silo_id: str,
+        header: pb.UpdateHeader,
+        update: ReceivedUpdate,
+        *,
+        accepted: bool,
+    ) -> None:
+        with self._lock:
+            open_round.folding.discard(silo_id)
+            if accepted:
+                open_round.reach(silo_id, "uploaded")
+                open_round.contributed[silo_id] = Contribution(
+                    num_samples=header.num_samples,
+                    mean_loss=header.mean_loss,
+                    steps=header.steps,
+                    gamma=header.gamma,
+                )
+                open_round.bytes_received += update.nbytes
+            self._changed.notify_all()
+        if not accepted:
+            return
         nbytes = update.nbytes
         self.metrics.updates_accepted.inc()
         self.metrics.bytes_received.inc(nbytes)

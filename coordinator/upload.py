@@ -1,7 +1,8 @@
 """Receiving one update stream: header, data chunks under a stall deadline, then acceptance.
 
-Runs on the event loop; hashing and writing each chunk, validation and folding run in worker
-threads. Every refusal answers with its exact status code and is counted with its reason.
+Runs on the event loop; checking, measuring and spooling each chunk, and folding, run in
+worker threads. The receipt is sent once the update is verified, measured and spooled; its
+fold follows. Every refusal answers with its exact status code and is counted with its reason.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ Blocking = Callable[..., Awaitable[Any]]
 # buffers, then in Python, then being hashed, measured and spooled. Bounding them bounds the
 # memory uploads take however many silos upload at once, and 4 keep both cores busy.
 CHUNKS_IN_FLIGHT = 4
+# Folds running after their receipts were sent.
+_FOLDS: set[asyncio.Future[Any]] = set()
 EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # end of a request stream
 
 
@@ -82,14 +85,17 @@ async def receive_update(
                 context, receiver, stall_s=stall_s, silo_id=silo_id, blocking=blocking
             )
             update = await blocking(receiver.finish, trailer)
-        await blocking(
-            federation.accept_update,
-            open_round=open_round,
-            silo_id=silo_id,
-            header=header,
-            update=update,
-        )
+        federation.admit_update(open_round=open_round, silo_id=silo_id, header=header)
         kept = True
+        _in_background(
+            blocking(
+                federation.fold_update,
+                open_round=open_round,
+                silo_id=silo_id,
+                header=header,
+                update=update,
+            )
+        )
         return pb.UploadReceipt(task_id=header.task_id, bytes_received=update.nbytes)
     except Refusal as refusal:
         federation.reject(open_round, refusal.reason)
@@ -121,6 +127,13 @@ async def receive_update(
     finally:
         if not kept:
             pool.give_back(path)
+
+
+def _in_background(work: Awaitable[Any]) -> None:
+    """Run `work` after the receipt is sent; the round's close waits for it (its `folding`)."""
+    task = asyncio.ensure_future(work)
+    _FOLDS.add(task)  # the loop keeps only a weak reference to a task
+    task.add_done_callback(_FOLDS.discard)
 
 
 async def _stream_into(

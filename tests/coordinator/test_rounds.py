@@ -6,6 +6,9 @@ malformed streams a faulty or hostile silo could send.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import queue
 import time
 import zlib
 from collections.abc import Iterator
@@ -15,6 +18,8 @@ import grpc
 import pytest
 import torch
 
+from coordinator.aggregation import fold as fold_module
+from coordinator.aggregation.spool import SpoolView
 from coordinator.checkpoint import CheckpointStore
 from coordinator.run_state import RunSpec
 from coordinator.server import RunningCoordinator, serve
@@ -152,6 +157,55 @@ def test_malformed_updates_never_touch_the_global_adapter(
     _assert_moved_by(saved.adapter, start, 0.25)
     late = _rejected(lambda: silo.upload(task, constant_delta(start, 0.25)))
     assert late.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_an_update_that_fails_to_fold_after_its_receipt_redoes_the_attempt(
+    coordinator: RunningCoordinator,
+    certs: Path,
+    two_silos: list[ProtocolSilo],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The receipt comes once an update is verified and spooled; its fold follows. A read
+    error while folding (a failing disk, injected here: one cannot be produced) leaves part of
+    it in the running sum, so the attempt is never concluded but redone from a fresh sum."""
+    admin = _admin(coordinator, certs)
+    _start(admin, silos_per_round=1, min_silos=1)
+    reads = []
+
+    def failing_read(self: SpoolView, start: int, count: int) -> torch.Tensor:
+        reads.append(start)
+        if len(reads) == 2:  # part of the update is already in the sum
+            raise OSError(errno.EIO, "Input/output error")
+        return original(self, start, count)
+
+    original = SpoolView.values
+    monkeypatch.setattr(fold_module, "FOLD_BLOCK", 64)  # several reads per update
+    monkeypatch.setattr(SpoolView, "values", failing_read)
+    silos = {s.joined.silo_id: s for s in two_silos}
+    task, first = _task_of_either(silos)
+    start = first.download(task)
+    first.upload(task, constant_delta(start, 5.0))  # receipted, then fails to fold
+    retry, second = _task_of_either(silos)
+    assert retry.round == 1 and retry.task_id != task.task_id
+    start = second.download(retry)
+    second.upload(retry, constant_delta(start, 0.25))
+    status = _wait_rounds(admin, 1)
+    assert list(status.history[0].contributed) == [second.joined.silo_id]
+    assert "did not fold (OSError" in status.history[0].reselections[0]
+    saved = CheckpointStore(tmp_path / "checkpoints").load_latest()
+    assert saved is not None
+    _assert_moved_by(saved.adapter, start, 0.25)  # nothing of the 5.0 update stayed
+
+
+def _task_of_either(silos: dict[str, ProtocolSilo]) -> tuple[pb.RoundTask, ProtocolSilo]:
+    """The next task sent to whichever silo was selected."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for silo in silos.values():
+            with contextlib.suppress(queue.Empty):
+                return silo.tasks.get(timeout=0.05), silo
+    raise AssertionError("no silo got a task")
 
 
 def test_incompatible_base_model_is_refused_saying_what_differs(
