@@ -1,7 +1,7 @@
 """The floor of a transfer: a gRPC server and client that only move bytes, with the
 coordinator's mutual TLS, channel and server options and chunk messages. An upload is read and
-dropped; a download is served from a payload held in memory. Hashed, both ends also take the
-SHA-256 of what passes (the floor of any transfer that verifies one).
+dropped; a download is served from a payload held in memory. Checked, both ends also take the
+CRC-32 of what passes (the floor of any transfer that verifies one).
 
     python -m bench.bare_stream --certs DIR --port-file FILE   (serves until killed)
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import os
+import zlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,20 +38,20 @@ class BareStream:
             received += len(message.data)
         return pb.UploadReceipt(bytes_received=received)
 
-    async def upload_hashed(self, requests: AsyncIterator[pb.PayloadChunk], context: Any) -> Any:
-        """As `upload`, hashing each chunk in a worker thread while the next one arrives."""
-        digest, received = hashlib.sha256(), 0
+    async def upload_checked(self, requests: AsyncIterator[pb.PayloadChunk], context: Any) -> Any:
+        """As `upload`, checking each chunk in a worker thread while the next one arrives."""
+        crc32, received = 0, 0
         loop = asyncio.get_running_loop()
-        pending: asyncio.Future[None] | None = None
+        pending: asyncio.Future[int] | None = None
         async for message in requests:
             data = message.data
             received += len(data)
             if pending is not None:
-                await pending
-            pending = loop.run_in_executor(None, digest.update, data)
+                crc32 = await pending
+            pending = loop.run_in_executor(None, zlib.crc32, data, crc32)
         if pending is not None:
-            await pending
-        return pb.UploadReceipt(bytes_received=received, task_id=digest.hexdigest())
+            crc32 = await pending
+        return pb.UploadReceipt(bytes_received=received, task_id=f"{crc32:08x}")
 
     async def download(self, request: pb.UploadReceipt, context: Any) -> Any:
         size, chunk = request.bytes_received, int(request.task_id)
@@ -70,8 +70,8 @@ class BareStream:
                     request_deserializer=pb.PayloadChunk.FromString,
                     response_serializer=pb.UploadReceipt.SerializeToString,
                 ),
-                "UploadHashed": grpc.stream_unary_rpc_method_handler(
-                    self.upload_hashed,
+                "UploadChecked": grpc.stream_unary_rpc_method_handler(
+                    self.upload_checked,
                     request_deserializer=pb.PayloadChunk.FromString,
                     response_serializer=pb.UploadReceipt.SerializeToString,
                 ),
@@ -94,44 +94,47 @@ async def _serve(certs: Path, port_file: Path) -> None:
     await server.wait_for_termination()
 
 
-def upload(channel: grpc.Channel, payload: bytes, *, chunk_bytes: int, hashed: bool = False) -> int:
-    """Stream `payload` in chunks (hashed at both ends if `hashed`); the bytes received."""
+def upload(
+    channel: grpc.Channel, payload: bytes, *, chunk_bytes: int, checked: bool = False
+) -> int:
+    """Stream `payload` in chunks (checked at both ends if `checked`); the bytes received."""
     call = channel.stream_unary(
-        f"/{SERVICE}/UploadHashed" if hashed else f"/{SERVICE}/Upload",
+        f"/{SERVICE}/UploadChecked" if checked else f"/{SERVICE}/Upload",
         request_serializer=pb.PayloadChunk.SerializeToString,
         response_deserializer=pb.UploadReceipt.FromString,
     )
-    digest = hashlib.sha256()
+    crc32 = 0
 
     def chunks() -> Iterator[pb.PayloadChunk]:
+        nonlocal crc32
         for start in range(0, len(payload), chunk_bytes):
             chunk = payload[start : start + chunk_bytes]
-            if hashed:
-                digest.update(chunk)
+            if checked:
+                crc32 = zlib.crc32(chunk, crc32)
             yield pb.PayloadChunk(data=chunk)
 
     receipt: pb.UploadReceipt = call(chunks())
-    if hashed and receipt.task_id != digest.hexdigest():
-        raise RuntimeError("the bare server hashed other bytes")
+    if checked and receipt.task_id != f"{crc32:08x}":
+        raise RuntimeError("the bare server checked other bytes")
     return receipt.bytes_received
 
 
 def download(
-    channel: grpc.Channel, size: int, *, chunk_bytes: int, hashed: bool = False
+    channel: grpc.Channel, size: int, *, chunk_bytes: int, checked: bool = False
 ) -> list[bytes]:
-    """`size` bytes from the server, as the chunks they came in (hashed if `hashed`)."""
+    """`size` bytes from the server, as the chunks they came in (checked if `checked`)."""
     call = channel.unary_stream(
         f"/{SERVICE}/Download",
         request_serializer=pb.UploadReceipt.SerializeToString,
         response_deserializer=pb.PayloadChunk.FromString,
     )
     request = pb.UploadReceipt(bytes_received=size, task_id=str(chunk_bytes))
-    digest = hashlib.sha256()
+    crc32 = 0
     chunks = []
     for message in call(request):
         chunks.append(message.data)
-        if hashed:
-            digest.update(chunks[-1])
+        if checked:
+            crc32 = zlib.crc32(chunks[-1], crc32)
     return chunks
 
 

@@ -4,13 +4,15 @@
 
 For each size (MB of float32 adapter), a real coordinator process serves a FedAvg run of one
 silo per round on a float32 wire (so the bytes are the adapter's); this process is that silo.
-Each round it downloads the global adapter the way the silo agent does (into one buffer,
-hashed as it arrives, decoded in place) and uploads a delta of the same size (cut from the
-tensors and hashed as it is sent, digest in the trailer; the receipt comes once the
-coordinator has hashed, measured, spooled and folded it). In the same round, while the
-coordinator waits, a bare server process (bench/bare_stream.py: same mutual TLS, options and
-chunk size, nothing done with the bytes) streams as many bytes each way. The first round
-warms up. Ratios are project time / bare time, per round; min and median over the rounds.
+Each round it downloads the global adapter the way the silo agent does (checked as it arrives,
+decoded from the chunks it came in) and uploads a delta of the same size (cut from the tensors
+and checked as it is sent, CRC-32 in the trailer; the receipt comes once the coordinator has
+checked, measured and spooled it). In the same round, while the coordinator waits, a bare
+server process (bench/bare_stream.py: same mutual TLS, options and chunk size, nothing done
+with the bytes) streams as many bytes each way, as they are and with a CRC-32 at both ends.
+The downloads take turns at going first, and so do the bare uploads; the project's upload
+comes last, since it closes the round. The first round warms up. Ratios are project time /
+bare time, per round; min and median over the rounds.
 """
 
 from __future__ import annotations
@@ -60,9 +62,17 @@ class Transfer:
     server_cpu: float
 
 
-# the transfers of one round, in the order they run
-KINDS = ("download", "bare_download", "hashed_download", "bare_upload", "hashed_upload", "upload")
+DOWNLOADS = ("download", "bare_download", "checked_download")
+BARE_UPLOADS = ("bare_upload", "checked_upload")
 Round = dict[str, Transfer]
+
+
+def order(index: int) -> list[str]:
+    """The transfers of round `index`, in the order they run: each download and each bare
+    upload goes first in turn; the project's upload, which closes the round, always last."""
+    downloads = DOWNLOADS[index % 3 :] + DOWNLOADS[: index % 3]
+    uploads = BARE_UPLOADS[index % 2 :] + BARE_UPLOADS[: index % 2]
+    return [*downloads, *uploads, "upload"]
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -114,10 +124,14 @@ class BenchSilo:
 
 
 def _one_round(
-    silo: BenchSilo, bare: grpc.Channel, task: pb.RoundTask, delta: StateDict, pids: tuple[int, int]
+    silo: BenchSilo,
+    bare: grpc.Channel,
+    task: pb.RoundTask,
+    delta: StateDict,
+    pids: tuple[int, int],
+    index: int,
 ) -> Round:
-    """The downloads, then the bare uploads, then the project's: the coordinator starts its
-    round work only once the project's upload is in."""
+    """The downloads, then the bare uploads, then the project's (see `order`)."""
     coordinator, bare_server = pids
     layout = {n: TensorLayout(n, tuple(t.shape), "float32") for n, t in delta.items()}
     encoder = StateEncoder(delta, dtype=torch.float32)
@@ -134,16 +148,16 @@ def _one_round(
             lambda: bare_stream.download(bare, size, chunk_bytes=CHUNK_BYTES),
             bare_server,
         ),
-        "hashed_download": (
-            lambda: bare_stream.download(bare, size, chunk_bytes=CHUNK_BYTES, hashed=True),
+        "checked_download": (
+            lambda: bare_stream.download(bare, size, chunk_bytes=CHUNK_BYTES, checked=True),
             bare_server,
         ),
         "bare_upload": (
             lambda: bare_stream.upload(bare, payload, chunk_bytes=data_chunk),
             bare_server,
         ),
-        "hashed_upload": (
-            lambda: bare_stream.upload(bare, payload, chunk_bytes=data_chunk, hashed=True),
+        "checked_upload": (
+            lambda: bare_stream.upload(bare, payload, chunk_bytes=data_chunk, checked=True),
             bare_server,
         ),
         "upload": (
@@ -151,7 +165,7 @@ def _one_round(
             coordinator,
         ),
     }
-    return {kind: _timed(*actions[kind]) for kind in KINDS}
+    return {kind: _timed(*actions[kind]) for kind in order(index)}
 
 
 def _rounds(
@@ -168,7 +182,7 @@ def _rounds(
     rounds = []
     for index in range(repeats + 1):
         task = silo.tasks.get(timeout=600)
-        timed = _one_round(silo, bare, task, delta, pids)
+        timed = _one_round(silo, bare, task, delta, pids, index)
         if index:  # the first round warms up
             rounds.append(timed)
     return rounds
@@ -243,12 +257,12 @@ def _median(rounds: list[Round], kind: str, what: str) -> float:
 def table(results: dict[int, list[Round]]) -> str:
     lines = [
         "| adapter | direction | bare MB/s | project / bare (min / median) | project / bare + "
-        "SHA-256 (min / median) | CPU s project (silo + coordinator) | CPU s bare |",
+        "CRC-32 (min / median) | CPU s project (silo + coordinator) | CPU s bare |",
         "|---:|---|---:|---:|---:|---:|---:|",
     ]
     for megabytes, rounds in results.items():
         for direction in ("upload", "download"):
-            bare, hashed = f"bare_{direction}", f"hashed_{direction}"
+            bare, checked = f"bare_{direction}", f"checked_{direction}"
             speed = megabytes / _median(rounds, bare, "wall")
             cpu = [
                 _median(rounds, k, w)
@@ -257,7 +271,7 @@ def table(results: dict[int, list[Round]]) -> str:
             ]
             lines.append(
                 f"| {megabytes} MB | {direction} | {speed:.0f} | "
-                f"**{_ratio(rounds, direction, bare)}** | {_ratio(rounds, direction, hashed)} | "
+                f"**{_ratio(rounds, direction, bare)}** | {_ratio(rounds, direction, checked)} | "
                 f"{cpu[0]:.2f} + {cpu[1]:.2f} | {cpu[2]:.2f} + {cpu[3]:.2f} |"
             )
     return "\n".join(lines)
