@@ -15,6 +15,7 @@ import grpc
 import pytest
 import torch
 
+from bench.sized_model import sized_model
 from coordinator.aggregation.spool import SpoolPool
 from coordinator.run_state import RunSpec
 from coordinator.server import RunningCoordinator, serve
@@ -371,3 +372,34 @@ def test_a_hostile_silo_stays_within_the_honest_silos_influence(
     else:
         assert moved <= bound + 1e-6, options
         assert lowest >= 0.01 - 1e-6, options
+
+
+def test_a_silo_that_stops_reading_its_download_is_abandoned_without_holding_others(
+    certs: Path, tmp_path: Path
+) -> None:
+    # 64 MB of float32 adapter (32 MB on the bfloat16 wire): more than gRPC's windows and the
+    # sockets' buffers take, so the coordinator's writes wait on a silo that does not read
+    model = sized_model(tmp_path / "model", adapter_bytes=64 * 10**6)
+    config = replace(
+        coordinator_config(certs, model, tmp_path / "checkpoints"),
+        silo_service=SiloServiceSettings(heartbeat_interval_s=1, upload_stall_s=1.0),
+    )
+    with serve(config) as running:
+        stalled = ProtocolSilo(running.port, tls(certs, "silo-1"), model)
+        honest = ProtocolSilo(running.port, tls(certs, "silo-2"), model)
+        admin = _admin(running, certs)
+        spec = RunSpec(rounds=1, silos_per_round=2, min_silos=2, round_deadline_s=60.0)
+        admin.StartRun(pb.StartRunRequest(spec=spec.to_proto()))
+        task = stalled.next_task()
+        stream = stalled.stub.DownloadAdapter(pb.DownloadRequest(task_id=task.task_id))
+        assert next(stream).WhichOneof("part") == "header"  # then it reads nothing
+        started = time.monotonic()
+        downloaded = honest.download(honest.next_task())  # not held up by the stalled one
+        assert sum(t.numel() for t in downloaded.values()) * 4 >= 60 * 10**6
+        time.sleep(max(0.0, 2.5 - (time.monotonic() - started)))
+        error = _refused(lambda: list(stream))  # what was buffered, then the refusal
+        assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "silo-1" in (error.details() or "") and "read nothing" in (error.details() or "")
+        assert _refusals(running, "DownloadAdapter", "DEADLINE_EXCEEDED") == 1
+        stalled.close()
+        honest.close()
