@@ -21,10 +21,11 @@ from shared.payload import BLOCK_ELEMENTS
 
 # No LoRA delta comes near this; far below it, float32 running sums cannot overflow.
 MAX_ABS_VALUE = 1e6
-# A block whose float32 norm is at most this holds only values of magnitude below
-# MAX_ABS_VALUE: a float32 sum of BLOCK_ELEMENTS non-negative squares, added in any order,
-# is within 0.2% of the exact one (NaN and Inf norms compare false, as does a sum overflowed
-# by one huge finite value: those blocks are checked value by value).
+# A block whose float32 norm is at most this holds only finite values below MAX_ABS_VALUE:
+# no value exceeds the block's exact norm, and a float32 sum of BLOCK_ELEMENTS non-negative
+# squares, added in any order, is within 0.2% of the exact sum. Any other block (its norm
+# large, NaN or Inf, Inf also when one huge finite value's square overflows float32) is
+# checked value by value.
 TRUSTED_NORM = MAX_ABS_VALUE / 2
 
 
