@@ -107,7 +107,6 @@ class RoundBench:
                 path=self.spool,
                 dtype=self.shape.dtype,
                 norm=measured.norm,
-                max_abs=measured.max_abs,
                 nbytes=self.nbytes,
             )
             started = time.perf_counter()

@@ -1,10 +1,12 @@
-"""Measuring an update's values as they stream in: finiteness, largest magnitude, L2 norm.
+"""Measuring an update's values as they stream in: finiteness, magnitude bound, L2 norm.
 
 The norm is summed over fixed blocks of BLOCK_ELEMENTS values, counted from the start of each
 run (the adapter, the control variate), each block reduced on its own and the blocks' squares
 added exactly (math.fsum): the same update measures the same, bit for bit, however the sender
 cut its chunks. A sender that cuts on block boundaries (ours does) is measured in place, a few
 complete blocks per call; only a block split across two chunks is pieced together.
+The block norms vouch for the values as well (no value exceeds its block's norm), so a chunk
+costs one pass; only a block whose norm is large or not finite is checked value by value.
 """
 
 from __future__ import annotations
@@ -19,6 +21,12 @@ from shared.payload import BLOCK_ELEMENTS
 
 # No LoRA delta comes near this; far below it, float32 running sums cannot overflow.
 MAX_ABS_VALUE = 1e6
+# A block whose float32 norm is at most this holds only finite values below MAX_ABS_VALUE:
+# no value exceeds the block's exact norm, and a float32 sum of BLOCK_ELEMENTS non-negative
+# squares, added in any order, is within 0.2% of the exact sum. Any other block (its norm
+# large, NaN or Inf, Inf also when one huge finite value's square overflows float32) is
+# checked value by value.
+TRUSTED_NORM = MAX_ABS_VALUE / 2
 
 
 class UpdateStatistics:
@@ -33,7 +41,6 @@ class UpdateStatistics:
         self._run = 0  # index of the run being measured
         self._pending = bytearray()  # the start of a block whose end is in the next chunk
         self.element = 0  # data elements measured so far
-        self.max_abs = 0.0
         self._squares: list[float] = []  # per adapter block: its squared L2 norm
 
     @property
@@ -67,22 +74,23 @@ class UpdateStatistics:
 
     def _measure(self, data: memoryview, *, blocks: int) -> None:
         values = torch.frombuffer(data, dtype=self._dtype)
-        low, high = torch.aminmax(values)
-        peak = max(-float(low), float(high))
-        if not peak <= MAX_ABS_VALUE:  # NaN compares false
-            self._reject(values)
-        self.max_abs = max(self.max_abs, peak)
+        norms = torch.linalg.vector_norm(values.view(blocks, -1), dim=1, dtype=torch.float32)
+        block_norms = norms.tolist()
+        if not all(norm <= TRUSTED_NORM for norm in block_norms):
+            self._check_values(values)  # refuses, or the values are fine and so are the norms
         if not self._runs[self._run].control:
-            norms = torch.linalg.vector_norm(values.view(blocks, -1), dim=1, dtype=torch.float32)
-            self._squares.extend(float(n) ** 2 for n in norms.tolist())
+            self._squares.extend(norm * norm for norm in block_norms)
         self.element += values.numel()
         if self._room() == 0:
             self._run += 1
 
-    def _reject(self, values: torch.Tensor) -> None:
+    def _check_values(self, values: torch.Tensor) -> None:
+        """Refuse the first non-finite or too large value, naming its tensor."""
         wide = values.float()
-        bad = ~torch.isfinite(wide) | (wide.abs() > MAX_ABS_VALUE)
-        first = int(torch.nonzero(bad)[0, 0])
+        bad = torch.nonzero(~torch.isfinite(wide) | (wide.abs() > MAX_ABS_VALUE))
+        if not len(bad):
+            return
+        first = int(bad[0, 0])
         where = self._shape.name_at(self.element + first)
         value = float(wide[first])
         if not math.isfinite(value):

@@ -1,5 +1,5 @@
 """Receiving one update: its safetensors header checked as soon as it arrives, its data
-checked (CRC-32), measured (norm, largest magnitude, finiteness) and spooled chunk by chunk."""
+checked (CRC-32), measured (norm, finiteness, magnitude bound) and spooled chunk by chunk."""
 
 from __future__ import annotations
 
@@ -38,7 +38,6 @@ class ReceivedUpdate:
     path: Path  # the data section only: numel elements of `dtype`
     dtype: str
     norm: float  # L2 norm of the adapter delta (control tensors excluded)
-    max_abs: float
     nbytes: int  # payload bytes received
 
 
@@ -169,7 +168,6 @@ class UpdateReceiver:
             path=self._path,
             dtype=self._shape.dtype,
             norm=self.statistics.norm,
-            max_abs=self.statistics.max_abs,
             nbytes=self.received,
         )
 
