@@ -24,10 +24,10 @@ async def send_download(
     """Write the header, then every chunk; each write takes a permit until gRPC has sent it."""
     await context.write(pb.PayloadChunk(header=open_round.digest.to_header()))
     permits = chunk_permits("download", CHUNKS_IN_FLIGHT)
-    for chunk in open_round.payload:  # cut once per round, served as they are
+    for message in open_round.messages:  # serialised once per round, written as they are
         async with permits:
             try:
-                await asyncio.wait_for(context.write(pb.PayloadChunk(data=chunk)), stall_s)
+                await asyncio.wait_for(context.write(message), stall_s)
             except asyncio.TimeoutError:
                 await refuse(
                     context,

@@ -149,7 +149,7 @@ def _wrapped(handler: Any, guard: PeerGuard, role: str, kind: str, method: str) 
     """The handler behind the guard: admitted first, its refusals counted."""
     codec: dict[str, Any] = {
         "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
+        "response_serializer": _as_is_if_serialised(handler.response_serializer),
     }
     if handler.unary_stream is not None and inspect.isasyncgenfunction(handler.unary_stream):
         inner_stream = handler.unary_stream
@@ -173,6 +173,18 @@ def _wrapped(handler: Any, guard: PeerGuard, role: str, kind: str, method: str) 
 
     make = grpc.unary_unary_rpc_method_handler if unary else grpc.stream_unary_rpc_method_handler
     return make(_admitted(inner, guard, role, kind, method), **codec)
+
+
+def _as_is_if_serialised(serialize: Any) -> Any:
+    """The handler's serializer, passing through a message the handler serialised itself (a
+    round's download chunks are serialised once, not once for every silo that downloads)."""
+    if serialize is None:
+        return None
+
+    def serialized(message: Any) -> bytes:
+        return message if isinstance(message, bytes) else serialize(message)
+
+    return serialized
 
 
 def _admitted(inner: Any, guard: PeerGuard, role: str, kind: str, method: str) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import grpc
@@ -13,7 +14,7 @@ from coordinator.aggregation.fold import RoundFold
 from coordinator.checkpoint import CheckpointFull
 from shared.bounded import printable
 from shared.errors import FedMLLMError
-from shared.payload import CHUNK_BYTES, PayloadDigest, iter_chunks
+from shared.payload import CHUNK_BYTES, PayloadCheck, PayloadDigest, iter_chunks
 from shared.safetensors_stream import StateEncoder
 from shared.tensor_codec import StateDict, encode_state
 from shared.wire.v1 import federation_pb2 as pb
@@ -52,7 +53,8 @@ class OpenRound:
     index: int
     attempt: int
     selected: list[str]
-    payload: list[bytes]  # the adapter download, in the chunks it is served in
+    # the adapter download: its chunk messages, serialised once and written to every silo
+    messages: list[bytes]
     digest: PayloadDigest
     deadline: float
     fold: RoundFold | None  # the updates of a training round; None for an evaluation round
@@ -103,14 +105,17 @@ class OpenRound:
         fold: RoundFold | None,
         deadline_s: float,
     ) -> OpenRound:
-        payload = encode_download(download)  # once per round, shared by every download
+        check, messages = PayloadCheck(), []  # once per round, shared by every download
+        for chunk in encode_download(download):  # each chunk let go once serialised
+            check.update(chunk)
+            messages.append(pb.PayloadChunk(data=chunk).SerializeToString())
         return cls(
             run_id=run_id,
             index=index,
             attempt=attempt,
             selected=selected,
-            payload=payload,
-            digest=PayloadDigest.of_chunks(payload),
+            messages=messages,
+            digest=PayloadDigest(check.received, crc32=check.crc32),
             deadline=time.monotonic() + deadline_s,
             fold=fold,
         )
@@ -186,14 +191,13 @@ class OpenRound:
         return weighted / total
 
 
-def encode_download(download: StateDict) -> list[bytes]:
-    """What silos download, as safetensors cut into the chunks every download serves as they
-    are: straight from the tensors when they share one dtype (a run's wire dtype), else
-    serialised by safetensors first."""
+def encode_download(download: StateDict) -> Iterator[bytes]:
+    """What silos download, as safetensors cut into chunks: straight from the tensors when
+    they share one dtype (a run's wire dtype), else serialised by safetensors first."""
     dtypes = {t.dtype for t in download.values()}
     if len(dtypes) == 1:
-        return list(StateEncoder(download, dtype=dtypes.pop()).chunks(chunk_bytes=CHUNK_BYTES))
-    return list(iter_chunks(encode_state(download)))
+        return StateEncoder(download, dtype=dtypes.pop()).chunks(chunk_bytes=CHUNK_BYTES)
+    return iter_chunks(encode_state(download))
 
 
 def weighted_means(results: list[EvaluationResult]) -> dict[str, float]:

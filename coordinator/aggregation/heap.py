@@ -19,18 +19,8 @@ import logging
 
 log = logging.getLogger(__name__)
 
-# mallopt parameters (malloc.h)
-M_TRIM_THRESHOLD = -1
-M_MMAP_THRESHOLD = -3
-M_ARENA_MAX = -8
+M_ARENA_MAX = -8  # mallopt parameter (malloc.h)
 ARENAS = 2  # the coordinator's work is a few threads at a time on a couple of cores
-# Buffers below this come from the arenas and are reused: every chunk message and its
-# serialised copy (4 MiB each) is one. Larger ones (tensors) are mapped and unmapped.
-MMAP_THRESHOLD = 32 * 1024 * 1024
-# Free memory at the top of an arena is kept up to this much between rounds' trims: the
-# chunk buffers of transfers in flight (12 chunks, two or three buffers each) fit, so that
-# they are not given back and faulted in again chunk after chunk.
-TRIM_THRESHOLD = 256 * 1024 * 1024
 
 
 @functools.cache
@@ -50,13 +40,8 @@ def limit_retention() -> None:
     libc = _libc()
     if libc is None:
         return
-    for parameter, value in (
-        (M_ARENA_MAX, ARENAS),
-        (M_MMAP_THRESHOLD, MMAP_THRESHOLD),
-        (M_TRIM_THRESHOLD, TRIM_THRESHOLD),
-    ):
-        if libc.mallopt(parameter, value) != 1:
-            log.warning("mallopt refused %d for parameter %d", value, parameter)
+    if libc.mallopt(M_ARENA_MAX, ARENAS) != 1:
+        log.warning("mallopt refused %d arenas; memory may be kept after rounds", ARENAS)
 
 
 def release_freed() -> None:
