@@ -8,7 +8,7 @@ import asyncio
 import grpc
 
 from coordinator.guard import Context, refuse
-from coordinator.permits import chunk_permits
+from coordinator.permits import chunk_permits, silo_gate
 from coordinator.rounds import OpenRound
 from shared.wire.v1 import federation_pb2 as pb
 
@@ -21,11 +21,13 @@ CHUNKS_IN_FLIGHT = 8
 async def send_download(
     context: Context, open_round: OpenRound, *, silo_id: str, stall_s: float
 ) -> None:
-    """Write the header, then every chunk; each write takes a permit until gRPC has sent it."""
+    """Write the header, then every chunk; each write takes the silo's gate and a shared
+    permit until gRPC has sent it."""
     await context.write(pb.PayloadChunk(header=open_round.digest.to_header()))
     permits = chunk_permits("download", CHUNKS_IN_FLIGHT)
+    own = silo_gate("download", silo_id)
     for message in open_round.messages:  # serialised once per round, written as they are
-        async with permits:
+        async with own, permits:
             try:
                 await asyncio.wait_for(context.write(message), stall_s)
             except asyncio.TimeoutError:

@@ -25,8 +25,15 @@ from shared.pki import create_federation
 from shared.tensor_codec import StateDict, encode_state
 from shared.wire.v1 import federation_pb2 as pb
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
-from tests.conftest import coordinator_config, tls
-from tests.helpers import ProtocolSilo, channel, constant_delta, join_request, update_stream
+from tests.conftest import EVALUATOR, coordinator_config, tls
+from tests.helpers import (
+    ProtocolSilo,
+    channel,
+    constant_delta,
+    join_request,
+    update_stream,
+    wire_payload,
+)
 
 
 def _refused(call: object) -> grpc.RpcError:
@@ -294,6 +301,39 @@ def test_one_silo_cannot_hold_more_than_its_share_of_calls(
     assert error.code() == grpc.StatusCode.ALREADY_EXISTS
     silo.upload(task, constant_delta(silo.download(task), 0.01))
     silo.close()
+
+
+def test_silos_that_stall_their_uploads_hold_one_shared_permit_each(
+    coordinator: RunningCoordinator, certs: Path, tiny_model: Path
+) -> None:
+    """Two silos, each with two uploads that send their header and then nothing (as many as
+    a certificate may hold), would take all CHUNKS_IN_FLIGHT upload permits for the stall
+    limit (a minute here) if every stalled upload held one; a silo's uploads wait on its
+    network one at a time, so an honest silo's upload still goes through at once."""
+    assert CHUNKS_IN_FLIGHT == 4
+    names = ["silo-1", "silo-2", EVALUATOR]  # the third certificate: an honest site
+    silos = {n: ProtocolSilo(coordinator.port, tls(certs, n), tiny_model) for n in names}
+    admin = _admin(coordinator, certs)
+    spec = RunSpec(rounds=1, silos_per_round=3, min_silos=3, round_deadline_s=120.0)
+    admin.StartRun(pb.StartRunRequest(spec=spec.to_proto()))
+    tasks = {n: silo.next_task() for n, silo in silos.items()}
+    release = threading.Event()
+    stalled = [
+        _stalled_upload(silos[n].stub, tasks[n].task_id, release)
+        for n in ("silo-1", "silo-2")
+        for _ in range(2)
+    ]
+    try:
+        time.sleep(1.0)  # every stalled upload is admitted and waiting for its data
+        honest, task = silos[EVALUATOR], tasks[EVALUATOR]
+        payload = wire_payload(task, constant_delta(honest.download(task), 0.01))
+        receipt = honest.stub.UploadUpdate(update_stream(task.task_id, payload), timeout=15)
+        assert receipt.bytes_received == len(payload)
+        assert not any(call.done() for call in stalled)  # type: ignore[attr-defined]
+    finally:
+        release.set()
+        for silo in silos.values():
+            silo.close()
 
 
 def test_idle_connections_that_never_finish_tls_are_closed(quick: RunningCoordinator) -> None:
