@@ -187,4 +187,11 @@ async def _stream_into(
     finally:
         if pending is not None:
             await pending
-    return trailer.crc32 if trailer is not None and trailer.HasField("crc32") else None
+    if trailer is None:
+        return None
+    if trailer.sha256 and not trailer.HasField("crc32"):
+        raise PayloadError(
+            "the update's trailer carries a SHA-256 but no CRC-32, the check of a streamed "
+            "update: upgrade the silo agent"
+        )
+    return trailer.crc32 if trailer.HasField("crc32") else None

@@ -97,5 +97,10 @@ def test_the_check_travels_after_the_data_and_a_wrong_one_is_refused(
         with pytest.raises(grpc.RpcError) as refused:
             silo.stub.UploadUpdate(iter([first, *data, last]))
         assert "carried no CRC-32" in (refused.value.details() or "")
+        last.trailer.sha256 = "0" * 64  # as agents before the CRC-32 sent it
+        with pytest.raises(grpc.RpcError) as refused:
+            silo.stub.UploadUpdate(iter([first, *data, last]))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "upgrade the silo agent" in (refused.value.details() or "")
     finally:
         silo.close()
