@@ -163,11 +163,12 @@ class RunLoop:
                 if open_round.disk_full is not None:  # an update found no room to spool
                     self._pause_for_disk(run, open_round.disk_full)
                     return False
-                missed = [
-                    s
-                    for s in open_round.pending
-                    if s not in open_round.folding and s not in open_round.fold_failures
-                ]
+                # a fold that failed ends the attempt early: nobody missed its deadline
+                missed = (
+                    []
+                    if open_round.fold_failures
+                    else [s for s in open_round.pending if s not in open_round.folding]
+                )
                 if missed:
                     self.registry.mark_stragglers(
                         missed, round_index=index, last_round=index + STRAGGLER_ROUNDS
