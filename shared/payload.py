@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from shared.errors import PayloadError
@@ -32,13 +32,6 @@ class PayloadDigest:
     @classmethod
     def of(cls, payload: bytes) -> PayloadDigest:
         return cls(total_bytes=len(payload), crc32=zlib.crc32(payload))
-
-    @classmethod
-    def of_chunks(cls, chunks: Sequence[bytes]) -> PayloadDigest:
-        check = PayloadCheck()
-        for chunk in chunks:
-            check.update(chunk)
-        return cls(total_bytes=check.received, crc32=check.crc32)
 
     @classmethod
     def from_header(cls, header: pb.PayloadHeader) -> PayloadDigest:
