@@ -21,6 +21,7 @@ import torch
 from bench.protocol_silo import join_request
 from coordinator.registry import SiloRegistry
 from coordinator.run_state import RunSpec
+from coordinator.server import RunningCoordinator
 from shared.grpc_options import CHANNEL_OPTIONS
 from shared.payload import PayloadDigest, iter_chunks, receive_chunks
 from shared.silo_data import read_split
@@ -36,6 +37,25 @@ def channel(port: int, files: TlsFiles) -> grpc.Channel:
     return grpc.secure_channel(
         f"localhost:{port}", channel_credentials(files), options=CHANNEL_OPTIONS
     )
+
+
+def refused(call: object) -> grpc.RpcError:
+    """The error a call that must be refused raises."""
+    with pytest.raises(grpc.RpcError) as error:
+        call()  # type: ignore[operator]
+    return error.value
+
+
+def admin_stub(running: RunningCoordinator, certs: Path) -> pb_grpc.AdminStub:
+    return pb_grpc.AdminStub(channel(running.port, TlsFiles.in_directory(certs, "admin")))
+
+
+def refusals(running: RunningCoordinator, method: str, code: str) -> float:
+    """How many calls of `method` the coordinator refused with `code` (its metrics)."""
+    value = running.federation.metrics.registry.get_sample_value(
+        "fedmllm_refused_calls_total", {"method": method, "code": code}
+    )
+    return float(value or 0.0)
 
 
 def update_stream(

@@ -5,57 +5,36 @@ its reason, and leaves the global adapter, the run's history and its status unto
 from __future__ import annotations
 
 import socket
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import grpc
 import pytest
 import torch
 
-from bench.sized_model import sized_model
 from coordinator.aggregation.spool import SpoolPool
 from coordinator.run_state import RunSpec
 from coordinator.server import RunningCoordinator, serve
-from coordinator.silo_service import SiloServiceSettings
-from coordinator.upload import CHUNKS_IN_FLIGHT
 from shared.pki import create_federation
 from shared.tensor_codec import StateDict, encode_state
 from shared.wire.v1 import federation_pb2 as pb
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
-from tests.conftest import EVALUATOR, coordinator_config, tls
+from tests.conftest import coordinator_config, tls
 from tests.helpers import (
     ProtocolSilo,
+    admin_stub,
     channel,
     constant_delta,
     join_request,
+    refusals,
+    refused,
     update_stream,
-    wire_payload,
 )
-
-
-def _refused(call: object) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as refused:
-        call()  # type: ignore[operator]
-    return refused.value
-
-
-def _admin(running: RunningCoordinator, certs: Path) -> pb_grpc.AdminStub:
-    return pb_grpc.AdminStub(channel(running.port, tls(certs, "admin")))
 
 
 def _rejected(running: RunningCoordinator, reason: str) -> float:
     value = running.federation.metrics.registry.get_sample_value(
         "fedmllm_updates_rejected_total", {"reason": reason}
-    )
-    return value or 0.0
-
-
-def _refusals(running: RunningCoordinator, method: str, code: str) -> float:
-    value = running.federation.metrics.registry.get_sample_value(
-        "fedmllm_refused_calls_total", {"method": method, "code": code}
     )
     return value or 0.0
 
@@ -66,30 +45,18 @@ def _adapter(running: RunningCoordinator) -> StateDict:
     return model.adapter()
 
 
-@pytest.fixture
-def quick(certs: Path, tiny_model: Path, tmp_path: Path) -> Iterator[RunningCoordinator]:
-    """A coordinator that gives up on stalled uploads and handshakes after one second."""
-    config = replace(
-        coordinator_config(certs, tiny_model, tmp_path / "checkpoints"),
-        handshake_timeout_s=1.0,
-        silo_service=SiloServiceSettings(heartbeat_interval_s=1, upload_stall_s=1.0),
-    )
-    with serve(config) as running:
-        yield running
-
-
 def test_declared_sample_counts_are_capped(
     coordinator: RunningCoordinator, certs: Path, tiny_model: Path
 ) -> None:
     stub = pb_grpc.SiloStub(channel(coordinator.port, tls(certs, "silo-1")))
-    error = _refused(lambda: stub.Join(join_request(tiny_model, num_samples=2**64 - 1)))
+    error = refused(lambda: stub.Join(join_request(tiny_model, num_samples=2**64 - 1)))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "at most 1000000000" in (error.details() or "")
     silo = ProtocolSilo(coordinator.port, tls(certs, "silo-2"), tiny_model, num_samples=5000)
-    admin = _admin(coordinator, certs)
+    admin = admin_stub(coordinator, certs)
     spec = RunSpec(rounds=1, silos_per_round=1, min_silos=1, max_samples_per_silo=1000)
     admin.StartRun(pb.StartRunRequest(spec=spec.to_proto()))
-    error = _refused(lambda: stub.Join(join_request(tiny_model, num_samples=1001)))
+    error = refused(lambda: stub.Join(join_request(tiny_model, num_samples=1001)))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "at most 1000 are accepted" in (error.details() or "")
     listed = admin.ListSilos(pb.StatusRequest())
@@ -101,7 +68,7 @@ def test_header_numbers_outside_the_plausible_are_refused_and_counted(
     coordinator: RunningCoordinator, certs: Path, tiny_model: Path
 ) -> None:
     silo = ProtocolSilo(coordinator.port, tls(certs, "silo-1"), tiny_model, num_samples=10)
-    admin = _admin(coordinator, certs)
+    admin = admin_stub(coordinator, certs)
     spec = RunSpec(rounds=1, silos_per_round=1, min_silos=1, batch_size=4, gamma_max=0.0)
     admin.StartRun(pb.StartRunRequest(spec=spec.to_proto()))
     task = silo.next_task()
@@ -115,7 +82,7 @@ def test_header_numbers_outside_the_plausible_are_refused_and_counted(
         ({"steps": 4}, "steps 4 outside 1..3"),  # 10 samples in batches of 4: 3 steps
         ({"num_samples": 11}, "num_samples 11 outside 1..10"),
     ):
-        error = _refused(
+        error = refused(
             lambda k=kwargs: silo.stub.UploadUpdate(update_stream(task.task_id, payload, **k))
         )  # type: ignore[misc]
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, kwargs
@@ -140,7 +107,7 @@ def test_an_update_the_full_disk_cannot_hold_pauses_the_run_until_there_is_room(
     # /dev/full is the kernel's own full disk: every write to it fails with ENOSPC. A spool
     # opened there stands in for a spool directory whose disk just filled up.
     silo = ProtocolSilo(coordinator.port, tls(certs, "silo-1"), tiny_model, num_samples=10)
-    admin = _admin(coordinator, certs)
+    admin = admin_stub(coordinator, certs)
     spec = RunSpec(rounds=1, silos_per_round=1, min_silos=1, round_deadline_s=60.0)
     admin.StartRun(pb.StartRunRequest(spec=spec.to_proto()))
     task = silo.next_task()
@@ -149,7 +116,7 @@ def test_an_update_the_full_disk_cannot_hold_pauses_the_run_until_there_is_room(
     with monkeypatch.context() as patched:
         full = Path("/dev/full")
         patched.setattr(SpoolPool, "open", staticmethod(lambda path: full.open("wb")))
-        error = _refused(lambda: silo.upload(task, delta))
+        error = refused(lambda: silo.upload(task, delta))
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "silo-1" in (error.details() or "") and "full" in (error.details() or "")
         assert _rejected(coordinator, "disk_full") == 1
@@ -160,7 +127,7 @@ def test_an_update_the_full_disk_cannot_hold_pauses_the_run_until_there_is_room(
     # room again: the run resumes by itself and the round is asked again
     retry = silo.next_task()
     assert retry.round == 1 and retry.task_id != task.task_id
-    error = _refused(lambda: silo.upload(task, delta))  # the abandoned attempt's task
+    error = refused(lambda: silo.upload(task, delta))  # the abandoned attempt's task
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "late" in (error.details() or "")
     assert _rejected(coordinator, "late") == 1
@@ -178,53 +145,34 @@ def _wait_for(admin: pb_grpc.AdminStub, done: object, timeout: float = 30) -> pb
     return status
 
 
-def test_refused_uploads_give_back_every_chunk_permit(
-    quick: RunningCoordinator, certs: Path, tiny_model: Path
-) -> None:
-    silo = ProtocolSilo(quick.port, tls(certs, "silo-1"), tiny_model, num_samples=10)
-    admin = _admin(quick, certs)
-    admin.StartRun(pb.StartRunRequest(spec=RunSpec(rounds=1, silos_per_round=1).to_proto()))
-    task = silo.next_task()
-    garbage = b"\xff" * 64 * 1024  # not safetensors: refused at its first chunk
-    for _ in range(2 * CHUNKS_IN_FLIGHT):  # the second chunk is read while the first fails
-        chunks = [garbage[:1024], garbage[1024:]]
-        error = _refused(
-            lambda c=chunks: silo.stub.UploadUpdate(
-                update_stream(task.task_id, garbage, chunks=c), timeout=10
-            )
-        )
-        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
-    silo.upload(task, constant_delta(silo.download(task), 0.01))  # not waiting on a permit
-    silo.close()
-
-
 def test_heartbeats_cannot_touch_another_silos_session(
     coordinator: RunningCoordinator, certs: Path, tiny_model: Path
 ) -> None:
     victim = ProtocolSilo(coordinator.port, tls(certs, "silo-1"), tiny_model)
     attacker = ProtocolSilo(coordinator.port, tls(certs, "silo-2"), tiny_model)
     forged = pb.HeartbeatRequest(session_id=victim.joined.session_id, state="forged")
-    error = _refused(lambda: attacker.stub.Heartbeat(forged))
+    error = refused(lambda: attacker.stub.Heartbeat(forged))
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
     oversized = pb.HeartbeatRequest(session_id=attacker.joined.session_id, state="x" * 3_000_000)
-    error = _refused(lambda: attacker.stub.Heartbeat(oversized))
+    error = refused(lambda: attacker.stub.Heartbeat(oversized))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     escape = pb.HeartbeatRequest(session_id=attacker.joined.session_id, state="ok\x1b[2J\nforged")
     assert attacker.stub.Heartbeat(escape).session_known
     states = {
-        s.silo_id: s.state for s in _admin(coordinator, certs).ListSilos(pb.StatusRequest()).silos
+        s.silo_id: s.state
+        for s in admin_stub(coordinator, certs).ListSilos(pb.StatusRequest()).silos
     }
     assert states["silo-1"] == "joined"
     assert states["silo-2"] == "ok?[2J?forged"
-    error = _refused(
+    error = refused(
         lambda: attacker.stub.ReceiveTasks(
             pb.TaskStreamRequest(session_id=victim.joined.session_id)
         ).next()
     )
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert _refusals(coordinator, "Heartbeat", "PERMISSION_DENIED") == 1
-    assert _refusals(coordinator, "Heartbeat", "INVALID_ARGUMENT") == 1
-    assert _refusals(coordinator, "ReceiveTasks", "PERMISSION_DENIED") == 1
+    assert refusals(coordinator, "Heartbeat", "PERMISSION_DENIED") == 1
+    assert refusals(coordinator, "Heartbeat", "INVALID_ARGUMENT") == 1
+    assert refusals(coordinator, "ReceiveTasks", "PERMISSION_DENIED") == 1
     victim.close()
     attacker.close()
 
@@ -244,7 +192,7 @@ def test_join_json_is_bounded(
     request = join_request(tiny_model)
     request.base_model_fingerprint = "0" * 64
     request.base_model_config_json = document
-    error = _refused(lambda: stub.Join(request))
+    error = refused(lambda: stub.Join(request))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert needle in (error.details() or "")
 
@@ -254,86 +202,11 @@ def test_echoed_task_ids_are_cut_short(
 ) -> None:
     silo = ProtocolSilo(coordinator.port, tls(certs, "silo-1"), tiny_model)
     hostile = "\x1b]0;owned\x07" + "x" * 10_000
-    error = _refused(lambda: silo.stub.UploadUpdate(update_stream(hostile, b"\0" * 64)))
+    error = refused(lambda: silo.stub.UploadUpdate(update_stream(hostile, b"\0" * 64)))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     details = error.details() or ""
     assert len(details) < 200 and "\x1b" not in details and "\x07" not in details
     silo.close()
-
-
-def _stalled_upload(stub: pb_grpc.SiloStub, task_id: str, release: threading.Event) -> object:
-    def messages() -> Iterator[pb.UpdateChunk]:
-        yield next(update_stream(task_id, b"\0" * 1024))  # the header, then nothing
-        release.wait(30)
-
-    return stub.UploadUpdate.future(messages())
-
-
-def test_one_silo_cannot_hold_more_than_its_share_of_calls(
-    quick: RunningCoordinator, certs: Path, tiny_model: Path
-) -> None:
-    silo = ProtocolSilo(quick.port, tls(certs, "silo-1"), tiny_model)
-    admin = _admin(quick, certs)
-    admin.StartRun(pb.StartRunRequest(spec=RunSpec(rounds=1, silos_per_round=1).to_proto()))
-    task = silo.next_task()
-    release = threading.Event()
-    stalled = [_stalled_upload(silo.stub, task.task_id, release) for _ in range(70)]
-    try:
-        codes = []
-        for call in stalled:
-            try:
-                call.result(timeout=20)  # type: ignore[attr-defined]
-            except grpc.RpcError as exc:
-                codes.append(exc.code())
-        # two were admitted and abandoned when they stalled; the rest were refused at once
-        assert codes.count(grpc.StatusCode.DEADLINE_EXCEEDED) == 2
-        assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 68
-        assert _refusals(quick, "UploadUpdate", "RESOURCE_EXHAUSTED") == 68
-        beat = pb.HeartbeatRequest(session_id=silo.joined.session_id, state="idle")
-        assert silo.stub.Heartbeat(beat, timeout=2).session_known
-        assert admin.GetStatus(pb.StatusRequest(), timeout=2).state == pb.RUN_STATE_RUNNING
-    finally:
-        release.set()
-    again = pb_grpc.SiloStub(channel(quick.port, tls(certs, "silo-1")))
-    error = _refused(
-        lambda: again.ReceiveTasks(pb.TaskStreamRequest(session_id=silo.joined.session_id)).next()
-    )
-    assert error.code() == grpc.StatusCode.ALREADY_EXISTS
-    silo.upload(task, constant_delta(silo.download(task), 0.01))
-    silo.close()
-
-
-def test_silos_that_stall_their_uploads_hold_one_shared_permit_each(
-    coordinator: RunningCoordinator, certs: Path, tiny_model: Path
-) -> None:
-    """Two silos, each with two uploads that send their header and then nothing (as many as
-    a certificate may hold), would take all CHUNKS_IN_FLIGHT upload permits for the stall
-    limit (a minute here) if every stalled upload held one; a silo's uploads wait on its
-    network one at a time, so an honest silo's upload still goes through at once."""
-    assert CHUNKS_IN_FLIGHT == 4
-    names = ["silo-1", "silo-2", EVALUATOR]  # the third certificate: an honest site
-    silos = {n: ProtocolSilo(coordinator.port, tls(certs, n), tiny_model) for n in names}
-    admin = _admin(coordinator, certs)
-    spec = RunSpec(rounds=1, silos_per_round=3, min_silos=3, round_deadline_s=120.0)
-    admin.StartRun(pb.StartRunRequest(spec=spec.to_proto()))
-    tasks = {n: silo.next_task() for n, silo in silos.items()}
-    release = threading.Event()
-    stalled = [
-        _stalled_upload(silos[n].stub, tasks[n].task_id, release)
-        for n in ("silo-1", "silo-2")
-        for _ in range(2)
-    ]
-    try:
-        time.sleep(1.0)  # every stalled upload is admitted and waiting for its data
-        honest, task = silos[EVALUATOR], tasks[EVALUATOR]
-        payload = wire_payload(task, constant_delta(honest.download(task), 0.01))
-        receipt = honest.stub.UploadUpdate(update_stream(task.task_id, payload), timeout=15)
-        assert receipt.bytes_received == len(payload)
-        assert not any(call.done() for call in stalled)  # type: ignore[attr-defined]
-    finally:
-        release.set()
-        for silo in silos.values():
-            silo.close()
 
 
 def test_idle_connections_that_never_finish_tls_are_closed(quick: RunningCoordinator) -> None:
@@ -390,7 +263,7 @@ def test_a_hostile_silo_stays_within_the_honest_silos_influence(
         spec = RunSpec(
             rounds=1, silos_per_round=5, min_silos=5, max_samples_per_silo=1000, **options
         )  # type: ignore[arg-type]
-        _admin(running, five_certs).StartRun(pb.StartRunRequest(spec=spec.to_proto()))
+        admin_stub(running, five_certs).StartRun(pb.StartRunRequest(spec=spec.to_proto()))
         start = _adapter(running)
         for name, silo in silos.items():
             task = silo.next_task()
@@ -412,34 +285,3 @@ def test_a_hostile_silo_stays_within_the_honest_silos_influence(
     else:
         assert moved <= bound + 1e-6, options
         assert lowest >= 0.01 - 1e-6, options
-
-
-def test_a_silo_that_stops_reading_its_download_is_abandoned_without_holding_others(
-    certs: Path, tmp_path: Path
-) -> None:
-    # 64 MB of float32 adapter (32 MB on the bfloat16 wire): more than gRPC's windows and the
-    # sockets' buffers take, so the coordinator's writes wait on a silo that does not read
-    model = sized_model(tmp_path / "model", adapter_bytes=64 * 10**6)
-    config = replace(
-        coordinator_config(certs, model, tmp_path / "checkpoints"),
-        silo_service=SiloServiceSettings(heartbeat_interval_s=1, upload_stall_s=1.0),
-    )
-    with serve(config) as running:
-        stalled = ProtocolSilo(running.port, tls(certs, "silo-1"), model)
-        honest = ProtocolSilo(running.port, tls(certs, "silo-2"), model)
-        admin = _admin(running, certs)
-        spec = RunSpec(rounds=1, silos_per_round=2, min_silos=2, round_deadline_s=60.0)
-        admin.StartRun(pb.StartRunRequest(spec=spec.to_proto()))
-        task = stalled.next_task()
-        stream = stalled.stub.DownloadAdapter(pb.DownloadRequest(task_id=task.task_id))
-        assert next(stream).WhichOneof("part") == "header"  # then it reads nothing
-        started = time.monotonic()
-        downloaded = honest.download(honest.next_task())  # not held up by the stalled one
-        assert sum(t.numel() for t in downloaded.values()) * 4 >= 60 * 10**6
-        time.sleep(max(0.0, 2.5 - (time.monotonic() - started)))
-        error = _refused(lambda: list(stream))  # what was buffered, then the refusal
-        assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert "silo-1" in (error.details() or "") and "read nothing" in (error.details() or "")
-        assert _refusals(running, "DownloadAdapter", "DEADLINE_EXCEEDED") == 1
-        stalled.close()
-        honest.close()
