@@ -17,7 +17,7 @@ from shared.tensor_codec import encode_state
 from shared.wire.v1 import federation_pb2 as pb
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
 from tests.conftest import tls
-from tests.helpers import ProtocolSilo, channel, constant_delta, update_stream
+from tests.helpers import ProtocolSilo, channel, constant_delta, refused, update_stream
 
 
 def _start(coordinator: RunningCoordinator, certs: Path, **spec: object) -> pb_grpc.AdminStub:
@@ -25,12 +25,6 @@ def _start(coordinator: RunningCoordinator, certs: Path, **spec: object) -> pb_g
     values = {"rounds": 1, "silos_per_round": 1, "min_silos": 1, "round_deadline_s": 30.0, **spec}
     admin.StartRun(pb.StartRunRequest(spec=RunSpec(**values).to_proto()))  # type: ignore[arg-type]
     return admin
-
-
-def _refused(call: object) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as refused:
-        call()  # type: ignore[operator]
-    return refused.value
 
 
 def test_header_numbers_beyond_what_the_silo_declared_are_refused(
@@ -46,13 +40,13 @@ def test_header_numbers_beyond_what_the_silo_declared_are_refused(
         ({"steps": 0}, "steps 0 outside"),
         ({"steps": 10**15}, "steps 1000000000000000 outside"),
     ):
-        error = _refused(
+        error = refused(
             lambda k=kwargs: silo.stub.UploadUpdate(update_stream(task.task_id, payload, **k))
         )  # type: ignore[arg-type]
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert needle in (error.details() or ""), error.details()
     huge = constant_delta(silo.download(task), 3e38)
-    error = _refused(lambda: silo.upload(task, huge))
+    error = refused(lambda: silo.upload(task, huge))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "above 1e+06" in (error.details() or "")
     silo.close()
@@ -63,10 +57,10 @@ def test_refused_uploads_leak_no_file_descriptors(
 ) -> None:
     silo = ProtocolSilo(coordinator.port, tls(certs, "silo-1"), tiny_model)
     stale = update_stream("run-x/r1/a0/nope", b"\0" * 64)
-    _refused(lambda: silo.stub.UploadUpdate(stale))  # warm up gRPC's own descriptors
+    refused(lambda: silo.stub.UploadUpdate(stale))  # warm up gRPC's own descriptors
     before = len(os.listdir("/proc/self/fd"))
     for _ in range(30):
-        error = _refused(
+        error = refused(
             lambda: silo.stub.UploadUpdate(update_stream("run-x/r1/a0/nope", b"\0" * 64))
         )
         assert error.code() == grpc.StatusCode.FAILED_PRECONDITION

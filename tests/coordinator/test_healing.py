@@ -22,13 +22,13 @@ from coordinator.base_model import RunMismatch
 from coordinator.checkpoint import CheckpointStore
 from coordinator.run_state import RunSpec
 from coordinator.selection import choose, round_rng
-from coordinator.server import RunningCoordinator, serve
+from coordinator.server import serve
 from shared.pki import create_federation
 from shared.tensor_codec import StateDict
 from shared.wire.v1 import federation_pb2 as pb
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
 from tests.conftest import coordinator_config, tls
-from tests.helpers import ProtocolSilo, channel, join_request
+from tests.helpers import ProtocolSilo, admin_stub, channel, join_request
 
 NAMES = ["silo-a", "silo-b", "silo-c"]
 
@@ -72,10 +72,6 @@ def answering(silos: dict[str, ProtocolSilo]) -> Iterator[None]:
             thread.join(5)
 
 
-def _admin(running: RunningCoordinator, certs: Path) -> pb_grpc.AdminStub:
-    return pb_grpc.AdminStub(channel(running.port, tls(certs, "admin")))
-
-
 def _wait(admin: pb_grpc.AdminStub, done: object, timeout: float = 60) -> pb.RunStatus:
     deadline = time.monotonic() + timeout
     while True:
@@ -91,7 +87,7 @@ def _fedadam_run(certs: Path, model: Path, state: Path, order: list[str]) -> byt
     with serve(coordinator_config(certs, model, state)) as running:
         silos = {n: ProtocolSilo(running.port, tls(certs, n), model) for n in NAMES}
         spec = RunSpec(rounds=3, silos_per_round=3, min_silos=3, strategy="fedadam", seed=7)
-        admin = _admin(running, certs)
+        admin = admin_stub(running, certs)
         admin.StartRun(pb.StartRunRequest(spec=spec.to_proto()))
         for round_index in (1, 2, 3):
             tasks = {n: s.next_task() for n, s in silos.items()}
@@ -131,7 +127,7 @@ def test_a_straggler_is_passed_over_noted_and_shown_hung(
         mute = silos["silo-a"]  # takes its task, says it is training, never answers
         seed = _seed_selecting("silo-a", 2)
         spec = RunSpec(rounds=2, silos_per_round=2, min_silos=2, round_deadline_s=2, seed=seed)
-        admin = _admin(running, abc_certs)
+        admin = admin_stub(running, abc_certs)
         admin.StartRun(pb.StartRunRequest(spec=spec.to_proto()))
         mute.next_task()
         beat = pb.HeartbeatRequest(session_id=mute.joined.session_id, state="training round 1")
@@ -155,7 +151,7 @@ def test_a_straggler_is_passed_over_noted_and_shown_hung(
 def test_hung_silos_are_shown(abc_certs: Path, tiny_model: Path, tmp_path: Path) -> None:
     with serve(coordinator_config(abc_certs, tiny_model, tmp_path / "state")) as running:
         silo = ProtocolSilo(running.port, tls(abc_certs, "silo-a"), tiny_model)
-        admin = _admin(running, abc_certs)
+        admin = admin_stub(running, abc_certs)
         spec = RunSpec(rounds=1, silos_per_round=1, min_silos=1, round_deadline_s=0.5)
         admin.StartRun(pb.StartRunRequest(spec=spec.to_proto()))
         silo.next_task()
@@ -181,7 +177,7 @@ def test_a_silo_that_drops_out_mid_round_is_waited_for(
         first = ProtocolSilo(running.port, tls(abc_certs, "silo-a"), tiny_model)
         other = ProtocolSilo(running.port, tls(abc_certs, "silo-b"), tiny_model)
         spec = RunSpec(rounds=1, silos_per_round=2, min_silos=2, round_deadline_s=30)
-        admin = _admin(running, abc_certs)
+        admin = admin_stub(running, abc_certs)
         admin.StartRun(pb.StartRunRequest(spec=spec.to_proto()))
         task = first.next_task()
         first.close()  # the network drops: its stream ends mid-round
@@ -204,7 +200,7 @@ def test_a_run_that_gave_up_waiting_resumes_from_its_last_round(
 ) -> None:
     with serve(coordinator_config(abc_certs, tiny_model, tmp_path / "state")) as running:
         lone = ProtocolSilo(running.port, tls(abc_certs, "silo-a"), tiny_model)
-        admin = _admin(running, abc_certs)
+        admin = admin_stub(running, abc_certs)
         spec = RunSpec(rounds=1, silos_per_round=2, min_silos=2, wait_timeout_s=1.5)
         started = admin.StartRun(pb.StartRunRequest(spec=spec.to_proto()))
         status = _wait(admin, lambda s: s.state == pb.RUN_STATE_FAILED)
@@ -228,7 +224,7 @@ def test_a_silo_with_other_base_weights_is_refused(
         request = join_request(tiny_model)
         request.base_model_weights_fingerprint = "a" * 64
         first = ProtocolSilo(running.port, tls(abc_certs, "silo-a"), tiny_model, request=request)
-        admin = _admin(running, abc_certs)
+        admin = admin_stub(running, abc_certs)
         started = admin.StartRun(pb.StartRunRequest(spec=RunSpec(rounds=5).to_proto()))
         assert started.base_model_weights_fingerprint == "a" * 64
         other = join_request(tiny_model)
@@ -247,7 +243,7 @@ def test_a_coordinator_with_another_model_refuses_the_unfinished_run(
 ) -> None:
     state = tmp_path / "state"
     with serve(coordinator_config(abc_certs, tiny_model, state)) as running:
-        started = _admin(running, abc_certs).StartRun(
+        started = admin_stub(running, abc_certs).StartRun(
             pb.StartRunRequest(spec=RunSpec(rounds=3).to_proto())
         )
     other = coordinator_config(abc_certs, tiny_llava, state)
@@ -259,7 +255,7 @@ def test_a_coordinator_with_another_model_refuses_the_unfinished_run(
     assert 'model_type: "llava", expected "idefics3"' in str(refused.value)
     assert "--abandon-run" in str(refused.value)
     with serve(replace(other, abandon_run=True)) as running:
-        status = _admin(running, abc_certs).GetStatus(pb.StatusRequest(run_id=started.run_id))
+        status = admin_stub(running, abc_certs).GetStatus(pb.StatusRequest(run_id=started.run_id))
         assert status.state == pb.RUN_STATE_STOPPED and "abandoned" in status.message
 
 

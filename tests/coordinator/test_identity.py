@@ -13,7 +13,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import grpc
-import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -28,13 +27,7 @@ from shared.tls import TlsFiles
 from shared.wire.v1 import federation_pb2 as pb
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
 from tests.conftest import coordinator_config, tls
-from tests.helpers import ProtocolSilo, channel, join_request
-
-
-def _refused(call: object) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as refused:
-        call()  # type: ignore[operator]
-    return refused.value
+from tests.helpers import ProtocolSilo, channel, join_request, refused
 
 
 def _certificate(
@@ -79,16 +72,16 @@ def test_revocation_is_live_and_survives_a_restart(
             time.sleep(0.05)
         assert silo.stream_error is not None
         assert silo.stream_error.code() == grpc.StatusCode.PERMISSION_DENIED
-        error = _refused(lambda: silo.stub.Join(join_request(tiny_model)))
+        error = refused(lambda: silo.stub.Join(join_request(tiny_model)))
         assert error.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "revoked" in (error.details() or "") and "laptop stolen" in (error.details() or "")
         assert running.federation.registry.connected() == []
-        error = _refused(lambda: admin.RevokeSilo(pb.SiloRequest(silo_id="nobody")))
+        error = refused(lambda: admin.RevokeSilo(pb.SiloRequest(silo_id="nobody")))
         assert error.code() == grpc.StatusCode.NOT_FOUND
         silo.close()
     with serve(config) as running:  # a restart keeps the revocation
         stub = pb_grpc.SiloStub(channel(running.port, tls(certs, "silo-1")))
-        error = _refused(lambda: stub.Join(join_request(tiny_model)))
+        error = refused(lambda: stub.Join(join_request(tiny_model)))
         assert error.code() == grpc.StatusCode.PERMISSION_DENIED
         silos = _silos(_admin(running.port, certs))
         assert silos["silo-1"].revoked and silos["silo-1"].revoked_reason == "laptop stolen"
@@ -132,7 +125,7 @@ def test_an_identity_is_pinned_to_its_key_until_rotated(
         first = ProtocolSilo(running.port, tls(certs, "silo-1"), tiny_model)
         other_key = _certificate(certs, tmp_path / "impostor", "silo-1")
         stub = pb_grpc.SiloStub(channel(running.port, other_key))
-        error = _refused(lambda: stub.Join(join_request(tiny_model)))
+        error = refused(lambda: stub.Join(join_request(tiny_model)))
         assert error.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "pinned to another key" in (error.details() or "")
         assert "fedmllm-admin rotate --silo silo-1" in (error.details() or "")
@@ -144,7 +137,7 @@ def test_an_identity_is_pinned_to_its_key_until_rotated(
         pb_grpc.SiloStub(channel(running.port, rotated)).Join(join_request(tiny_model))
         renewed = _certificate(certs, tmp_path / "renewed", "silo-1", key=renewed_key)
         pb_grpc.SiloStub(channel(running.port, renewed)).Join(join_request(tiny_model))  # same key
-        error = _refused(lambda: first.stub.Join(join_request(tiny_model)))  # the old key now
+        error = refused(lambda: first.stub.Join(join_request(tiny_model)))  # the old key now
         assert error.code() == grpc.StatusCode.PERMISSION_DENIED
         renewed_pem = (tmp_path / "renewed" / "silo-1.pem").read_bytes()
         pinned = _silos(admin)["silo-1"].key_fingerprint
@@ -162,7 +155,7 @@ def test_a_second_agent_with_the_same_certificate_is_refused_not_flapping(
         second = pb_grpc.SiloStub(channel(running.port, tls(certs, "silo-1")))
         other = join_request(tiny_model)
         other.agent_instance = "agent-b"
-        error = _refused(lambda: second.Join(other))
+        error = refused(lambda: second.Join(other))
         assert error.code() == grpc.StatusCode.ALREADY_EXISTS
         time.sleep(0.3)
         assert first.stream_error is None  # the first agent keeps its session

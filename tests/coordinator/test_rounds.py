@@ -28,11 +28,15 @@ from shared.tensor_codec import StateDict, encode_state
 from shared.wire.v1 import federation_pb2 as pb
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
 from tests.conftest import coordinator_config, tls
-from tests.helpers import ProtocolSilo, channel, constant_delta, join_request, update_stream
-
-
-def _admin(coordinator: RunningCoordinator, certs: Path) -> pb_grpc.AdminStub:
-    return pb_grpc.AdminStub(channel(coordinator.port, tls(certs, "admin")))
+from tests.helpers import (
+    ProtocolSilo,
+    admin_stub,
+    channel,
+    constant_delta,
+    join_request,
+    refused,
+    update_stream,
+)
 
 
 def _start(admin: pb_grpc.AdminStub, **spec: object) -> pb.RunStatus:
@@ -79,7 +83,7 @@ def _assert_moved_by(adapter: StateDict, downloaded: StateDict, step: float) -> 
 def test_round_aggregates_sample_weighted_and_checkpoints(
     coordinator: RunningCoordinator, certs: Path, two_silos: list[ProtocolSilo], tmp_path: Path
 ) -> None:
-    admin = _admin(coordinator, certs)
+    admin = admin_stub(coordinator, certs)
     _start(admin)
     tasks = [silo.next_task() for silo in two_silos]
     assert {t.round for t in tasks} == {1}
@@ -96,16 +100,10 @@ def test_round_aggregates_sample_weighted_and_checkpoints(
     _assert_moved_by(saved.adapter, start, 0.5)  # (30 * 1 + 10 * -1) / 40 = 0.5
 
 
-def _rejected(call: object) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as refused:
-        call()  # type: ignore[operator]
-    return refused.value
-
-
 def test_malformed_updates_never_touch_the_global_adapter(
     coordinator: RunningCoordinator, certs: Path, two_silos: list[ProtocolSilo], tmp_path: Path
 ) -> None:
-    admin = _admin(coordinator, certs)
+    admin = admin_stub(coordinator, certs)
     _start(admin, min_silos=1, round_deadline_s=5.0)
     silo, other = two_silos
     task = silo.next_task()
@@ -119,7 +117,7 @@ def test_malformed_updates_never_touch_the_global_adapter(
         "unchecked": dict(announced=PayloadDigest(len(good))),  # and no trailer
     }
     for name, kwargs in cases.items():
-        error = _rejected(
+        error = refused(
             lambda kwargs=kwargs: silo.stub.UploadUpdate(
                 update_stream(task.task_id, good, **kwargs)
             )
@@ -141,13 +139,13 @@ def test_malformed_updates_never_touch_the_global_adapter(
         ("missing", missing, "missing"),
     ):
         payload = encode_state(delta)  # as given, not cast to the run's wire dtype
-        error = _rejected(lambda p=payload: silo.stub.UploadUpdate(update_stream(task.task_id, p)))
+        error = refused(lambda p=payload: silo.stub.UploadUpdate(update_stream(task.task_id, p)))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, label
         assert needle in (error.details() or ""), (label, error.details())
     silo.upload(task, constant_delta(start, 0.25))
-    duplicate = _rejected(lambda: silo.upload(task, constant_delta(start, 0.25)))
+    duplicate = refused(lambda: silo.upload(task, constant_delta(start, 0.25)))
     assert duplicate.code() == grpc.StatusCode.ALREADY_EXISTS
-    stolen = _rejected(lambda: other.upload(task, constant_delta(start, 9.0)))
+    stolen = refused(lambda: other.upload(task, constant_delta(start, 9.0)))
     assert stolen.code() == grpc.StatusCode.PERMISSION_DENIED
     status = _wait_rounds(admin, 1)
     assert status.history[0].rejected == 8
@@ -155,7 +153,7 @@ def test_malformed_updates_never_touch_the_global_adapter(
     saved = CheckpointStore(tmp_path / "checkpoints").load_latest()
     assert saved is not None
     _assert_moved_by(saved.adapter, start, 0.25)
-    late = _rejected(lambda: silo.upload(task, constant_delta(start, 0.25)))
+    late = refused(lambda: silo.upload(task, constant_delta(start, 0.25)))
     assert late.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
@@ -169,7 +167,7 @@ def test_an_update_that_fails_to_fold_after_its_receipt_redoes_the_attempt(
     """The receipt comes once an update is verified and spooled; its fold follows. A read
     error while folding (a failing disk, injected here: one cannot be produced) leaves part of
     it in the running sum, so the attempt is never concluded but redone from a fresh sum."""
-    admin = _admin(coordinator, certs)
+    admin = admin_stub(coordinator, certs)
     _start(admin, silos_per_round=1, min_silos=1)
     reads = []
 
@@ -212,7 +210,7 @@ def test_incompatible_base_model_is_refused_saying_what_differs(
     coordinator: RunningCoordinator, certs: Path, tiny_llava: Path
 ) -> None:
     with channel(coordinator.port, tls(certs, "silo-1")) as chan:
-        error = _rejected(lambda: pb_grpc.SiloStub(chan).Join(join_request(tiny_llava)))
+        error = refused(lambda: pb_grpc.SiloStub(chan).Join(join_request(tiny_llava)))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "model_type" in (error.details() or "")
 
@@ -223,7 +221,7 @@ def test_different_adapter_layout_is_refused(
     request = join_request(tiny_model)
     request.adapter_layout[0].shape[0] = 16
     with channel(coordinator.port, tls(certs, "silo-1")) as chan:
-        error = _rejected(lambda: pb_grpc.SiloStub(chan).Join(request))
+        error = refused(lambda: pb_grpc.SiloStub(chan).Join(request))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "adapter layout differs" in (error.details() or "")
 
@@ -231,16 +229,16 @@ def test_different_adapter_layout_is_refused(
 def test_invalid_run_spec_and_double_start_are_refused(
     coordinator: RunningCoordinator, certs: Path
 ) -> None:
-    admin = _admin(coordinator, certs)
-    bad = _rejected(lambda: _start(admin, min_silos=5))
+    admin = admin_stub(coordinator, certs)
+    bad = refused(lambda: _start(admin, min_silos=5))
     assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "min_silos" in (bad.details() or "")
     _start(admin)
-    again = _rejected(lambda: _start(admin))
+    again = refused(lambda: _start(admin))
     assert again.code() == grpc.StatusCode.FAILED_PRECONDITION
     stopped = admin.StopRun(pb.StopRequest())
     assert stopped.state == pb.RUN_STATE_STOPPED
-    assert _rejected(lambda: admin.StopRun(pb.StopRequest())).code() == (
+    assert refused(lambda: admin.StopRun(pb.StopRequest())).code() == (
         grpc.StatusCode.FAILED_PRECONDITION
     )
 
@@ -250,7 +248,7 @@ def test_restarted_coordinator_resumes_after_the_last_completed_round(
 ) -> None:
     config = coordinator_config(certs, tiny_model, tmp_path / "checkpoints")
     with serve(config) as first:
-        admin = _admin(first, certs)
+        admin = admin_stub(first, certs)
         silo = ProtocolSilo(first.port, tls(certs, "silo-1"), tiny_model)
         run_id = _start(admin, rounds=3, silos_per_round=1, min_silos=1).run_id
         task = silo.next_task()
@@ -260,7 +258,7 @@ def test_restarted_coordinator_resumes_after_the_last_completed_round(
         silo.next_task()  # round 2 is open when the coordinator goes down
         silo.close()
     with serve(config) as second:
-        admin = _admin(second, certs)
+        admin = admin_stub(second, certs)
         status = admin.GetStatus(pb.StatusRequest())
         assert (status.run_id, status.state, status.completed_rounds) == (
             run_id,
@@ -281,7 +279,7 @@ def test_metrics_endpoint_reports_rounds_and_bytes(
 ) -> None:
     import urllib.request
 
-    admin = _admin(coordinator, certs)
+    admin = admin_stub(coordinator, certs)
     _start(admin)
     sizes = []
     for silo in two_silos:

@@ -3,11 +3,9 @@ warning), not as a fault: the refusals here are the real coordinator's."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-import pytest
 
 from coordinator.run_state import RunSpec
 from coordinator.server import RunningCoordinator
@@ -15,15 +13,9 @@ from shared.wire.v1 import federation_pb2 as pb
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
 from silo_agent.client import arrived_late
 from tests.conftest import tls
-from tests.helpers import ProtocolSilo, channel, constant_delta
+from tests.helpers import ProtocolSilo, channel, constant_delta, refused
 
 SILOS = ("silo-1", "silo-2")
-
-
-def _refusal(call: Callable[[], object]) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as refused:
-        call()
-    return refused.value
 
 
 def test_only_an_update_for_a_closed_round_is_late(
@@ -38,10 +30,10 @@ def test_only_an_update_for_a_closed_round_is_late(
     prompt.upload(first, constant_delta(start, 0.1))
     second = prompt.next_task(timeout=30)  # round 1 closed at its deadline without `slow`
     assert second.round == 2
-    late = _refusal(lambda: slow.upload(slow_first, constant_delta(start, 0.1)))
+    late = refused(lambda: slow.upload(slow_first, constant_delta(start, 0.1)))
     assert arrived_late(slow_first, late), late.details()
     prompt.upload(second, constant_delta(start, 0.1))
-    duplicate = _refusal(lambda: prompt.upload(second, constant_delta(start, 0.1)))
+    duplicate = refused(lambda: prompt.upload(second, constant_delta(start, 0.1)))
     assert duplicate.code() == grpc.StatusCode.ALREADY_EXISTS
     assert not arrived_late(second, duplicate)
     for silo in (prompt, slow):
