@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from shared.records_io import BadRecords
 
@@ -43,3 +44,37 @@ def image_under(root: Path, relative: str, *, where: str, bad: BadRecords) -> Pa
         bad.report(where, f"image file not found: {path}")
         return None
     return path
+
+
+def med_vqa_sample(
+    row: dict[str, Any],
+    *,
+    sample_id: str,
+    source: str,
+    root: Path,
+    relative: str,
+    group: str | None,
+    where: str,
+    bad: BadRecords,
+) -> RawSample | None:
+    """A Med-VQA question on one image (VQA-RAD, SLAKE), OPEN or CLOSED, grouped by `group`
+    or else its answer type; a reported bad record (None) if the type or image is wrong."""
+    answer_type = str(row["answer_type"]).upper()
+    if answer_type not in ("OPEN", "CLOSED"):
+        bad.report(where, f"unknown label: answer_type {row['answer_type']!r}")
+        return None
+    image = image_under(root, relative, where=where, bad=bad)
+    if image is None:
+        return None
+    return RawSample(
+        id=sample_id,
+        image=image,
+        image_rel=relative,
+        text=None,
+        question=str(row["question"]),
+        answer=str(row["answer"]),
+        label=None,
+        group=group or answer_type,
+        source=source,
+        answer_type=answer_type,
+    )

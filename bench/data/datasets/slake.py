@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.data.datasets.records import RawSample, image_under
+from bench.data.datasets.records import RawSample, med_vqa_sample
 from shared.records_io import BadRecords, has_columns, json_array
 
 COLUMNS = ("qid", "img_name", "question", "answer", "q_lang", "answer_type")
@@ -30,23 +30,15 @@ def read(
             continue
         if row["q_lang"] != "en" and not all_languages:
             continue
-        answer_type = str(row["answer_type"]).upper()
-        if answer_type not in ("OPEN", "CLOSED"):
-            bad.report(where, f"unknown label: answer_type {row['answer_type']!r}")
-            continue
-        relative = f"imgs/{row['img_name']}"
-        image = image_under(base, relative, where=where, bad=bad)
-        if image is None:
-            continue
-        yield RawSample(
-            id=f"slake-{row['qid']}",
-            image=image,
-            image_rel=relative,
-            text=None,
-            question=str(row["question"]),
-            answer=str(row["answer"]),
-            label=None,
-            group=answer_type,
+        sample = med_vqa_sample(
+            row,
+            sample_id=f"slake-{row['qid']}",
             source="slake",
-            answer_type=answer_type,
+            root=base,
+            relative=f"imgs/{row['img_name']}",
+            group=None,
+            where=where,
+            bad=bad,
         )
+        if sample is not None:
+            yield sample

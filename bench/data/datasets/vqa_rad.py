@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.data.datasets.records import RawSample, image_under
+from bench.data.datasets.records import RawSample, med_vqa_sample
 from shared.records_io import BadRecords, has_columns, json_array
 
 FILE = "VQA_RAD Dataset Public.json"
@@ -36,23 +36,15 @@ def read(root: Path, split: str, bad: BadRecords) -> Iterator[RawSample]:
             continue
         if str(row["phrase_type"]).startswith("test") != (split == "test"):
             continue
-        answer_type = str(row["answer_type"]).upper()
-        if answer_type not in ("OPEN", "CLOSED"):
-            bad.report(where, f"unknown label: answer_type {row['answer_type']!r}")
-            continue
-        relative = f"{images}/{row['image_name']}"
-        image = image_under(root, relative, where=where, bad=bad)
-        if image is None:
-            continue
-        yield RawSample(
-            id=f"vqarad-{row['qid']}",
-            image=image,
-            image_rel=relative,
-            text=None,
-            question=str(row["question"]),
-            answer=str(row["answer"]),
-            label=None,
-            group=str(row.get("question_type") or answer_type),
+        sample = med_vqa_sample(
+            row,
+            sample_id=f"vqarad-{row['qid']}",
             source="vqa_rad",
-            answer_type=answer_type,
+            root=root,
+            relative=f"{images}/{row['image_name']}",
+            group=str(row["question_type"]) if row.get("question_type") else None,
+            where=where,
+            bad=bad,
         )
+        if sample is not None:
+            yield sample
