@@ -16,31 +16,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.data.datasets import crisismmd
 from bench.data.medical_twins import write_medalpaca, write_slake, write_vqa_rad
 from bench.data.synthetic_data import meme, noisy_image
+from shared.prompts import CRISISMMD
 
-CRISISMMD_COLUMNS = (
-    "event_name",
-    "tweet_id",
-    "image_id",
-    "tweet_text",
-    "image",
-    "label",
-    "label_text",
-    "label_image",
-    "label_text_image",
-)
-# The eight humanitarian classes; the twin's image colour gives two bits, the tweet the third.
-CRISISMMD_CLASSES = (
-    "affected_individuals",
-    "infrastructure_and_utility_damage",
-    "injured_or_dead_people",
-    "missing_or_found_people",
-    "rescue_volunteering_or_donation_effort",
-    "vehicle_damage",
-    "other_relevant_information",
-    "not_humanitarian",
-)
+# The eight humanitarian classes, in the prompt's order; the twin's image colour gives two
+# bits, the tweet the third.
+CRISISMMD_CLASSES = CRISISMMD.options
 # How the agreed-label split merges classes.
 CRISISMMD_MERGED = {
     "injured_or_dead_people": "affected_individuals",
@@ -130,7 +113,7 @@ def _write_tsv(path: Path, rows: list[dict[str, Any]]) -> None:
     with path.open("w", encoding="utf-8", newline="") as handle:
         writer = csv.DictWriter(
             handle,
-            fieldnames=CRISISMMD_COLUMNS,
+            fieldnames=crisismmd.COLUMNS,
             delimiter="\t",
             quoting=csv.QUOTE_NONE,
             lineterminator="\n",
