@@ -33,7 +33,8 @@ def prepare(workdir: Path, *, silos: int, family: str, train: int, seed: int) ->
     return names
 
 
-def _tls_args(certs: Path, name: str) -> list[str]:
+def tls_args(certs: Path, name: str) -> list[str]:
+    """The --cert/--key/--ca flags of `name`'s identity in create_federation's folder."""
     return [
         "--cert",
         str(certs / f"{name}.pem"),
@@ -67,7 +68,7 @@ def start_coordinator(
             "0",
             "--port-file",
             str(port_file),
-            *_tls_args(workdir / "certs", "coordinator"),
+            *tls_args(workdir / "certs", "coordinator"),
             *extra,
         ],
         stdout=(logs / "coordinator.log").open("wb"),
@@ -90,7 +91,7 @@ def admin_command(certs: Path, port: int) -> list[str]:
         "coordinator.admin_cli",
         "--coordinator",
         f"127.0.0.1:{port}",
-        *_tls_args(certs, "admin"),
+        *tls_args(certs, "admin"),
     ]
 
 
@@ -117,7 +118,7 @@ def start_silo(
             str(workdir / "model"),
             "--device",
             "cpu",
-            *_tls_args(workdir / "certs", name),
+            *tls_args(workdir / "certs", name),
             "--threads",
             str(threads),
             *extra,

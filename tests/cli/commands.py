@@ -50,14 +50,3 @@ def run(command: str, *argv: str | Path, env: dict[str, str] | None = None) -> R
         env=env if env is not None else clean_environment(),
     )
     return Ran(done.returncode, done.stdout, done.stderr)
-
-
-def tls_args(certs: Path, name: str) -> list[str]:
-    return [
-        "--cert",
-        str(certs / f"{name}.pem"),
-        "--key",
-        str(certs / f"{name}.key"),
-        "--ca",
-        str(certs / "ca.pem"),
-    ]

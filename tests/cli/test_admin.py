@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.demo.federation import tls_args
 from coordinator.server import RunningCoordinator
-from tests.cli.commands import BIN, clean_environment, run, tls_args
+from tests.cli.commands import BIN, clean_environment, run
 from tests.conftest import tls
 from tests.helpers import ProtocolSilo, constant_delta
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.demo.federation import tls_args
 from coordinator.run_state import RunSpec
 from coordinator.server import RunningCoordinator, serve
 from shared.cli import EXIT_REFUSED
@@ -22,7 +23,7 @@ from shared.pki import create_federation
 from shared.tls import TlsFiles
 from shared.wire.v1 import federation_pb2 as pb
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
-from tests.cli.commands import BIN, clean_environment, run, tls_args
+from tests.cli.commands import BIN, clean_environment, run
 from tests.conftest import coordinator_config, tls
 from tests.helpers import ProtocolSilo, channel
 

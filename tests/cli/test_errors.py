@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.commands import run, tls_args
+from bench.demo.federation import tls_args
+from tests.cli.commands import run
 
 
 @dataclass(frozen=True)
