@@ -12,7 +12,7 @@ from pathlib import Path
 
 import grpc
 
-from coordinator.aggregation.fold import Arrival
+from coordinator.aggregation.fold import Arrival, LiveFold
 from coordinator.aggregation.receiver import ReceivedUpdate
 from coordinator.aggregation.shape import UpdateShape
 from coordinator.base_model import check_weights
@@ -140,6 +140,19 @@ class SiloRequests:
     def update_shape(self) -> UpdateShape:
         assert self.model is not None and self.run is not None
         return self.model.update_shape(self.run.spec.wire_dtype)
+
+    def live_fold(
+        self, open_round: OpenRound, silo_id: str, header: pb.UpdateHeader
+    ) -> LiveFold | None:
+        """The round's live fold for this update (folded as it streams in while it is next
+        in the canonical order), if the run's rules allow one."""
+        assert self.model is not None
+        if open_round.fold is None:
+            return None
+        weight = self.model.strategy.update_weight(
+            num_samples=header.num_samples, steps=header.steps
+        )
+        return open_round.fold.offer(silo_id, weight)
 
     def admit_update(self, *, open_round: OpenRound, silo_id: str, header: pb.UpdateHeader) -> None:
         """Reserve the round's place for a received, verified update (Refusal if the round

@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 
+from coordinator.aggregation.fold import LiveFold
 from coordinator.aggregation.receiver import UpdateReceiver
 from coordinator.aggregation.spool import SpoolPool
 from coordinator.checkpoint import no_room
@@ -68,18 +69,21 @@ async def receive_update(
         )
     header: pb.UpdateHeader = first.header
     open_round: OpenRound | None = None
+    live: LiveFold | None = None
     pool = SpoolPool.at(incoming)
     path = pool.take()
     kept = False
     try:
         open_round = federation.round_for_task(header.task_id, silo_id)
         federation.check_update_header(open_round, silo_id, header)
+        live = federation.live_fold(open_round, silo_id, header)
         with pool.open(path) as spool:
             receiver = UpdateReceiver(
                 shape=federation.update_shape(),
                 announced=PayloadDigest.from_header(header.payload),
                 spool=spool,
                 path=path,
+                live=live,
             )
             trailer = await _stream_into(
                 context, receiver, stall_s=stall_s, silo_id=silo_id, blocking=blocking
@@ -126,6 +130,8 @@ async def receive_update(
         )
     finally:
         if not kept:
+            if live is not None and open_round is not None and open_round.fold is not None:
+                open_round.fold.abandon(live)  # what it added is rebuilt without it
             pool.give_back(path)
 
 

@@ -4,6 +4,12 @@ Updates are folded in the order of the selected silos' names, never in the order
 arrive: a weighted mean folds each update as soon as every silo before it in that order has
 been folded (so most of the work still happens while others upload), and the rest when the
 round closes. Float sums then come out bit for bit the same whatever the network did.
+The update that is next in that order while it streams in is folded live (LiveFold): each
+chunk is added as it is measured, while its bytes are still in the CPU's cache, so that its
+values are read once rather than measured on arrival and read again from the spool. If that
+update is then refused (or the round closes first), the sums are rebuilt from the spools of
+the updates before it, and live folding stops for the rest of the attempt: a silo can cost
+the round one rebuild, never more.
 Rules that need every update at once (weight-share caps, median-relative clipping, trimmed
 mean, median, Krum) run when the round closes, block by block over the spooled files, so that
 memory holds a block of each update rather than K whole updates.
@@ -13,9 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import torch
 
@@ -84,6 +92,57 @@ class FoldOutcome:
     excluded: list[str] = field(default_factory=list)  # not selected by Krum
 
 
+class LiveFold:
+    """One update folded while it streams in, from the moment its fold grants it the sums
+    (it is next in the canonical order). The receiver calls `resume` at each chunk's start
+    (folding from the spool what was measured before the grant) and `add` for every measured
+    block; the fold revokes it once the update arrives, is refused, or the round closes."""
+
+    def __init__(self, fold: RoundFold, silo_id: str, weight: float) -> None:
+        self._fold = fold
+        self.silo_id = silo_id
+        self.weight = weight
+        self._lock = threading.Lock()
+        self._granted = False
+        self._revoked = False
+        self._adding = False  # set by the receiver's thread only
+        self.folded = 0  # data elements in the sums, counted from the start
+
+    def grant(self) -> None:
+        with self._lock:
+            self._granted = not self._revoked
+
+    def revoke(self) -> int:
+        """Stop adding (waiting for an add in progress); the elements added."""
+        with self._lock:
+            self._revoked = True
+            return self.folded
+
+    def resume(self, measured: int, spool: IO[bytes], path: Path) -> None:
+        """At the start of a chunk: once granted, fold the `measured` elements already
+        spooled, so that the chunks from here on are added as they are measured."""
+        if self._adding or not self._granted:
+            return
+        with self._lock:
+            if self._revoked:
+                return
+            spool.flush()
+            self._fold._fold_spooled(path, alpha=self.weight, stop=measured)
+            self.folded, self._adding = measured, True
+
+    def add(self, element: int, values: torch.Tensor) -> None:
+        """Measured values of the data section, starting at `element`, all in one run."""
+        if not self._adding:
+            return
+        with self._lock:
+            if self._revoked:
+                return
+            if element != self.folded:  # the receiver measures in order: never happens
+                raise RuntimeError(f"live fold at element {element}, expected {self.folded}")
+            self._fold._add_values(element, values, alpha=self.weight)
+            self.folded += values.numel()
+
+
 class RoundFold:
     """The updates of one round attempt, folded into `aggregate` in canonical order."""
 
@@ -101,16 +160,88 @@ class RoundFold:
         self._order = sorted(selected)
         self._arrivals: dict[str, Arrival] = {}
         self._next = 0  # position in the order up to which updates are folded
+        self._initial_stale = set(aggregate.stale)
+        # Live folds: _live_lock guards these three; _next only changes under the callers'
+        # serialisation, and a grant reads it under _live_lock (see _grant).
+        self._live_lock = threading.Lock()
+        self._live: dict[str, LiveFold] = {}
+        self._live_allowed = rule.incremental and rule.clip_norm == 0
+        self._dirty = False  # a revoked live fold left part of its update in the sums
+        self._prefolded: set[str] = set()  # arrived complete through their live folds
+
+    def offer(self, silo_id: str, weight: float) -> LiveFold | None:
+        """A live fold for an update about to stream in, or None where the rule needs the
+        whole update first (clipping, robust rules) or a live fold failed this attempt."""
+        with self._live_lock:
+            if not self._live_allowed or silo_id not in self._order:
+                return None
+            live = self._live[silo_id] = LiveFold(self, silo_id, weight)
+            self._grant()
+            return live
+
+    def abandon(self, live: LiveFold) -> None:
+        """The update of `live` was refused or its stream failed."""
+        with self._live_lock:
+            if self._live.get(live.silo_id) is live:
+                del self._live[live.silo_id]
+            if live.revoke():
+                self._dirty, self._live_allowed = True, False
+                log.info("the live fold of %s was abandoned; the sums are rebuilt", live.silo_id)
+
+    def _grant(self) -> None:
+        """Give the sums to the next update in the order if it is streaming in."""
+        if self._live_allowed and not self._dirty and self._next < len(self._order):
+            live = self._live.get(self._order[self._next])
+            if live is not None:
+                live.grant()
+
+    def _revoke_all(self) -> None:
+        with self._live_lock:
+            lives, self._live = list(self._live.values()), {}
+            self._live_allowed = False
+            for live in lives:
+                if live.revoke():
+                    self._dirty = True
+
+    def _repair(self) -> None:
+        """After an abandoned live fold: the sums again as the updates before it left them."""
+        with self._live_lock:
+            dirty, self._dirty = self._dirty, False
+        if not dirty:
+            return
+        aggregate = self.aggregate
+        aggregate.stale, aggregate.weight_sum = set(self._initial_stale), 0.0
+        for name in self._order[: self._next]:
+            if name in self._arrivals:
+                arrival = self._arrivals[name]
+                self._fold(arrival, alpha=arrival.weight * self._fixed_scale(arrival))
 
     def add(self, silo_id: str, arrival: Arrival) -> None:
         """Take an accepted update; fold what the canonical order allows. Callers serialise."""
+        self._repair()
         self._arrivals[silo_id] = arrival
+        with self._live_lock:
+            live = self._live.pop(silo_id, None)
+        if live is not None:
+            folded = live.revoke()
+            if folded == self._shape.numel and live.weight == arrival.weight:
+                self._prefolded.add(silo_id)
+            elif folded:  # never expected: the receiver measures every element it received
+                with self._live_lock:
+                    self._dirty, self._live_allowed = True, False
+                self._repair()
         if not self._rule.incremental:
             return
         while self._next < len(self._order) and self._order[self._next] in self._arrivals:
-            ready = self._arrivals[self._order[self._next]]
-            self._fold(ready, alpha=ready.weight * self._fixed_scale(ready))
+            name = self._order[self._next]
+            ready = self._arrivals[name]
+            if name in self._prefolded:
+                self._account(ready.weight, self._buffers())
+            else:
+                self._fold(ready, alpha=ready.weight * self._fixed_scale(ready))
             self._next += 1
+        with self._live_lock:
+            self._grant()
 
     def _fixed_scale(self, arrival: Arrival) -> float:
         (scale,) = robust.clip_scales(
@@ -120,6 +251,8 @@ class RoundFold:
 
     def finish(self) -> FoldOutcome:
         """Fold what is left by the rule, fill the aggregate's counts, and say what happened."""
+        self._revoke_all()  # updates still streaming in are too late for this round
+        self._repair()
         outcome = self._finish()
         for name in self.aggregate.stale:  # nothing was folded into it
             getattr(self.aggregate, name).zero_()
@@ -165,22 +298,43 @@ class RoundFold:
     def _fold(self, arrival: Arrival, *, alpha: float, weight: float | None = None) -> None:
         """Add one spooled update in place from its file: adapter values times `alpha` into
         the sum, control values as they are into the control sum."""
-        aggregate = self.aggregate
-        written = set()
-        with SpoolView(arrival.update.path, self._shape.dtype) as spool:
+        self._fold_spooled(arrival.update.path, alpha=alpha, stop=self._shape.numel)
+        self._account(arrival.weight if weight is None else weight, self._buffers())
+
+    def _buffers(self) -> set[str]:
+        return {"control_total" if run.control else "total" for run in self._shape.runs}
+
+    def _account(self, weight: float, written: set[str]) -> None:
+        """An update is in the sums: every run of it together covers its buffers."""
+        self.aggregate.stale -= written
+        self.aggregate.weight_sum += weight
+
+    def _fold_spooled(self, path: Path, *, alpha: float, stop: int) -> None:
+        """Add elements [0, stop) of the data section spooled in `path` to the sums."""
+        if stop <= 0:
+            return
+        with SpoolView(path, self._shape.dtype, elements=stop) as spool:
             for run in self._shape.runs:
-                name = "control_total" if run.control else "total"
-                target = getattr(aggregate, name)
-                scale, write = (1.0 if run.control else alpha), name in aggregate.stale
-                for start in range(0, run.count, FOLD_BLOCK):
-                    count, at = min(FOLD_BLOCK, run.count - start), run.target + start
+                for start in range(0, min(run.count, stop - run.start), FOLD_BLOCK):
+                    count = min(FOLD_BLOCK, run.count - start, stop - run.start - start)
                     values = spool.values(run.start + start, count)
-                    add_scaled(target[at : at + count], values, scale, write=write)
+                    self._add_values(run.start + start, values, alpha=alpha)
                     del values
                     spool.release(run.start + start, count)
-                written.add(name)
-        aggregate.stale -= written  # every run of an update together covers its buffers
-        aggregate.weight_sum += arrival.weight if weight is None else weight
+
+    def _add_values(self, element: int, values: torch.Tensor, *, alpha: float) -> None:
+        """Add data elements [element, element + len) (within one run) to their sum:
+        adapter values times `alpha`, control values as they are. A buffer no fold has
+        written yet this round is written instead (its earlier round's values are stale)."""
+        run = self._shape.run_at(element)
+        name = "control_total" if run.control else "total"
+        at = run.target + element - run.start
+        add_scaled(
+            getattr(self.aggregate, name)[at : at + values.numel()],
+            values,
+            1.0 if run.control else alpha,
+            write=name in self.aggregate.stale,
+        )
 
     def _stacked(
         self, arrivals: list[Arrival], scales: list[float]
@@ -223,6 +377,7 @@ class RoundFold:
 
     def discard(self) -> None:
         """Hand every spooled update of this attempt back to its pool."""
+        self._revoke_all()  # the sums are the next attempt's
         for arrival in self._arrivals.values():
             path = Path(arrival.update.path)
             SpoolPool.at(path.parent).give_back(path)

@@ -12,6 +12,7 @@ costs one pass; only a block whose norm is large or not finite is checked value 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -31,10 +32,14 @@ TRUSTED_NORM = MAX_ABS_VALUE / 2
 
 class UpdateStatistics:
     """Consumes the data section of one update in order (any cut); raises UpdateRejected at
-    the first non-finite or too large value, naming its tensor."""
+    the first non-finite or too large value, naming its tensor. `sink(element, values)`, if
+    given, gets every measured stretch once it passed, in order, each within one run."""
 
-    def __init__(self, shape: UpdateShape) -> None:
+    def __init__(
+        self, shape: UpdateShape, sink: Callable[[int, torch.Tensor], None] | None = None
+    ) -> None:
         self._shape = shape
+        self._sink = sink
         self._dtype = getattr(torch, shape.dtype)
         self._itemsize = shape.itemsize
         self._runs = shape.runs
@@ -80,6 +85,8 @@ class UpdateStatistics:
             self._check_values(values)  # refuses, or the values are fine and so are the norms
         if not self._runs[self._run].control:
             self._squares.extend(norm * norm for norm in block_norms)
+        if self._sink is not None:
+            self._sink(self.element, values)
         self.element += values.numel()
         if self._room() == 0:
             self._run += 1

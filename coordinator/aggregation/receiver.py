@@ -8,12 +8,15 @@ import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from coordinator.aggregation.measure import UpdateStatistics
 from coordinator.aggregation.shape import WIRE_DTYPES, UpdateShape
 from shared.errors import PayloadError, UpdateRejected
 from shared.payload import CHUNK_BYTES, PayloadCheck, PayloadDigest, iter_chunks
+
+if TYPE_CHECKING:
+    from coordinator.aggregation.fold import LiveFold
 
 # Other safetensors codes, named as torch names them in refusals.
 _CODE_NAMES = {
@@ -82,10 +85,17 @@ class UpdateReceiver:
 
     Everything here runs in a worker thread, one chunk at a time; any failure raises
     PayloadError (transport) or UpdateRejected (content), and the spool is the caller's.
+    With a `live` fold, measured values are also added to the round's sums once it is granted.
     """
 
     def __init__(
-        self, *, shape: UpdateShape, announced: PayloadDigest, spool: IO[bytes], path: Path
+        self,
+        *,
+        shape: UpdateShape,
+        announced: PayloadDigest,
+        spool: IO[bytes],
+        path: Path,
+        live: LiveFold | None = None,
     ) -> None:
         self._shape = shape
         self._announced = announced
@@ -95,7 +105,8 @@ class UpdateReceiver:
         self._check = PayloadCheck(sha256=announced.crc32 is None and bool(announced.sha256))
         self._head = bytearray()  # the 8-byte length and the JSON header, until complete
         self._data_start = -1  # payload offset of the data section, once the header is read
-        self.statistics = UpdateStatistics(shape)
+        self._live = live
+        self.statistics = UpdateStatistics(shape, sink=live.add if live else None)
         self.received = 0
         most = shape.numel * shape.itemsize + self._max_header() + 8
         if announced.total_bytes > most:
@@ -122,6 +133,8 @@ class UpdateReceiver:
         if self._data_start < 0:
             view = self._read_header(view)
         if len(view):
+            if self._live is not None:
+                self._live.resume(self.statistics.element, self._spool, self._path)
             self.statistics.consume(view)
             self._spool.write(view)
 

@@ -74,14 +74,17 @@ class SpoolView:
     """The values of one spooled update; use as a context manager. Tensors from `values`
     are views of the file: callers drop them before the view closes."""
 
-    def __init__(self, path: Path, dtype: str) -> None:
+    def __init__(self, path: Path, dtype: str, *, elements: int | None = None) -> None:
+        """`elements`: only the first ones (of an update still being written), else all."""
         self._dtype = getattr(torch, dtype)
         self.itemsize = torch.empty(0, dtype=self._dtype).element_size()
         self._map: mmap.mmap | None = None
         self._values = torch.empty(0, dtype=self._dtype)
         with path.open("rb") as handle:
             size = path.stat().st_size
-            if size % self.itemsize:
+            if elements is not None and elements * self.itemsize <= size:
+                size = elements * self.itemsize
+            elif size % self.itemsize or elements is not None:
                 raise OSError(f"spooled update {path} is truncated")
             if size:
                 self._map = mmap.mmap(handle.fileno(), size, access=mmap.ACCESS_READ)

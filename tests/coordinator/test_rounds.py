@@ -103,6 +103,9 @@ def test_round_aggregates_sample_weighted_and_checkpoints(
 def test_malformed_updates_never_touch_the_global_adapter(
     coordinator: RunningCoordinator, certs: Path, two_silos: list[ProtocolSilo], tmp_path: Path
 ) -> None:
+    """silo-1 is first in the fold's order, so its streams are folded live: the truncated
+    one and the one with a wrong CRC-32 are in the running sum when they are refused, and
+    must be rebuilt out of it."""
     admin = admin_stub(coordinator, certs)
     _start(admin, min_silos=1, round_deadline_s=5.0)
     silo, other = two_silos
@@ -166,9 +169,11 @@ def test_an_update_that_fails_to_fold_after_its_receipt_redoes_the_attempt(
 ) -> None:
     """The receipt comes once an update is verified and spooled; its fold follows. A read
     error while folding (a failing disk, injected here: one cannot be produced) leaves part of
-    it in the running sum, so the attempt is never concluded but redone from a fresh sum."""
+    it in the running sum, so the attempt is never concluded but redone from a fresh sum.
+    A fixed norm bound makes the update wait for its norm, so it is folded from its spool
+    after its receipt (an update folded live as it streams in is refused instead)."""
     admin = admin_stub(coordinator, certs)
-    _start(admin, silos_per_round=1, min_silos=1)
+    _start(admin, silos_per_round=1, min_silos=1, clip_norm=1e6)
     reads = []
 
     def failing_read(self: SpoolView, start: int, count: int) -> torch.Tensor:

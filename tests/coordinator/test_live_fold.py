@@ -1,0 +1,212 @@
+"""Updates folded live, chunk by chunk as they stream in, through the real receiver: the sums
+equal the fold from the spools bit for bit whatever the arrival order and the chunk cuts, and
+an update refused or cut off mid-stream leaves nothing of itself in them."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from coordinator.aggregation.fold import AggregationRule, Arrival, LiveFold, RoundFold
+from coordinator.aggregation.receiver import UpdateReceiver, receive_bytes
+from coordinator.aggregation.shape import UpdateShape
+from coordinator.flat_adapter import FlatLayout
+from coordinator.strategies import RoundAggregate
+from shared.errors import UpdateRejected
+from shared.payload import PayloadDigest, iter_chunks
+from shared.tensor_codec import CONTROL_PREFIX, encode_state
+
+# Several norm blocks (32768 values) per tensor, and tensors that end inside a block.
+SHAPES = {"layer.0.lora_A.weight": (8, 9001), "layer.0.lora_B.weight": (9001, 8), "w": (5,)}
+LAYOUT = FlatLayout.of({k: torch.zeros(s) for k, s in SHAPES.items()})
+NAMES = ["silo-a", "silo-b", "silo-c"]
+WEIGHTS = {"silo-a": 3.0, "silo-b": 11.0, "silo-c": 7.0}
+CUTS = {"silo-a": 65_537, "silo-b": 100_003, "silo-c": 33_333}  # chunk bytes, as senders cut
+
+
+def _payload(silo: str, wire: str, control: bool) -> bytes:
+    generator = torch.Generator().manual_seed(NAMES.index(silo))
+    state = {k: torch.randn(s, generator=generator) * 0.01 for k, s in SHAPES.items()}
+    if control:
+        state |= {CONTROL_PREFIX + k: torch.randn(s, generator=generator) for k, s in SHAPES.items()}
+    return encode_state({k: v.to(getattr(torch, wire)) for k, v in state.items()})
+
+
+def _fold(shape: UpdateShape, rule: AggregationRule | None = None) -> RoundFold:
+    control = LAYOUT.zeros() if shape.with_control else None
+    # sums that still hold an earlier round's values, as the reused buffers do
+    total = torch.full((LAYOUT.numel,), 123.0)
+    if control is not None:
+        control.fill_(-7.0)
+    return RoundFold(
+        aggregate=RoundAggregate(total=total, control_total=control, population=5),
+        rule=rule or AggregationRule(),
+        selected=NAMES,
+        shape=shape,
+    )
+
+
+class Upload:
+    """One update streaming in: `next(upload)` receives one chunk; exhausted once finished."""
+
+    def __init__(self, fold: RoundFold, silo: str, payload: bytes, spool: Path) -> None:
+        self.fold, self.silo, self.payload, self.path = fold, silo, payload, spool
+        self.live: LiveFold | None = fold.offer(silo, WEIGHTS[silo])
+        self._steps = self._stream()
+
+    def _stream(self) -> Iterator[None]:
+        with self.path.open("wb") as spool:
+            receiver = UpdateReceiver(
+                shape=self.fold._shape,
+                announced=PayloadDigest.of(self.payload),
+                spool=spool,
+                path=self.path,
+                live=self.live,
+            )
+            try:
+                for chunk in iter_chunks(self.payload, CUTS[self.silo]):
+                    receiver.write(chunk)
+                    yield
+                received = receiver.finish()
+            except Exception:
+                if self.live is not None:
+                    self.fold.abandon(self.live)
+                raise
+        weight = WEIGHTS[self.silo]
+        self.fold.add(self.silo, Arrival(update=received, weight=weight, num_samples=1, steps=1))
+
+    def __iter__(self) -> Iterator[None]:
+        return self._steps
+
+
+def _reference(shape: UpdateShape, silos: list[str], tmp_path: Path) -> RoundAggregate:
+    """The same updates folded from their spools only (received whole, then added)."""
+    fold = _fold(shape)
+    for silo in silos:
+        path = tmp_path / f"reference-{silo}.bin"
+        payload = _payload(silo, shape.dtype, shape.with_control)
+        received = receive_bytes(payload, shape=shape, path=path)
+        fold.add(silo, Arrival(update=received, weight=WEIGHTS[silo], num_samples=1, steps=1))
+    fold.finish()
+    return fold.aggregate
+
+
+def _assert_same_sums(got: RoundAggregate, expected: RoundAggregate) -> None:
+    assert got.weight_sum == expected.weight_sum
+    assert torch.equal(got.total, expected.total)  # bit for bit
+    if expected.control_total is not None:
+        assert got.control_total is not None
+        assert torch.equal(got.control_total, expected.control_total)
+
+
+def _interleave(uploads: list[Upload]) -> None:
+    """One chunk of each upload in turn, as concurrent streams arrive."""
+    for _ in itertools.zip_longest(*uploads):
+        pass
+
+
+@pytest.mark.parametrize("wire", ["float32", "bfloat16"])
+@pytest.mark.parametrize("control", [False, True])
+@pytest.mark.parametrize(
+    "arrival", ["in order", "reversed", "interleaved", "interleaved reversed"]
+)
+def test_live_folds_equal_the_spooled_fold_bit_for_bit(
+    wire: str, control: bool, arrival: str, tmp_path: Path
+) -> None:
+    shape = UpdateShape(layout=LAYOUT, dtype=wire, with_control=control)
+    fold = _fold(shape)
+    order = NAMES if "reversed" not in arrival else NAMES[::-1]
+    payloads = {s: _payload(s, wire, control) for s in NAMES}
+    if "interleaved" in arrival:
+        uploads = [Upload(fold, s, payloads[s], tmp_path / f"{s}.bin") for s in order]
+        _interleave(uploads)
+    else:
+        uploads = []
+        for silo in order:  # each streams in whole before the next starts
+            uploads.append(Upload(fold, silo, payloads[silo], tmp_path / f"{silo}.bin"))
+            _interleave(uploads[-1:])
+    fold.finish()
+    _assert_same_sums(fold.aggregate, _reference(shape, NAMES, tmp_path))
+    live = {u.silo: u.live.folded if u.live else 0 for u in uploads}
+    if arrival == "in order":  # every update was next while it streamed: all folded live
+        assert live == dict.fromkeys(NAMES, shape.numel)
+    if arrival == "reversed":  # only the first in the order was next while streaming
+        assert live == {"silo-a": shape.numel, "silo-b": 0, "silo-c": 0}
+    if arrival == "interleaved":
+        # b (the largest chunks) ends before a; c is granted mid-stream and catches up from
+        # its spool before folding the rest of its chunks live
+        assert live == {"silo-a": shape.numel, "silo-b": 0, "silo-c": shape.numel}
+
+
+def _poisoned(silo: str, wire: str) -> bytes:
+    """A payload whose last values are NaN: refused at its last chunk."""
+    payload = bytearray(_payload(silo, wire, False))
+    nan = torch.full((4,), float("nan"), dtype=getattr(torch, wire))
+    raw = nan.view(torch.uint8).numpy().tobytes()
+    payload[-len(raw) :] = raw
+    return bytes(payload)
+
+
+@pytest.mark.parametrize("wire", ["float32", "bfloat16"])
+def test_an_update_refused_midway_through_its_live_fold_leaves_nothing_in_the_sums(
+    wire: str, tmp_path: Path
+) -> None:
+    shape = UpdateShape(layout=LAYOUT, dtype=wire)
+    fold = _fold(shape)
+    _interleave([Upload(fold, "silo-a", _payload("silo-a", wire, False), tmp_path / "a.bin")])
+    poisoned = Upload(fold, "silo-b", _poisoned("silo-b", wire), tmp_path / "b.bin")
+    with pytest.raises(UpdateRejected, match="NaN"):
+        _interleave([poisoned])
+    assert poisoned.live is not None and 0 < poisoned.live.folded < shape.numel
+    # one rebuild is all a silo can cost: no update of this attempt is folded live any more
+    late = Upload(fold, "silo-c", _payload("silo-c", wire, False), tmp_path / "c.bin")
+    assert late.live is None
+    _interleave([late])
+    fold.finish()
+    _assert_same_sums(fold.aggregate, _reference(shape, ["silo-a", "silo-c"], tmp_path))
+
+
+def test_the_first_update_refused_midway_leaves_the_sums_to_be_written(tmp_path: Path) -> None:
+    shape = UpdateShape(layout=LAYOUT, dtype="float32")
+    fold = _fold(shape)
+    with pytest.raises(UpdateRejected):
+        _interleave([Upload(fold, "silo-a", _poisoned("silo-a", "float32"), tmp_path / "a.bin")])
+    uploads = [Upload(fold, s, _payload(s, "float32", False), tmp_path / f"{s}.bin") for s in NAMES[1:]]
+    _interleave(uploads)
+    fold.finish()
+    _assert_same_sums(fold.aggregate, _reference(shape, NAMES[1:], tmp_path))
+
+
+def test_a_round_that_closes_during_a_live_fold_leaves_that_update_out(tmp_path: Path) -> None:
+    shape = UpdateShape(layout=LAYOUT, dtype="float32")
+    fold = _fold(shape)
+    _interleave([Upload(fold, "silo-a", _payload("silo-a", "float32", False), tmp_path / "a.bin")])
+    late = Upload(fold, "silo-b", _payload("silo-b", "float32", False), tmp_path / "b.bin")
+    steps = iter(late)
+    next(steps), next(steps)  # two chunks in the sums
+    assert late.live is not None and late.live.folded > 0
+    fold.finish()  # the deadline: the update still streaming in is too late
+    expected = _reference(shape, ["silo-a"], tmp_path)
+    _assert_same_sums(fold.aggregate, expected)
+    next(steps)  # the stream goes on: nothing more reaches the sums
+    _assert_same_sums(fold.aggregate, expected)
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        AggregationRule(clip_norm=1.0),
+        AggregationRule(clip_median_factor=2.0),
+        AggregationRule(max_weight_share=0.5),
+        AggregationRule(aggregator="median"),
+    ],
+)
+def test_rules_that_need_a_whole_update_first_fold_nothing_live(
+    rule: AggregationRule, tmp_path: Path
+) -> None:
+    fold = _fold(UpdateShape(layout=LAYOUT, dtype="float32"), rule)
+    assert fold.offer("silo-a", 1.0) is None
