@@ -7,8 +7,9 @@
    write x, m, v), so its floor is t(add_) x 7/3. The steps run through the coordinator's own
    code path (GlobalModel.apply on a round aggregate, its finiteness check included).
 2. A whole round (bench/server_round.py): validation (measuring each update as it arrives),
-   the fold of each update from its spool, and the step, for 2 and 10 updates on a float32 and
-   a bfloat16 wire, against one in-memory float32 `add_` per update plus the fused step.
+   the fold of each update (live as it arrives where it is next in the fold's order, else from
+   its spool), and the step, for 2 and 10 updates on a float32 and a bfloat16 wire and three
+   arrival orders, against one in-memory float32 `add_` per update plus the fused step.
 Floor and ours are timed in turn within each repetition, so that load from elsewhere hits both
 alike. Prints Markdown tables; --write-docs puts them into docs/benchmarks.md.
 """
@@ -28,7 +29,7 @@ from pathlib import Path
 import torch
 
 from bench.docs import replace_section
-from bench.server_round import HEADER, Case, measure
+from bench.server_round import HEADER, ORDERS, Case, measure
 from coordinator.flat_adapter import FlatLayout
 from coordinator.global_model import GlobalModel
 from coordinator.run_state import RunSpec
@@ -108,7 +109,13 @@ def round_table(params: int, repeats: int, updates: list[int], wires: list[str])
     flat = lora_layout(params)
     generator = torch.Generator().manual_seed(0)
     delta = {t.name: 0.01 * torch.randn(t.shape, generator=generator) for t in flat.tensors}
-    cases = [Case(s, k, w) for w in wires for s in ("fedavg", "fedadam") for k in updates]
+    cases = [
+        Case(s, k, w, order)
+        for w in wires
+        for s in ("fedavg", "fedadam")
+        for k in updates
+        for order in ORDERS
+    ]
     with tempfile.TemporaryDirectory() as work:
         timings = measure(cases, flat=flat, delta=delta, repeats=repeats, work=Path(work))
     lines = [

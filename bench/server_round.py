@@ -1,11 +1,14 @@
 """One round's server work through the coordinator's own code, against its memory floor.
 
-Ours: the round's aggregate (Strategy.begin_round), each update measured as its chunks arrive
-(the receiver's UpdateStatistics: finiteness, magnitude, norm; this is the validation), folded
-from its spool in the canonical order (RoundFold over a memory map; the first fold writes the
-running sum, the others add to it), and the step (GlobalModel.apply: the strategy's kernel
-and the finiteness check). Validation is reported apart as well: it happens while the update
-streams in, before the round needs it.
+Ours: the round's aggregate (Strategy.begin_round); each update measured as its chunks
+arrive (the receiver's UpdateStatistics: finiteness, magnitude, norm: the validation) and,
+while it is next in the canonical order, folded live in the same pass (LiveFold: each
+measured block added to the running sum while its bytes are in the cache); the updates that
+arrived out of order folded from their spools once their turn comes (RoundFold over a memory
+map); then the step (GlobalModel.apply: the strategy's kernel and the finiteness check).
+Updates arrive one after another in one of three orders: the fold's own (every update folded
+live), reversed (only the last to arrive, the first in the order, is folded live; each of the
+others is measured on arrival and read again from its spool) and a seeded shuffle between.
 The floor: one `add_` per update of float32 values already in memory, then the step's own
 floor (FedAvg: one `add_`; FedAdam: `torch._fused_adam_`, one pass over x, m, v, and the sum).
 
@@ -17,14 +20,16 @@ memory, not from the CPU's caches, exactly as distinct files' would.
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import torch
 
-from coordinator.aggregation.fold import AggregationRule, Arrival, RoundFold
+from coordinator.aggregation.fold import AggregationRule, Arrival, LiveFold, RoundFold
 from coordinator.aggregation.measure import UpdateStatistics
 from coordinator.aggregation.receiver import ReceivedUpdate
 from coordinator.aggregation.shape import UpdateShape
@@ -34,36 +39,45 @@ from coordinator.run_state import RunSpec
 from shared.payload import BLOCK_ELEMENTS, CHUNK_BYTES
 from shared.safetensors_stream import StateEncoder
 
+ORDERS = ("fold's", "shuffled", "reversed")
+
 
 @dataclass(frozen=True)
 class Case:
     strategy: str  # fedavg or fedadam
     updates: int
     wire: str  # float32 or bfloat16
+    order: str = ORDERS[0]  # of arrival
+
+    def arrival(self) -> list[str]:
+        names = [f"silo-{i:03d}" for i in range(self.updates)]
+        if self.order == "reversed":
+            return names[::-1]
+        if self.order == "shuffled":
+            random.Random(self.updates).shuffle(names)
+        return names
 
 
 @dataclass
 class Timing:
     ours: list[float]
     floor: list[float]
-    validation: list[float]  # of ours: the measuring passes
+    arriving: list[float]  # of ours: measuring (and folding live) as updates arrive
 
     def row(self, case: Case) -> str:
-        folds = [o - v for o, v in zip(self.ours, self.validation, strict=True)]
-        with_validation = [o / f for o, f in zip(self.ours, self.floor, strict=True)]
-        without = [o / f for o, f in zip(folds, self.floor, strict=True)]
+        ratios = [o / f for o, f in zip(self.ours, self.floor, strict=True)]
         ms = lambda values: f"{1e3 * statistics.median(values):.0f}"  # noqa: E731
-        ratio = lambda r: f"{min(r):.2f} / {statistics.median(r):.2f}"  # noqa: E731
         return (
-            f"| {case.strategy} | {case.updates} | {case.wire} | {ms(self.floor)} | {ms(folds)} "
-            f"| **{ratio(without)}** | {ms(self.validation)} | **{ratio(with_validation)}** |"
+            f"| {case.strategy} | {case.updates} | {case.wire} | {case.order} "
+            f"| {ms(self.floor)} | {ms(self.ours)} | {ms(self.arriving)} "
+            f"| **{min(ratios):.2f} / {statistics.median(ratios):.2f}** |"
         )
 
 
 HEADER = (
-    "| strategy | updates | wire | floor ms | fold + step ms | / floor (min / median) | "
-    "validation ms | fold + validation + step / floor (min / median) |\n"
-    "|---|---:|---|---:|---:|---:|---:|---:|"
+    "| strategy | updates | wire | arrival order | floor ms | ours ms | of which on arrival ms "
+    "| ours / floor (min / median) |\n"
+    "|---|---:|---|---|---:|---:|---:|---:|"
 )
 
 
@@ -81,42 +95,46 @@ class RoundBench:
                 out.write(chunk)
         self.nbytes = encoder.total_bytes
 
-    def _measure(self) -> tuple[UpdateStatistics, float]:
-        statistics_ = UpdateStatistics(self.shape)
+    def _arrive(self, live: LiveFold | None, spool: IO[bytes]) -> tuple[UpdateStatistics, float]:
+        """Measure one update as its chunks arrive (folding it live if `live` is granted)."""
+        statistics_ = UpdateStatistics(self.shape, sink=live)
         spent = 0.0
         for chunk in self.chunks:
             fresh = bytes(chunk)
             started = time.perf_counter()
+            if live is not None:
+                live.resume(statistics_.element, spool, self.spool)
             statistics_.consume(memoryview(fresh))
             spent += time.perf_counter() - started
         return statistics_, spent
 
-    def ours(self, model: GlobalModel, updates: int) -> tuple[float, float]:
-        """(seconds of the round's server work, seconds of it spent measuring)."""
-        names = [f"silo-{i:03d}" for i in range(updates)]
+    def ours(self, model: GlobalModel, case: Case) -> tuple[float, float]:
+        """(seconds of the round's server work, seconds of it spent as updates arrived)."""
+        arrival = case.arrival()
         started = time.perf_counter()
-        aggregate = model.begin_round(population=updates)
+        aggregate = model.begin_round(population=case.updates)
         fold = RoundFold(
-            aggregate=aggregate, rule=AggregationRule(), selected=names, shape=self.shape
+            aggregate=aggregate, rule=AggregationRule(), selected=arrival, shape=self.shape
         )
         total = time.perf_counter() - started
-        measuring = 0.0
-        for name in names:
-            measured, spent = self._measure()
-            update = ReceivedUpdate(
-                path=self.spool,
-                dtype=self.shape.dtype,
-                norm=measured.norm,
-                nbytes=self.nbytes,
-            )
-            started = time.perf_counter()
-            fold.add(name, Arrival(update=update, weight=10.0, num_samples=10, steps=1))
-            total += time.perf_counter() - started + spent
-            measuring += spent
+        arriving = 0.0
+        with self.spool.open("ab") as spool:  # flushed by a live fold that catches up
+            for name in arrival:
+                started = time.perf_counter()
+                live = fold.offer(name, 10.0)
+                offered = time.perf_counter() - started
+                measured, spent = self._arrive(live, spool)
+                update = ReceivedUpdate(
+                    path=self.spool, dtype=self.shape.dtype, norm=measured.norm, nbytes=self.nbytes
+                )
+                started = time.perf_counter()
+                fold.add(name, Arrival(update=update, weight=10.0, num_samples=10, steps=1))
+                total += time.perf_counter() - started + spent + offered
+                arriving += spent + offered
         started = time.perf_counter()
         fold.finish()
         model.apply(aggregate)
-        return total + time.perf_counter() - started, measuring
+        return total + time.perf_counter() - started, arriving
 
 
 class Floor:
@@ -158,9 +176,9 @@ def measure(
     for repeat in range(repeats + 1):
         for case in cases:
             floor_s = floor(case.strategy, case.updates)
-            ours_s, measuring = benches[case.wire].ours(models[case.strategy], case.updates)
+            ours_s, arriving = benches[case.wire].ours(models[case.strategy], case)
             if repeat:
                 timings[case].floor.append(floor_s)
                 timings[case].ours.append(ours_s)
-                timings[case].validation.append(measuring)
+                timings[case].arriving.append(arriving)
     return timings

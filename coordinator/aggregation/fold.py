@@ -29,7 +29,7 @@ import torch
 
 from coordinator.aggregation import robust
 from coordinator.aggregation.heap import release_freed
-from coordinator.aggregation.kernels import add_scaled
+from coordinator.aggregation.kernels import add_measured, add_scaled
 from coordinator.aggregation.receiver import ReceivedUpdate
 from coordinator.aggregation.shape import UpdateShape
 from coordinator.aggregation.spool import SpoolPool, SpoolView
@@ -131,16 +131,25 @@ class LiveFold:
             self.folded, self._adding = measured, True
 
     def add(self, element: int, values: torch.Tensor) -> None:
-        """Measured values of the data section, starting at `element`, all in one run."""
-        if not self._adding:
-            return
+        """Checked values of the data section, starting at `element`, all in one run."""
+        if self._adding:
+            self._add(element, values, measuring=False)
+
+    def add_measuring(self, element: int, values: torch.Tensor) -> torch.Tensor | None:
+        """Whole blocks of 16-bit values, added and measured in one pass: their block
+        norms, or None if nothing was added. Values then refused make the fold abandon this
+        live fold, and the sums are rebuilt."""
+        return self._add(element, values, measuring=True) if self._adding else None
+
+    def _add(self, element: int, values: torch.Tensor, *, measuring: bool) -> torch.Tensor | None:
         with self._lock:
             if self._revoked:
-                return
+                return None
             if element != self.folded:  # the receiver measures in order: never happens
                 raise RuntimeError(f"live fold at element {element}, expected {self.folded}")
-            self._fold._add_values(element, values, alpha=self.weight)
+            norms = self._fold._add_values(element, values, alpha=self.weight, measuring=measuring)
             self.folded += values.numel()
+            return norms
 
 
 class RoundFold:
@@ -322,19 +331,22 @@ class RoundFold:
                     del values
                     spool.release(run.start + start, count)
 
-    def _add_values(self, element: int, values: torch.Tensor, *, alpha: float) -> None:
+    def _add_values(
+        self, element: int, values: torch.Tensor, *, alpha: float, measuring: bool = False
+    ) -> torch.Tensor | None:
         """Add data elements [element, element + len) (within one run) to their sum:
         adapter values times `alpha`, control values as they are. A buffer no fold has
-        written yet this round is written instead (its earlier round's values are stale)."""
+        written yet this round is written instead (its earlier round's values are stale).
+        `measuring` (whole blocks of 16-bit values): return each block's norm as well."""
         run = self._shape.run_at(element)
         name = "control_total" if run.control else "total"
         at = run.target + element - run.start
-        add_scaled(
-            getattr(self.aggregate, name)[at : at + values.numel()],
-            values,
-            1.0 if run.control else alpha,
-            write=name in self.aggregate.stale,
-        )
+        target = getattr(self.aggregate, name)[at : at + values.numel()]
+        scale, write = 1.0 if run.control else alpha, name in self.aggregate.stale
+        if measuring:
+            return add_measured(target, values, scale, write=write)
+        add_scaled(target, values, scale, write=write)
+        return None
 
     def _stacked(
         self, arrivals: list[Arrival], scales: list[float]

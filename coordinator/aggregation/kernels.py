@@ -4,6 +4,9 @@ A float32 update is one `add_`. A bfloat16 or float16 update is widened inside o
 loop (read 2 bytes, read and write 4): PyTorch's `add_` of a float32 tensor and a 16-bit one
 is about six times slower than the same-dtype `add_` (measured: 182 vs 27 ms over 150M
 values), and widening a block first costs an extra pass (39 ms).
+A 16-bit update folded as it arrives is also measured in that loop (`add_measured`): the
+block norms then cost no pass of their own (measured over 150M bfloat16 values in 4 MiB
+chunks: 22 ms for both, against 15-24 ms for the norms and 20-25 ms for the add apart).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from coordinator.strategies.kernels import fused, hyper
+from shared.payload import BLOCK_ELEMENTS
 
 
 def add_widened(total: torch.Tensor, values: torch.Tensor, h: torch.Tensor) -> None:
@@ -33,3 +37,34 @@ def add_scaled(total: torch.Tensor, values: torch.Tensor, alpha: float, *, write
             total.add_(values, alpha=alpha)
     else:
         fused(write_widened if write else add_widened)(total, values, hyper(alpha))
+
+
+def add_widened_measured(
+    total: torch.Tensor, values: torch.Tensor, h: torch.Tensor
+) -> torch.Tensor:
+    """total += values * h[0], widened; the L2 norm of each block of BLOCK_ELEMENTS values."""
+    wide = values.float()
+    total.copy_(total + wide * h[0])
+    blocks = wide.view(-1, BLOCK_ELEMENTS)
+    return (blocks * blocks).sum(1).sqrt()
+
+
+def write_widened_measured(
+    total: torch.Tensor, values: torch.Tensor, h: torch.Tensor
+) -> torch.Tensor:
+    """total = values * h[0], widened; the L2 norm of each block of BLOCK_ELEMENTS values."""
+    wide = values.float()
+    total.copy_(wide * h[0])
+    blocks = wide.view(-1, BLOCK_ELEMENTS)
+    return (blocks * blocks).sum(1).sqrt()
+
+
+def add_measured(
+    total: torch.Tensor, values: torch.Tensor, alpha: float, *, write: bool
+) -> torch.Tensor:
+    """add_scaled of whole blocks of 16-bit values, returning each block's norm (float32)
+    from the same pass. The sums get the values before they are checked: a caller that then
+    refuses them rebuilds the sums."""
+    kernel = write_widened_measured if write else add_widened_measured
+    norms: torch.Tensor = fused(kernel)(total, values, hyper(alpha))
+    return norms

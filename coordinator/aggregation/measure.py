@@ -7,12 +7,15 @@ cut its chunks. A sender that cuts on block boundaries (ours does) is measured i
 complete blocks per call; only a block split across two chunks is pieced together.
 The block norms vouch for the values as well (no value exceeds its block's norm), so a chunk
 costs one pass; only a block whose norm is large or not finite is checked value by value.
+A 16-bit update folded live is measured in its fold's pass (a compiled loop whose block sums
+may differ from the eager ones in the last bits): its norm then serves nothing, since only
+rules without clipping fold updates live, and the bound holds for any summation order.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from typing import Protocol
 
 import torch
 
@@ -30,16 +33,28 @@ MAX_ABS_VALUE = 1e6
 TRUSTED_NORM = MAX_ABS_VALUE / 2
 
 
+class Sink(Protocol):
+    """Where measured values go on (a live fold, coordinator/aggregation/fold.py)."""
+
+    def add(self, element: int, values: torch.Tensor) -> None:
+        """Take checked values of the data section starting at `element` (one run)."""
+
+    def add_measuring(self, element: int, values: torch.Tensor) -> torch.Tensor | None:
+        """Take whole blocks of 16-bit values before they are checked, returning each
+        block's norm from the same pass; None if it took nothing (check, then `add`)."""
+
+
 class UpdateStatistics:
     """Consumes the data section of one update in order (any cut); raises UpdateRejected at
-    the first non-finite or too large value, naming its tensor. `sink(element, values)`, if
-    given, gets every measured stretch once it passed, in order, each within one run."""
+    the first non-finite or too large value, naming its tensor. A `sink`, if given, gets
+    every measured stretch in order, each within one run: once it passed its checks, or, for
+    whole blocks of 16-bit values it takes unchecked, in the pass that measures them (a sink
+    that then sees them refused must undo them)."""
 
-    def __init__(
-        self, shape: UpdateShape, sink: Callable[[int, torch.Tensor], None] | None = None
-    ) -> None:
+    def __init__(self, shape: UpdateShape, sink: Sink | None = None) -> None:
         self._shape = shape
         self._sink = sink
+        self._fusable = shape.dtype != "float32"  # the widening pass can measure too
         self._dtype = getattr(torch, shape.dtype)
         self._itemsize = shape.itemsize
         self._runs = shape.runs
@@ -79,14 +94,19 @@ class UpdateStatistics:
 
     def _measure(self, data: memoryview, *, blocks: int) -> None:
         values = torch.frombuffer(data, dtype=self._dtype)
-        norms = torch.linalg.vector_norm(values.view(blocks, -1), dim=1, dtype=torch.float32)
+        norms = None
+        if self._sink is not None and self._fusable and values.numel() == blocks * BLOCK_ELEMENTS:
+            norms = self._sink.add_measuring(self.element, values)
+        sunk = norms is not None
+        if norms is None:
+            norms = torch.linalg.vector_norm(values.view(blocks, -1), dim=1, dtype=torch.float32)
         block_norms = norms.tolist()
         if not all(norm <= TRUSTED_NORM for norm in block_norms):
             self._check_values(values)  # refuses, or the values are fine and so are the norms
         if not self._runs[self._run].control:
             self._squares.extend(norm * norm for norm in block_norms)
-        if self._sink is not None:
-            self._sink(self.element, values)
+        if self._sink is not None and not sunk:
+            self._sink.add(self.element, values)
         self.element += values.numel()
         if self._room() == 0:
             self._run += 1

@@ -106,7 +106,7 @@ class UpdateReceiver:
         self._head = bytearray()  # the 8-byte length and the JSON header, until complete
         self._data_start = -1  # payload offset of the data section, once the header is read
         self._live = live
-        self.statistics = UpdateStatistics(shape, sink=live.add if live else None)
+        self.statistics = UpdateStatistics(shape, sink=live)
         self.received = 0
         most = shape.numel * shape.itemsize + self._max_header() + 8
         if announced.total_bytes > most:

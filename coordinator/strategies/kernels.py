@@ -77,10 +77,10 @@ def momentum_step(
     velocity.copy_(v_new)
 
 
-_compiled: dict[str, Callable[..., None]] = {}
+_compiled: dict[str, Callable[..., Any]] = {}
 
 
-def fused(kernel: Callable[..., None]) -> Callable[..., None]:
+def fused(kernel: Callable[..., Any]) -> Callable[..., Any]:
     """The compiled kernel (compiled once per process, for any buffer length)."""
     if os.environ.get("FEDMLLM_COMPILE", "1") == "0":
         return kernel
@@ -90,15 +90,15 @@ def fused(kernel: Callable[..., None]) -> Callable[..., None]:
     return _compiled[name]
 
 
-def _compile(kernel: Callable[..., None]) -> Callable[..., None]:
-    compiled: Callable[..., None] = torch.compile(kernel, dynamic=True, fullgraph=True)
+def _compile(kernel: Callable[..., Any]) -> Callable[..., Any]:
+    compiled: Callable[..., Any] = torch.compile(kernel, dynamic=True, fullgraph=True)
 
-    def run(*args: Any) -> None:
+    def run(*args: Any) -> Any:
         try:
-            compiled(*args)
+            return compiled(*args)
         except Exception as exc:  # no C++ toolchain, unsupported platform, ...
             log.warning("fused %s kernel unavailable (%s); running eagerly", kernel.__name__, exc)
             _compiled[kernel.__name__] = kernel
-            kernel(*args)
+            return kernel(*args)
 
     return run

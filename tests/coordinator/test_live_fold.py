@@ -32,7 +32,9 @@ def _payload(silo: str, wire: str, control: bool) -> bytes:
     generator = torch.Generator().manual_seed(NAMES.index(silo))
     state = {k: torch.randn(s, generator=generator) * 0.01 for k, s in SHAPES.items()}
     if control:
-        state |= {CONTROL_PREFIX + k: torch.randn(s, generator=generator) for k, s in SHAPES.items()}
+        state |= {
+            CONTROL_PREFIX + k: torch.randn(s, generator=generator) for k, s in SHAPES.items()
+        }
     return encode_state({k: v.to(getattr(torch, wire)) for k, v in state.items()})
 
 
@@ -111,9 +113,7 @@ def _interleave(uploads: list[Upload]) -> None:
 
 @pytest.mark.parametrize("wire", ["float32", "bfloat16"])
 @pytest.mark.parametrize("control", [False, True])
-@pytest.mark.parametrize(
-    "arrival", ["in order", "reversed", "interleaved", "interleaved reversed"]
-)
+@pytest.mark.parametrize("arrival", ["in order", "reversed", "interleaved", "interleaved reversed"])
 def test_live_folds_equal_the_spooled_fold_bit_for_bit(
     wire: str, control: bool, arrival: str, tmp_path: Path
 ) -> None:
@@ -142,26 +142,33 @@ def test_live_folds_equal_the_spooled_fold_bit_for_bit(
         assert live == {"silo-a": shape.numel, "silo-b": 0, "silo-c": shape.numel}
 
 
-def _poisoned(silo: str, wire: str) -> bytes:
-    """A payload whose last values are NaN: refused at its last chunk."""
+def _poisoned(silo: str, wire: str, at: int = -4) -> bytes:
+    """A payload with four NaN values from data element `at` (negative: from the end)."""
     payload = bytearray(_payload(silo, wire, False))
+    itemsize = torch.empty(0, dtype=getattr(torch, wire)).element_size()
+    start = len(payload) - LAYOUT.numel * itemsize + (at % LAYOUT.numel) * itemsize
     nan = torch.full((4,), float("nan"), dtype=getattr(torch, wire))
     raw = nan.view(torch.uint8).numpy().tobytes()
-    payload[-len(raw) :] = raw
+    payload[start : start + len(raw)] = raw
     return bytes(payload)
 
 
 @pytest.mark.parametrize("wire", ["float32", "bfloat16"])
+@pytest.mark.parametrize("at", [-4, 120_000], ids=["last block", "a whole block"])
 def test_an_update_refused_midway_through_its_live_fold_leaves_nothing_in_the_sums(
-    wire: str, tmp_path: Path
+    wire: str, at: int, tmp_path: Path
 ) -> None:
+    """A whole block of 16-bit values is added in the pass that measures it, so its NaN
+    reaches the sums before it is refused; the last block is checked before it is added."""
     shape = UpdateShape(layout=LAYOUT, dtype=wire)
     fold = _fold(shape)
     _interleave([Upload(fold, "silo-a", _payload("silo-a", wire, False), tmp_path / "a.bin")])
-    poisoned = Upload(fold, "silo-b", _poisoned("silo-b", wire), tmp_path / "b.bin")
+    poisoned = Upload(fold, "silo-b", _poisoned("silo-b", wire, at), tmp_path / "b.bin")
     with pytest.raises(UpdateRejected, match="NaN"):
         _interleave([poisoned])
     assert poisoned.live is not None and 0 < poisoned.live.folded < shape.numel
+    fused = wire == "bfloat16" and at > 0
+    assert bool(fold.aggregate.total.isnan().any()) == fused
     # one rebuild is all a silo can cost: no update of this attempt is folded live any more
     late = Upload(fold, "silo-c", _payload("silo-c", wire, False), tmp_path / "c.bin")
     assert late.live is None
@@ -175,7 +182,9 @@ def test_the_first_update_refused_midway_leaves_the_sums_to_be_written(tmp_path:
     fold = _fold(shape)
     with pytest.raises(UpdateRejected):
         _interleave([Upload(fold, "silo-a", _poisoned("silo-a", "float32"), tmp_path / "a.bin")])
-    uploads = [Upload(fold, s, _payload(s, "float32", False), tmp_path / f"{s}.bin") for s in NAMES[1:]]
+    uploads = [
+        Upload(fold, s, _payload(s, "float32", False), tmp_path / f"{s}.bin") for s in NAMES[1:]
+    ]
     _interleave(uploads)
     fold.finish()
     _assert_same_sums(fold.aggregate, _reference(shape, NAMES[1:], tmp_path))
