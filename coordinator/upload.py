@@ -2,7 +2,9 @@
 
 Runs on the event loop; checking, measuring and spooling each chunk, and folding, run in
 worker threads. The receipt is sent once the update is verified, measured and spooled; its
-fold follows. Every refusal answers with its exact status code and is counted with its reason.
+fold follows, unless the update was folded live as it arrived (while it was next in the
+fold's order). Every refusal answers with its exact status code and is counted with its
+reason; a refused update that was being folded live is rebuilt out of the round's sums.
 """
 
 from __future__ import annotations

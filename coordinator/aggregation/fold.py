@@ -113,8 +113,11 @@ class LiveFold:
             self._granted = not self._revoked
 
     def revoke(self) -> int:
-        """Stop adding (waiting for an add in progress); the elements added."""
+        """Stop adding (waiting for an add in progress); the elements added, the first time
+        (0 after: they are already accounted for)."""
         with self._lock:
+            if self._revoked:
+                return 0
             self._revoked = True
             return self.folded
 
@@ -182,8 +185,8 @@ class RoundFold:
         """A live fold for an update about to stream in, or None where the rule needs the
         whole update first (clipping, robust rules) or a live fold failed this attempt."""
         with self._live_lock:
-            if not self._live_allowed or silo_id not in self._order:
-                return None
+            if not self._live_allowed or silo_id not in self._order or silo_id in self._live:
+                return None  # (a second stream of one silo at once is never folded live)
             live = self._live[silo_id] = LiveFold(self, silo_id, weight)
             self._grant()
             return live

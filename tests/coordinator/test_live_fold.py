@@ -205,6 +205,31 @@ def test_a_round_that_closes_during_a_live_fold_leaves_that_update_out(tmp_path:
     _assert_same_sums(fold.aggregate, expected)
 
 
+def test_a_second_stream_of_one_silo_is_never_folded_live_beside_its_first(
+    tmp_path: Path,
+) -> None:
+    """A silo that opens two uploads at once: the first is folded live; the second, which
+    ends first and is accepted, takes the first's place, so what the first added goes (the
+    first is refused in the end: NaN, or a duplicate at admission)."""
+    shape = UpdateShape(layout=LAYOUT, dtype="float32")
+    fold = _fold(shape)
+    first = Upload(fold, "silo-a", _poisoned("silo-a", "float32"), tmp_path / "a1.bin")
+    steps = iter(first)
+    next(steps), next(steps)
+    assert first.live is not None and first.live.folded > 0
+    second = Upload(fold, "silo-a", _payload("silo-a", "float32", False), tmp_path / "a2.bin")
+    assert second.live is None
+    _interleave([second])
+    with pytest.raises(UpdateRejected):  # the first streams on: nothing more reaches the sums
+        for _ in steps:
+            pass
+    _interleave(
+        [Upload(fold, s, _payload(s, "float32", False), tmp_path / f"{s}.bin") for s in NAMES[1:]]
+    )
+    fold.finish()
+    _assert_same_sums(fold.aggregate, _reference(shape, NAMES, tmp_path))
+
+
 @pytest.mark.parametrize(
     "rule",
     [
