@@ -90,6 +90,16 @@ class CoordinatorMetrics:
         self.updates_rejected = Counter(
             "fedmllm_updates_rejected_total", "Updates refused, by reason", ["reason"], registry=r
         )
+        self.updates_folded_live = Counter(
+            "fedmllm_updates_folded_live_total",
+            "Accepted updates folded as they streamed in (next in the fold's order)",
+            registry=r,
+        )
+        self.fold_rebuilds = Counter(
+            "fedmllm_fold_rebuilds_total",
+            "Running sums rebuilt from the spools after a live fold's update was refused or late",
+            registry=r,
+        )
         for reason in REJECTION_REASONS:
             self.updates_rejected.labels(reason=reason)
         self.silo_bytes_received = Counter(

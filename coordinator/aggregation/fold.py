@@ -180,6 +180,7 @@ class RoundFold:
         self._live_allowed = rule.incremental and rule.clip_norm == 0
         self._dirty = False  # a revoked live fold left part of its update in the sums
         self._prefolded: set[str] = set()  # arrived complete through their live folds
+        self.rebuilds = 0  # of the sums, after a live fold was abandoned
 
     def offer(self, silo_id: str, weight: float) -> LiveFold | None:
         """A live fold for an update about to stream in, or None where the rule needs the
@@ -221,6 +222,7 @@ class RoundFold:
             dirty, self._dirty = self._dirty, False
         if not dirty:
             return
+        self.rebuilds += 1
         aggregate = self.aggregate
         aggregate.stale, aggregate.weight_sum = set(self._initial_stale), 0.0
         for name in self._order[: self._next]:
@@ -254,6 +256,11 @@ class RoundFold:
             self._next += 1
         with self._live_lock:
             self._grant()
+
+    @property
+    def folded_live(self) -> int:
+        """Accepted updates that were folded as they streamed in."""
+        return len(self._prefolded)
 
     def _fixed_scale(self, arrival: Arrival) -> float:
         (scale,) = robust.clip_scales(

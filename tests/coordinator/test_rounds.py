@@ -98,6 +98,11 @@ def test_round_aggregates_sample_weighted_and_checkpoints(
     saved = CheckpointStore(tmp_path / "checkpoints").load_latest()
     assert saved is not None and saved.round == 1
     _assert_moved_by(saved.adapter, start, 0.5)  # (30 * 1 + 10 * -1) / 40 = 0.5
+    metric = coordinator.federation.metrics.registry.get_sample_value
+    # silo-1, first in the fold's order, streamed in while next: folded live (silo-2 too
+    # if silo-1's fold was done before silo-2's last chunk)
+    assert (metric("fedmllm_updates_folded_live_total") or 0) >= 1
+    assert metric("fedmllm_fold_rebuilds_total") == 0
 
 
 def test_malformed_updates_never_touch_the_global_adapter(
@@ -153,6 +158,10 @@ def test_malformed_updates_never_touch_the_global_adapter(
     status = _wait_rounds(admin, 1)
     assert status.history[0].rejected == 8
     assert list(status.history[0].contributed) == ["silo-1"]
+    metric = coordinator.federation.metrics.registry.get_sample_value
+    # the first refused stream was folded live: one rebuild, and no live fold after it
+    assert metric("fedmllm_fold_rebuilds_total") == 1
+    assert metric("fedmllm_updates_folded_live_total") == 0
     saved = CheckpointStore(tmp_path / "checkpoints").load_latest()
     assert saved is not None
     _assert_moved_by(saved.adapter, start, 0.25)
