@@ -128,7 +128,8 @@ class RoundBench:
                     path=self.spool, dtype=self.shape.dtype, norm=measured.norm, nbytes=self.nbytes
                 )
                 started = time.perf_counter()
-                fold.add(name, Arrival(update=update, weight=10.0, num_samples=10, steps=1))
+                accepted = Arrival(update=update, weight=10.0, num_samples=10, steps=1)
+                fold.add(name, accepted, live=live)
                 total += time.perf_counter() - started + spent + offered
                 arriving += spent + offered
         started = time.perf_counter()

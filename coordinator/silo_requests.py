@@ -169,10 +169,12 @@ class SiloRequests:
         silo_id: str,
         header: pb.UpdateHeader,
         update: ReceivedUpdate,
+        live: LiveFold | None = None,
     ) -> None:
         """Hand an admitted update to the round's fold (a worker thread, once the silo has
-        its receipt); its spool then belongs to the fold. A fold that fails leaves part of
-        the update in the running sum: the round's attempt is marked failed and redone."""
+        its receipt; `live`: the live fold of the stream it came by); its spool then belongs
+        to the fold. A fold that fails leaves part of the update in the running sum: the
+        round's attempt is marked failed and redone."""
         model = self.model
         assert model is not None
         accepted = False
@@ -186,7 +188,7 @@ class SiloRequests:
                 update=update, weight=weight, num_samples=header.num_samples, steps=header.steps
             )
             with open_round.fold_lock, self.metrics.phase_duration.labels(phase="fold").time():
-                fold.add(silo_id, arrival)
+                fold.add(silo_id, arrival, live=live)
             accepted = True
         except Exception as exc:  # the receipt is sent: nobody else to tell
             log.error(

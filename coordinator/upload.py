@@ -100,6 +100,7 @@ async def receive_update(
                 silo_id=silo_id,
                 header=header,
                 update=update,
+                live=live,
             )
         )
         return pb.UploadReceipt(task_id=header.task_id, bytes_received=update.nbytes)

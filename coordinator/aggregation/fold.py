@@ -106,20 +106,23 @@ class LiveFold:
         self._granted = False
         self._revoked = False
         self._adding = False  # set by the receiver's thread only
+        self._touched = False  # an add began: the sums hold some of this update
         self.folded = 0  # data elements in the sums, counted from the start
 
     def grant(self) -> None:
-        with self._lock:
-            self._granted = not self._revoked
+        """Without the lock: a grant never waits for the receiver (it may be called on the
+        event loop), and one after a revocation is never acted on (resume checks)."""
+        self._granted = True
 
-    def revoke(self) -> int:
-        """Stop adding (waiting for an add in progress); the elements added, the first time
-        (0 after: they are already accounted for)."""
+    def revoke(self) -> tuple[int, bool]:
+        """Stop adding (waiting for an add in progress). The first time: the elements added,
+        and whether the sums hold any of this update (also part of an add that failed);
+        after that (0, False), as it is already accounted for."""
         with self._lock:
             if self._revoked:
-                return 0
+                return 0, False
             self._revoked = True
-            return self.folded
+            return self.folded, self._touched
 
     def resume(self, measured: int, spool: IO[bytes], path: Path) -> None:
         """At the start of a chunk: once granted, fold the `measured` elements already
@@ -130,6 +133,7 @@ class LiveFold:
             if self._revoked:
                 return
             spool.flush()
+            self._touched = self._touched or measured > 0
             self._fold._fold_spooled(path, alpha=self.weight, stop=measured)
             self.folded, self._adding = measured, True
 
@@ -150,6 +154,7 @@ class LiveFold:
                 return None
             if element != self.folded:  # the receiver measures in order: never happens
                 raise RuntimeError(f"live fold at element {element}, expected {self.folded}")
+            self._touched = True
             norms = self._fold._add_values(element, values, alpha=self.weight, measuring=measuring)
             self.folded += values.numel()
             return norms
@@ -197,9 +202,16 @@ class RoundFold:
         with self._live_lock:
             if self._live.get(live.silo_id) is live:
                 del self._live[live.silo_id]
-            if live.revoke():
+        self._undo(live)
+
+    def _undo(self, live: LiveFold) -> None:
+        """Revoke `live`; if the sums hold any of it, they are rebuilt before the next fold
+        and nothing more is folded live this attempt."""
+        _, touched = live.revoke()
+        if touched:
+            with self._live_lock:
                 self._dirty, self._live_allowed = True, False
-                log.info("the live fold of %s was abandoned; the sums are rebuilt", live.silo_id)
+            log.info("the live fold of %s was abandoned; the sums are rebuilt", live.silo_id)
 
     def _grant(self) -> None:
         """Give the sums to the next update in the order if it is streaming in."""
@@ -212,9 +224,8 @@ class RoundFold:
         with self._live_lock:
             lives, self._live = list(self._live.values()), {}
             self._live_allowed = False
-            for live in lives:
-                if live.revoke():
-                    self._dirty = True
+        for live in lives:  # each may wait for a receiver's add: not under _live_lock
+            self._undo(live)
 
     def _repair(self) -> None:
         """After an abandoned live fold: the sums again as the updates before it left them."""
@@ -222,7 +233,9 @@ class RoundFold:
             dirty, self._dirty = self._dirty, False
         if not dirty:
             return
+        log.info("a live fold was abandoned: the sums are rebuilt from %d spools", self._next)
         self.rebuilds += 1
+        self._prefolded.clear()  # every update so far is folded again, from its spool
         aggregate = self.aggregate
         aggregate.stale, aggregate.weight_sum = set(self._initial_stale), 0.0
         for name in self._order[: self._next]:
@@ -230,20 +243,22 @@ class RoundFold:
                 arrival = self._arrivals[name]
                 self._fold(arrival, alpha=arrival.weight * self._fixed_scale(arrival))
 
-    def add(self, silo_id: str, arrival: Arrival) -> None:
-        """Take an accepted update; fold what the canonical order allows. Callers serialise."""
-        self._repair()
-        self._arrivals[silo_id] = arrival
+    def add(self, silo_id: str, arrival: Arrival, *, live: LiveFold | None = None) -> None:
+        """Take an accepted update (`live`: the live fold of the very stream it arrived
+        by, if it had one); fold what the canonical order allows. Callers serialise."""
         with self._live_lock:
-            live = self._live.pop(silo_id, None)
+            registered = self._live.pop(silo_id, None)
+        if registered is not None and registered is not live:
+            self._undo(registered)  # another stream of this silo's: what it added goes
         if live is not None:
-            folded = live.revoke()
-            if folded == self._shape.numel and live.weight == arrival.weight:
-                self._prefolded.add(silo_id)
-            elif folded:  # never expected: the receiver measures every element it received
+            folded, touched = live.revoke()
+            if touched and folded == self._shape.numel and live.weight == arrival.weight:
+                self._prefolded.add(silo_id)  # already in the sums, all of it
+            elif touched:  # never expected: the receiver measures every element it received
                 with self._live_lock:
                     self._dirty, self._live_allowed = True, False
-                self._repair()
+        self._repair()  # (after a rebuild this update, too, is folded from its spool)
+        self._arrivals[silo_id] = arrival
         if not self._rule.incremental:
             return
         while self._next < len(self._order) and self._order[self._next] in self._arrivals:

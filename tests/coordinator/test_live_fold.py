@@ -4,19 +4,25 @@ an update refused or cut off mid-stream leaves nothing of itself in them."""
 
 from __future__ import annotations
 
+import errno
 import itertools
+import random
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
+from coordinator.aggregation import fold as fold_module
 from coordinator.aggregation.fold import AggregationRule, Arrival, LiveFold, RoundFold
 from coordinator.aggregation.receiver import UpdateReceiver, receive_bytes
 from coordinator.aggregation.shape import UpdateShape
+from coordinator.aggregation.spool import SpoolView
 from coordinator.flat_adapter import FlatLayout
 from coordinator.strategies import RoundAggregate
-from shared.errors import UpdateRejected
+from shared.errors import PayloadError, UpdateRejected
 from shared.payload import PayloadDigest, iter_chunks
 from shared.tensor_codec import CONTROL_PREFIX, encode_state
 
@@ -24,6 +30,7 @@ from shared.tensor_codec import CONTROL_PREFIX, encode_state
 SHAPES = {"layer.0.lora_A.weight": (8, 9001), "layer.0.lora_B.weight": (9001, 8), "w": (5,)}
 LAYOUT = FlatLayout.of({k: torch.zeros(s) for k, s in SHAPES.items()})
 NAMES = ["silo-a", "silo-b", "silo-c"]
+FOLD_LOCKS: dict[int, threading.Lock] = {}
 WEIGHTS = {"silo-a": 3.0, "silo-b": 11.0, "silo-c": 7.0}
 CUTS = {"silo-a": 65_537, "silo-b": 100_003, "silo-c": 33_333}  # chunk bytes, as senders cut
 
@@ -55,8 +62,18 @@ def _fold(shape: UpdateShape, rule: AggregationRule | None = None) -> RoundFold:
 class Upload:
     """One update streaming in: `next(upload)` receives one chunk; exhausted once finished."""
 
-    def __init__(self, fold: RoundFold, silo: str, payload: bytes, spool: Path) -> None:
+    def __init__(
+        self,
+        fold: RoundFold,
+        silo: str,
+        payload: bytes,
+        spool: Path,
+        announced: PayloadDigest | None = None,
+    ) -> None:
         self.fold, self.silo, self.payload, self.path = fold, silo, payload, spool
+        self.fold_lock = FOLD_LOCKS.setdefault(id(fold), threading.Lock())
+        self.announced = announced or PayloadDigest.of(payload)
+        self.chunks = len(list(iter_chunks(payload, CUTS[silo])))
         self.live: LiveFold | None = fold.offer(silo, WEIGHTS[silo])
         self._steps = self._stream()
 
@@ -64,7 +81,7 @@ class Upload:
         with self.path.open("wb") as spool:
             receiver = UpdateReceiver(
                 shape=self.fold._shape,
-                announced=PayloadDigest.of(self.payload),
+                announced=self.announced,
                 spool=spool,
                 path=self.path,
                 live=self.live,
@@ -79,7 +96,9 @@ class Upload:
                     self.fold.abandon(self.live)
                 raise
         weight = WEIGHTS[self.silo]
-        self.fold.add(self.silo, Arrival(update=received, weight=weight, num_samples=1, steps=1))
+        arrival = Arrival(update=received, weight=weight, num_samples=1, steps=1)
+        with self.fold_lock:  # as the coordinator serialises folds
+            self.fold.add(self.silo, arrival, live=self.live)
 
     def __iter__(self) -> Iterator[None]:
         return self._steps
@@ -111,7 +130,7 @@ def _interleave(uploads: list[Upload]) -> None:
         pass
 
 
-@pytest.mark.parametrize("wire", ["float32", "bfloat16"])
+@pytest.mark.parametrize("wire", ["float32", "bfloat16", "float16"])
 @pytest.mark.parametrize("control", [False, True])
 @pytest.mark.parametrize("arrival", ["in order", "reversed", "interleaved", "interleaved reversed"])
 def test_live_folds_equal_the_spooled_fold_bit_for_bit(
@@ -140,6 +159,37 @@ def test_live_folds_equal_the_spooled_fold_bit_for_bit(
         # b (the largest chunks) ends before a; c is granted mid-stream and catches up from
         # its spool before folding the rest of its chunks live
         assert live == {"silo-a": shape.numel, "silo-b": 0, "silo-c": shape.numel}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_uploads_in_threads_fold_the_same_sums(seed: int, tmp_path: Path) -> None:
+    """Each upload in its own thread, pausing at random between chunks, as concurrent
+    receivers run: grants, catch-ups and folds meet across threads."""
+    shape = UpdateShape(layout=LAYOUT, dtype="bfloat16")
+    fold = _fold(shape)
+    pauses = random.Random(seed)
+    uploads = [
+        Upload(fold, s, _payload(s, "bfloat16", False), tmp_path / f"{s}.bin") for s in NAMES
+    ]
+    delays = {u.silo: [pauses.uniform(0, 0.004) for _ in range(u.chunks + 1)] for u in uploads}
+    errors: list[BaseException] = []
+
+    def stream(upload: Upload) -> None:
+        try:
+            for _, delay in zip(upload, delays[upload.silo], strict=False):
+                time.sleep(delay)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=stream, args=(u,)) for u in uploads]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    fold.finish()
+    _assert_same_sums(fold.aggregate, _reference(shape, NAMES, tmp_path))
+    assert fold.folded_live >= 1 and fold.rebuilds == 0
 
 
 def _poisoned(silo: str, wire: str, at: int = -4) -> bytes:
@@ -228,6 +278,77 @@ def test_a_second_stream_of_one_silo_is_never_folded_live_beside_its_first(
     )
     fold.finish()
     _assert_same_sums(fold.aggregate, _reference(shape, NAMES, tmp_path))
+
+
+def test_a_complete_live_fold_refused_at_its_check_is_rebuilt_out(tmp_path: Path) -> None:
+    """Every value added, then the CRC-32 at the end does not match: the update goes."""
+    shape = UpdateShape(layout=LAYOUT, dtype="bfloat16")
+    fold = _fold(shape)
+    _interleave([Upload(fold, "silo-a", _payload("silo-a", "bfloat16", False), tmp_path / "a.bin")])
+    payload = _payload("silo-b", "bfloat16", False)
+    wrong = PayloadDigest(len(payload), crc32=PayloadDigest.of(payload).crc32 ^ 1)  # type: ignore[operator]
+    corrupt = Upload(fold, "silo-b", payload, tmp_path / "b.bin", announced=wrong)
+    with pytest.raises(PayloadError, match="CRC-32"):
+        _interleave([corrupt])
+    assert corrupt.live is not None and corrupt.live.folded == shape.numel
+    _interleave([Upload(fold, "silo-c", _payload("silo-c", "bfloat16", False), tmp_path / "c.bin")])
+    fold.finish()
+    _assert_same_sums(fold.aggregate, _reference(shape, ["silo-a", "silo-c"], tmp_path))
+    assert fold.rebuilds == 1
+
+
+def test_the_stream_accepted_is_the_one_in_the_sums(tmp_path: Path) -> None:
+    """A silo's first stream is folded live to its last value but never ends (a stall before
+    its trailer); a retry with other values ends and is accepted. The sums hold the retry."""
+    shape = UpdateShape(layout=LAYOUT, dtype="float32")
+    fold = _fold(shape)
+    other_values = _payload("silo-c", "float32", False)  # same layout, other values
+    first = Upload(fold, "silo-a", other_values, tmp_path / "a1.bin")
+    steps = iter(first)
+    for _ in range(first.chunks):  # every chunk, but not the end of the stream
+        next(steps)
+    assert first.live is not None and first.live.folded == shape.numel
+    retry = Upload(fold, "silo-a", _payload("silo-a", "float32", False), tmp_path / "a2.bin")
+    _interleave([retry])
+    fold.abandon(first.live)  # the stalled stream is refused in the end
+    _interleave(
+        [Upload(fold, s, _payload(s, "float32", False), tmp_path / f"{s}.bin") for s in NAMES[1:]]
+    )
+    fold.finish()
+    _assert_same_sums(fold.aggregate, _reference(shape, NAMES, tmp_path))
+
+
+def test_a_read_error_while_catching_up_leaves_nothing_of_that_update(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """silo-c is granted mid-stream and catches up from its spool; its second read fails (a
+    failing disk, injected: one cannot be produced here) after part of it is in the sums."""
+    shape = UpdateShape(layout=LAYOUT, dtype="float32")
+    fold = _fold(shape)
+    monkeypatch.setattr(fold_module, "FOLD_BLOCK", 4096)  # several reads per catch-up
+    uploads = {
+        s: Upload(fold, s, _payload(s, "float32", False), tmp_path / f"{s}.bin") for s in NAMES
+    }
+    c_steps = iter(uploads["silo-c"])
+    for _ in range(uploads["silo-c"].chunks // 2):  # half of c spooled before it is granted
+        next(c_steps)
+    _interleave([uploads["silo-a"], uploads["silo-b"]])
+    reads = []
+    original = SpoolView.values
+
+    def failing(self: SpoolView, start: int, count: int) -> torch.Tensor:
+        reads.append(start)
+        if len(reads) == 2:
+            raise OSError(errno.EIO, "Input/output error")
+        return original(self, start, count)
+
+    monkeypatch.setattr(SpoolView, "values", failing)
+    with pytest.raises(OSError, match="Input/output"):
+        next(c_steps)
+    monkeypatch.setattr(SpoolView, "values", original)
+    fold.finish()
+    _assert_same_sums(fold.aggregate, _reference(shape, NAMES[:2], tmp_path))
+    assert fold.rebuilds == 1
 
 
 @pytest.mark.parametrize(
