@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import grpc
 
 from coordinator.base_model import BaseModel, RunMismatch
-from coordinator.checkpoint import CheckpointFull, CheckpointStore
+from coordinator.checkpoint import CheckpointFull, CheckpointStore, no_room
 from coordinator.evaluation_round import EvaluationRounds
 from coordinator.flat_adapter import FlatLayout
 from coordinator.global_model import GlobalModel
@@ -149,10 +149,21 @@ class Federation(SiloRequests, EvaluationRounds, RunLoop):
                 self.store.save_round(run, 0, model.adapter(), model.strategy_state())
             except OSError as exc:
                 self.store.forget_run(run_id)
-                code = grpc.StatusCode.RESOURCE_EXHAUSTED
-                if not isinstance(exc, CheckpointFull):
-                    code = grpc.StatusCode.FAILED_PRECONDITION
-                raise Refusal(code, f"run not started: {exc}") from None
+                if isinstance(exc, CheckpointFull) or no_room(exc):
+                    # the room check passed, yet a write found the disk full (a smaller
+                    # file than a round's, or a disk that filled meanwhile)
+                    full = (
+                        exc
+                        if isinstance(exc, CheckpointFull)
+                        else (f"checkpoint directory {self.store.root} full ({exc.strerror})")
+                    )
+                    raise Refusal(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"run not started: {full}; free room there and start the run again",
+                    ) from None
+                raise Refusal(
+                    grpc.StatusCode.FAILED_PRECONDITION, f"run not started: {exc}"
+                ) from None
             with self._lock:
                 self.run, self.model = run, model
             self.metrics.show_run(run)

@@ -198,13 +198,16 @@ def _fill_and_free(workdir: Path, names: list[str]) -> None:
         coordinator, _, _ = start_coordinator(workdir, logs, "--port", str(port))
         running.append(coordinator)
         admin = _admin(workdir, port)
-        filler = _fill(workdir / "checkpoints", leave=4096)
-        with pytest.raises(grpc.RpcError) as refused:
-            admin.StartRun(pb.StartRunRequest(spec=SPEC.to_proto()))
-        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "full" in (refused.value.details() or "")
-        assert admin.GetStatus(pb.StatusRequest()).state == pb.RUN_STATE_IDLE
-        filler.unlink()
+        # no room at all (the first small write fails), then a little (the round's
+        # checkpoint does not fit): either way a full disk, said as such
+        for leave in (0, 4096):
+            filler = _fill(workdir / "checkpoints", leave=leave)
+            with pytest.raises(grpc.RpcError) as refused:
+                admin.StartRun(pb.StartRunRequest(spec=SPEC.to_proto()))
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, leave
+            assert "full" in (refused.value.details() or ""), leave
+            assert admin.GetStatus(pb.StatusRequest()).state == pb.RUN_STATE_IDLE
+            filler.unlink()
         spec = RunSpec(rounds=2, silos_per_round=2, min_silos=2, seed=5)
         for silo in silos:
             silo.max_round = 1  # round 2's updates wait until the disk is full
