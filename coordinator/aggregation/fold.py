@@ -233,15 +233,14 @@ class RoundFold:
             dirty, self._dirty = self._dirty, False
         if not dirty:
             return
-        log.info("a live fold was abandoned: the sums are rebuilt from %d spools", self._next)
+        folded = [self._arrivals[n] for n in self._order[: self._next] if n in self._arrivals]
+        log.info("the round's sums are rebuilt from %d spooled update(s)", len(folded))
         self.rebuilds += 1
         self._prefolded.clear()  # every update so far is folded again, from its spool
         aggregate = self.aggregate
         aggregate.stale, aggregate.weight_sum = set(self._initial_stale), 0.0
-        for name in self._order[: self._next]:
-            if name in self._arrivals:
-                arrival = self._arrivals[name]
-                self._fold(arrival, alpha=arrival.weight * self._fixed_scale(arrival))
+        for arrival in folded:
+            self._fold(arrival, alpha=arrival.weight * self._fixed_scale(arrival))
 
     def add(self, silo_id: str, arrival: Arrival, *, live: LiveFold | None = None) -> None:
         """Take an accepted update (`live`: the live fold of the very stream it arrived
