@@ -228,9 +228,12 @@ def main(argv: list[str] | None = None) -> None:
             check=False,
         )
         completed = _metric(metrics_port, "fedmllm_rounds_completed_total")
+        accepted = _metric(metrics_port, "fedmllm_updates_accepted_total").removesuffix(".0")
+        live = _metric(metrics_port, "fedmllm_updates_folded_live_total").removesuffix(".0")
         print(
             f"metrics: http://127.0.0.1:{metrics_port}/metrics reported "
-            f"fedmllm_rounds_completed_total {completed}"
+            f"fedmllm_rounds_completed_total {completed}; of {accepted} updates accepted, "
+            f"{live} were folded as they arrived"
         )
     print(
         f"checkpoints in {args.workdir / 'checkpoints'}; "
