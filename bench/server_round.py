@@ -29,7 +29,8 @@ from typing import IO
 
 import torch
 
-from coordinator.aggregation.fold import AggregationRule, Arrival, LiveFold, RoundFold
+from coordinator.aggregation.fold import AggregationRule, Arrival, RoundFold
+from coordinator.aggregation.live import LiveFold
 from coordinator.aggregation.measure import UpdateStatistics
 from coordinator.aggregation.receiver import ReceivedUpdate
 from coordinator.aggregation.shape import UpdateShape

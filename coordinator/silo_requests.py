@@ -12,7 +12,8 @@ from pathlib import Path
 
 import grpc
 
-from coordinator.aggregation.fold import Arrival, LiveFold
+from coordinator.aggregation.fold import Arrival
+from coordinator.aggregation.live import LiveFold
 from coordinator.aggregation.receiver import ReceivedUpdate
 from coordinator.aggregation.shape import UpdateShape
 from coordinator.base_model import check_weights

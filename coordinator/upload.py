@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 
-from coordinator.aggregation.fold import LiveFold
+from coordinator.aggregation.live import LiveFold
 from coordinator.aggregation.receiver import UpdateReceiver
 from coordinator.aggregation.spool import SpoolPool
 from coordinator.checkpoint import no_room

@@ -23,13 +23,13 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import torch
 
 from coordinator.aggregation import robust
 from coordinator.aggregation.heap import release_freed
 from coordinator.aggregation.kernels import add_measured, add_scaled
+from coordinator.aggregation.live import LiveFold
 from coordinator.aggregation.receiver import ReceivedUpdate
 from coordinator.aggregation.shape import UpdateShape
 from coordinator.aggregation.spool import SpoolPool, SpoolView
@@ -90,74 +90,6 @@ class FoldOutcome:
     contributed: list[str]
     clipped: list[str] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)  # not selected by Krum
-
-
-class LiveFold:
-    """One update folded while it streams in, from the moment its fold grants it the sums
-    (it is next in the canonical order). The receiver calls `resume` at each chunk's start
-    (folding from the spool what was measured before the grant) and `add` for every measured
-    block; the fold revokes it once the update arrives, is refused, or the round closes."""
-
-    def __init__(self, fold: RoundFold, silo_id: str, weight: float) -> None:
-        self._fold = fold
-        self.silo_id = silo_id
-        self.weight = weight
-        self._lock = threading.Lock()
-        self._granted = False
-        self._revoked = False
-        self._adding = False  # set by the receiver's thread only
-        self._touched = False  # an add began: the sums hold some of this update
-        self.folded = 0  # data elements in the sums, counted from the start
-
-    def grant(self) -> None:
-        """Without the lock: a grant never waits for the receiver (it may be called on the
-        event loop), and one after a revocation is never acted on (resume checks)."""
-        self._granted = True
-
-    def revoke(self) -> tuple[int, bool]:
-        """Stop adding (waiting for an add in progress). The first time: the elements added,
-        and whether the sums hold any of this update (also part of an add that failed);
-        after that (0, False), as it is already accounted for."""
-        with self._lock:
-            if self._revoked:
-                return 0, False
-            self._revoked = True
-            return self.folded, self._touched
-
-    def resume(self, measured: int, spool: IO[bytes], path: Path) -> None:
-        """At the start of a chunk: once granted, fold the `measured` elements already
-        spooled, so that the chunks from here on are added as they are measured."""
-        if self._adding or not self._granted:
-            return
-        with self._lock:
-            if self._revoked:
-                return
-            spool.flush()
-            self._touched = self._touched or measured > 0
-            self._fold._fold_spooled(path, alpha=self.weight, stop=measured)
-            self.folded, self._adding = measured, True
-
-    def add(self, element: int, values: torch.Tensor) -> None:
-        """Checked values of the data section, starting at `element`, all in one run."""
-        if self._adding:
-            self._add(element, values, measuring=False)
-
-    def add_measuring(self, element: int, values: torch.Tensor) -> torch.Tensor | None:
-        """Whole blocks of 16-bit values, added and measured in one pass: their block
-        norms, or None if nothing was added. Values then refused make the fold abandon this
-        live fold, and the sums are rebuilt."""
-        return self._add(element, values, measuring=True) if self._adding else None
-
-    def _add(self, element: int, values: torch.Tensor, *, measuring: bool) -> torch.Tensor | None:
-        with self._lock:
-            if self._revoked:
-                return None
-            if element != self.folded:  # the receiver measures in order: never happens
-                raise RuntimeError(f"live fold at element {element}, expected {self.folded}")
-            self._touched = True
-            norms = self._fold._add_values(element, values, alpha=self.weight, measuring=measuring)
-            self.folded += values.numel()
-            return norms
 
 
 class RoundFold:
@@ -331,7 +263,7 @@ class RoundFold:
     def _fold(self, arrival: Arrival, *, alpha: float, weight: float | None = None) -> None:
         """Add one spooled update in place from its file: adapter values times `alpha` into
         the sum, control values as they are into the control sum."""
-        self._fold_spooled(arrival.update.path, alpha=alpha, stop=self._shape.numel)
+        self.fold_spooled(arrival.update.path, alpha=alpha, stop=self._shape.numel)
         self._account(arrival.weight if weight is None else weight, self._buffers())
 
     def _buffers(self) -> set[str]:
@@ -342,8 +274,9 @@ class RoundFold:
         self.aggregate.stale -= written
         self.aggregate.weight_sum += weight
 
-    def _fold_spooled(self, path: Path, *, alpha: float, stop: int) -> None:
-        """Add elements [0, stop) of the data section spooled in `path` to the sums."""
+    def fold_spooled(self, path: Path, *, alpha: float, stop: int) -> None:
+        """Add elements [0, stop) of the data section spooled in `path` to the sums (a
+        whole update, or what a live fold catches up on)."""
         if stop <= 0:
             return
         with SpoolView(path, self._shape.dtype, elements=stop) as spool:
@@ -351,11 +284,11 @@ class RoundFold:
                 for start in range(0, min(run.count, stop - run.start), FOLD_BLOCK):
                     count = min(FOLD_BLOCK, run.count - start, stop - run.start - start)
                     values = spool.values(run.start + start, count)
-                    self._add_values(run.start + start, values, alpha=alpha)
+                    self.add_values(run.start + start, values, alpha=alpha)
                     del values
                     spool.release(run.start + start, count)
 
-    def _add_values(
+    def add_values(
         self, element: int, values: torch.Tensor, *, alpha: float, measuring: bool = False
     ) -> torch.Tensor | None:
         """Add data elements [element, element + len) (within one run) to their sum:

@@ -8,15 +8,13 @@ import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO
 
+from coordinator.aggregation.live import LiveFold
 from coordinator.aggregation.measure import UpdateStatistics
 from coordinator.aggregation.shape import WIRE_DTYPES, UpdateShape
 from shared.errors import PayloadError, UpdateRejected
 from shared.payload import CHUNK_BYTES, PayloadCheck, PayloadDigest, iter_chunks
-
-if TYPE_CHECKING:
-    from coordinator.aggregation.fold import LiveFold
 
 # Other safetensors codes, named as torch names them in refusals.
 _CODE_NAMES = {

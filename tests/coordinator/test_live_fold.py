@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from coordinator.aggregation import fold as fold_module
-from coordinator.aggregation.fold import AggregationRule, Arrival, LiveFold, RoundFold
+from coordinator.aggregation.fold import AggregationRule, Arrival, RoundFold
+from coordinator.aggregation.live import LiveFold
 from coordinator.aggregation.receiver import UpdateReceiver, receive_bytes
 from coordinator.aggregation.shape import UpdateShape
 from coordinator.aggregation.spool import SpoolView

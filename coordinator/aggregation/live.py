@@ -1,0 +1,97 @@
+"""Folding an update into the round's sums while it streams in.
+
+The update that is next in the fold's canonical order (coordinator/aggregation/fold.py) while
+it arrives is folded live: each block is added to the running sum as soon as it is measured,
+while its bytes are still in the CPU's cache, so that its values are read once rather than
+measured on arrival and read again from the spool. An update that becomes next mid-stream
+first folds what it has spooled. The fold (RoundFold) grants and revokes; the receiver adds.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import IO, Protocol
+
+import torch
+
+
+class Sums(Protocol):
+    """The round's running sums, as a live fold adds to them (RoundFold)."""
+
+    def fold_spooled(self, path: Path, *, alpha: float, stop: int) -> None:
+        """Add elements [0, stop) of the data section spooled in `path`."""
+
+    def add_values(
+        self, element: int, values: torch.Tensor, *, alpha: float, measuring: bool = False
+    ) -> torch.Tensor | None:
+        """Add data elements from `element` (one run); with `measuring`, return each block's
+        norm from the same pass."""
+
+
+class LiveFold:
+    """One update folded while it streams in, from the moment its fold grants it the sums
+    (it is next in the canonical order). The receiver calls `resume` at each chunk's start
+    (folding from the spool what was measured before the grant) and `add` for every measured
+    block; the fold revokes it once the update arrives, is refused, or the round closes."""
+
+    def __init__(self, sums: Sums, silo_id: str, weight: float) -> None:
+        self._sums = sums
+        self.silo_id = silo_id
+        self.weight = weight
+        self._lock = threading.Lock()
+        self._granted = False
+        self._revoked = False
+        self._adding = False  # set by the receiver's thread only
+        self._touched = False  # an add began: the sums hold some of this update
+        self.folded = 0  # data elements in the sums, counted from the start
+
+    def grant(self) -> None:
+        """Without the lock: a grant never waits for the receiver (it may be called on the
+        event loop), and one after a revocation is never acted on (resume checks)."""
+        self._granted = True
+
+    def revoke(self) -> tuple[int, bool]:
+        """Stop adding (waiting for an add in progress). The first time: the elements added,
+        and whether the sums hold any of this update (also part of an add that failed);
+        after that (0, False), as it is already accounted for."""
+        with self._lock:
+            if self._revoked:
+                return 0, False
+            self._revoked = True
+            return self.folded, self._touched
+
+    def resume(self, measured: int, spool: IO[bytes], path: Path) -> None:
+        """At the start of a chunk: once granted, fold the `measured` elements already
+        spooled, so that the chunks from here on are added as they are measured."""
+        if self._adding or not self._granted:
+            return
+        with self._lock:
+            if self._revoked:
+                return
+            spool.flush()
+            self._touched = self._touched or measured > 0
+            self._sums.fold_spooled(path, alpha=self.weight, stop=measured)
+            self.folded, self._adding = measured, True
+
+    def add(self, element: int, values: torch.Tensor) -> None:
+        """Checked values of the data section, starting at `element`, all in one run."""
+        if self._adding:
+            self._add(element, values, measuring=False)
+
+    def add_measuring(self, element: int, values: torch.Tensor) -> torch.Tensor | None:
+        """Whole blocks of 16-bit values, added and measured in one pass: their block
+        norms, or None if nothing was added. Values then refused make the fold abandon this
+        live fold, and the sums are rebuilt."""
+        return self._add(element, values, measuring=True) if self._adding else None
+
+    def _add(self, element: int, values: torch.Tensor, *, measuring: bool) -> torch.Tensor | None:
+        with self._lock:
+            if self._revoked:
+                return None
+            if element != self.folded:  # the receiver measures in order: never happens
+                raise RuntimeError(f"live fold at element {element}, expected {self.folded}")
+            self._touched = True
+            norms = self._sums.add_values(element, values, alpha=self.weight, measuring=measuring)
+            self.folded += values.numel()
+            return norms
