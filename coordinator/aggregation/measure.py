@@ -34,7 +34,7 @@ TRUSTED_NORM = MAX_ABS_VALUE / 2
 
 
 class Sink(Protocol):
-    """Where measured values go on (a live fold, coordinator/aggregation/fold.py)."""
+    """Where measured values go on (a live fold, coordinator/aggregation/live.py)."""
 
     def add(self, element: int, values: torch.Tensor) -> None:
         """Take checked values of the data section starting at `element` (one run)."""
