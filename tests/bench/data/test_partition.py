@@ -26,6 +26,14 @@ def _digest(directory: Path) -> dict[str, str]:
     }
 
 
+def _two_aligned_clients(root: Path, out: Path) -> list[str]:
+    """The command line that splits the Hateful-Memes release at `root` for two clients."""
+    return [
+        *("--dataset", "hateful_memes", "--root", str(root), "--scenario", "aligned"),
+        *("--clients", "2", "--out", str(out)),
+    ]
+
+
 def test_partition_writes_silo_directories_and_summary(memes: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     main(
@@ -98,18 +106,7 @@ def test_bad_input_leaves_nothing_and_skip_bad_reports(memes: Path, tmp_path: Pa
         handle.write('{"id": 5, "img": "img/missing.png", "label": 1, "text": "x"}\n')
         handle.write('{"id": 6, "img": "img/10000.png", "label": 7, "text": "x"}\n')
     out = tmp_path / "out"
-    args = [
-        "--dataset",
-        "hateful_memes",
-        "--root",
-        str(broken),
-        "--scenario",
-        "aligned",
-        "--clients",
-        "2",
-        "--out",
-        str(out),
-    ]
+    args = _two_aligned_clients(broken, out)
     with pytest.raises(SystemExit) as stopped:
         main(args)
     assert "train.jsonl:21: image file not found" in str(stopped.value.code)
@@ -127,18 +124,7 @@ def test_existing_output_is_not_overwritten_without_consent(memes: Path, tmp_pat
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    args = [
-        "--dataset",
-        "hateful_memes",
-        "--root",
-        str(memes),
-        "--scenario",
-        "aligned",
-        "--clients",
-        "2",
-        "--out",
-        str(out),
-    ]
+    args = _two_aligned_clients(memes, out)
     with pytest.raises(SystemExit):
         main(args)
     assert (out / "keep.txt").read_text() == "mine"
