@@ -4,12 +4,10 @@ Updates are folded in the order of the selected silos' names, never in the order
 arrive: a weighted mean folds each update as soon as every silo before it in that order has
 been folded (so most of the work still happens while others upload), and the rest when the
 round closes. Float sums then come out bit for bit the same whatever the network did.
-The update that is next in that order while it streams in is folded live (LiveFold): each
-chunk is added as it is measured, while its bytes are still in the CPU's cache, so that its
-values are read once rather than measured on arrival and read again from the spool. If that
-update is then refused (or the round closes first), the sums are rebuilt from the spools of
-the updates before it, and live folding stops for the rest of the attempt: a silo can cost
-the round one rebuild, never more.
+The update that is next in that order while it streams in is folded live instead
+(coordinator/aggregation/live.py). If it is then refused, or the round closes first, the sums
+are rebuilt from the spools of the updates before it and live folding stops for the rest of
+the attempt: a silo can cost the round one rebuild, never more.
 Rules that need every update at once (weight-share caps, median-relative clipping, trimmed
 mean, median, Krum) run when the round closes, block by block over the spooled files, so that
 memory holds a block of each update rather than K whole updates.
@@ -185,7 +183,7 @@ class RoundFold:
             folded, touched = live.revoke()
             if touched and folded == self._shape.numel and live.weight == arrival.weight:
                 self._prefolded.add(silo_id)  # already in the sums, all of it
-            elif touched:  # never expected: the receiver measures every element it received
+            elif touched:  # part of it, or at another weight: never from a receiver
                 with self._live_lock:
                     self._dirty, self._live_allowed = True, False
         self._repair()  # (after a rebuild this update, too, is folded from its spool)

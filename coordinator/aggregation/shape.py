@@ -93,9 +93,13 @@ class UpdateShape:
             for e in self.entries
         }
 
+    @functools.cached_property
+    def _run_starts(self) -> list[int]:
+        return [r.start for r in self.runs]
+
     def run_at(self, element: int) -> Run:
-        starts = [r.start for r in self.runs]
-        return self.runs[bisect.bisect_right(starts, element) - 1]
+        """The run holding data element `element` (asked for every chunk folded live)."""
+        return self.runs[bisect.bisect_right(self._run_starts, element) - 1]
 
     def name_at(self, element: int) -> str:
         starts = [e.start for e in self.entries]
