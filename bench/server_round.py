@@ -8,18 +8,21 @@ arrived out of order folded from their spools once their turn comes (RoundFold o
 map); then the step (GlobalModel.apply: the strategy's kernel and the finiteness check).
 Updates arrive one after another in one of three orders: the fold's own (every update folded
 live), reversed (only the last to arrive, the first in the order, is folded live; each of the
-others is measured on arrival and read again from its spool) and a seeded shuffle between.
+others is measured on arrival and read again from its spool, all of them in one pass over the
+sum once the first arrives) and a seeded shuffle between.
 The floor: one `add_` per update of float32 values already in memory, then the step's own
 floor (FedAvg: one `add_`; FedAdam: `torch._fused_adam_`, one pass over x, m, v, and the sum).
 
 Chunks are cut as a silo cuts them; each is copied into a fresh bytes object before it is
 measured (untimed), as `message.data` hands it to the receiver. Hashing and spooling are
-transport (bench/transport.py). Every update is the same spool file: its pages come from
-memory, not from the CPU's caches, exactly as distinct files' would.
+transport (bench/transport.py): each update has a spool file of its own, written (and
+synced, as an upload that took seconds on the network would leave it) before the wire's
+cases, untimed.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import statistics
 import time
@@ -83,20 +86,34 @@ HEADER = (
 
 
 class RoundBench:
-    """The updates of one wire dtype: their chunks as a silo sends them, and one spool."""
+    """The updates of one wire dtype: their chunks as a silo sends them, and their spools."""
 
     def __init__(self, *, flat: FlatLayout, delta: dict[str, torch.Tensor], wire: str, work: Path):
         self.flat = flat
         self.shape = UpdateShape(layout=flat, dtype=wire)
         encoder = StateEncoder(delta, dtype=getattr(torch, wire))
         _, *self.chunks = encoder.chunks(chunk_bytes=CHUNK_BYTES, block=BLOCK_ELEMENTS)
-        self.spool = work / f"update-{wire}.bin"
-        with self.spool.open("wb") as out:
-            for chunk in self.chunks:
-                out.write(chunk)
+        self.work = work
         self.nbytes = encoder.total_bytes
 
-    def _arrive(self, live: LiveFold | None, spool: IO[bytes]) -> tuple[UpdateStatistics, float]:
+    def spool(self, index: int) -> Path:
+        """Where the update of the `index`-th silo is spooled (one file per silo, shared by
+        the wires, written by `write_spools`)."""
+        return self.work / f"update-{index:03d}.bin"
+
+    def write_spools(self, count: int) -> None:
+        """Each silo's update in a file of its own, synced: pages of memory apart, as
+        distinct uploads' are."""
+        for index in range(count):
+            with self.spool(index).open("wb") as out:
+                for chunk in self.chunks:
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+
+    def _arrive(
+        self, live: LiveFold | None, spool: IO[bytes], path: Path
+    ) -> tuple[UpdateStatistics, float]:
         """Measure one update as its chunks arrive (folding it live if `live` is granted)."""
         statistics_ = UpdateStatistics(self.shape, sink=live)
         spent = 0.0
@@ -104,7 +121,7 @@ class RoundBench:
             fresh = bytes(chunk)
             started = time.perf_counter()
             if live is not None:
-                live.resume(statistics_.element, spool, self.spool)
+                live.resume(statistics_.element, spool, path)
             statistics_.consume(memoryview(fresh))
             spent += time.perf_counter() - started
         return statistics_, spent
@@ -119,14 +136,15 @@ class RoundBench:
         )
         total = time.perf_counter() - started
         arriving = 0.0
-        with self.spool.open("ab") as spool:  # flushed by a live fold that catches up
-            for name in arrival:
+        for name in arrival:
+            path = self.spool(int(name.removeprefix("silo-")))
+            with path.open("ab") as spool:  # flushed by a live fold that catches up
                 started = time.perf_counter()
                 live = fold.offer(name, 10.0)
                 offered = time.perf_counter() - started
-                measured, spent = self._arrive(live, spool)
+                measured, spent = self._arrive(live, spool, path)
                 update = ReceivedUpdate(
-                    path=self.spool, dtype=self.shape.dtype, norm=measured.norm, nbytes=self.nbytes
+                    path=path, dtype=self.shape.dtype, norm=measured.norm, nbytes=self.nbytes
                 )
                 started = time.perf_counter()
                 accepted = Arrival(update=update, weight=10.0, num_samples=10, steps=1)
@@ -176,11 +194,14 @@ def measure(
     del start
     timings = {c: Timing([], [], []) for c in cases}
     for repeat in range(repeats + 1):
-        for case in cases:
-            floor_s = floor(case.strategy, case.updates)
-            ours_s, arriving = benches[case.wire].ours(models[case.strategy], case)
-            if repeat:
-                timings[case].floor.append(floor_s)
-                timings[case].ours.append(ours_s)
-                timings[case].arriving.append(arriving)
+        for wire, bench in benches.items():
+            wired = [c for c in cases if c.wire == wire]
+            bench.write_spools(max(c.updates for c in wired))
+            for case in wired:
+                floor_s = floor(case.strategy, case.updates)
+                ours_s, arriving = bench.ours(models[case.strategy], case)
+                if repeat:
+                    timings[case].floor.append(floor_s)
+                    timings[case].ours.append(ours_s)
+                    timings[case].arriving.append(arriving)
     return timings

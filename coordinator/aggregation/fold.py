@@ -26,7 +26,7 @@ import torch
 
 from coordinator.aggregation import robust
 from coordinator.aggregation.heap import release_freed
-from coordinator.aggregation.kernels import add_measured, add_scaled
+from coordinator.aggregation.kernels import add_many, add_measured, add_scaled
 from coordinator.aggregation.live import LiveFold
 from coordinator.aggregation.receiver import ReceivedUpdate
 from coordinator.aggregation.shape import UpdateShape
@@ -41,6 +41,14 @@ log = logging.getLogger(__name__)
 # 180-300 ms per 150M, 32M elements 40 ms (the floor: 30). Larger windows would keep more of
 # an update mapped (counted as the coordinator's memory) before it is let go.
 FOLD_BLOCK = 1 << 25
+# Several spooled updates ready at once (arrived out of order, or left for the round's close)
+# are folded together, window by window: each window of the sums (8 MiB of float32) stays in
+# the CPU's cache while every update adds to it, so the sums are read and written once for
+# them all rather than once each (measured over 9 updates of 150M float32 values just
+# spooled: 168-203 ms against 259-315 ms one after another, and 190-315 ms with the same
+# window). Up to MANY_UPDATES are mapped a window each at a time; more take further passes.
+MANY_BLOCK = 1 << 21
+MANY_UPDATES = 16
 # Elements per [K, B] block of the coordinate rules: K rows of it stay in cache.
 STACK_BLOCK = 1 << 18
 
@@ -169,8 +177,7 @@ class RoundFold:
         self._prefolded.clear()  # every update so far is folded again, from its spool
         aggregate = self.aggregate
         aggregate.stale, aggregate.weight_sum = set(self._initial_stale), 0.0
-        for arrival in folded:
-            self._fold(arrival, alpha=arrival.weight * self._fixed_scale(arrival))
+        self._fold(folded)
 
     def add(self, silo_id: str, arrival: Arrival, *, live: LiveFold | None = None) -> None:
         """Take an accepted update (`live`: the live fold of the very stream it arrived
@@ -190,14 +197,18 @@ class RoundFold:
         self._arrivals[silo_id] = arrival
         if not self._rule.incremental:
             return
+        spooled: list[Arrival] = []  # ready in a row: folded together
         while self._next < len(self._order) and self._order[self._next] in self._arrivals:
             name = self._order[self._next]
             ready = self._arrivals[name]
             if name in self._prefolded:
+                self._fold(spooled)
+                spooled = []
                 self._account(ready.weight, self._buffers())
             else:
-                self._fold(ready, alpha=ready.weight * self._fixed_scale(ready))
+                spooled.append(ready)
             self._next += 1
+        self._fold(spooled)
         with self._live_lock:
             self._grant()
 
@@ -239,10 +250,8 @@ class RoundFold:
             contributed=names, clipped=[n for n, s in zip(names, scales, strict=True) if s < 1]
         )
         if rule.incremental:
-            for name in self._order[self._next :]:
-                if name in self._arrivals:
-                    arrival = self._arrivals[name]
-                    self._fold(arrival, alpha=arrival.weight * self._fixed_scale(arrival))
+            left = [self._arrivals[n] for n in self._order[self._next :] if n in self._arrivals]
+            self._fold(left)
             self._next = len(self._order)
             return outcome
         if rule.aggregator in ("trimmed_mean", "median"):
@@ -254,15 +263,34 @@ class RoundFold:
             keep = self._krum(arrivals, scales)
             outcome.excluded = [n for i, n in enumerate(names) if i not in keep]
         weights = robust.capped_weights([arrivals[i].weight for i in keep], rule.max_weight_share)
-        for i, weight in zip(keep, weights, strict=True):
-            self._fold(arrivals[i], alpha=weight * scales[i], weight=weight)
+        self._fold(
+            [arrivals[i] for i in keep],
+            alphas=[w * scales[i] for i, w in zip(keep, weights, strict=True)],
+            weights=weights,
+        )
         return outcome
 
-    def _fold(self, arrival: Arrival, *, alpha: float, weight: float | None = None) -> None:
-        """Add one spooled update in place from its file: adapter values times `alpha` into
-        the sum, control values as they are into the control sum."""
-        self.fold_spooled(arrival.update.path, alpha=alpha, stop=self._shape.numel)
-        self._account(arrival.weight if weight is None else weight, self._buffers())
+    def _fold(
+        self,
+        arrivals: list[Arrival],
+        *,
+        alphas: list[float] | None = None,
+        weights: list[float] | None = None,
+    ) -> None:
+        """Add spooled updates in place from their files, in the order given: adapter values
+        times their alpha (by default, weight times the fixed clipping scale) into the sum,
+        control values as they are into the control sum."""
+        if alphas is None:
+            alphas = [a.weight * self._fixed_scale(a) for a in arrivals]
+        if weights is None:
+            weights = [a.weight for a in arrivals]
+        for first in range(0, len(arrivals), MANY_UPDATES):
+            batch = slice(first, first + MANY_UPDATES)
+            self._fold_files(
+                [a.update.path for a in arrivals[batch]], alphas[batch], stop=self._shape.numel
+            )
+            for weight in weights[batch]:
+                self._account(weight, self._buffers())
 
     def _buffers(self) -> set[str]:
         return {"control_total" if run.control else "total" for run in self._shape.runs}
@@ -273,18 +301,30 @@ class RoundFold:
         self.aggregate.weight_sum += weight
 
     def fold_spooled(self, path: Path, *, alpha: float, stop: int) -> None:
-        """Add elements [0, stop) of the data section spooled in `path` to the sums (a
-        whole update, or what a live fold catches up on)."""
-        if stop <= 0:
+        """Add elements [0, stop) of the data section spooled in `path` to the sums (what a
+        live fold catches up on)."""
+        self._fold_files([path], [alpha], stop=stop)
+
+    def _fold_files(self, paths: list[Path], alphas: list[float], *, stop: int) -> None:
+        """Add elements [0, stop) of the updates spooled in `paths` to the sums, in one pass
+        over them, in the order given (bit for bit as one after another)."""
+        if stop <= 0 or not paths:
             return
-        with SpoolView(path, self._shape.dtype, elements=stop) as spool:
+        window = FOLD_BLOCK if len(paths) == 1 else MANY_BLOCK
+        with contextlib.ExitStack() as opened:
+            spools = [
+                opened.enter_context(SpoolView(path, self._shape.dtype, elements=stop))
+                for path in paths
+            ]
             for run in self._shape.runs:
-                for start in range(0, min(run.count, stop - run.start), FOLD_BLOCK):
-                    count = min(FOLD_BLOCK, run.count - start, stop - run.start - start)
-                    values = spool.values(run.start + start, count)
-                    self.add_values(run.start + start, values, alpha=alpha)
+                for start in range(0, min(run.count, stop - run.start), window):
+                    count = min(window, run.count - start, stop - run.start - start)
+                    element = run.start + start
+                    values = [spool.values(element, count) for spool in spools]
+                    self._add_many(element, values, alphas)
                     del values
-                    spool.release(run.start + start, count)
+                    for spool in spools:
+                        spool.release(element, count)
 
     def add_values(
         self, element: int, values: torch.Tensor, *, alpha: float, measuring: bool = False
@@ -293,15 +333,26 @@ class RoundFold:
         adapter values times `alpha`, control values as they are. A buffer no fold has
         written yet this round is written instead (its earlier round's values are stale).
         `measuring` (whole blocks of 16-bit values): return each block's norm as well."""
-        run = self._shape.run_at(element)
-        name = "control_total" if run.control else "total"
-        at = run.target + element - run.start
-        target = getattr(self.aggregate, name)[at : at + values.numel()]
-        scale, write = 1.0 if run.control else alpha, name in self.aggregate.stale
+        target, control, write = self._target(element, values.numel())
+        scale = 1.0 if control else alpha
         if measuring:
             return add_measured(target, values, scale, write=write)
         add_scaled(target, values, scale, write=write)
         return None
+
+    def _add_many(self, element: int, values: list[torch.Tensor], alphas: list[float]) -> None:
+        """add_values of the same elements of several updates, in order, in one pass."""
+        target, control, write = self._target(element, values[0].numel())
+        add_many(target, values, [1.0] * len(values) if control else alphas, write=write)
+
+    def _target(self, element: int, count: int) -> tuple[torch.Tensor, bool, bool]:
+        """The sums' elements for data elements [element, element + count) of one run,
+        whether they are control sums, and whether they are still to be written."""
+        run = self._shape.run_at(element)
+        name = "control_total" if run.control else "total"
+        at = run.target + element - run.start
+        target = getattr(self.aggregate, name)[at : at + count]
+        return target, run.control, name in self.aggregate.stale
 
     def _stacked(
         self, arrivals: list[Arrival], scales: list[float]

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from coordinator.aggregation import fold as fold_module
 from coordinator.aggregation import robust
 from coordinator.aggregation.fold import AggregationRule, Arrival, RoundFold
 from coordinator.aggregation.receiver import receive_bytes
@@ -186,13 +187,17 @@ def test_multi_krum_leaves_out_the_outlier_and_averages_the_rest(tmp_path: Path)
     ],
     ids=["mean", "capped mean", "median"],
 )
+@pytest.mark.parametrize("wire", ["float32", "bfloat16"])
 def test_the_sum_is_bitwise_the_same_in_every_arrival_order(
-    rule: AggregationRule, tmp_path: Path
+    rule: AggregationRule, wire: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    updates, counts = _updates(4, 5), [7, 1, 300, 42]
+    # updates that wait are folded together: in windows that cut the tensors, 3 at a time
+    monkeypatch.setattr(fold_module, "MANY_BLOCK", 7)
+    monkeypatch.setattr(fold_module, "MANY_UPDATES", 3)
+    updates, counts = _updates(5, 5), [7, 1, 300, 42, 9]
     totals = set()
-    for order in itertools.permutations(range(4)):
-        aggregate, _ = _fold(updates, counts, rule, tmp_path, order=list(order))
+    for order in itertools.permutations(range(5)):
+        aggregate, _ = _fold(updates, counts, rule, tmp_path, order=list(order), wire=wire)
         totals.add((aggregate.total.numpy().tobytes(), aggregate.weight_sum))
     assert len(totals) == 1
 
