@@ -197,6 +197,7 @@ def measure(
         for wire, bench in benches.items():
             wired = [c for c in cases if c.wire == wire]
             bench.write_spools(max(c.updates for c in wired))
+            floor("fedavg", 1)  # (the first add_ after writing gigabytes is slow, whoever runs it)
             for case in wired:
                 floor_s = floor(case.strategy, case.updates)
                 ours_s, arriving = bench.ours(models[case.strategy], case)

@@ -7,9 +7,10 @@ cut its chunks. A sender that cuts on block boundaries (ours does) is measured i
 complete blocks per call; only a block split across two chunks is pieced together.
 The block norms vouch for the values as well (no value exceeds its block's norm), so a chunk
 costs one pass; only a block whose norm is large or not finite is checked value by value.
-A 16-bit update folded live is measured in its fold's pass (a compiled loop whose block sums
-may differ from the eager ones in the last bits): its norm then serves nothing, since only
-rules without clipping fold updates live, and the bound holds for any summation order.
+A 16-bit update offered a live fold is measured in its fold's pass once it is folded live, and
+in a compiled loop of its own before that (both loops' block sums may differ from the eager
+ones in the last bits): its norm then serves nothing, since only rules without clipping offer
+live folds, and the bound holds for any summation order.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Protocol
 
 import torch
 
+from coordinator.aggregation.kernels import widened_norms
 from coordinator.aggregation.shape import UpdateShape
 from shared.errors import PayloadError, UpdateRejected
 from shared.payload import BLOCK_ELEMENTS
@@ -94,10 +96,12 @@ class UpdateStatistics:
 
     def _measure(self, data: memoryview, *, blocks: int) -> None:
         values = torch.frombuffer(data, dtype=self._dtype)
-        norms = None
+        norms, sunk = None, False
         if self._sink is not None and self._fusable and values.numel() == blocks * BLOCK_ELEMENTS:
             norms = self._sink.add_measuring(self.element, values)
-        sunk = norms is not None
+            sunk = norms is not None
+            if norms is None:  # not (yet) folded live, measured in a compiled loop all the same
+                norms = widened_norms(values)
         if norms is None:
             norms = torch.linalg.vector_norm(values.view(blocks, -1), dim=1, dtype=torch.float32)
         block_norms = norms.tolist()

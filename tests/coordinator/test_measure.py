@@ -45,11 +45,30 @@ def _norm(state: dict[str, torch.Tensor], wire: str) -> float:
     return float(np.linalg.norm(np.concatenate(wide)))
 
 
-def _measure(data: bytes, shape: UpdateShape, cuts: list[int]) -> UpdateStatistics:
-    measured = UpdateStatistics(shape)
+class Waiting:
+    """The sink of an update offered a live fold and not (yet) granted one: it takes no
+    unchecked values, and gets the checked ones, which it keeps here in order."""
+
+    def __init__(self) -> None:
+        self.taken: list[torch.Tensor] = []
+
+    def add(self, element: int, values: torch.Tensor) -> None:
+        assert element == sum(map(len, self.taken))
+        self.taken.append(values.clone())
+
+    def add_measuring(self, element: int, values: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+
+def _measure(
+    data: bytes, shape: UpdateShape, cuts: list[int], sink: Waiting | None = None
+) -> UpdateStatistics:
+    measured = UpdateStatistics(shape, sink=sink)
     for start, end in zip([0, *cuts], [*cuts, len(data)], strict=True):
         measured.consume(memoryview(data)[start:end])
     assert measured.complete()
+    if sink is not None:  # every value handed on, once checked
+        assert torch.cat(sink.taken).view(torch.uint8).numpy().tobytes() == data
     return measured
 
 
@@ -74,11 +93,13 @@ def test_any_cut_measures_the_same_bit_for_bit(wire: str, control: bool, loud: b
 
 @pytest.mark.parametrize("wire", WIRES)
 @pytest.mark.parametrize("loud", [False, True])
-def test_the_norm_is_the_adapter_values_norm(wire: str, loud: bool) -> None:
+@pytest.mark.parametrize("waiting", [False, True], ids=["alone", "offered a live fold"])
+def test_the_norm_is_the_adapter_values_norm(wire: str, loud: bool, waiting: bool) -> None:
     state = _update(2, control=True, loud=loud)
     shape = UpdateShape(layout=LAYOUT, dtype=wire, with_control=True)
     encoder = StateEncoder(state, dtype=getattr(torch, wire))
-    measured = _measure(encoder.data(0, encoder.numel), shape, [])
+    sink = Waiting() if waiting else None  # (16-bit blocks: measured in a compiled loop)
+    measured = _measure(encoder.data(0, encoder.numel), shape, [], sink)
     # Blocks are summed in float32: random squares' rounding errors mostly cancel, equal
     # squares' (1e8 each) add up.
     assert measured.norm == pytest.approx(_norm(state, wire), rel=1e-4 if loud else 1e-5)
@@ -107,18 +128,23 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("waiting", [False, True], ids=["alone", "offered a live fold"])
 @pytest.mark.parametrize("control", [False, True])
 @pytest.mark.parametrize(("wire", "value", "reason", "detail"), CASES)
 def test_a_bad_value_is_refused_naming_its_tensor(
-    wire: str, value: float, reason: str, detail: str, control: bool
+    wire: str, value: float, reason: str, detail: str, control: bool, waiting: bool
 ) -> None:
     state = _update(3, control=control)
     name = (CONTROL_PREFIX if control else "") + "b.lora_B.weight"
     state[name][30_000, 1] = value
     shape = UpdateShape(layout=LAYOUT, dtype=wire, with_control=control)
     encoder = StateEncoder(state, dtype=getattr(torch, wire))
+    sink = Waiting() if waiting else None
     with pytest.raises(UpdateRejected) as refused:
-        _measure(encoder.data(0, encoder.numel), shape, [12_345])
+        _measure(encoder.data(0, encoder.numel), shape, [12_345], sink)
+    if sink is not None:  # the values handed on stop before the refused one
+        taken = torch.cat([torch.zeros(0), *(t.float() for t in sink.taken)])
+        assert bool(torch.isfinite(taken).all()) and float(taken.abs().max()) <= MAX_ABS_VALUE
     assert refused.value.reason == reason
     assert str(refused.value).count("b.lora_B.weight") == 1 and detail in str(refused.value)
     assert f"{name}:" in str(refused.value)
