@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +27,7 @@ import torch
 from coordinator.aggregation import robust
 from coordinator.aggregation.heap import release_freed
 from coordinator.aggregation.kernels import add_many, add_measured, add_scaled
-from coordinator.aggregation.live import LiveFold
+from coordinator.aggregation.live import Carried, LiveFold
 from coordinator.aggregation.receiver import ReceivedUpdate
 from coordinator.aggregation.shape import UpdateShape
 from coordinator.aggregation.spool import SpoolPool, SpoolView
@@ -44,9 +44,8 @@ FOLD_BLOCK = 1 << 25
 # Several spooled updates ready at once (arrived out of order, or left for the round's close)
 # are folded together, window by window: each window of the sums (8 MiB of float32) stays in
 # the CPU's cache while every update adds to it, so the sums are read and written once for
-# them all rather than once each (measured over 9 updates of 150M float32 values just
-# spooled: 168-203 ms against 259-315 ms one after another, and 190-315 ms with the same
-# window). Up to MANY_UPDATES are mapped a window each at a time; more take further passes.
+# them all rather than once each (bench/server_round.py). Up to MANY_UPDATES are mapped a
+# window each at a time (or carried by a live fold); more take further passes.
 MANY_BLOCK = 1 << 21
 MANY_UPDATES = 16
 # Elements per [K, B] block of the coordinate rules: K rows of it stay in cache.
@@ -122,7 +121,9 @@ class RoundFold:
         self._live: dict[str, LiveFold] = {}
         self._live_allowed = rule.incremental and rule.clip_norm == 0
         self._dirty = False  # a revoked live fold left part of its update in the sums
-        self._prefolded: set[str] = set()  # arrived complete through their live folds
+        self._prefolded: set[str] = set()  # complete in the sums through a live fold
+        self._arrived_live: set[str] = set()  # of those, folded as they streamed in
+        self.dtype = shape.dtype  # of the spooled values (Sums)
         self.rebuilds = 0  # of the sums, after a live fold was abandoned
 
     def offer(self, silo_id: str, weight: float) -> LiveFold | None:
@@ -175,6 +176,7 @@ class RoundFold:
         log.info("the round's sums are rebuilt from %d spooled update(s)", len(folded))
         self.rebuilds += 1
         self._prefolded.clear()  # every update so far is folded again, from its spool
+        self._arrived_live.clear()
         aggregate = self.aggregate
         aggregate.stale, aggregate.weight_sum = set(self._initial_stale), 0.0
         self._fold(folded)
@@ -188,8 +190,12 @@ class RoundFold:
             self._undo(registered)  # another stream of this silo's: what it added goes
         if live is not None:
             folded, touched = live.revoke()
-            if touched and folded == self._shape.numel and live.weight == arrival.weight:
+            carried = all(self._arrivals.get(c.name) is c.token for c in live.carried)
+            whole = folded == self._shape.numel and live.weight == arrival.weight
+            if touched and whole and carried:
                 self._prefolded.add(silo_id)  # already in the sums, all of it
+                self._arrived_live.add(silo_id)
+                self._prefolded.update(c.name for c in live.carried)  # and those it carried
             elif touched:  # part of it, or at another weight: never from a receiver
                 with self._live_lock:
                     self._dirty, self._live_allowed = True, False
@@ -197,25 +203,41 @@ class RoundFold:
         self._arrivals[silo_id] = arrival
         if not self._rule.incremental:
             return
-        spooled: list[Arrival] = []  # ready in a row: folded together
-        while self._next < len(self._order) and self._order[self._next] in self._arrivals:
-            name = self._order[self._next]
-            ready = self._arrivals[name]
-            if name in self._prefolded:
-                self._fold(spooled)
-                spooled = []
-                self._account(ready.weight, self._buffers())
-            else:
-                spooled.append(ready)
+        order = self._order
+        while True:
+            ready = self._next  # the updates ready in a row, then folded together
+            while (
+                ready < len(order) and order[ready] in self._arrivals
+                and order[ready] not in self._prefolded
+            ):  # fmt: skip
+                ready += 1
+            self._fold([self._arrivals[n] for n in order[self._next : ready]])
+            self._next = ready  # once they are in the sums: a grant reads it (_grant)
+            if ready == len(order) or order[ready] not in self._prefolded:
+                break
+            self._account(self._arrivals[order[ready]].weight, self._buffers())
             self._next += 1
-        self._fold(spooled)
         with self._live_lock:
             self._grant()
+
+    def carried_after(self, silo_id: str) -> list[Carried]:
+        """The accepted updates right after `silo_id` in the order (the next one, granted a
+        live fold, as it begins adding): none is folded yet, and none can be until it is."""
+        position, carried = self._order.index(silo_id) + 1, list[Carried]()
+        while position < len(self._order) and len(carried) < MANY_UPDATES - 1:
+            name = self._order[position]
+            arrival = self._arrivals.get(name)
+            if arrival is None:
+                break
+            alpha = arrival.weight * self._fixed_scale(arrival)
+            carried.append(Carried(name, arrival.update.path, alpha, token=arrival))
+            position += 1
+        return carried
 
     @property
     def folded_live(self) -> int:
         """Accepted updates that were folded as they streamed in."""
-        return len(self._prefolded)
+        return len(self._arrived_live)
 
     def _fixed_scale(self, arrival: Arrival) -> float:
         (scale,) = robust.clip_scales(
@@ -286,7 +308,7 @@ class RoundFold:
             weights = [a.weight for a in arrivals]
         for first in range(0, len(arrivals), MANY_UPDATES):
             batch = slice(first, first + MANY_UPDATES)
-            self._fold_files(
+            self.fold_spooled(
                 [a.update.path for a in arrivals[batch]], alphas[batch], stop=self._shape.numel
             )
             for weight in weights[batch]:
@@ -300,14 +322,10 @@ class RoundFold:
         self.aggregate.stale -= written
         self.aggregate.weight_sum += weight
 
-    def fold_spooled(self, path: Path, *, alpha: float, stop: int) -> None:
-        """Add elements [0, stop) of the data section spooled in `path` to the sums (what a
-        live fold catches up on)."""
-        self._fold_files([path], [alpha], stop=stop)
-
-    def _fold_files(self, paths: list[Path], alphas: list[float], *, stop: int) -> None:
-        """Add elements [0, stop) of the updates spooled in `paths` to the sums, in one pass
-        over them, in the order given (bit for bit as one after another)."""
+    def fold_spooled(self, paths: Sequence[Path], alphas: Sequence[float], *, stop: int) -> None:
+        """Add elements [0, stop) of the updates spooled in `paths` to the sums (whole ones,
+        or what a live fold catches up on), in one pass over them, in the order given (bit
+        for bit as one after another)."""
         if stop <= 0 or not paths:
             return
         window = FOLD_BLOCK if len(paths) == 1 else MANY_BLOCK
@@ -321,38 +339,43 @@ class RoundFold:
                     count = min(window, run.count - start, stop - run.start - start)
                     element = run.start + start
                     values = [spool.values(element, count) for spool in spools]
-                    self._add_many(element, values, alphas)
+                    self.add_values(
+                        element, values[0], alpha=alphas[0], more=values[1:], more_alphas=alphas[1:]
+                    )
                     del values
                     for spool in spools:
                         spool.release(element, count)
 
     def add_values(
-        self, element: int, values: torch.Tensor, *, alpha: float, measuring: bool = False
+        self,
+        element: int,
+        values: torch.Tensor,
+        *,
+        alpha: float,
+        measuring: bool = False,
+        more: Sequence[torch.Tensor] = (),
+        more_alphas: Sequence[float] = (),
     ) -> torch.Tensor | None:
         """Add data elements [element, element + len) (within one run) to their sum:
-        adapter values times `alpha`, control values as they are. A buffer no fold has
-        written yet this round is written instead (its earlier round's values are stale).
-        `measuring` (whole blocks of 16-bit values): return each block's norm as well."""
-        target, control, write = self._target(element, values.numel())
-        scale = 1.0 if control else alpha
-        if measuring:
-            return add_measured(target, values, scale, write=write)
-        add_scaled(target, values, scale, write=write)
-        return None
-
-    def _add_many(self, element: int, values: list[torch.Tensor], alphas: list[float]) -> None:
-        """add_values of the same elements of several updates, in order, in one pass."""
-        target, control, write = self._target(element, values[0].numel())
-        add_many(target, values, [1.0] * len(values) if control else alphas, write=write)
-
-    def _target(self, element: int, count: int) -> tuple[torch.Tensor, bool, bool]:
-        """The sums' elements for data elements [element, element + count) of one run,
-        whether they are control sums, and whether they are still to be written."""
+        adapter values times `alpha`, control values as they are; then the same elements of
+        the updates in `more`, each times its alpha, while that stretch is in the cache. A
+        buffer no fold has written yet this round is written instead (its earlier round's
+        values are stale). `measuring` (whole blocks of 16-bit values): return each block's
+        norm of `values` as well."""
         run = self._shape.run_at(element)
         name = "control_total" if run.control else "total"
         at = run.target + element - run.start
-        target = getattr(self.aggregate, name)[at : at + count]
-        return target, run.control, name in self.aggregate.stale
+        target = getattr(self.aggregate, name)[at : at + values.numel()]
+        write = name in self.aggregate.stale
+        scales = [1.0] * (len(more) + 1) if run.control else [alpha, *more_alphas]
+        norms = None
+        if measuring:
+            norms = add_measured(target, values, scales[0], write=write)
+        else:
+            add_scaled(target, values, scales[0], write=write)
+        if more:
+            add_many(target, more, scales[1:], write=False)
+        return norms
 
     def _stacked(
         self, arrivals: list[Arrival], scales: list[float]

@@ -4,36 +4,67 @@ The update that is next in the fold's canonical order (coordinator/aggregation/f
 it arrives is folded live: each block is added to the running sum as soon as it is measured,
 while its bytes are still in the CPU's cache, so that its values are read once rather than
 measured on arrival and read again from the spool. An update that becomes next mid-stream
-first folds what it has spooled. The fold (RoundFold) grants and revokes; the receiver adds.
+first folds what it has spooled. Updates that arrived earlier and wait right after it in the
+order are carried along: each block of theirs is added, from their spools, right after the
+live one's, while that stretch of the sums is in the cache, so that the sums are read and
+written once for them all. The fold (RoundFold) grants and revokes; the receiver adds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
 import torch
 
+from coordinator.aggregation.spool import SpoolView
+
+
+@dataclass(frozen=True)
+class Carried:
+    """An accepted update waiting in its spool, added along with a live fold."""
+
+    name: str  # the silo's
+    path: Path
+    alpha: float
+    token: object  # what the fold holds for it: still the same once the live one arrives?
+
 
 class Sums(Protocol):
     """The round's running sums, as a live fold adds to them (RoundFold)."""
 
-    def fold_spooled(self, path: Path, *, alpha: float, stop: int) -> None:
-        """Add elements [0, stop) of the data section spooled in `path`."""
+    dtype: str  # of the spooled values
+
+    def fold_spooled(self, paths: Sequence[Path], alphas: Sequence[float], *, stop: int) -> None:
+        """Add elements [0, stop) of the data sections spooled in `paths`, in that order."""
 
     def add_values(
-        self, element: int, values: torch.Tensor, *, alpha: float, measuring: bool = False
+        self,
+        element: int,
+        values: torch.Tensor,
+        *,
+        alpha: float,
+        measuring: bool = False,
+        more: Sequence[torch.Tensor] = (),
+        more_alphas: Sequence[float] = (),
     ) -> torch.Tensor | None:
-        """Add data elements from `element` (one run); with `measuring`, return each block's
-        norm from the same pass."""
+        """Add data elements from `element` (one run), then the same elements of `more`;
+        with `measuring`, return each block's norm of `values` from the same pass."""
+
+    def carried_after(self, silo_id: str) -> list[Carried]:
+        """The accepted updates right after `silo_id` in the order, not yet folded."""
 
 
 class LiveFold:
     """One update folded while it streams in, from the moment its fold grants it the sums
     (it is next in the canonical order). The receiver calls `resume` at each chunk's start
-    (folding from the spool what was measured before the grant) and `add` for every measured
-    block; the fold revokes it once the update arrives, is refused, or the round closes."""
+    (folding from the spool what was measured before the grant, and taking on the waiting
+    updates it carries) and `add` for every measured block; the fold revokes it once the
+    update arrives, is refused, or the round closes."""
 
     def __init__(self, sums: Sums, silo_id: str, weight: float) -> None:
         self._sums = sums
@@ -45,6 +76,9 @@ class LiveFold:
         self._adding = False  # set by the receiver's thread only
         self._touched = False  # an add began: the sums hold some of this update
         self.folded = 0  # data elements in the sums, counted from the start
+        self.carried: list[Carried] = []  # added along, as far as `folded`
+        self._views: list[SpoolView] = []
+        self._opened = contextlib.ExitStack()
 
     def grant(self) -> None:
         """Without the lock: a grant never waits for the receiver (it may be called on the
@@ -52,26 +86,39 @@ class LiveFold:
         self._granted = True
 
     def revoke(self) -> tuple[int, bool]:
-        """Stop adding (waiting for an add in progress). The first time: the elements added,
-        and whether the sums hold any of this update (also part of an add that failed);
-        after that (0, False), as it is already accounted for."""
+        """Stop adding (waiting for an add in progress). The first time: the elements added
+        (of this update and as many of each carried one), and whether the sums hold any of
+        them (also part of an add that failed); after that (0, False), as it is already
+        accounted for."""
         with self._lock:
             if self._revoked:
                 return 0, False
             self._revoked = True
+            self._views = []
+            self._opened.close()
             return self.folded, self._touched
 
     def resume(self, measured: int, spool: IO[bytes], path: Path) -> None:
         """At the start of a chunk: once granted, fold the `measured` elements already
-        spooled, so that the chunks from here on are added as they are measured."""
+        spooled, with those of the updates it carries, so that the chunks from here on are
+        added as they are measured."""
         if self._adding or not self._granted:
             return
         with self._lock:
             if self._revoked:
                 return
             spool.flush()
+            carried = self._sums.carried_after(self.silo_id)
+            self._views = [
+                self._opened.enter_context(SpoolView(c.path, self._sums.dtype)) for c in carried
+            ]
+            self.carried = carried
             self._touched = self._touched or measured > 0
-            self._sums.fold_spooled(path, alpha=self.weight, stop=measured)
+            self._sums.fold_spooled(
+                [path, *(c.path for c in carried)],
+                [self.weight, *(c.alpha for c in carried)],
+                stop=measured,
+            )
             self.folded, self._adding = measured, True
 
     def add(self, element: int, values: torch.Tensor) -> None:
@@ -92,6 +139,16 @@ class LiveFold:
             if element != self.folded:  # the receiver measures in order: never happens
                 raise RuntimeError(f"live fold at element {element}, expected {self.folded}")
             self._touched = True
-            norms = self._sums.add_values(element, values, alpha=self.weight, measuring=measuring)
-            self.folded += values.numel()
+            count = values.numel()
+            norms = self._sums.add_values(
+                element,
+                values,
+                alpha=self.weight,
+                measuring=measuring,
+                more=[view.values(element, count) for view in self._views],
+                more_alphas=[c.alpha for c in self.carried],
+            )
+            for view in self._views:
+                view.release(element, count)
+            self.folded += count
             return norms

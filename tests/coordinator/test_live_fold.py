@@ -156,6 +156,10 @@ def test_live_folds_equal_the_spooled_fold_bit_for_bit(
         assert live == dict.fromkeys(NAMES, shape.numel)
     if arrival == "reversed":  # only the first in the order was next while streaming
         assert live == {"silo-a": shape.numel, "silo-b": 0, "silo-c": 0}
+        # ... and it carried the two waiting after it: the sums were read once for all three
+        carrier = uploads[-1].live
+        assert carrier is not None and [c.name for c in carrier.carried] == NAMES[1:]
+        assert fold.folded_live == 1 and fold.rebuilds == 0
     if arrival == "interleaved":
         # b (the largest chunks) ends before a; c is granted mid-stream and catches up from
         # its spool before folding the rest of its chunks live
@@ -226,6 +230,48 @@ def test_an_update_refused_midway_through_its_live_fold_leaves_nothing_in_the_su
     _interleave([late])
     fold.finish()
     _assert_same_sums(fold.aggregate, _reference(shape, ["silo-a", "silo-c"], tmp_path))
+
+
+@pytest.mark.parametrize("wire", ["float32", "bfloat16"])
+@pytest.mark.parametrize("at", [-4, 120_000], ids=["last block", "a whole block"])
+def test_an_update_refused_while_carrying_others_leaves_only_them_in_the_sums(
+    wire: str, at: int, tmp_path: Path
+) -> None:
+    """b and c arrive first and wait; a, first in the order, streams in live and carries them
+    (their values reach the sums with a's), then is refused: the sums are rebuilt, and b and
+    c are folded from their spools."""
+    shape = UpdateShape(layout=LAYOUT, dtype=wire)
+    fold = _fold(shape)
+    for silo in ("silo-c", "silo-b"):
+        _interleave([Upload(fold, silo, _payload(silo, wire, False), tmp_path / f"{silo}.bin")])
+    poisoned = Upload(fold, "silo-a", _poisoned("silo-a", wire, at), tmp_path / "a.bin")
+    with pytest.raises(UpdateRejected, match="NaN"):
+        _interleave([poisoned])
+    assert poisoned.live is not None and 0 < poisoned.live.folded < shape.numel
+    assert [c.name for c in poisoned.live.carried] == ["silo-b", "silo-c"]
+    fold.finish()
+    _assert_same_sums(fold.aggregate, _reference(shape, ["silo-b", "silo-c"], tmp_path))
+    assert fold.rebuilds == 1 and fold.folded_live == 0
+
+
+def test_a_round_that_closes_while_an_update_carries_others_keeps_only_them(
+    tmp_path: Path,
+) -> None:
+    shape = UpdateShape(layout=LAYOUT, dtype="bfloat16")
+    fold = _fold(shape)
+    for silo in ("silo-b", "silo-c"):
+        _interleave(
+            [Upload(fold, silo, _payload(silo, "bfloat16", False), tmp_path / f"{silo}.bin")]
+        )
+    late = Upload(fold, "silo-a", _payload("silo-a", "bfloat16", False), tmp_path / "a.bin")
+    steps = iter(late)
+    next(steps), next(steps)  # two chunks in the sums, with those of b and c
+    assert late.live is not None and late.live.folded > 0 and len(late.live.carried) == 2
+    fold.finish()  # the deadline: a is too late; b and c count, folded again from their spools
+    expected = _reference(shape, ["silo-b", "silo-c"], tmp_path)
+    _assert_same_sums(fold.aggregate, expected)
+    next(steps)  # the stream goes on: nothing more reaches the sums
+    _assert_same_sums(fold.aggregate, expected)
 
 
 def test_the_first_update_refused_midway_leaves_the_sums_to_be_written(tmp_path: Path) -> None:
