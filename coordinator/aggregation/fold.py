@@ -30,9 +30,10 @@ from coordinator.aggregation.kernels import add_many, add_measured, add_scaled
 from coordinator.aggregation.live import Carried, LiveFold
 from coordinator.aggregation.receiver import ReceivedUpdate
 from coordinator.aggregation.shape import UpdateShape
-from coordinator.aggregation.spool import SpoolPool, SpoolView
+from coordinator.aggregation.spool import PAGE, SpoolPool, SpoolView
 from coordinator.run_state import RunSpec
 from coordinator.strategies import RoundAggregate
+from shared.payload import CHUNK_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +43,13 @@ log = logging.getLogger(__name__)
 # an update mapped (counted as the coordinator's memory) before it is let go.
 FOLD_BLOCK = 1 << 25
 # Several spooled updates ready at once (arrived out of order, or left for the round's close)
-# are folded together, window by window: each window of the sums (8 MiB of float32) stays in
-# the CPU's cache while every update adds to it, so the sums are read and written once for
-# them all rather than once each (bench/server_round.py). Up to MANY_UPDATES are mapped a
-# window each at a time (or carried by a live fold); more take further passes.
+# are folded together, window by window: each window of the sums (at most 8 MiB of float32)
+# stays in the CPU's cache while every update adds to it, so the sums are read and written
+# once for them all rather than once each (bench/server_round.py). At most MANY_BYTES of
+# them is mapped at a time: up to MANY_UPDATES updates per pass, in windows that shrink as
+# they are more, and as many as fit a chunk each carried by a live fold.
 MANY_BLOCK = 1 << 21
+MANY_BYTES = 32 << 20
 MANY_UPDATES = 16
 # Elements per [K, B] block of the coordinate rules: K rows of it stay in cache.
 STACK_BLOCK = 1 << 18
@@ -224,7 +227,8 @@ class RoundFold:
         """The accepted updates right after `silo_id` in the order (the next one, granted a
         live fold, as it begins adding): none is folded yet, and none can be until it is."""
         position, carried = self._order.index(silo_id) + 1, list[Carried]()
-        while position < len(self._order) and len(carried) < MANY_UPDATES - 1:
+        most = min(MANY_UPDATES - 1, MANY_BYTES // CHUNK_BYTES)  # a chunk's stretch of each
+        while position < len(self._order) and len(carried) < most:
             name = self._order[position]
             arrival = self._arrivals.get(name)
             if arrival is None:
@@ -328,7 +332,10 @@ class RoundFold:
         for bit as one after another)."""
         if stop <= 0 or not paths:
             return
-        window = FOLD_BLOCK if len(paths) == 1 else MANY_BLOCK
+        window = FOLD_BLOCK
+        if len(paths) > 1:  # whole pages of each
+            fits = MANY_BYTES // (len(paths) * self._shape.itemsize) // PAGE * PAGE
+            window = min(MANY_BLOCK, max(PAGE, fits))
         with contextlib.ExitStack() as opened:
             spools = [
                 opened.enter_context(SpoolView(path, self._shape.dtype, elements=stop))

@@ -166,6 +166,26 @@ def test_live_folds_equal_the_spooled_fold_bit_for_bit(
         assert live == {"silo-a": shape.numel, "silo-b": 0, "silo-c": shape.numel}
 
 
+def test_a_live_fold_carries_no_more_than_the_mapping_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Room for one chunk's stretch of one waiting update: a carries b; c, the rest, is
+    folded from its spool after them, and the sums are the same bits."""
+    monkeypatch.setattr(fold_module, "MANY_BYTES", fold_module.CHUNK_BYTES)
+    shape = UpdateShape(layout=LAYOUT, dtype="float32")
+    fold = _fold(shape)
+    uploads = []
+    for silo in NAMES[::-1]:
+        uploads.append(
+            Upload(fold, silo, _payload(silo, "float32", False), tmp_path / f"{silo}.bin")
+        )
+        _interleave(uploads[-1:])
+    carrier = uploads[-1].live
+    assert carrier is not None and [c.name for c in carrier.carried] == ["silo-b"]
+    fold.finish()
+    _assert_same_sums(fold.aggregate, _reference(shape, NAMES, tmp_path))
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_uploads_in_threads_fold_the_same_sums(seed: int, tmp_path: Path) -> None:
     """Each upload in its own thread, pausing at random between chunks, as concurrent
