@@ -46,8 +46,9 @@ FOLD_BLOCK = 1 << 25
 # are folded together, window by window: each window of the sums (at most 8 MiB of float32)
 # stays in the CPU's cache while every update adds to it, so the sums are read and written
 # once for them all rather than once each (bench/server_round.py). At most MANY_BYTES of
-# them is mapped at a time: up to MANY_UPDATES updates per pass, in windows that shrink as
-# they are more, and as many as fit a chunk each carried by a live fold.
+# them, and an eighth of the adapter's size (or a chunk), is mapped at a time: MANY_UPDATES
+# updates at most per pass, in windows that shrink as they are more, and as many as fit a
+# chunk each carried by a live fold.
 MANY_BLOCK = 1 << 21
 MANY_BYTES = 32 << 20
 MANY_UPDATES = 16
@@ -227,7 +228,8 @@ class RoundFold:
         """The accepted updates right after `silo_id` in the order (the next one, granted a
         live fold, as it begins adding): none is folded yet, and none can be until it is."""
         position, carried = self._order.index(silo_id) + 1, list[Carried]()
-        most = min(MANY_UPDATES - 1, MANY_BYTES // CHUNK_BYTES)  # a chunk's stretch of each
+        chunk = min(CHUNK_BYTES, self._shape.numel * self._shape.itemsize)  # mapped of each
+        most = min(MANY_UPDATES - 1, self._mapped_most // chunk)
         while position < len(self._order) and len(carried) < most:
             name = self._order[position]
             arrival = self._arrivals.get(name)
@@ -318,6 +320,11 @@ class RoundFold:
             for weight in weights[batch]:
                 self._account(weight, self._buffers())
 
+    @property
+    def _mapped_most(self) -> int:
+        """Bytes of waiting updates mapped at once, at most (a chunk's worth at least)."""
+        return min(MANY_BYTES, max(CHUNK_BYTES, self._shape.numel * 4 // 8))
+
     def _buffers(self) -> set[str]:
         return {"control_total" if run.control else "total" for run in self._shape.runs}
 
@@ -334,7 +341,7 @@ class RoundFold:
             return
         window = FOLD_BLOCK
         if len(paths) > 1:  # whole pages of each
-            fits = MANY_BYTES // (len(paths) * self._shape.itemsize) // PAGE * PAGE
+            fits = self._mapped_most // (len(paths) * self._shape.itemsize) // PAGE * PAGE
             window = min(MANY_BLOCK, max(PAGE, fits))
         with contextlib.ExitStack() as opened:
             spools = [

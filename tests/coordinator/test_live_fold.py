@@ -169,9 +169,9 @@ def test_live_folds_equal_the_spooled_fold_bit_for_bit(
 def test_a_live_fold_carries_no_more_than_the_mapping_budget(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Room for one chunk's stretch of one waiting update: a carries b; c, the rest, is
-    folded from its spool after them, and the sums are the same bits."""
-    monkeypatch.setattr(fold_module, "MANY_BYTES", fold_module.CHUNK_BYTES)
+    """Room for one waiting update (these are smaller than a chunk): a carries b; c, the
+    rest, is folded from its spool after them, and the sums are the same bits."""
+    monkeypatch.setattr(fold_module, "MANY_BYTES", LAYOUT.numel * 4)
     shape = UpdateShape(layout=LAYOUT, dtype="float32")
     fold = _fold(shape)
     uploads = []
