@@ -50,7 +50,7 @@ FOLD_BLOCK = 1 << 25
 # updates at most per pass, in windows that shrink as they are more, and as many as fit a
 # chunk each carried by a live fold.
 MANY_BLOCK = 1 << 21
-MANY_BYTES = 32 << 20
+MANY_BYTES = 64 << 20
 MANY_UPDATES = 16
 # Elements per [K, B] block of the coordinate rules: K rows of it stay in cache.
 STACK_BLOCK = 1 << 18
