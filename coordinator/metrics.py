@@ -95,6 +95,12 @@ class CoordinatorMetrics:
             "Accepted updates folded as they streamed in (next in the fold's order)",
             registry=r,
         )
+        self.updates_folded_carried = Counter(
+            "fedmllm_updates_folded_carried_total",
+            "Accepted updates that waited in their spools and were added along with the live fold"
+            " of the update before them in the fold's order",
+            registry=r,
+        )
         self.fold_rebuilds = Counter(
             "fedmllm_fold_rebuilds_total",
             "Running sums rebuilt from the spools after a live fold's update was refused or late",

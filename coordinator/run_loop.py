@@ -183,6 +183,7 @@ class RunLoop:
                 assert open_round.fold is not None
                 open_round.fold.discard()
                 self.metrics.updates_folded_live.inc(open_round.fold.folded_live)
+                self.metrics.updates_folded_carried.inc(open_round.fold.folded_carried)
                 self.metrics.fold_rebuilds.inc(open_round.fold.rebuilds)
             skip = {*missed, *open_round.failures}
             reselections.append(self._shortfall(run, open_round, missed))

@@ -230,10 +230,11 @@ def main(argv: list[str] | None = None) -> None:
         completed = _metric(metrics_port, "fedmllm_rounds_completed_total")
         accepted = _metric(metrics_port, "fedmllm_updates_accepted_total").removesuffix(".0")
         live = _metric(metrics_port, "fedmllm_updates_folded_live_total").removesuffix(".0")
+        carried = _metric(metrics_port, "fedmllm_updates_folded_carried_total").removesuffix(".0")
         print(
             f"metrics: http://127.0.0.1:{metrics_port}/metrics reported "
             f"fedmllm_rounds_completed_total {completed}; of {accepted} updates accepted, "
-            f"{live} were folded as they arrived"
+            f"{live} were folded as they arrived and {carried} carried along with them"
         )
     print(
         f"checkpoints in {args.workdir / 'checkpoints'}; "

@@ -245,6 +245,11 @@ class RoundFold:
         """Accepted updates that were folded as they streamed in."""
         return len(self._arrived_live)
 
+    @property
+    def folded_carried(self) -> int:
+        """Accepted updates added along with the live fold of the one before them."""
+        return len(self._prefolded - self._arrived_live)
+
     def _fixed_scale(self, arrival: Arrival) -> float:
         (scale,) = robust.clip_scales(
             [arrival.update.norm], bound=self._rule.clip_norm, median_factor=0.0

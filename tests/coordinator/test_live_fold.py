@@ -159,7 +159,7 @@ def test_live_folds_equal_the_spooled_fold_bit_for_bit(
         # ... and it carried the two waiting after it: the sums were read once for all three
         carrier = uploads[-1].live
         assert carrier is not None and [c.name for c in carrier.carried] == NAMES[1:]
-        assert fold.folded_live == 1 and fold.rebuilds == 0
+        assert fold.folded_live == 1 and fold.folded_carried == 2 and fold.rebuilds == 0
     if arrival == "interleaved":
         # b (the largest chunks) ends before a; c is granted mid-stream and catches up from
         # its spool before folding the rest of its chunks live
@@ -271,7 +271,7 @@ def test_an_update_refused_while_carrying_others_leaves_only_them_in_the_sums(
     assert [c.name for c in poisoned.live.carried] == ["silo-b", "silo-c"]
     fold.finish()
     _assert_same_sums(fold.aggregate, _reference(shape, ["silo-b", "silo-c"], tmp_path))
-    assert fold.rebuilds == 1 and fold.folded_live == 0
+    assert fold.rebuilds == 1 and fold.folded_live == 0 and fold.folded_carried == 0
 
 
 def test_a_round_that_closes_while_an_update_carries_others_keeps_only_them(
