@@ -82,15 +82,17 @@ class Strategy(ABC):
         """Tensors sent to silos with the adapter (SCAFFOLD's server control variate)."""
         return {}
 
-    def apply(self, x: torch.Tensor, aggregate: RoundAggregate) -> None:
-        """Move the flat global weights `x` in place by this round's aggregate."""
+    def apply(self, x: torch.Tensor, aggregate: RoundAggregate) -> torch.Tensor | None:
+        """Move the flat global weights `x` in place by this round's aggregate; return the
+        sum of the new weights where the step's fused kernel computed it (else None)."""
         if aggregate.weight_sum <= 0:
             raise ValueError("no update was folded into this round")
-        self._step(x, aggregate)
+        total = self._step(x, aggregate)
         self.rounds_applied += 1
+        return total
 
     @abstractmethod
-    def _step(self, x: torch.Tensor, aggregate: RoundAggregate) -> None: ...
+    def _step(self, x: torch.Tensor, aggregate: RoundAggregate) -> torch.Tensor | None: ...
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Optimizer state to checkpoint (flat buffers and the step count)."""

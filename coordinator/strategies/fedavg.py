@@ -14,8 +14,9 @@ class FedAvg(Strategy):
 
     name = "fedavg"
 
-    def _step(self, x: torch.Tensor, aggregate: RoundAggregate) -> None:
+    def _step(self, x: torch.Tensor, aggregate: RoundAggregate) -> torch.Tensor | None:
         x.add_(aggregate.total, alpha=self.params.eta / aggregate.weight_sum)
+        return None
 
 
 class FedAvgM(Strategy):
@@ -27,9 +28,10 @@ class FedAvgM(Strategy):
         super().__init__(layout=layout, params=params)
         self.velocity = layout.zeros()
 
-    def _step(self, x: torch.Tensor, aggregate: RoundAggregate) -> None:
+    def _step(self, x: torch.Tensor, aggregate: RoundAggregate) -> torch.Tensor | None:
         h = hyper(1.0 / aggregate.weight_sum, self.params.eta, self.params.momentum)
-        fused(momentum_step)(x, self.velocity, aggregate.total, h)
+        total: torch.Tensor = fused(momentum_step)(x, self.velocity, aggregate.total, h)
+        return total
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {**super().state_tensors(), "velocity": self.velocity}

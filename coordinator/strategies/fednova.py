@@ -17,6 +17,7 @@ class FedNova(Strategy):
     def update_weight(self, *, num_samples: int, steps: int) -> float:
         return num_samples / max(steps, 1)
 
-    def _step(self, x: torch.Tensor, aggregate: RoundAggregate) -> None:
+    def _step(self, x: torch.Tensor, aggregate: RoundAggregate) -> torch.Tensor | None:
         tau_eff = aggregate.sample_steps / aggregate.samples
         x.add_(aggregate.total, alpha=self.params.eta * tau_eff / aggregate.samples)
+        return None

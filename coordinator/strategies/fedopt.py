@@ -24,17 +24,18 @@ from coordinator.strategies.kernels import adagrad_step, adam_step, fused, hyper
 
 class FedOpt(Strategy):
     default_eta = 1e-3
-    kernel: ClassVar[Callable[..., None]]
+    kernel: ClassVar[Callable[..., torch.Tensor]]
 
     def __init__(self, *, layout: FlatLayout, params: StrategyParams) -> None:
         super().__init__(layout=layout, params=params)
         self.m = layout.zeros()
         self.v = torch.full((layout.numel,), params.tau**2, dtype=torch.float32)
 
-    def _step(self, x: torch.Tensor, aggregate: RoundAggregate) -> None:
+    def _step(self, x: torch.Tensor, aggregate: RoundAggregate) -> torch.Tensor | None:
         p = self.params
         h = hyper(1.0 / aggregate.weight_sum, p.eta, p.beta1, p.beta2, p.tau)
-        fused(type(self).kernel)(x, self.m, self.v, aggregate.total, h)
+        total: torch.Tensor = fused(type(self).kernel)(x, self.m, self.v, aggregate.total, h)
+        return total
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {**super().state_tensors(), "m": self.m, "v": self.v}

@@ -28,20 +28,23 @@ def hyper(*values: float) -> torch.Tensor:
 
 def adam_step(
     x: torch.Tensor, m: torch.Tensor, v: torch.Tensor, total: torch.Tensor, h: torch.Tensor
-) -> None:
-    """h = (scale, eta, beta1, beta2, tau); the round's delta is total * scale."""
+) -> torch.Tensor:
+    """h = (scale, eta, beta1, beta2, tau); the round's delta is total * scale. Every step
+    returns the sum of the new weights (non-finite if any weight is), from the same pass."""
     scale, eta, beta1, beta2, tau = h[0], h[1], h[2], h[3], h[4]
     delta = total * scale
     m_new = beta1 * m + (1.0 - beta1) * delta
     v_new = beta2 * v + (1.0 - beta2) * delta * delta
-    x.copy_(x + eta * m_new / (torch.sqrt(v_new) + tau))
+    x_new = x + eta * m_new / (torch.sqrt(v_new) + tau)
+    x.copy_(x_new)
     m.copy_(m_new)
     v.copy_(v_new)
+    return x_new.sum()
 
 
 def yogi_step(
     x: torch.Tensor, m: torch.Tensor, v: torch.Tensor, total: torch.Tensor, h: torch.Tensor
-) -> None:
+) -> torch.Tensor:
     scale, eta, beta1, beta2, tau = h[0], h[1], h[2], h[3], h[4]
     delta = total * scale
     squared = delta * delta
@@ -50,31 +53,37 @@ def yogi_step(
     step = (1.0 - beta2) * squared
     m_new = beta1 * m + (1.0 - beta1) * delta
     v_new = torch.where(v > squared, v - step, torch.where(v < squared, v + step, v))
-    x.copy_(x + eta * m_new / (torch.sqrt(v_new) + tau))
+    x_new = x + eta * m_new / (torch.sqrt(v_new) + tau)
+    x.copy_(x_new)
     m.copy_(m_new)
     v.copy_(v_new)
+    return x_new.sum()
 
 
 def adagrad_step(
     x: torch.Tensor, m: torch.Tensor, v: torch.Tensor, total: torch.Tensor, h: torch.Tensor
-) -> None:
+) -> torch.Tensor:
     scale, eta, beta1, tau = h[0], h[1], h[2], h[4]
     delta = total * scale
     m_new = beta1 * m + (1.0 - beta1) * delta
     v_new = v + delta * delta
-    x.copy_(x + eta * m_new / (torch.sqrt(v_new) + tau))
+    x_new = x + eta * m_new / (torch.sqrt(v_new) + tau)
+    x.copy_(x_new)
     m.copy_(m_new)
     v.copy_(v_new)
+    return x_new.sum()
 
 
 def momentum_step(
     x: torch.Tensor, velocity: torch.Tensor, total: torch.Tensor, h: torch.Tensor
-) -> None:
+) -> torch.Tensor:
     """h = (scale, eta, momentum)."""
     scale, eta, momentum = h[0], h[1], h[2]
     v_new = momentum * velocity + total * scale
-    x.copy_(x + eta * v_new)
+    x_new = x + eta * v_new
+    x.copy_(x_new)
     velocity.copy_(v_new)
+    return x_new.sum()
 
 
 _compiled: dict[str, Callable[..., Any]] = {}

@@ -28,11 +28,12 @@ class Scaffold(Strategy):
             for i, t in enumerate(self.layout.tensors)
         }
 
-    def _step(self, x: torch.Tensor, aggregate: RoundAggregate) -> None:
+    def _step(self, x: torch.Tensor, aggregate: RoundAggregate) -> torch.Tensor | None:
         assert aggregate.control_total is not None
         x.add_(aggregate.total, alpha=self.params.eta / aggregate.weight_sum)
         population = max(aggregate.population, aggregate.updates)
         self.control.add_(aggregate.control_total, alpha=1.0 / population)
+        return None
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {**super().state_tensors(), "control": self.control}

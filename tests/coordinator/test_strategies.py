@@ -193,3 +193,32 @@ def test_fedadagrad_takes_no_server_momentum_unless_asked() -> None:
         assert model.strategy.params.beta1 == beta1, name
     explicit = GlobalModel.start(RunSpec(strategy="fedadagrad", beta1=0.5), flat, start)
     assert explicit.strategy.params.beta1 == 0.5
+
+
+@pytest.mark.parametrize(
+    "name", ["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "scaffold", "fednova"]
+)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_step_that_leaves_a_non_finite_weight_is_refused(name: str, bad: float) -> None:
+    """The last line of defence behind the receiver's checks (an aggregate is never built
+    from unchecked values; this one is, by hand): the fused steps sum the new weights in
+    their own pass, the others after it; either way one bad weight among many is caught."""
+    start = {"a": torch.zeros(5000), "b": torch.zeros(7)}
+    model = GlobalModel.start(RunSpec(strategy=name), FlatLayout.of(start), start)
+    aggregate = model.begin_round(population=2)
+    aggregate.total.fill_(0.01)
+    aggregate.total[4321] = bad
+    if aggregate.control_total is not None:
+        aggregate.control_total.zero_()
+    aggregate.weight_sum, aggregate.samples, aggregate.sample_steps = 1.0, 1, 1.0
+    aggregate.updates, aggregate.stale = 1, set()
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        model.apply(aggregate)
+    good = model.begin_round(population=2)  # (the run loop restores the weights from the save)
+    good.total.fill_(0.01)
+    if good.control_total is not None:
+        good.control_total.zero_()
+    good.weight_sum, good.samples, good.sample_steps, good.updates = 1.0, 1, 1.0, 1
+    fresh = GlobalModel.start(RunSpec(strategy=name), FlatLayout.of(start), start)
+    fresh.apply(good)  # the same step on finite values passes
+    assert bool(torch.isfinite(fresh.master).all())
