@@ -185,8 +185,8 @@ async def _stream_into(
                 raise PayloadError(f"unexpected {part} inside an update stream")
             del message  # its buffer: only `data` is needed now
             try:
-                if pending is not None:
-                    await pending  # the last chunk's write: a refusal ends the upload here
+                if pending is not None:  # the last chunk's write: a refusal ends the upload here
+                    await asyncio.shield(pending)  # (cancelled, it still waits: see below)
             except BaseException:
                 gate.release()  # this chunk's permit: it will never be written
                 raise
@@ -194,8 +194,9 @@ async def _stream_into(
             pending.add_done_callback(lambda _: gate.release())
             del data  # held by the write until it is done, and not a moment longer
     finally:
-        if pending is not None:
-            await pending
+        if pending is not None:  # the worker thread is done with the receiver, even when the
+            await asyncio.wait([pending])  # upload is cancelled: only then may it be abandoned
+            pending.result()  # the last write's refusal
     if trailer is None:
         return None
     if trailer.sha256 and not trailer.HasField("crc32"):

@@ -122,6 +122,10 @@ class RoundFold:
         # Live folds: _live_lock guards these three; _next only changes under the callers'
         # serialisation, and a grant reads it under _live_lock (see _grant).
         self._live_lock = threading.Lock()
+        # Held from a live fold's removal from _live until it is revoked and, if it added
+        # anything, the sums are marked dirty: a finish or an add that reads _dirty then
+        # cannot miss it, nor rebuild while it still adds.
+        self._undo_lock = threading.Lock()
         self._live: dict[str, LiveFold] = {}
         self._live_allowed = rule.incremental and rule.clip_norm == 0
         self._dirty = False  # a revoked live fold left part of its update in the sums
@@ -134,18 +138,24 @@ class RoundFold:
         """A live fold for an update about to stream in, or None where the rule needs the
         whole update first (clipping, robust rules) or a live fold failed this attempt."""
         with self._live_lock:
-            if not self._live_allowed or silo_id not in self._order or silo_id in self._live:
-                return None  # (a second stream of one silo at once is never folded live)
+            if (
+                not self._live_allowed
+                or silo_id not in self._order
+                or silo_id in self._live  # (a second stream of one silo at once)
+                or silo_id in self._arrivals  # (admission refuses it: never folded twice)
+            ):
+                return None
             live = self._live[silo_id] = LiveFold(self, silo_id, weight)
             self._grant()
             return live
 
     def abandon(self, live: LiveFold) -> None:
         """The update of `live` was refused or its stream failed."""
-        with self._live_lock:
-            if self._live.get(live.silo_id) is live:
-                del self._live[live.silo_id]
-        self._undo(live)
+        with self._undo_lock:
+            with self._live_lock:
+                if self._live.get(live.silo_id) is live:
+                    del self._live[live.silo_id]
+            self._undo(live)
 
     def _undo(self, live: LiveFold) -> None:
         """Revoke `live`; if the sums hold any of it, they are rebuilt before the next fold
@@ -158,17 +168,19 @@ class RoundFold:
 
     def _grant(self) -> None:
         """Give the sums to the next update in the order if it is streaming in."""
-        if self._live_allowed and not self._dirty and self._next < len(self._order):
-            live = self._live.get(self._order[self._next])
+        position = self._next
+        if self._live_allowed and not self._dirty and position < len(self._order):
+            live = self._live.get(self._order[position])
             if live is not None:
                 live.grant()
 
     def _revoke_all(self) -> None:
-        with self._live_lock:
-            lives, self._live = list(self._live.values()), {}
-            self._live_allowed = False
-        for live in lives:  # each may wait for a receiver's add: not under _live_lock
-            self._undo(live)
+        with self._undo_lock:  # (an abandon under way is done first)
+            with self._live_lock:
+                lives, self._live = list(self._live.values()), {}
+                self._live_allowed = False
+            for live in lives:  # each may wait for a receiver's add: not under _live_lock
+                self._undo(live)
 
     def _repair(self) -> None:
         """After an abandoned live fold: the sums again as the updates before it left them."""
@@ -188,10 +200,11 @@ class RoundFold:
     def add(self, silo_id: str, arrival: Arrival, *, live: LiveFold | None = None) -> None:
         """Take an accepted update (`live`: the live fold of the very stream it arrived
         by, if it had one); fold what the canonical order allows. Callers serialise."""
-        with self._live_lock:
-            registered = self._live.pop(silo_id, None)
-        if registered is not None and registered is not live:
-            self._undo(registered)  # another stream of this silo's: what it added goes
+        with self._undo_lock:
+            with self._live_lock:
+                registered = self._live.pop(silo_id, None)
+            if registered is not None and registered is not live:
+                self._undo(registered)  # another stream of this silo's: what it added goes
         if live is not None:
             folded, touched = live.revoke()
             carried = all(self._arrivals.get(c.name) is c.token for c in live.carried)
@@ -327,7 +340,8 @@ class RoundFold:
 
     @property
     def _mapped_most(self) -> int:
-        """Bytes of waiting updates mapped at once, at most (a chunk's worth at least)."""
+        """Bytes of waiting updates mapped at once, at most (a chunk's worth at least; an
+        eighth of the adapter counted in float32, as its memory is)."""
         return min(MANY_BYTES, max(CHUNK_BYTES, self._shape.numel * 4 // 8))
 
     def _buffers(self) -> set[str]:

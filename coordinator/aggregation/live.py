@@ -13,6 +13,7 @@ written once for them all. The fold (RoundFold) grants and revokes; the receiver
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from typing import IO, Protocol
 import torch
 
 from coordinator.aggregation.spool import SpoolView
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,8 @@ class LiveFold:
     (it is next in the canonical order). The receiver calls `resume` at each chunk's start
     (folding from the spool what was measured before the grant, and taking on the waiting
     updates it carries) and `add` for every measured block; the fold revokes it once the
-    update arrives, is refused, or the round closes."""
+    update arrives, is refused, or the round closes. A spool that cannot be read ends the
+    live fold, not the upload: the update is spooled all the same, and the sums rebuilt."""
 
     def __init__(self, sums: Sums, silo_id: str, weight: float) -> None:
         self._sums = sums
@@ -108,17 +112,21 @@ class LiveFold:
             if self._revoked:
                 return
             spool.flush()
-            carried = self._sums.carried_after(self.silo_id)
-            self._views = [
-                self._opened.enter_context(SpoolView(c.path, self._sums.dtype)) for c in carried
-            ]
-            self.carried = carried
-            self._touched = self._touched or measured > 0
-            self._sums.fold_spooled(
-                [path, *(c.path for c in carried)],
-                [self.weight, *(c.alpha for c in carried)],
-                stop=measured,
-            )
+            try:
+                carried = self._sums.carried_after(self.silo_id)
+                self._views = [
+                    self._opened.enter_context(SpoolView(c.path, self._sums.dtype)) for c in carried
+                ]
+                self.carried = carried
+                self._touched = self._touched or measured > 0
+                self._sums.fold_spooled(
+                    [path, *(c.path for c in carried)],
+                    [self.weight, *(c.alpha for c in carried)],
+                    stop=measured,
+                )
+            except OSError as exc:
+                self._give_up(exc)
+                return
             self.folded, self._adding = measured, True
 
     def add(self, element: int, values: torch.Tensor) -> None:
@@ -140,15 +148,25 @@ class LiveFold:
                 raise RuntimeError(f"live fold at element {element}, expected {self.folded}")
             self._touched = True
             count = values.numel()
-            norms = self._sums.add_values(
-                element,
-                values,
-                alpha=self.weight,
-                measuring=measuring,
-                more=[view.values(element, count) for view in self._views],
-                more_alphas=[c.alpha for c in self.carried],
-            )
+            try:
+                norms = self._sums.add_values(
+                    element,
+                    values,
+                    alpha=self.weight,
+                    measuring=measuring,
+                    more=[view.values(element, count) for view in self._views],
+                    more_alphas=[c.alpha for c in self.carried],
+                )
+            except OSError as exc:
+                self._give_up(exc)
+                return None
             for view in self._views:
                 view.release(element, count)
             self.folded += count
             return norms
+
+    def _give_up(self, exc: OSError) -> None:
+        """A spool could not be read (under the lock): add nothing more; what was added is
+        reported by `revoke`, and the fold rebuilds the sums."""
+        log.warning("the live fold of %s stops: %s; its update is folded later", self.silo_id, exc)
+        self._touched, self._adding, self._granted = True, False, False
