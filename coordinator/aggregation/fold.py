@@ -4,10 +4,12 @@ Updates are folded in the order of the selected silos' names, never in the order
 arrive: a weighted mean folds each update as soon as every silo before it in that order has
 been folded (so most of the work still happens while others upload), and the rest when the
 round closes. Float sums then come out bit for bit the same whatever the network did.
-The update that is next in that order while it streams in is folded live instead
-(coordinator/aggregation/live.py). If it is then refused, or the round closes first, the sums
-are rebuilt from the spools of the updates before it and live folding stops for the rest of
-the attempt: a silo can cost the round one rebuild, never more.
+The update that is next in that order while it streams in is folded live instead, carrying
+along the accepted updates that wait right after it (coordinator/aggregation/live.py); updates
+ready at once otherwise are folded together (coordinator/aggregation/sums.py). If a live
+update is refused, or the round closes first, the sums are rebuilt from the spools of the
+updates before it and live folding stops for the rest of the attempt: a silo can cost the
+round one rebuild, never more.
 Rules that need every update at once (weight-share caps, median-relative clipping, trimmed
 mean, median, Krum) run when the round closes, block by block over the spooled files, so that
 memory holds a block of each update rather than K whole updates.
@@ -15,10 +17,8 @@ memory holds a block of each update rather than K whole updates.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,34 +26,15 @@ import torch
 
 from coordinator.aggregation import robust
 from coordinator.aggregation.heap import release_freed
-from coordinator.aggregation.kernels import add_many, add_measured, add_scaled
 from coordinator.aggregation.live import Carried, LiveFold
 from coordinator.aggregation.receiver import ReceivedUpdate
 from coordinator.aggregation.shape import UpdateShape
-from coordinator.aggregation.spool import PAGE, SpoolPool, SpoolView
+from coordinator.aggregation.spool import SpoolPool
+from coordinator.aggregation.sums import RoundSums
 from coordinator.run_state import RunSpec
 from coordinator.strategies import RoundAggregate
-from shared.payload import CHUNK_BYTES
 
 log = logging.getLogger(__name__)
-
-# Elements folded per call. The pages of a spool just written are mapped on first touch by
-# both of torch's threads at once, and small windows make them contend: 4M elements took
-# 180-300 ms per 150M, 32M elements 40 ms (the floor: 30). Larger windows would keep more of
-# an update mapped (counted as the coordinator's memory) before it is let go.
-FOLD_BLOCK = 1 << 25
-# Several spooled updates ready at once (arrived out of order, or left for the round's close)
-# are folded together, window by window: each window of the sums (at most 8 MiB of float32)
-# stays in the CPU's cache while every update adds to it, so the sums are read and written
-# once for them all rather than once each (bench/server_round.py). At most MANY_BYTES of
-# them, and an eighth of the adapter's size (or a chunk), is mapped at a time: MANY_UPDATES
-# updates at most per pass, in windows that shrink as they are more, and as many as fit a
-# chunk each carried by a live fold.
-MANY_BLOCK = 1 << 21
-MANY_BYTES = 64 << 20
-MANY_UPDATES = 16
-# Elements per [K, B] block of the coordinate rules: K rows of it stay in cache.
-STACK_BLOCK = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -113,6 +94,7 @@ class RoundFold:
         shape: UpdateShape,
     ) -> None:
         self.aggregate = aggregate
+        self.sums = RoundSums(aggregate=aggregate, shape=shape)
         self._rule = rule
         self._shape = shape
         self._order = sorted(selected)
@@ -131,7 +113,6 @@ class RoundFold:
         self._dirty = False  # a revoked live fold left part of its update in the sums
         self._prefolded: set[str] = set()  # complete in the sums through a live fold
         self._arrived_live: set[str] = set()  # of those, folded as they streamed in
-        self.dtype = shape.dtype  # of the spooled values (Sums)
         self.rebuilds = 0  # of the sums, after a live fold was abandoned
 
     def offer(self, silo_id: str, weight: float) -> LiveFold | None:
@@ -145,7 +126,9 @@ class RoundFold:
                 or silo_id in self._arrivals  # (admission refuses it: never folded twice)
             ):
                 return None
-            live = self._live[silo_id] = LiveFold(self, silo_id, weight)
+            live = self._live[silo_id] = LiveFold(
+                self.sums, silo_id, weight, waiting=self.carried_after
+            )
             self._grant()
             return live
 
@@ -232,7 +215,7 @@ class RoundFold:
             self._next = ready  # once they are in the sums: a grant reads it (_grant)
             if ready == len(order) or order[ready] not in self._prefolded:
                 break
-            self._account(self._arrivals[order[ready]].weight, self._buffers())
+            self.sums.account(self._arrivals[order[ready]].weight)
             self._next += 1
         with self._live_lock:
             self._grant()
@@ -241,8 +224,7 @@ class RoundFold:
         """The accepted updates right after `silo_id` in the order (the next one, granted a
         live fold, as it begins adding): none is folded yet, and none can be until it is."""
         position, carried = self._order.index(silo_id) + 1, list[Carried]()
-        chunk = min(CHUNK_BYTES, self._shape.numel * self._shape.itemsize)  # mapped of each
-        most = min(MANY_UPDATES - 1, self._mapped_most // chunk)
+        most = self.sums.carried_most
         while position < len(self._order) and len(carried) < most:
             name = self._order[position]
             arrival = self._arrivals.get(name)
@@ -330,107 +312,11 @@ class RoundFold:
             alphas = [a.weight * self._fixed_scale(a) for a in arrivals]
         if weights is None:
             weights = [a.weight for a in arrivals]
-        for first in range(0, len(arrivals), MANY_UPDATES):
-            batch = slice(first, first + MANY_UPDATES)
-            self.fold_spooled(
-                [a.update.path for a in arrivals[batch]], alphas[batch], stop=self._shape.numel
-            )
-            for weight in weights[batch]:
-                self._account(weight, self._buffers())
-
-    @property
-    def _mapped_most(self) -> int:
-        """Bytes of waiting updates mapped at once, at most (a chunk's worth at least; an
-        eighth of the adapter counted in float32, as its memory is)."""
-        return min(MANY_BYTES, max(CHUNK_BYTES, self._shape.numel * 4 // 8))
-
-    def _buffers(self) -> set[str]:
-        return {"control_total" if run.control else "total" for run in self._shape.runs}
-
-    def _account(self, weight: float, written: set[str]) -> None:
-        """An update is in the sums: every run of it together covers its buffers."""
-        self.aggregate.stale -= written
-        self.aggregate.weight_sum += weight
-
-    def fold_spooled(self, paths: Sequence[Path], alphas: Sequence[float], *, stop: int) -> None:
-        """Add elements [0, stop) of the updates spooled in `paths` to the sums (whole ones,
-        or what a live fold catches up on), in one pass over them, in the order given (bit
-        for bit as one after another)."""
-        if stop <= 0 or not paths:
-            return
-        window = FOLD_BLOCK
-        if len(paths) > 1:  # whole pages of each
-            fits = self._mapped_most // (len(paths) * self._shape.itemsize) // PAGE * PAGE
-            window = min(MANY_BLOCK, max(PAGE, fits))
-        with contextlib.ExitStack() as opened:
-            spools = [
-                opened.enter_context(SpoolView(path, self._shape.dtype, elements=stop))
-                for path in paths
-            ]
-            for run in self._shape.runs:
-                for start in range(0, min(run.count, stop - run.start), window):
-                    count = min(window, run.count - start, stop - run.start - start)
-                    element = run.start + start
-                    values = [spool.values(element, count) for spool in spools]
-                    self.add_values(
-                        element, values[0], alpha=alphas[0], more=values[1:], more_alphas=alphas[1:]
-                    )
-                    del values
-                    for spool in spools:
-                        spool.release(element, count)
-
-    def add_values(
-        self,
-        element: int,
-        values: torch.Tensor,
-        *,
-        alpha: float,
-        measuring: bool = False,
-        more: Sequence[torch.Tensor] = (),
-        more_alphas: Sequence[float] = (),
-    ) -> torch.Tensor | None:
-        """Add data elements [element, element + len) (within one run) to their sum:
-        adapter values times `alpha`, control values as they are; then the same elements of
-        the updates in `more`, each times its alpha, while that stretch is in the cache. A
-        buffer no fold has written yet this round is written instead (its earlier round's
-        values are stale). `measuring` (whole blocks of 16-bit values): return each block's
-        norm of `values` as well."""
-        run = self._shape.run_at(element)
-        name = "control_total" if run.control else "total"
-        at = run.target + element - run.start
-        target = getattr(self.aggregate, name)[at : at + values.numel()]
-        write = name in self.aggregate.stale
-        scales = [1.0] * (len(more) + 1) if run.control else [alpha, *more_alphas]
-        norms = None
-        if measuring:
-            norms = add_measured(target, values, scales[0], write=write)
-        else:
-            add_scaled(target, values, scales[0], write=write)
-        if more:
-            add_many(target, more, scales[1:], write=False)
-        return norms
-
-    def _stacked(
-        self, arrivals: list[Arrival], scales: list[float]
-    ) -> Iterator[tuple[int, torch.Tensor]]:
-        """(adapter offset, [K, B] block) over the adapter values of every update, each row
-        scaled by its clipping factor."""
-        stack = torch.empty(len(arrivals), STACK_BLOCK, dtype=torch.float32)
-        with contextlib.ExitStack() as opened:
-            spools = [
-                opened.enter_context(SpoolView(a.update.path, self._shape.dtype)) for a in arrivals
-            ]
-            for run in (r for r in self._shape.runs if not r.control):
-                for start in range(0, run.count, STACK_BLOCK):
-                    n = min(STACK_BLOCK, run.count - start)
-                    for row, (spool, scale) in enumerate(zip(spools, scales, strict=True)):
-                        stack[row, :n].copy_(spool.values(run.start + start, n)).mul_(scale)
-                        spool.release(run.start + start, n)
-                    yield run.target + start, stack[:, :n]
+        self.sums.fold_whole([a.update.path for a in arrivals], alphas, weights)
 
     def _coordinate_rule(self, arrivals: list[Arrival], scales: list[float]) -> None:
         trim = robust.trimmed_count(len(arrivals), self._rule.trim_fraction)
-        for start, block in self._stacked(arrivals, scales):
+        for start, block in self.sums.stacked([a.update.path for a in arrivals], scales):
             if self._rule.aggregator == "median":
                 combined = robust.coordinate_median(block)
             else:
@@ -440,7 +326,7 @@ class RoundFold:
 
     def _krum(self, arrivals: list[Arrival], scales: list[float]) -> list[int]:
         gram = torch.zeros(len(arrivals), len(arrivals), dtype=torch.float64)
-        for _, block in self._stacked(arrivals, scales):
+        for _, block in self.sums.stacked([a.update.path for a in arrivals], scales):
             gram += robust.gram_block(block)
         f = self._rule.byzantine_silos
         scores = robust.krum_scores(robust.squared_distances(gram), f)

@@ -15,14 +15,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO
 
 import torch
 
 from coordinator.aggregation.spool import SpoolView
+from coordinator.aggregation.sums import RoundSums
 
 log = logging.getLogger(__name__)
 
@@ -37,31 +38,6 @@ class Carried:
     token: object  # what the fold holds for it: still the same once the live one arrives?
 
 
-class Sums(Protocol):
-    """The round's running sums, as a live fold adds to them (RoundFold)."""
-
-    dtype: str  # of the spooled values
-
-    def fold_spooled(self, paths: Sequence[Path], alphas: Sequence[float], *, stop: int) -> None:
-        """Add elements [0, stop) of the data sections spooled in `paths`, in that order."""
-
-    def add_values(
-        self,
-        element: int,
-        values: torch.Tensor,
-        *,
-        alpha: float,
-        measuring: bool = False,
-        more: Sequence[torch.Tensor] = (),
-        more_alphas: Sequence[float] = (),
-    ) -> torch.Tensor | None:
-        """Add data elements from `element` (one run), then the same elements of `more`;
-        with `measuring`, return each block's norm of `values` from the same pass."""
-
-    def carried_after(self, silo_id: str) -> list[Carried]:
-        """The accepted updates right after `silo_id` in the order, not yet folded."""
-
-
 class LiveFold:
     """One update folded while it streams in, from the moment its fold grants it the sums
     (it is next in the canonical order). The receiver calls `resume` at each chunk's start
@@ -70,8 +46,18 @@ class LiveFold:
     update arrives, is refused, or the round closes. A spool that cannot be read ends the
     live fold, not the upload: the update is spooled all the same, and the sums rebuilt."""
 
-    def __init__(self, sums: Sums, silo_id: str, weight: float) -> None:
+    def __init__(
+        self,
+        sums: RoundSums,
+        silo_id: str,
+        weight: float,
+        *,
+        waiting: Callable[[str], list[Carried]],
+    ) -> None:
+        """`waiting(silo_id)`: the accepted updates right after it in the order, not folded
+        yet (asked as it begins adding)."""
         self._sums = sums
+        self._waiting = waiting
         self.silo_id = silo_id
         self.weight = weight
         self._lock = threading.Lock()
@@ -113,9 +99,10 @@ class LiveFold:
                 return
             spool.flush()
             try:
-                carried = self._sums.carried_after(self.silo_id)
+                carried = self._waiting(self.silo_id)
                 self._views = [
-                    self._opened.enter_context(SpoolView(c.path, self._sums.dtype)) for c in carried
+                    self._opened.enter_context(SpoolView(c.path, self._sums.shape.dtype))
+                    for c in carried
                 ]
                 self.carried = carried
                 self._touched = self._touched or measured > 0

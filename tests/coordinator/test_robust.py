@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from coordinator.aggregation import fold as fold_module
 from coordinator.aggregation import robust
+from coordinator.aggregation import sums as sums_module
 from coordinator.aggregation.fold import AggregationRule, Arrival, RoundFold
 from coordinator.aggregation.receiver import receive_bytes
 from coordinator.aggregation.shape import UpdateShape
@@ -192,8 +192,8 @@ def test_the_sum_is_bitwise_the_same_in_every_arrival_order(
     rule: AggregationRule, wire: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # updates that wait are folded together: in windows that cut the tensors, 3 at a time
-    monkeypatch.setattr(fold_module, "MANY_BLOCK", 7)
-    monkeypatch.setattr(fold_module, "MANY_UPDATES", 3)
+    monkeypatch.setattr(sums_module, "MANY_BLOCK", 7)
+    monkeypatch.setattr(sums_module, "MANY_UPDATES", 3)
     updates, counts = _updates(5, 5), [7, 1, 300, 42, 9]
     totals = set()
     for order in itertools.permutations(range(5)):

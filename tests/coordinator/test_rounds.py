@@ -18,7 +18,7 @@ import grpc
 import pytest
 import torch
 
-from coordinator.aggregation import fold as fold_module
+from coordinator.aggregation import sums as sums_module
 from coordinator.aggregation.spool import SpoolView
 from coordinator.checkpoint import CheckpointStore
 from coordinator.run_state import RunSpec
@@ -194,7 +194,7 @@ def test_an_update_that_fails_to_fold_after_its_receipt_redoes_the_attempt(
         return original(self, start, count)
 
     original = SpoolView.values
-    monkeypatch.setattr(fold_module, "FOLD_BLOCK", 64)  # several reads per update
+    monkeypatch.setattr(sums_module, "FOLD_BLOCK", 64)  # several reads per update
     monkeypatch.setattr(SpoolView, "values", failing_read)
     silos = {s.joined.silo_id: s for s in two_silos}
     task, first = _task_of_either(silos)
