@@ -132,3 +132,20 @@ def poisoned_payload(silo: str, wire: str, at: int = -4) -> bytes:
     raw = nan.view(torch.uint8).numpy().tobytes()
     payload[start : start + len(raw)] = raw
     return bytes(payload)
+
+
+def arrive(fold: RoundFold, silos: list[str], wire: str, directory: Path) -> None:
+    """Each of `silos` uploads whole, one after another, and is accepted."""
+    for silo in silos:
+        interleave([Upload(fold, silo, payload_of(silo, wire, False), directory / f"{silo}.bin")])
+
+
+def streaming(
+    fold: RoundFold, silo: str, wire: str, directory: Path, *, chunks: int = 2
+) -> tuple[Upload, Iterator[None]]:
+    """`silo`'s upload with its first `chunks` chunks received: the rest still to come."""
+    upload = Upload(fold, silo, payload_of(silo, wire, False), directory / f"{silo}.bin")
+    steps = iter(upload)
+    for _ in range(chunks):
+        next(steps)
+    return upload, steps

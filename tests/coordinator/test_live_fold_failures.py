@@ -19,12 +19,14 @@ from tests.coordinator.live_uploads import (
     LAYOUT,
     NAMES,
     Upload,
+    arrive,
     assert_same_sums,
     interleave,
     new_fold,
     payload_of,
     poisoned_payload,
     reference,
+    streaming,
 )
 
 
@@ -38,8 +40,7 @@ def test_an_update_refused_while_carrying_others_leaves_only_them_in_the_sums(
     c are folded from their spools."""
     shape = UpdateShape(layout=LAYOUT, dtype=wire)
     fold = new_fold(shape)
-    for silo in ("silo-c", "silo-b"):
-        interleave([Upload(fold, silo, payload_of(silo, wire, False), tmp_path / f"{silo}.bin")])
+    arrive(fold, ["silo-c", "silo-b"], wire, tmp_path)
     poisoned = Upload(fold, "silo-a", poisoned_payload("silo-a", wire, at), tmp_path / "a.bin")
     with pytest.raises(UpdateRejected, match="NaN"):
         interleave([poisoned])
@@ -55,13 +56,8 @@ def test_a_round_that_closes_while_an_update_carries_others_keeps_only_them(
 ) -> None:
     shape = UpdateShape(layout=LAYOUT, dtype="bfloat16")
     fold = new_fold(shape)
-    for silo in ("silo-b", "silo-c"):
-        interleave(
-            [Upload(fold, silo, payload_of(silo, "bfloat16", False), tmp_path / f"{silo}.bin")]
-        )
-    late = Upload(fold, "silo-a", payload_of("silo-a", "bfloat16", False), tmp_path / "a.bin")
-    steps = iter(late)
-    next(steps), next(steps)  # two chunks in the sums, with those of b and c
+    arrive(fold, ["silo-b", "silo-c"], "bfloat16", tmp_path)
+    late, steps = streaming(fold, "silo-a", "bfloat16", tmp_path)  # with chunks of b and c
     assert late.live is not None and late.live.folded > 0 and len(late.live.carried) == 2
     fold.finish()  # the deadline: a is too late; b and c count, folded again from their spools
     expected = reference(shape, ["silo-b", "silo-c"], tmp_path)
@@ -79,13 +75,8 @@ def test_a_round_that_closes_while_a_refused_live_fold_is_undone_waits_for_it(
     are rebuilt without b and with c."""
     shape = UpdateShape(layout=LAYOUT, dtype="float32")
     fold = new_fold(shape)
-    for silo in ("silo-a", "silo-c"):
-        interleave(
-            [Upload(fold, silo, payload_of(silo, "float32", False), tmp_path / f"{silo}.bin")]
-        )
-    late = Upload(fold, "silo-b", payload_of("silo-b", "float32", False), tmp_path / "b.bin")
-    steps = iter(late)
-    next(steps), next(steps)
+    arrive(fold, ["silo-a", "silo-c"], "float32", tmp_path)
+    late, _rest = streaming(fold, "silo-b", "float32", tmp_path)
     live = late.live
     assert live is not None and live.folded > 0 and [c.name for c in live.carried] == ["silo-c"]
     entered, go = threading.Event(), threading.Event()
@@ -155,13 +146,8 @@ def test_a_carried_spool_that_cannot_be_read_ends_the_live_fold_not_the_upload(
     failing disk, injected): a's upload is accepted all the same, and the sums rebuilt."""
     shape = UpdateShape(layout=LAYOUT, dtype="bfloat16")
     fold = new_fold(shape)
-    for silo in ("silo-b", "silo-c"):
-        interleave(
-            [Upload(fold, silo, payload_of(silo, "bfloat16", False), tmp_path / f"{silo}.bin")]
-        )
-    carrier = Upload(fold, "silo-a", payload_of("silo-a", "bfloat16", False), tmp_path / "a.bin")
-    steps = iter(carrier)
-    next(steps), next(steps)
+    arrive(fold, ["silo-b", "silo-c"], "bfloat16", tmp_path)
+    carrier, steps = streaming(fold, "silo-a", "bfloat16", tmp_path)
     assert carrier.live is not None and len(carrier.live.carried) == 2
     original = SpoolView.values
 
