@@ -93,34 +93,30 @@ def widened_norms(values: torch.Tensor) -> torch.Tensor:
     return norms
 
 
-def _widened_group(count: int, write: bool) -> Callable[..., None]:
-    """total (+)= values[0] * h[0] + ... in that order, each widened: per value the same
-    operations as add_widened (or write_widened for the first) one after another."""
+def _widened_group(count: int) -> Callable[..., None]:
+    """total += values[0] * h[0] + ... in that order, each widened: per value the same
+    operations as add_widened one after another."""
 
     def kernel(total: torch.Tensor, values: list[torch.Tensor], h: torch.Tensor) -> None:
-        first = values[0].float() * h[0]
-        wide = first if write else total + first
-        for i in range(1, count):
+        wide = total
+        for i in range(count):
             wide = wide + values[i].float() * h[i]
         total.copy_(wide)
 
-    kernel.__name__ = f"{'write' if write else 'add'}_widened_{count}"
+    kernel.__name__ = f"add_widened_{count}"
     return kernel
 
 
-def add_many(
-    total: torch.Tensor, values: Sequence[torch.Tensor], alphas: Sequence[float], *, write: bool
-) -> None:
-    """add_scaled of each of `values` in turn (the first with `write`), bit for bit, in fewer
-    passes over `total`: keep `total` small enough for the CPU's cache."""
+def add_many(total: torch.Tensor, values: Sequence[torch.Tensor], alphas: Sequence[float]) -> None:
+    """total += alpha * values for each in turn (add_scaled one after another, bit for bit),
+    in fewer passes over `total`: keep `total` small enough for the CPU's cache."""
     if values[0].dtype == total.dtype:
-        for i, (value, alpha) in enumerate(zip(values, alphas, strict=True)):
-            add_scaled(total, value, alpha, write=write and i == 0)
+        for value, alpha in zip(values, alphas, strict=True):
+            total.add_(value, alpha=alpha)
         return
     for start in range(0, len(values), GROUP):
         group, scales = list(values[start : start + GROUP]), alphas[start : start + GROUP]
-        first = write and start == 0
         if len(group) == 1:
-            add_scaled(total, group[0], scales[0], write=first)
+            add_scaled(total, group[0], scales[0], write=False)
         else:
-            fused(_widened_group(len(group), first))(total, group, hyper(*scales))
+            fused(_widened_group(len(group)))(total, group, hyper(*scales))

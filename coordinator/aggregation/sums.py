@@ -130,7 +130,7 @@ class RoundSums:
         else:
             add_scaled(target, values, scales[0], write=write)
         if more:
-            add_many(target, more, scales[1:], write=False)
+            add_many(target, more, scales[1:])
         return norms
 
     def stacked(

@@ -154,21 +154,6 @@ def test_the_first_update_refused_midway_leaves_the_sums_to_be_written(tmp_path:
     assert_same_sums(fold.aggregate, reference(shape, NAMES[1:], tmp_path))
 
 
-def test_a_round_that_closes_during_a_live_fold_leaves_that_update_out(tmp_path: Path) -> None:
-    shape = UpdateShape(layout=LAYOUT, dtype="float32")
-    fold = new_fold(shape)
-    interleave([Upload(fold, "silo-a", payload_of("silo-a", "float32", False), tmp_path / "a.bin")])
-    late = Upload(fold, "silo-b", payload_of("silo-b", "float32", False), tmp_path / "b.bin")
-    steps = iter(late)
-    next(steps), next(steps)  # two chunks in the sums
-    assert late.live is not None and late.live.folded > 0
-    fold.finish()  # the deadline: the update still streaming in is too late
-    expected = reference(shape, ["silo-a"], tmp_path)
-    assert_same_sums(fold.aggregate, expected)
-    next(steps)  # the stream goes on: nothing more reaches the sums
-    assert_same_sums(fold.aggregate, expected)
-
-
 def test_a_second_stream_of_one_silo_is_never_folded_live_beside_its_first(
     tmp_path: Path,
 ) -> None:

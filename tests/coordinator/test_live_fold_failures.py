@@ -51,16 +51,23 @@ def test_an_update_refused_while_carrying_others_leaves_only_them_in_the_sums(
     assert fold.rebuilds == 1 and fold.folded_live == 0 and fold.folded_carried == 0
 
 
-def test_a_round_that_closes_while_an_update_carries_others_keeps_only_them(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    ("accepted", "late", "wire"),
+    [(["silo-a"], "silo-b", "float32"), (["silo-b", "silo-c"], "silo-a", "bfloat16")],
+    ids=["carrying nothing", "carrying the two after it"],
+)
+def test_a_round_that_closes_during_a_live_fold_keeps_only_the_accepted_updates(
+    accepted: list[str], late: str, wire: str, tmp_path: Path
 ) -> None:
-    shape = UpdateShape(layout=LAYOUT, dtype="bfloat16")
+    shape = UpdateShape(layout=LAYOUT, dtype=wire)
     fold = new_fold(shape)
-    arrive(fold, ["silo-b", "silo-c"], "bfloat16", tmp_path)
-    late, steps = streaming(fold, "silo-a", "bfloat16", tmp_path)  # with chunks of b and c
-    assert late.live is not None and late.live.folded > 0 and len(late.live.carried) == 2
-    fold.finish()  # the deadline: a is too late; b and c count, folded again from their spools
-    expected = reference(shape, ["silo-b", "silo-c"], tmp_path)
+    arrive(fold, accepted, wire, tmp_path)
+    upload, steps = streaming(fold, late, wire, tmp_path)  # (with chunks of those it carries)
+    live = upload.live
+    waiting = [s for s in accepted if s > late]
+    assert live is not None and live.folded > 0 and [c.name for c in live.carried] == waiting
+    fold.finish()  # the deadline: the update still streaming in is too late; the accepted
+    expected = reference(shape, accepted, tmp_path)  # count, folded again from their spools
     assert_same_sums(fold.aggregate, expected)
     next(steps)  # the stream goes on: nothing more reaches the sums
     assert_same_sums(fold.aggregate, expected)
