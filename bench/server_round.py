@@ -13,11 +13,11 @@ sum once the first arrives) and a seeded shuffle between.
 The floor: one `add_` per update of float32 values already in memory, then the step's own
 floor (FedAvg: one `add_`; FedAdam: `torch._fused_adam_`, one pass over x, m, v, and the sum).
 
-Chunks are cut as a silo cuts them; each is copied into a fresh bytes object before it is
-measured (untimed), as `message.data` hands it to the receiver. Hashing and spooling are
-transport (bench/transport.py): each update has a spool file of its own, written (and
-synced, as an upload that took seconds on the network would leave it) before the wire's
-cases, untimed.
+Chunks are cut as a silo cuts them; each is copied into a fresh bytes object, as
+`message.data` hands it to the receiver, and CRC-checked, as the receiver does before
+measuring it (both untimed: transport, bench/transport.py). Spooling is transport too:
+each update has a spool file of its own, written (and synced, as an upload that took seconds
+on the network would leave it) before the wire's cases, untimed.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from coordinator.aggregation.shape import UpdateShape
 from coordinator.flat_adapter import FlatLayout
 from coordinator.global_model import GlobalModel
 from coordinator.run_state import RunSpec
-from shared.payload import BLOCK_ELEMENTS, CHUNK_BYTES
+from shared.payload import BLOCK_ELEMENTS, CHUNK_BYTES, PayloadCheck
 from shared.safetensors_stream import StateEncoder
 
 ORDERS = ("fold's", "shuffled", "reversed")
@@ -116,9 +116,11 @@ class RoundBench:
     ) -> tuple[UpdateStatistics, float]:
         """Measure one update as its chunks arrive (folding it live if `live` is granted)."""
         statistics_ = UpdateStatistics(self.shape, sink=live)
+        check = PayloadCheck()
         spent = 0.0
         for chunk in self.chunks:
             fresh = bytes(chunk)
+            check.update(fresh)  # transport, as the receiver checks a chunk before measuring it
             started = time.perf_counter()
             if live is not None:
                 live.resume(statistics_.element, spool, path)

@@ -90,12 +90,9 @@ class GlobalModel:
         return self.strategy.begin_round(population=population)
 
     def apply(self, aggregate: RoundAggregate) -> None:
+        # a NaN or Inf anywhere makes the sum non-finite, summed in the step's own pass
+        # (measured over 150M values: FedAdam 60 against 74 ms with a pass of its own)
         total = self.strategy.apply(self.master, aggregate)
-        # a NaN or Inf anywhere makes the sum non-finite: summed in the step's own pass where
-        # its kernel is fused (measured: 60 against 74 ms for FedAdam over 150M values), else
-        # in one cheap pass instead of a mask
-        if total is None:
-            total = self.master.sum()
         if not bool(torch.isfinite(total)):
             raise FloatingPointError("the aggregated global adapter has non-finite values")
 

@@ -82,9 +82,9 @@ class Strategy(ABC):
         """Tensors sent to silos with the adapter (SCAFFOLD's server control variate)."""
         return {}
 
-    def apply(self, x: torch.Tensor, aggregate: RoundAggregate) -> torch.Tensor | None:
+    def apply(self, x: torch.Tensor, aggregate: RoundAggregate) -> torch.Tensor:
         """Move the flat global weights `x` in place by this round's aggregate; return the
-        sum of the new weights where the step's fused kernel computed it (else None)."""
+        sum of the new weights, from the step's own pass (non-finite if any weight is)."""
         if aggregate.weight_sum <= 0:
             raise ValueError("no update was folded into this round")
         total = self._step(x, aggregate)
@@ -92,7 +92,7 @@ class Strategy(ABC):
         return total
 
     @abstractmethod
-    def _step(self, x: torch.Tensor, aggregate: RoundAggregate) -> torch.Tensor | None: ...
+    def _step(self, x: torch.Tensor, aggregate: RoundAggregate) -> torch.Tensor: ...
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Optimizer state to checkpoint (flat buffers and the step count)."""

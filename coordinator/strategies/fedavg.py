@@ -6,7 +6,7 @@ import torch
 
 from coordinator.flat_adapter import FlatLayout
 from coordinator.strategies.base import RoundAggregate, Strategy, StrategyParams
-from coordinator.strategies.kernels import fused, hyper, momentum_step
+from coordinator.strategies.kernels import add_summed, fused, hyper, momentum_step
 
 
 class FedAvg(Strategy):
@@ -14,9 +14,8 @@ class FedAvg(Strategy):
 
     name = "fedavg"
 
-    def _step(self, x: torch.Tensor, aggregate: RoundAggregate) -> torch.Tensor | None:
-        x.add_(aggregate.total, alpha=self.params.eta / aggregate.weight_sum)
-        return None
+    def _step(self, x: torch.Tensor, aggregate: RoundAggregate) -> torch.Tensor:
+        return add_summed(x, aggregate.total, self.params.eta / aggregate.weight_sum)
 
 
 class FedAvgM(Strategy):
@@ -28,7 +27,7 @@ class FedAvgM(Strategy):
         super().__init__(layout=layout, params=params)
         self.velocity = layout.zeros()
 
-    def _step(self, x: torch.Tensor, aggregate: RoundAggregate) -> torch.Tensor | None:
+    def _step(self, x: torch.Tensor, aggregate: RoundAggregate) -> torch.Tensor:
         h = hyper(1.0 / aggregate.weight_sum, self.params.eta, self.params.momentum)
         total: torch.Tensor = fused(momentum_step)(x, self.velocity, aggregate.total, h)
         return total

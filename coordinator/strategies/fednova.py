@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from coordinator.strategies.base import RoundAggregate, Strategy
+from coordinator.strategies.kernels import add_summed
 
 
 class FedNova(Strategy):
@@ -17,7 +18,6 @@ class FedNova(Strategy):
     def update_weight(self, *, num_samples: int, steps: int) -> float:
         return num_samples / max(steps, 1)
 
-    def _step(self, x: torch.Tensor, aggregate: RoundAggregate) -> torch.Tensor | None:
+    def _step(self, x: torch.Tensor, aggregate: RoundAggregate) -> torch.Tensor:
         tau_eff = aggregate.sample_steps / aggregate.samples
-        x.add_(aggregate.total, alpha=self.params.eta * tau_eff / aggregate.samples)
-        return None
+        return add_summed(x, aggregate.total, self.params.eta * tau_eff / aggregate.samples)

@@ -31,7 +31,7 @@ class FedOpt(Strategy):
         self.m = layout.zeros()
         self.v = torch.full((layout.numel,), params.tau**2, dtype=torch.float32)
 
-    def _step(self, x: torch.Tensor, aggregate: RoundAggregate) -> torch.Tensor | None:
+    def _step(self, x: torch.Tensor, aggregate: RoundAggregate) -> torch.Tensor:
         p = self.params
         h = hyper(1.0 / aggregate.weight_sum, p.eta, p.beta1, p.beta2, p.tau)
         total: torch.Tensor = fused(type(self).kernel)(x, self.m, self.v, aggregate.total, h)

@@ -86,6 +86,24 @@ def momentum_step(
     return x_new.sum()
 
 
+# Elements per window of `add_summed`: a window of the weights and one of the sum (4 MiB each)
+# stay in the CPU's cache between the add and the sum.
+SUM_WINDOW = 1 << 20
+
+
+def add_summed(x: torch.Tensor, total: torch.Tensor, alpha: float) -> torch.Tensor:
+    """x += alpha * total in place (ATen's `add_`), returning the sum of the new weights, each
+    window summed while it is in the cache (measured over 150M values: 34 against 42 ms for
+    `add_` then `sum`, and 28 for `add_` alone; a compiled loop doing both took 50, as
+    inductor splits it into two loops that each read both buffers)."""
+    sums = torch.empty(-(-x.numel() // SUM_WINDOW), dtype=x.dtype)
+    for i, start in enumerate(range(0, x.numel(), SUM_WINDOW)):
+        window = x[start : start + SUM_WINDOW]
+        window.add_(total[start : start + SUM_WINDOW], alpha=alpha)
+        torch.sum(window, dim=0, out=sums[i])
+    return sums.sum()
+
+
 _compiled: dict[str, Callable[..., Any]] = {}
 
 

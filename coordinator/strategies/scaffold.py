@@ -11,6 +11,7 @@ import torch
 
 from coordinator.flat_adapter import FlatLayout
 from coordinator.strategies.base import RoundAggregate, Strategy, StrategyParams
+from coordinator.strategies.kernels import add_summed
 from shared.tensor_codec import CONTROL_PREFIX, StateDict
 
 
@@ -28,12 +29,11 @@ class Scaffold(Strategy):
             for i, t in enumerate(self.layout.tensors)
         }
 
-    def _step(self, x: torch.Tensor, aggregate: RoundAggregate) -> torch.Tensor | None:
+    def _step(self, x: torch.Tensor, aggregate: RoundAggregate) -> torch.Tensor:
         assert aggregate.control_total is not None
-        x.add_(aggregate.total, alpha=self.params.eta / aggregate.weight_sum)
         population = max(aggregate.population, aggregate.updates)
         self.control.add_(aggregate.control_total, alpha=1.0 / population)
-        return None
+        return add_summed(x, aggregate.total, self.params.eta / aggregate.weight_sum)
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {**super().state_tensors(), "control": self.control}

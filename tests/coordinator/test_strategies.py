@@ -18,6 +18,7 @@ from coordinator.flat_adapter import FlatLayout
 from coordinator.global_model import GlobalModel
 from coordinator.run_state import RunRecord, RunSpec
 from coordinator.strategies import CONTROL_PREFIX, RoundAggregate
+from coordinator.strategies import kernels as strategy_kernels
 from shared.tensor_codec import encode_state
 
 SHAPES = {"l.0.lora_A.weight": (4, 6), "l.0.lora_B.weight": (6, 4), "l.1.lora_A.weight": (3,)}
@@ -199,15 +200,20 @@ def test_fedadagrad_takes_no_server_momentum_unless_asked() -> None:
     "name", ["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "scaffold", "fednova"]
 )
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_a_step_that_leaves_a_non_finite_weight_is_refused(name: str, bad: float) -> None:
+@pytest.mark.parametrize("where", [4321, 5006])
+def test_a_step_that_leaves_a_non_finite_weight_is_refused(
+    name: str, bad: float, where: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The last line of defence behind the receiver's checks (an aggregate is never built
-    from unchecked values; this one is, by hand): the fused steps sum the new weights in
-    their own pass, the others after it; either way one bad weight among many is caught."""
+    from unchecked values; this one is, by hand): every step sums the new weights in its own
+    pass (FedAvg's window by window: here windows of 1,000, the last one short), so one bad
+    weight among many is caught wherever it is."""
+    monkeypatch.setattr(strategy_kernels, "SUM_WINDOW", 1000)
     start = {"a": torch.zeros(5000), "b": torch.zeros(7)}
     model = GlobalModel.start(RunSpec(strategy=name), FlatLayout.of(start), start)
     aggregate = model.begin_round(population=2)
     aggregate.total.fill_(0.01)
-    aggregate.total[4321] = bad
+    aggregate.total[where] = bad
     if aggregate.control_total is not None:
         aggregate.control_total.zero_()
     aggregate.weight_sum, aggregate.samples, aggregate.sample_steps = 1.0, 1, 1.0
@@ -222,3 +228,19 @@ def test_a_step_that_leaves_a_non_finite_weight_is_refused(name: str, bad: float
     fresh = GlobalModel.start(RunSpec(strategy=name), FlatLayout.of(start), start)
     fresh.apply(good)  # the same step on finite values passes
     assert bool(torch.isfinite(fresh.master).all())
+
+
+@pytest.mark.parametrize("window", [1000, 5007, 1 << 20])
+def test_the_summing_add_moves_the_weights_as_add_does_and_sums_them(
+    window: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FedAvg's step adds window by window, summing each window as it goes: the weights come
+    out bit for bit as one `add_` leaves them, and the sum is theirs."""
+    monkeypatch.setattr(strategy_kernels, "SUM_WINDOW", window)
+    generator = torch.Generator().manual_seed(3)
+    x, total = torch.randn(5007, generator=generator), torch.randn(5007, generator=generator)
+    expected = x.clone().add_(total, alpha=0.37)
+    summed = strategy_kernels.add_summed(x, total, 0.37)
+    assert torch.equal(x, expected)
+    assert float(summed) == pytest.approx(float(expected.double().sum()), abs=1e-3)
+    assert float(strategy_kernels.add_summed(torch.empty(0), torch.empty(0), 1.0)) == 0.0
