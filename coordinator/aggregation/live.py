@@ -100,8 +100,9 @@ class LiveFold:
             spool.flush()
             try:
                 carried = self._waiting(self.silo_id)
+                hold = self._sums.carry_hold(len(carried))
                 self._views = [
-                    self._opened.enter_context(SpoolView(c.path, self._sums.shape.dtype))
+                    self._opened.enter_context(SpoolView(c.path, self._sums.shape.dtype, hold=hold))
                     for c in carried
                 ]
                 self.carried = carried

@@ -51,10 +51,20 @@ class RoundSums:
         return min(MANY_BYTES, max(CHUNK_BYTES, self.shape.numel * 4 // 8))
 
     @property
+    def stretch(self) -> int:
+        """Bytes of an update that a live fold adds at a time, at most: a chunk's worth."""
+        return min(CHUNK_BYTES, self.shape.numel * self.shape.itemsize)
+
+    @property
     def carried_most(self) -> int:
         """Waiting updates a live fold carries at most: a chunk's stretch of each mapped."""
-        chunk = min(CHUNK_BYTES, self.shape.numel * self.shape.itemsize)
-        return min(MANY_UPDATES - 1, self.mapped_most // chunk)
+        return min(MANY_UPDATES - 1, self.mapped_most // self.stretch)
+
+    def carry_hold(self, carried: int) -> int:
+        """Bytes of pages read that each of `carried` updates carried along by a live fold
+        may keep mapped (SpoolView's `hold`): what a chunk's stretch leaves of its share of
+        `mapped_most`, so that fewer unmappings cost the same memory."""
+        return max(0, self.mapped_most // max(carried, 1) - self.stretch)
 
     def buffers(self) -> set[str]:
         return {"control_total" if run.control else "total" for run in self.shape.runs}

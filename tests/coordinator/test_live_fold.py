@@ -10,12 +10,17 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from coordinator.aggregation import sums as sums_module
 from coordinator.aggregation.fold import AggregationRule
 from coordinator.aggregation.shape import UpdateShape
+from coordinator.aggregation.sums import RoundSums
+from coordinator.flat_adapter import FlatLayout
+from coordinator.strategies import RoundAggregate
 from shared.errors import PayloadError, UpdateRejected
-from shared.payload import PayloadDigest
+from shared.payload import CHUNK_BYTES, PayloadDigest
+from shared.tensor_codec import TensorLayout
 from tests.coordinator.live_uploads import (
     LAYOUT,
     NAMES,
@@ -82,6 +87,27 @@ def test_a_live_fold_carries_no_more_than_the_mapping_budget(
     assert carrier is not None and [c.name for c in carrier.carried] == ["silo-b"]
     fold.finish()
     assert_same_sums(fold.aggregate, reference(shape, NAMES, tmp_path))
+
+
+@pytest.mark.parametrize("numel", [1_000, 3_000_000, 12_000_000, 150_000_000])
+@pytest.mark.parametrize("wire", ["float32", "bfloat16"])
+def test_what_carried_updates_hold_mapped_stays_within_the_mapping_budget(
+    numel: int, wire: str
+) -> None:
+    """However many a live fold carries, each carried spool's chunk stretch plus the pages
+    it may keep mapped (SpoolView's hold) add up to no more than the budget; with room to
+    spare, the pages are let go less often than every chunk."""
+    layout = FlatLayout.from_layout({"w": TensorLayout("w", (numel,), "float32")})
+    shape = UpdateShape(layout=layout, dtype=wire)
+    sums = RoundSums(
+        aggregate=RoundAggregate(total=torch.empty(0), control_total=None, population=1),
+        shape=shape,
+    )
+    for carried in range(1, sums.carried_most + 1):
+        assert carried * (sums.carry_hold(carried) + sums.stretch) <= sums.mapped_most
+    if numel == 150_000_000:
+        assert sums.carry_hold(2) >= 4 * CHUNK_BYTES
+        assert sums.carry_hold(8) > 0
 
 
 @pytest.mark.parametrize("seed", range(4))

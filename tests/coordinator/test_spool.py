@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import mmap
 from pathlib import Path
 
+import pytest
 import torch
 
 from coordinator.aggregation.receiver import UpdateReceiver, receive_bytes
@@ -83,6 +85,53 @@ def test_a_spool_view_reads_in_the_wire_dtype_and_lets_pages_go(tmp_path: Path) 
         del values
         view.release(0, LAYOUT.numel)
     assert (tmp_path / "u.bin").stat().st_size == LAYOUT.numel * 2
+
+
+def mapped_kib(path: Path) -> int:
+    """How much of `path` this process has mapped in memory now (its mappings' Rss)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and ":" not in fields[0]:  # a mapping's first line
+            inside = len(fields) >= 6 and fields[5] == str(path)
+        elif inside and fields[0] == "Rss:":
+            total += int(fields[1])
+    return total
+
+
+@pytest.mark.parametrize("hold_kib", [0, 256])
+def test_a_spool_view_lets_the_pages_read_go_once_more_than_it_may_hold(
+    tmp_path: Path, hold_kib: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read in stretches of 64 KiB, in order: with no hold every stretch is unmapped as it
+    is let go; with a hold of 256 KiB the pages read stay mapped until more than that was
+    read, then all go in one unmapping. Closing unmaps the rest. (The unmappings are
+    recorded: how many pages the kernel maps around a fault varies with its page cache.)"""
+    unmapped: list[tuple[int, int]] = []
+
+    class Recording(mmap.mmap):
+        def madvise(self, option: int, start: int = 0, length: int = 0) -> None:
+            assert option == mmap.MADV_DONTNEED
+            unmapped.append((start // 1024, length // 1024))
+            super().madvise(option, start, length)
+
+    monkeypatch.setattr(mmap, "mmap", Recording)
+    path = tmp_path / "update.bin"
+    values = torch.arange(256 * 1024, dtype=torch.float32)  # 1 MiB
+    path.write_bytes(values.numpy().tobytes())
+    stretch = 16 * 1024  # values: 64 KiB
+    with SpoolView(path, "float32", hold=hold_kib * 1024) as view:
+        for start in range(0, 8 * stretch, stretch):
+            read = view.values(start, stretch)
+            assert torch.equal(read, values[start : start + stretch])
+            del read
+            view.release(start, stretch)
+        assert view.values(8 * stretch, 10).tolist() == values[8 * stretch :][:10].tolist()
+    if hold_kib:
+        assert unmapped == [(0, 320)]  # once 320 KiB were read; the next 192 stayed
+    else:
+        assert unmapped == [(64 * i, 64) for i in range(8)]
+    assert mapped_kib(path) == 0
 
 
 def test_a_coordinator_keeps_one_spool_per_upload_at_once_over_rounds(
