@@ -161,7 +161,7 @@ def _one_round(
             bare_server,
         ),
         "upload": (
-            lambda: upload_update(silo.stub, header, delta, dtype=torch.float32),
+            lambda: upload_update(silo.stub, header, StateEncoder(delta, dtype=torch.float32)),
             coordinator,
         ),
     }

@@ -8,6 +8,7 @@ from coordinator.aggregation.shape import UpdateShape
 from coordinator.flat_adapter import FlatLayout
 from coordinator.run_state import RunSpec
 from coordinator.strategies import RoundAggregate, Strategy, build_strategy
+from shared.quantization import INT8, download_dtype
 from shared.tensor_codec import StateDict
 
 # Kept in the strategy checkpoint when the adapter's own dtype (bf16, fp16) would round it.
@@ -70,8 +71,9 @@ class GlobalModel:
 
     def download(self) -> StateDict:
         """What silos download: the adapter, plus the strategy's extras (control variates),
-        in the run's wire dtype; float32 ones are views of the master weights (no copy)."""
-        wire = getattr(torch, self.wire_dtype)
+        in the run's wire dtype (bfloat16 where updates travel as int8 codes); float32 ones are
+        views of the master weights (no copy)."""
+        wire = getattr(torch, download_dtype(self.wire_dtype))
         adapter = {
             t.name: self.flat.view(self.master, i).to(wire) for i, t in enumerate(self.flat.tensors)
         }
@@ -82,8 +84,9 @@ class GlobalModel:
         """What every update of a round must contain, in the run's wire dtype."""
         return UpdateShape(
             layout=self.flat,
-            dtype=wire_dtype,
+            dtype="float32" if wire_dtype == INT8 else wire_dtype,
             with_control=self.strategy.uses_control_variates,
+            quantized=wire_dtype == INT8,
         )
 
     def begin_round(self, *, population: int) -> RoundAggregate:

@@ -9,7 +9,7 @@ from typing import Any
 
 STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "scaffold", "fednova")
 AGGREGATORS = ("mean", "trimmed_mean", "median", "krum", "multi_krum")
-WIRE_DTYPES = ("float32", "bfloat16", "float16")
+WIRE_DTYPES = ("float32", "bfloat16", "float16", "int8")
 MANY = 100_000  # rounds, silos, epochs: far above any federation, far below the wire's uint32
 SEED_MAX = 2**32 - 1  # torch and NumPy generators take 32-bit seeds derived from it
 DAY_S = 86_400.0
@@ -264,7 +264,8 @@ OPTIONS: tuple[RunOption, ...] = (
         "--wire-dtype",
         "wire_dtype",
         WIRE_DTYPES,
-        "dtype updates and downloads travel in (the coordinator keeps float32)",
+        "dtype updates and downloads travel in (the coordinator keeps float32); int8: updates "
+        "as blockwise 8-bit codes, downloads in bfloat16",
         aliases=(("fp32", "float32"), ("bf16", "bfloat16"), ("fp16", "float16")),
     ),
 )

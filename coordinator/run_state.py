@@ -85,7 +85,9 @@ class RunSpec:
     multi_krum_keep: int = 0  # multi_krum: best-scored updates averaged (0: K - f)
     clip_norm: float = 0.0  # per-update L2 clipping bound (0: off)
     clip_median_factor: float = 0.0  # clip to this multiple of the round's median norm (0: off)
-    wire_dtype: str = "bfloat16"  # updates and downloads travel in: bfloat16, float16, float32
+    # updates and downloads travel in: bfloat16, float16, float32, or int8 (updates as
+    # blockwise 8-bit codes, downloads in bfloat16)
+    wire_dtype: str = "bfloat16"
     wait_timeout_s: float = 0.0  # give up a round short of min_silos after this long (0: never)
     local_optimizer: str = ""  # sgd or adamw; "" takes the strategy's (SGD: SCAFFOLD, FedNova)
 

@@ -51,6 +51,7 @@ class StateEncoder:
         self.itemsize = torch.empty(0, dtype=dtype).element_size()
         self.names = sorted(state)
         self._flat = [state[n].detach().cpu().contiguous().reshape(-1) for n in self.names]
+        self._shapes = [state[n].shape for n in self.names]
         self._starts: list[int] = []  # element offset of each tensor in the data section
         entries: dict[str, Any] = {}
         numel = 0
@@ -112,6 +113,11 @@ class StateEncoder:
 
     def to_bytes(self) -> bytes:
         return b"".join([memoryview(self.header), *self._pieces(0, self.numel)])
+
+    def sent(self, name: str) -> torch.Tensor:
+        """Tensor `name` as the receiver reads it (float32): what was really sent."""
+        i = self.names.index(name)
+        return self._flat[i].to(self.dtype).float().view(self._shapes[i])
 
 
 def _entry(name: str, entry: Any, data_bytes: int) -> tuple[torch.dtype, list[int], int, int]:

@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
-import torch
 
 from shared import __version__
 from shared.errors import (
@@ -33,7 +32,7 @@ from silo_agent.metrics import SiloMetrics
 from silo_agent.model import SiloModel
 from silo_agent.round_task import plan_of, split_controls
 from silo_agent.trainer import LocalResult, load_global_adapter, train_round
-from silo_agent.transfer import download_adapter, in_layout_dtypes, upload_update
+from silo_agent.transfer import download_adapter, in_layout_dtypes, update_encoder, upload_update
 
 log = logging.getLogger(__name__)
 
@@ -310,8 +309,10 @@ class SiloAgent:
             gamma=result.gamma,
         )
         self._state = f"uploading round {task.round}"
-        wire = getattr(torch, task.training.wire_dtype or "float32")
-        sent_bytes = upload_update(stub, header, {**result.delta, **controls}, dtype=wire)
+        encoder = update_encoder(
+            {**result.delta, **controls}, task.training.wire_dtype or "float32"
+        )
+        sent_bytes = upload_update(stub, header, encoder)
         elapsed = time.monotonic() - started
         self.metrics.steps.inc(result.steps)
         self.metrics.loss.set(result.mean_loss)
@@ -319,7 +320,7 @@ class SiloAgent:
         self.metrics.last_round.set(task.round)
         self.metrics.rounds.labels(kind="train").inc()
         if result.control_delta is not None:  # c_k moves once a saved round confirms it
-            sent = {n: t.to(wire).float() for n, t in result.control_delta.items()}
+            sent = {n: encoder.sent(CONTROL_PREFIX + n) for n in result.control_delta}
             self._controls.propose(task.task_id, sent)
         log.info(
             "%s: trained %d samples in %d steps at lr %.3g, mean loss %.4f, gamma %.3f, "

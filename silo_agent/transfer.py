@@ -9,6 +9,7 @@ import torch
 
 from shared.errors import PayloadError
 from shared.payload import BLOCK_ELEMENTS, CHUNK_BYTES, PayloadCheck, PayloadDigest, receive_chunks
+from shared.quantization import INT8, QuantizedEncoder
 from shared.safetensors_stream import StateEncoder, decode_chunks
 from shared.tensor_codec import CONTROL_PREFIX, AdapterLayout, StateDict
 from shared.wire.v1 import federation_pb2 as pb
@@ -42,7 +43,17 @@ def in_layout_dtypes(state: StateDict, layout: AdapterLayout) -> StateDict:
     return state
 
 
-def update_messages(header: pb.UpdateHeader, encoder: StateEncoder) -> Iterator[pb.UpdateChunk]:
+UpdateEncoder = StateEncoder | QuantizedEncoder
+
+
+def update_encoder(state: StateDict, wire_dtype: str) -> UpdateEncoder:
+    """`state` encoded for the run's wire dtype: a float dtype, or int8 codes."""
+    if wire_dtype == INT8:
+        return QuantizedEncoder(state)
+    return StateEncoder(state, dtype=getattr(torch, wire_dtype))
+
+
+def update_messages(header: pb.UpdateHeader, encoder: UpdateEncoder) -> Iterator[pb.UpdateChunk]:
     """The header (no check announced in it), each data chunk as soon as it is cut and
     checked, then the CRC-32 in the trailer: checking overlaps the stream, and no second copy
     of the payload is ever made."""
@@ -54,11 +65,8 @@ def update_messages(header: pb.UpdateHeader, encoder: StateEncoder) -> Iterator[
     yield pb.UpdateChunk(trailer=pb.PayloadTrailer(crc32=check.crc32))
 
 
-def upload_update(
-    stub: pb_grpc.SiloStub, header: pb.UpdateHeader, state: StateDict, *, dtype: torch.dtype
-) -> int:
-    """Send `state` in `dtype` as the update that `header` describes; the payload's size."""
-    encoder = StateEncoder(state, dtype=dtype)
+def upload_update(stub: pb_grpc.SiloStub, header: pb.UpdateHeader, encoder: UpdateEncoder) -> int:
+    """Send what `encoder` encodes as the update that `header` describes; the payload's size."""
     header.payload.CopyFrom(pb.PayloadHeader(total_bytes=encoder.total_bytes))
     stub.UploadUpdate(update_messages(header, encoder))
     return encoder.total_bytes

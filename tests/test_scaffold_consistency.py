@@ -1,6 +1,7 @@
 """SCAFFOLD's server variate stays the mean of the silos' variates when a round attempt is
 abandoned: real silo agents (threads of this process) and a real coordinator over mutual TLS,
-one silo held up past the deadline so that the other's accepted update is never aggregated."""
+one silo held up past the deadline so that the other's accepted update is never aggregated.
+With int8 updates each silo's variate moves by what its codes decode to, as the server's does."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -35,8 +37,9 @@ def _held_up_once(round_label: str, seconds: float) -> Callable[..., LocalResult
     return train
 
 
+@pytest.mark.parametrize("wire", ["bfloat16", "int8"])
 def test_an_abandoned_attempt_moves_no_control_variate(
-    certs: Path, tiny_model: Path, silo_data: dict[str, Path], tmp_path: Path
+    certs: Path, tiny_model: Path, silo_data: dict[str, Path], tmp_path: Path, wire: str
 ) -> None:
     state = tmp_path / "state"
     with serve(coordinator_config(certs, tiny_model, state)) as running:
@@ -46,7 +49,7 @@ def test_an_abandoned_attempt_moves_no_control_variate(
         agents[1]._train_round = _held_up_once("round 2", seconds=5.0)
         with agents_running(agents, running.federation.registry):
             admin = pb_grpc.AdminStub(channel(running.port, tls(certs, "admin")))
-            spec = small_run(rounds=3, strategy="scaffold", round_deadline_s=3)
+            spec = small_run(rounds=3, strategy="scaffold", round_deadline_s=3, wire_dtype=wire)
             status = run_to_end(admin, spec, timeout=240)
         assert status.state == 3, status.message  # completed
         assert len(status.history[1].reselections) == 1  # round 2's first attempt fell short

@@ -1,5 +1,6 @@
 """Receiving one update: its safetensors header checked as soon as it arrives, its data
-checked (CRC-32), measured (norm, finiteness, magnitude bound) and spooled chunk by chunk."""
+checked (CRC-32), decoded if it travels as int8 codes, measured (norm, finiteness, magnitude
+bound) and spooled chunk by chunk."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from coordinator.aggregation.decoder import CodeDecoder
 from coordinator.aggregation.live import LiveFold
 from coordinator.aggregation.measure import UpdateStatistics
 from coordinator.aggregation.shape import WIRE_DTYPES, UpdateShape
@@ -105,12 +107,13 @@ class UpdateReceiver:
         self._data_start = -1  # payload offset of the data section, once the header is read
         self._live = live
         self.statistics = UpdateStatistics(shape, sink=live)
+        self._decoder = CodeDecoder(shape) if shape.quantized else None
         self.received = 0
-        most = shape.numel * shape.itemsize + self._max_header() + 8
+        most = shape.wire_data_bytes + self._max_header() + 8
         if announced.total_bytes > most:
             raise PayloadError(
                 f"announced update of {announced.total_bytes} bytes; this run's updates carry "
-                f"at most {most} bytes ({shape.dtype} data plus a header)"
+                f"at most {most} bytes ({shape.wire_name} data plus a header)"
             )
 
     def _max_header(self) -> int:
@@ -130,6 +133,8 @@ class UpdateReceiver:
         view = memoryview(chunk)
         if self._data_start < 0:
             view = self._read_header(view)
+        if len(view) and self._decoder is not None:
+            view = self._decoder.decode(view)
         if len(view):
             if self._live is not None:
                 self._live.resume(self.statistics.element, self._spool, self._path)
@@ -150,7 +155,7 @@ class UpdateReceiver:
             return self._read_header(view[take:])
         if len(self._head) == need and need > 8:
             _check_header(bytes(self._head[8:]), self._shape)
-            expected = need + self._shape.numel * self._shape.itemsize
+            expected = need + self._shape.wire_data_bytes
             if expected != self._announced.total_bytes:
                 raise PayloadError(
                     f"announced {self._announced.total_bytes} bytes, but its header describes "

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from coordinator.flat_adapter import FlatLayout
+from shared.quantization import ABSMAX, CODE_MAP, CODE_MAP_SIZE, blocks_of, prefix_bytes
 from shared.tensor_codec import CONTROL_PREFIX
 
 # safetensors dtype codes of the float dtypes an update may travel in.
@@ -44,11 +45,14 @@ class Entry:
 
 @dataclass(frozen=True)
 class UpdateShape:
-    """Every adapter tensor (and control tensor) of the flat layout, in one wire dtype."""
+    """Every adapter tensor (and control tensor) of the flat layout, in one wire dtype, or
+    `quantized` as blockwise 8-bit codes (shared/quantization.py), decoded to float32 (then
+    `dtype`) as they arrive: what is measured, folded and spooled is always `dtype`."""
 
     layout: FlatLayout
     dtype: str  # float32, bfloat16 or float16
     with_control: bool = False
+    quantized: bool = False
 
     @property
     def itemsize(self) -> int:
@@ -57,6 +61,17 @@ class UpdateShape:
     @property
     def numel(self) -> int:
         return self.layout.numel * (2 if self.with_control else 1)
+
+    @property
+    def wire_data_bytes(self) -> int:
+        """Bytes of the data section on the wire."""
+        if self.quantized:
+            return prefix_bytes(self.numel) + self.numel
+        return self.numel * self.itemsize
+
+    @property
+    def wire_name(self) -> str:
+        return "int8 codes" if self.quantized else self.dtype
 
     @functools.cached_property
     def entries(self) -> list[Entry]:
@@ -87,6 +102,21 @@ class UpdateShape:
 
     def expected_header(self) -> dict[str, tuple[str, list[int], int, int]]:
         """name -> (dtype code, shape, start, end) as safetensors must describe the update."""
+        if self.quantized:
+            blocks, base = blocks_of(self.numel), prefix_bytes(self.numel)
+            return {
+                ABSMAX: ("F32", [blocks], 0, 4 * blocks),
+                CODE_MAP: ("F32", [CODE_MAP_SIZE], 4 * blocks, base),
+                **{
+                    e.name: (
+                        "U8",
+                        list(e.shape),
+                        base + e.start,
+                        base + e.start + math.prod(e.shape),
+                    )
+                    for e in self.entries
+                },
+            }
         code, size = WIRE_DTYPES[self.dtype], self.itemsize
         return {
             e.name: (code, list(e.shape), e.start * size, (e.start + math.prod(e.shape)) * size)

@@ -17,6 +17,7 @@ from coordinator.aggregation.shape import UpdateShape
 from coordinator.flat_adapter import FlatLayout
 from coordinator.strategies import RoundAggregate
 from shared.payload import PayloadDigest, iter_chunks
+from shared.quantization import INT8, QuantizedEncoder
 from shared.tensor_codec import CONTROL_PREFIX, encode_state
 
 # Several norm blocks (32768 values) per tensor, and tensors that end inside a block.
@@ -28,6 +29,13 @@ WEIGHTS = {"silo-a": 3.0, "silo-b": 11.0, "silo-c": 7.0}
 CUTS = {"silo-a": 65_537, "silo-b": 100_003, "silo-c": 33_333}  # chunk bytes, as senders cut
 
 
+def update_shape(wire: str, control: bool) -> UpdateShape:
+    """What the round expects for `wire`: a float dtype, or int8 codes decoded to float32."""
+    if wire == INT8:
+        return UpdateShape(layout=LAYOUT, dtype="float32", with_control=control, quantized=True)
+    return UpdateShape(layout=LAYOUT, dtype=wire, with_control=control)
+
+
 def payload_of(silo: str, wire: str, control: bool) -> bytes:
     generator = torch.Generator().manual_seed(NAMES.index(silo))
     state = {k: torch.randn(s, generator=generator) * 0.01 for k, s in SHAPES.items()}
@@ -35,6 +43,8 @@ def payload_of(silo: str, wire: str, control: bool) -> bytes:
         state |= {
             CONTROL_PREFIX + k: torch.randn(s, generator=generator) for k, s in SHAPES.items()
         }
+    if wire == INT8:
+        return QuantizedEncoder(state).to_bytes()
     return encode_state({k: v.to(getattr(torch, wire)) for k, v in state.items()})
 
 
@@ -102,7 +112,7 @@ def reference(shape: UpdateShape, silos: list[str], tmp_path: Path) -> RoundAggr
     fold = new_fold(shape)
     for silo in silos:
         path = tmp_path / f"reference-{silo}.bin"
-        payload = payload_of(silo, shape.dtype, shape.with_control)
+        payload = payload_of(silo, INT8 if shape.quantized else shape.dtype, shape.with_control)
         received = receive_bytes(payload, shape=shape, path=path)
         fold.add(silo, Arrival(update=received, weight=WEIGHTS[silo], num_samples=1, steps=1))
     fold.finish()

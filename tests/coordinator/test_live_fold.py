@@ -31,16 +31,17 @@ from tests.coordinator.live_uploads import (
     payload_of,
     poisoned_payload,
     reference,
+    update_shape,
 )
 
 
-@pytest.mark.parametrize("wire", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("wire", ["float32", "bfloat16", "float16", "int8"])
 @pytest.mark.parametrize("control", [False, True])
 @pytest.mark.parametrize("arrival", ["in order", "reversed", "interleaved", "interleaved reversed"])
 def test_live_folds_equal_the_spooled_fold_bit_for_bit(
     wire: str, control: bool, arrival: str, tmp_path: Path
 ) -> None:
-    shape = UpdateShape(layout=LAYOUT, dtype=wire, with_control=control)
+    shape = update_shape(wire, control)
     fold = new_fold(shape)
     order = NAMES if "reversed" not in arrival else NAMES[::-1]
     payloads = {s: payload_of(s, wire, control) for s in NAMES}

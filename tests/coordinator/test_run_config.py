@@ -156,7 +156,9 @@ def test_the_wire_dtype_takes_its_short_names_in_flags_and_files(tmp_path: Path)
     assert _spec_of(tmp_path, "wire-dtype: fp16\n").wire_dtype == "float16"
     assert _spec_of(tmp_path, "wire-dtype: bfloat16\n").wire_dtype == "bfloat16"
     assert spec_from(_args()).wire_dtype == "bfloat16"
+    assert spec_from(_args("--wire-dtype", "int8")).wire_dtype == "int8"
     with pytest.raises(
-        RunConfigError, match=r"run\.yaml: wire_dtype must be one of float32, bfloat16, float16"
+        RunConfigError,
+        match=r"run\.yaml: wire_dtype must be one of float32, bfloat16, float16, int8",
     ):
-        _spec_of(tmp_path, "wire-dtype: int8\n")
+        _spec_of(tmp_path, "wire-dtype: int4\n")

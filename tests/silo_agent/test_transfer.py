@@ -19,7 +19,13 @@ from shared.safetensors_stream import StateEncoder
 from shared.tensor_codec import TensorLayout, encode_state
 from shared.wire.v1 import federation_pb2 as pb
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
-from silo_agent.transfer import download_adapter, in_layout_dtypes, update_messages, upload_update
+from silo_agent.transfer import (
+    download_adapter,
+    in_layout_dtypes,
+    update_encoder,
+    update_messages,
+    upload_update,
+)
 from tests.conftest import tls
 from tests.helpers import ProtocolSilo, channel
 
@@ -47,7 +53,7 @@ def _saved_round(tmp_path: Path) -> dict[str, torch.Tensor]:
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("wire", ["bfloat16", "float32"])
+@pytest.mark.parametrize("wire", ["bfloat16", "float32", "int8"])
 def test_a_round_trip_in_the_wire_dtype_reaches_the_master_weights(
     coordinator: RunningCoordinator, certs: Path, tiny_model: Path, tmp_path: Path, wire: str
 ) -> None:
@@ -58,16 +64,24 @@ def test_a_round_trip_in_the_wire_dtype_reaches_the_master_weights(
         layout = {n: TensorLayout(n, tuple(t.shape), "float32") for n, t in layout_source.items()}
         state = in_layout_dtypes(download_adapter(silo.stub, task), layout)
         float32_bytes = len(encode_state({n: t.float() for n, t in state.items()}))
-        itemsize = torch.empty(0, dtype=getattr(torch, wire)).element_size()
-        assert task.adapter.total_bytes < float32_bytes * itemsize / 4 + 64 * 1024
+        downloaded = {"float32": 4, "bfloat16": 2, "int8": 2}[wire]  # int8 runs: bfloat16
+        assert task.adapter.total_bytes < float32_bytes * downloaded / 4 + 64 * 1024
         assert all(t.dtype == torch.float32 for t in state.values())
-        delta = {n: torch.full_like(t, 0.25) for n, t in state.items()}
-        sent = upload_update(silo.stub, _header(task), delta, dtype=getattr(torch, wire))
-        assert sent == StateEncoder(delta, dtype=getattr(torch, wire)).total_bytes
+        g = torch.Generator().manual_seed(0)
+        delta = {n: torch.randn(t.shape, generator=g) * 0.01 for n, t in state.items()}
+        encoder = update_encoder(delta, wire)
+        sent = upload_update(silo.stub, _header(task), encoder)
+        numel = sum(t.numel() for t in delta.values())
+        per_value = {"float32": 4, "bfloat16": 2, "int8": 1 + 4 / 256}[wire]
+        assert numel * per_value < sent == encoder.total_bytes < numel * per_value + 64 * 1024
         saved = _saved_round(tmp_path)
         for name, start in state.items():  # start is the download, rounded to the wire
-            rounding = float(start.abs().max()) * (2**-8 if wire == "bfloat16" else 2**-23)
-            torch.testing.assert_close(saved[name], start + 0.25, atol=rounding + 1e-7, rtol=0)
+            rounding = float(start.abs().max()) * (2**-23 if wire == "float32" else 2**-8)
+            moved = encoder.sent(name)  # int8: what the codes decode to, not the delta
+            torch.testing.assert_close(saved[name], start + moved, atol=rounding + 1e-7, rtol=0)
+            if wire == "int8":
+                assert not torch.equal(moved, delta[name])
+                torch.testing.assert_close(moved, delta[name], atol=0.01 * 4 * 2**-6, rtol=0.02)
     finally:
         silo.close()
 
