@@ -21,12 +21,13 @@ def machine_line() -> str:
     )
 
 
-def replace_section(path: Path, name: str, body: str) -> None:
+def replace_section(path: Path, name: str, body: str, *, origin: str = "") -> None:
     """Replace the text between `<!-- NAME:begin -->` and `<!-- NAME:end -->` in `path`
-    (appending the section if the markers are missing)."""
+    (appending the section if the markers are missing), under `origin` (where the figures
+    come from) or, by default, the machine line of a benchmark measured in this process."""
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     text = path.read_text(encoding="utf-8")
-    block = f"{begin}\n{machine_line()}\n\n{body}\n{end}"
+    block = f"{begin}\n{origin or machine_line()}\n\n{body}\n{end}"
     if begin in text and end in text:
         head, rest = text.split(begin, 1)
         _, tail = rest.split(end, 1)

@@ -1,6 +1,6 @@
 """The wire dtype's effect, from a finished grid of bench/wire_dtype.yaml: bytes a round and the
-primary metric per cell, each bfloat16 cell paired with its float32 twin (same scenario, method
-and seed), with the sign-flip p-value of the mean difference.
+primary metric per cell, each bfloat16 and int8 cell paired with its float32 twin (same
+scenario, method and seed), with the sign-flip p-value of each mean difference.
 
     python -m bench.wire_effect [--results .study/wire/results.jsonl] [--write-docs]
 """
@@ -8,6 +8,7 @@ and seed), with the sign-flip p-value of the mean difference.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from bench.significance import paired_test
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 METRIC = "hateful_memes/auc"
-WIRES = ("fp32", "bf16")
+NARROW = ("bf16", "int8")  # each against fp32
 
 
 def _bytes_a_round(row: dict[str, Any]) -> float:
@@ -25,45 +26,57 @@ def _bytes_a_round(row: dict[str, Any]) -> float:
     return float(sum(r["bytes_sent"] + r["bytes_received"] for r in rounds)) / len(rounds)
 
 
-def _pairs(rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """(float32 row, bfloat16 row) of every cell that ran with both wires."""
+def _upload_bytes_a_round(row: dict[str, Any]) -> float:
+    rounds = row["rounds"]
+    return float(sum(r["bytes_received"] for r in rounds)) / len(rounds)
+
+
+def _cells(rows: list[dict[str, Any]]) -> list[dict[str, dict[str, Any]]]:
+    """wire -> row of every cell (scenario, method, seed) that ran with float32 and every
+    narrower wire."""
     by_key = {(r["scenario"], r["method"], r["seed"]): r for r in rows}
-    pairs = []
+    cells = []
     for (scenario, method, seed), row in sorted(by_key.items()):
         name, _, wire = method.rpartition(" ")
-        twin = by_key.get((scenario, f"{name} bf16", seed))
-        if wire == "fp32" and twin is not None:
-            pairs.append((row, twin))
-    return pairs
+        twins = {w: by_key.get((scenario, f"{name} {w}", seed)) for w in NARROW}
+        if wire == "fp32" and all(twins.values()):
+            cells.append({"fp32": row, **{w: t for w, t in twins.items() if t is not None}})
+    return cells
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    """Per cell pair, then pooled: AUC x100 for each wire, the difference and bytes a round."""
-    pairs = _pairs(rows)
-    if not pairs:
-        raise ValueError("no cell ran with both float32 and bfloat16 on the wire")
+    """Per cell, then pooled: AUC x100 for each wire, the differences, and the bytes a round
+    (both directions; the upload alone, where int8 codes travel)."""
+    cells = _cells(rows)
+    if not cells:
+        raise ValueError("no cell ran with float32, bfloat16 and int8 on the wire")
     lines = [
-        "| scenario | method | seed | AUC fp32 | AUC bf16 | bf16 - fp32 | bytes a round fp32 "
-        "| bytes a round bf16 | bf16 / fp32 bytes |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| scenario | method | seed | AUC fp32 | AUC bf16 | AUC int8 | bf16 - fp32 | int8 - fp32 "
+        "| bytes a round fp32 | bf16 / fp32 | int8 / fp32 | upload int8 / fp32 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for wide, narrow in pairs:
-        a, b = 100 * wide["metrics"][METRIC], 100 * narrow["metrics"][METRIC]
-        wide_bytes, narrow_bytes = _bytes_a_round(wide), _bytes_a_round(narrow)
+    for cell in cells:
+        auc = {w: 100 * r["metrics"][METRIC] for w, r in cell.items()}
+        size = {w: _bytes_a_round(r) for w, r in cell.items()}
+        upload = {w: _upload_bytes_a_round(r) for w, r in cell.items()}
+        wide = cell["fp32"]
         lines.append(
             f"| {wide['scenario']} | {wide['method'].rpartition(' ')[0]} | {wide['seed']} "
-            f"| {a:.1f} | {b:.1f} | {b - a:+.1f} | {wide_bytes:,.0f} | {narrow_bytes:,.0f} "
-            f"| **{narrow_bytes / wide_bytes:.3f}** |"
+            f"| {auc['fp32']:.1f} | {auc['bf16']:.1f} | {auc['int8']:.1f} "
+            f"| {auc['bf16'] - auc['fp32']:+.1f} | {auc['int8'] - auc['fp32']:+.1f} "
+            f"| {size['fp32']:,.0f} | **{size['bf16'] / size['fp32']:.3f}** "
+            f"| **{size['int8'] / size['fp32']:.3f}** | **{upload['int8'] / upload['fp32']:.3f}** |"
         )
-    test = paired_test(
-        [100 * n["metrics"][METRIC] for _, n in pairs],
-        [100 * w["metrics"][METRIC] for w, _ in pairs],
-    )
-    lines += [
-        "",
-        f"Pooled over the {len(pairs)} pairs: bf16 - fp32 = {test.mean:+.2f} AUC points "
-        f"(sign-flip p = {test.p_value:.3f}).",
-    ]
+    lines.append("")
+    for wire in NARROW:
+        test = paired_test(
+            [100 * c[wire]["metrics"][METRIC] for c in cells],
+            [100 * c["fp32"]["metrics"][METRIC] for c in cells],
+        )
+        lines.append(
+            f"Pooled over the {len(cells)} pairs: {wire} - fp32 = {test.mean:+.2f} AUC points "
+            f"(sign-flip p = {test.p_value:.3f})."
+        )
     return "\n".join(lines)
 
 
@@ -76,7 +89,11 @@ def main() -> None:
     body = table(rows)
     print(body)
     if args.write_docs:
-        replace_section(DOCS, "wire-dtype", body)
+        origin = (
+            f"Tabulated {dt.date.today().isoformat()} from {args.results} (AUC and bytes do not "
+            "depend on the machine's load)."
+        )
+        replace_section(DOCS, "wire-dtype", body, origin=origin)
 
 
 if __name__ == "__main__":
