@@ -8,6 +8,7 @@ tensor of the first bad block before any code is read.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -16,6 +17,9 @@ from coordinator.aggregation.measure import MAX_ABS_VALUE
 from coordinator.aggregation.shape import UpdateShape
 from shared.errors import PayloadError, UpdateRejected
 from shared.quantization import CODE_MAP, QUANT_BLOCK, blocks_of, dequantize, prefix_bytes
+
+# Values decoded at a time (4 MiB of float32 and 4 MiB of indices beside a chunk's codes).
+PIECE = 1 << 20
 
 
 class CodeDecoder:
@@ -29,25 +33,24 @@ class CodeDecoder:
         self._map = torch.empty(0)
         self.element = 0  # values decoded so far
 
-    def decode(self, view: memoryview) -> memoryview:
-        """The float32 bytes of the values whose codes `view` completes (empty while the
-        scales are still arriving)."""
+    def decode(self, view: memoryview) -> Iterator[memoryview]:
+        """The float32 bytes of the values whose codes `view` holds (none while the scales
+        are still arriving), at most PIECE values at a time: what decoding holds beside the
+        chunk stays small whatever the chunk's size."""
         if len(self._prefix) < self._need:
             take = min(len(view), self._need - len(self._prefix))
             self._prefix += view[:take]
             view = view[take:]
             if len(self._prefix) == self._need:
                 self._check_prefix()
-            if not len(view):
-                return memoryview(b"")
         if self.element + len(view) > self._shape.numel:
             raise PayloadError("more data than the header describes")
-        values = dequantize(
-            torch.frombuffer(view, dtype=torch.uint8), self._map, self._absmax, self.element
-        )
-        self.element += values.numel()
-        raw: Any = values.numpy()
-        return memoryview(raw).cast("B")
+        for at in range(0, len(view), PIECE):
+            codes = torch.frombuffer(view[at : at + PIECE], dtype=torch.uint8)
+            values = dequantize(codes, self._map, self._absmax, self.element)
+            self.element += values.numel()
+            raw: Any = values.numpy()
+            yield memoryview(raw).cast("B")
 
     def _check_prefix(self) -> None:
         blocks = blocks_of(self._shape.numel)

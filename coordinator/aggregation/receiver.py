@@ -133,13 +133,18 @@ class UpdateReceiver:
         view = memoryview(chunk)
         if self._data_start < 0:
             view = self._read_header(view)
-        if len(view) and self._decoder is not None:
-            view = self._decoder.decode(view)
-        if len(view):
-            if self._live is not None:
-                self._live.resume(self.statistics.element, self._spool, self._path)
-            self.statistics.consume(view)
-            self._spool.write(view)
+        if self._decoder is not None:
+            for values in self._decoder.decode(view):
+                self._take(values)
+        elif len(view):
+            self._take(view)
+
+    def _take(self, view: memoryview) -> None:
+        """Measure, fold live if granted, and spool the next values of the data section."""
+        if self._live is not None:
+            self._live.resume(self.statistics.element, self._spool, self._path)
+        self.statistics.consume(view)
+        self._spool.write(view)
 
     def _read_header(self, view: memoryview) -> memoryview:
         """Collect the header; return what of `view` is data."""

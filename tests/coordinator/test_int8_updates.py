@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from coordinator.aggregation import decoder as decoder_module
 from coordinator.aggregation.receiver import UpdateReceiver, receive_bytes
 from shared.errors import PayloadError, UpdateRejected
 from shared.payload import PayloadDigest, iter_chunks
-from shared.quantization import QUANT_BLOCK, QuantizedEncoder, blocks_of
+from shared.quantization import QUANT_BLOCK, QuantizedEncoder, blocks_of, dequantize
 from shared.safetensors_stream import StateEncoder
 from tests.coordinator.live_uploads import LAYOUT, SHAPES, update_shape
 
@@ -55,6 +56,28 @@ def test_codes_in_any_cut_are_spooled_as_the_float32_values_the_silo_sent(
     assert torch.equal(spooled, sent)  # bit for bit
     adapter = torch.cat([encoder.sent(n).reshape(-1) for n in sorted(SHAPES)])
     assert received.norm == pytest.approx(float(adapter.double().norm()), rel=1e-6)
+
+
+def test_a_chunk_is_decoded_a_piece_at_a_time(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """What decoding holds beside a chunk is bounded by PIECE values, not by the chunk."""
+    decoded: list[int] = []
+
+    def recorded(codes: torch.Tensor, *args: object) -> torch.Tensor:
+        decoded.append(codes.numel())
+        return dequantize(codes, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(decoder_module, "PIECE", 1000)
+    monkeypatch.setattr(decoder_module, "dequantize", recorded)
+    state = _state()
+    encoder = QuantizedEncoder(state)
+    receiver = _receive(encoder.to_bytes(), tmp_path / "spool", 65_537)
+    receiver.finish()
+    receiver._spool.close()
+    assert max(decoded) == 1000 and sum(decoded) == LAYOUT.numel
+    spooled = torch.frombuffer(bytearray((tmp_path / "spool").read_bytes()), dtype=torch.float32)
+    assert torch.equal(spooled, torch.cat([encoder.sent(n).reshape(-1) for n in sorted(state)]))
 
 
 def _scales_at(payload: bytes) -> int:
