@@ -86,8 +86,8 @@ def _bytes(values: torch.Tensor) -> memoryview:
 class QuantizedEncoder:
     """The blockwise 8-bit safetensors encoding of a state dict, produced chunk by chunk like
     shared.safetensors_stream.StateEncoder: the scales first (one pass over the values, which
-    also refuses NaN and Inf: bitsandbytes would code them as finite values), then the codes of
-    one chunk at a time."""
+    also refuses NaN and Inf with FloatingPointError, a silo's non_finite_loss: bitsandbytes
+    would code them as finite values), then the codes of one chunk at a time."""
 
     def __init__(self, state: Mapping[str, torch.Tensor]) -> None:
         import bitsandbytes.functional as bnb  # only silos sending int8 updates need it
@@ -144,7 +144,9 @@ class QuantizedEncoder:
             scales = padded.view(-1, QUANT_BLOCK).abs().amax(1)
             if not bool(torch.isfinite(scales).all()):
                 bad = start + int(torch.nonzero(~torch.isfinite(piece))[0, 0])
-                raise ValueError(f"{self.name_at(bad)}: NaN or Inf values; the update is not sent")
+                raise FloatingPointError(
+                    f"{self.name_at(bad)}: NaN or Inf values; the update is not sent"
+                )
             absmax[start // QUANT_BLOCK : start // QUANT_BLOCK + scales.numel()] = scales
         return absmax
 
