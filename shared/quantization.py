@@ -122,13 +122,14 @@ class QuantizedEncoder:
         self.total_bytes = len(self.header) + base + self.numel
 
     def values(self, start: int, end: int) -> torch.Tensor:
-        """Float32 values of data elements [start, end)."""
+        """Float32 values of data elements [start, end), to be read (a view of a float32
+        tensor where they lie in one)."""
         parts = []
         for flat, at in zip(self._flat, self._starts, strict=False):
             if at >= end or at + flat.numel() <= start:
                 continue
             parts.append(flat[max(start - at, 0) : min(end - at, flat.numel())].float())
-        return torch.cat(parts) if len(parts) > 1 else parts[0].clone()
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
 
     def _pieces(self, per_piece: int) -> Iterator[tuple[int, int]]:
         per_piece = max(per_piece // QUANT_BLOCK, 1) * QUANT_BLOCK
@@ -139,9 +140,9 @@ class QuantizedEncoder:
         absmax = torch.empty(blocks_of(self.numel))
         for start, end in self._pieces(1 << 22):
             piece = self.values(start, end)
-            tail = -piece.numel() % QUANT_BLOCK
-            padded = torch.nn.functional.pad(piece, (0, tail))
-            scales = padded.view(-1, QUANT_BLOCK).abs().amax(1)
+            if piece.numel() % QUANT_BLOCK:  # the last block, cut short
+                piece = torch.nn.functional.pad(piece, (0, -piece.numel() % QUANT_BLOCK))
+            scales = torch.linalg.vector_norm(piece.view(-1, QUANT_BLOCK), ord=math.inf, dim=1)
             if not bool(torch.isfinite(scales).all()):
                 bad = start + int(torch.nonzero(~torch.isfinite(piece))[0, 0])
                 raise FloatingPointError(
