@@ -49,6 +49,9 @@ def _check_header(raw: bytes, shape: UpdateShape) -> None:
         header = json.loads(raw)
     except ValueError as exc:
         raise UpdateRejected(reason="malformed", detail=f"safetensors header: {exc}") from None
+    except RecursionError:
+        detail = "safetensors header nested too deeply"
+        raise UpdateRejected(reason="malformed", detail=detail) from None
     if not isinstance(header, dict):
         raise UpdateRejected(reason="malformed", detail="safetensors header is not an object")
     header.pop("__metadata__", None)
@@ -147,18 +150,23 @@ class UpdateReceiver:
         self._spool.write(view)
 
     def _read_header(self, view: memoryview) -> memoryview:
-        """Collect the header; return what of `view` is data."""
-        need = 8 if len(self._head) < 8 else 8 + struct.unpack("<Q", self._head[:8])[0]
-        take = min(len(view), need - len(self._head))
-        self._head += view[:take]
-        if len(self._head) == 8:
+        """Collect the 8-byte length and the header, cut anywhere; return what of `view` is
+        data."""
+        if len(self._head) < 8:
+            take = min(len(view), 8 - len(self._head))
+            self._head += view[:take]
+            view = view[take:]
+            if len(self._head) < 8:
+                return view
             (length,) = struct.unpack("<Q", self._head)
-            if length > self._max_header():
+            if not 2 <= length <= self._max_header():  # "{}" at the least
                 raise UpdateRejected(
                     reason="malformed", detail=f"safetensors header of {length} bytes"
                 )
-            return self._read_header(view[take:])
-        if len(self._head) == need and need > 8:
+        need = 8 + struct.unpack("<Q", self._head[:8])[0]
+        take = min(len(view), need - len(self._head))
+        self._head += view[:take]
+        if len(self._head) == need:
             _check_header(bytes(self._head[8:]), self._shape)
             expected = need + self._shape.wire_data_bytes
             if expected != self._announced.total_bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import queue
+import struct
 import time
 import zlib
 from collections.abc import Iterator
@@ -169,6 +170,36 @@ def test_malformed_updates_never_touch_the_global_adapter(
     _assert_moved_by(saved.adapter, start, 0.25)
     late = refused(lambda: silo.upload(task, constant_delta(start, 0.25)))
     assert late.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_a_header_cut_after_its_length_is_read_and_hostile_headers_are_refused(
+    coordinator: RunningCoordinator, certs: Path, two_silos: list[ProtocolSilo], tmp_path: Path
+) -> None:
+    """A safetensors header may arrive cut anywhere, even right after its 8-byte length; a
+    header of length 0, or JSON nested beyond what the parser descends, is refused as
+    malformed with INVALID_ARGUMENT (not UNKNOWN and a traceback)."""
+    admin = admin_stub(coordinator, certs)
+    _start(admin, min_silos=1, round_deadline_s=5.0)
+    silo, other = two_silos
+    task = silo.next_task()
+    other.next_task()  # the other silo never answers: the round ends at its deadline
+    start = silo.download(task)
+    deep = b"[" * 20_000 + b"]" * 20_000
+    for label, payload, needle in (
+        ("empty", struct.pack("<Q", 0) + b"{}", "safetensors header of 0 bytes"),
+        ("deep", struct.pack("<Q", len(deep)) + deep, "nested too deeply"),
+    ):
+        error = refused(lambda p=payload: silo.stub.UploadUpdate(update_stream(task.task_id, p)))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, label
+        assert needle in (error.details() or ""), (label, error.details())
+    good = encode_state(constant_delta(start, 0.25))
+    silo.stub.UploadUpdate(update_stream(task.task_id, good, chunks=[good[:8], good[8:]]))
+    status = _wait_rounds(admin, 1)
+    assert status.history[0].rejected == 2
+    assert list(status.history[0].contributed) == ["silo-1"]
+    saved = CheckpointStore(tmp_path / "checkpoints").load_latest()
+    assert saved is not None
+    _assert_moved_by(saved.adapter, start, 0.25)
 
 
 def test_an_update_that_fails_to_fold_after_its_receipt_redoes_the_attempt(
