@@ -75,13 +75,16 @@ async def receive_update(
     pool = SpoolPool.at(incoming)
     path = pool.take()
     kept = False
+    spool_bytes = header.payload.total_bytes  # until the run's update shape says
     try:
         open_round = federation.round_for_task(header.task_id, silo_id)
         federation.check_update_header(open_round, silo_id, header)
         live = federation.live_fold(open_round, silo_id, header)
+        shape = federation.update_shape()
+        spool_bytes = shape.spool_bytes
         with pool.open(path) as spool:
             receiver = UpdateReceiver(
-                shape=federation.update_shape(),
+                shape=shape,
                 announced=PayloadDigest.from_header(header.payload),
                 spool=spool,
                 path=path,
@@ -113,7 +116,7 @@ async def receive_update(
         federation.reject(open_round, "disk_full")
         path.unlink(missing_ok=True)  # room for the round's checkpoint; not kept for reuse
         pool.drain()
-        full = federation.spool_full(open_round, incoming, header.payload.total_bytes)
+        full = federation.spool_full(open_round, incoming, spool_bytes)
         log.error("update from %s refused: %s; the run pauses until there is room", silo_id, full)
         await refuse(
             context,

@@ -70,7 +70,14 @@ class UpdateShape:
         return self.numel * self.itemsize
 
     @property
+    def spool_bytes(self) -> int:
+        """Bytes of an update's spool: its values as measured and folded (int8 codes take
+        four times their wire bytes there)."""
+        return self.numel * self.itemsize
+
+    @property
     def wire_name(self) -> str:
+        """What the data travels as, for refusals."""
         return "int8 codes" if self.quantized else self.dtype
 
     @functools.cached_property

@@ -119,6 +119,8 @@ def test_an_update_the_full_disk_cannot_hold_pauses_the_run_until_there_is_room(
         error = refused(lambda: silo.upload(task, delta))
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "silo-1" in (error.details() or "") and "full" in (error.details() or "")
+        spooled = sum(t.numel() for t in delta.values()) * 2  # bfloat16 values, no header
+        assert f"about {spooled:,} bytes needed" in (error.details() or "")
         assert _rejected(coordinator, "disk_full") == 1
         paused = _wait_for(admin, lambda s: s.state == pb.RUN_STATE_PAUSED)
         assert "full" in paused.message and paused.completed_rounds == 0
