@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import torch
 
-from coordinator.aggregation.shape import WIRE_DTYPES
+from coordinator.run_schema import WIRE_DTYPES
 from shared.adapter import (
     canonical_config,
     config_fingerprint,
@@ -27,6 +27,7 @@ from shared.adapter import (
 )
 from shared.grpc_options import CHANNEL_OPTIONS
 from shared.payload import PayloadDigest, iter_chunks
+from shared.quantization import INT8, QuantizedEncoder
 from shared.tensor_codec import StateDict, encode_state, layout_of
 from shared.tls import TlsFiles
 from shared.wire.v1 import federation_pb2 as pb
@@ -55,6 +56,8 @@ def join_request(model_dir: Path, *, num_samples: int = 10) -> pb.JoinRequest:
 def zero_update(model_dir: Path, dtype: str = "float32") -> bytes:
     """A valid update of this base model's adapter in a wire dtype: every delta zero."""
     _, state = initial_adapter(load_base_config(model_dir), seed=0)
+    if dtype == INT8:
+        return QuantizedEncoder({name: torch.zeros_like(t) for name, t in state.items()}).to_bytes()
     wire = getattr(torch, dtype)
     zeros: StateDict = {name: torch.zeros_like(t, dtype=wire) for name, t in state.items()}
     return encode_state(zeros)

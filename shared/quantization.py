@@ -31,8 +31,6 @@ from typing import Any
 
 import torch
 
-from shared.tensor_codec import StateDict
-
 INT8 = "int8"  # the run's wire dtype that sends updates as codes
 QUANT_BLOCK = 256
 ABSMAX = "quantization::absmax"
@@ -47,6 +45,7 @@ def download_dtype(wire_dtype: str) -> str:
 
 
 def blocks_of(numel: int) -> int:
+    """Scales of a data section of `numel` values."""
     return -(-numel // QUANT_BLOCK)
 
 
@@ -129,7 +128,9 @@ class QuantizedEncoder:
             if at >= end or at + flat.numel() <= start:
                 continue
             parts.append(flat[max(start - at, 0) : min(end - at, flat.numel())].float())
-        return torch.cat(parts) if len(parts) > 1 else parts[0]
+        if len(parts) == 1:
+            return parts[0]
+        return torch.cat(parts) if parts else torch.empty(0)
 
     def _pieces(self, per_piece: int) -> Iterator[tuple[int, int]]:
         per_piece = max(per_piece // QUANT_BLOCK, 1) * QUANT_BLOCK
@@ -152,6 +153,7 @@ class QuantizedEncoder:
         return absmax
 
     def name_at(self, element: int) -> str:
+        """The tensor holding data element `element`."""
         for name, start, end in zip(self.names, self._starts, self._starts[1:], strict=False):
             if start <= element < end:
                 return name
@@ -161,8 +163,10 @@ class QuantizedEncoder:
         """uint8 codes of data elements [start, end), both on block boundaries (or `end` the
         last element)."""
         values = self.values(start, end)
+        # a copy of the map: a bitsandbytes version that wrote into it would make the codes
+        # disagree with the map already sent
         codes, state = self._bnb.quantize_blockwise(
-            values, code=self.code_map, blocksize=QUANT_BLOCK
+            values, code=self.code_map.clone(), blocksize=QUANT_BLOCK
         )
         first = start // QUANT_BLOCK
         if not torch.equal(state.absmax.float(), self.absmax[first : first + state.absmax.numel()]):
@@ -191,20 +195,5 @@ class QuantizedEncoder:
             yield bytes(_bytes(self.codes(start, end)))
 
     def to_bytes(self, chunk_bytes: int = 1 << 22) -> bytes:
+        """The whole payload at once (tests, tools)."""
         return b"".join(self.chunks(chunk_bytes=chunk_bytes))
-
-
-def decode_quantized(state: Mapping[str, torch.Tensor]) -> StateDict:
-    """The float32 tensors a decoded int8 update stands for (tools and tests: the coordinator
-    decodes as the codes stream in)."""
-    absmax, code_map = state[ABSMAX].float(), state[CODE_MAP].float()
-    names = sorted(n for n in state if n not in PREFIX_TENSORS)
-    out: StateDict = {}
-    at = 0
-    for name in names:
-        codes = state[name].reshape(-1)
-        out[name] = dequantize(codes, code_map, absmax, at).view(state[name].shape)
-        at += codes.numel()
-    if absmax.numel() != blocks_of(at) or not math.isfinite(float(absmax.sum())):
-        raise ValueError("the scales do not match the codes")
-    return out

@@ -40,11 +40,13 @@ class Carried:
 
 class LiveFold:
     """One update folded while it streams in, from the moment its fold grants it the sums
-    (it is next in the canonical order). The receiver calls `resume` at each chunk's start
-    (folding from the spool what was measured before the grant, and taking on the waiting
-    updates it carries) and `add` for every measured block; the fold revokes it once the
-    update arrives, is refused, or the round closes. A spool that cannot be read ends the
-    live fold, not the upload: the update is spooled all the same, and the sums rebuilt."""
+    (it is next in the canonical order). The receiver calls `resume` before each stretch of
+    values it measures (a chunk, or a piece of a decoded int8 chunk; folding from the spool
+    what was measured before the grant, and taking on the waiting updates it carries) and
+    `add` for every measured block; the fold revokes it once the update arrives, is refused,
+    or the round closes. A spool that cannot be read ends the live fold, not the upload: the
+    update is spooled all the same, and the sums rebuilt.
+    """
 
     def __init__(
         self,

@@ -14,13 +14,14 @@ from typing import IO
 from coordinator.aggregation.decoder import CodeDecoder
 from coordinator.aggregation.live import LiveFold
 from coordinator.aggregation.measure import UpdateStatistics
-from coordinator.aggregation.shape import WIRE_DTYPES, UpdateShape
+from coordinator.aggregation.shape import FLOAT_WIRE_CODES, UpdateShape
 from shared.errors import PayloadError, UpdateRejected
 from shared.payload import CHUNK_BYTES, PayloadCheck, PayloadDigest, iter_chunks
+from shared.quantization import ABSMAX, CODE_MAP
 
 # Other safetensors codes, named as torch names them in refusals.
 _CODE_NAMES = {
-    **{code: name for name, code in WIRE_DTYPES.items()},
+    **{code: name for name, code in FLOAT_WIRE_CODES.items()},
     "F64": "float64",
     "I64": "int64",
     "I32": "int32",
@@ -55,6 +56,12 @@ def _check_header(raw: bytes, shape: UpdateShape) -> None:
     if not isinstance(header, dict):
         raise UpdateRejected(reason="malformed", detail="safetensors header is not an object")
     header.pop("__metadata__", None)
+    if shape.quantized and ABSMAX not in header:
+        raise UpdateRejected(
+            reason="dtype",
+            detail=f"this run's updates travel as int8 codes, {ABSMAX} and {CODE_MAP} first; "
+            "upgrade the silo agent",
+        )
     expected = shape.expected_header()
     missing = sorted(expected.keys() - header.keys())
     extra = sorted(header.keys() - expected.keys())

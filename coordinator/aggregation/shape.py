@@ -20,8 +20,9 @@ from coordinator.flat_adapter import FlatLayout
 from shared.quantization import ABSMAX, CODE_MAP, CODE_MAP_SIZE, blocks_of, prefix_bytes
 from shared.tensor_codec import CONTROL_PREFIX
 
-# safetensors dtype codes of the float dtypes an update may travel in.
-WIRE_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
+# safetensors dtype codes of the float dtypes an update may travel in (int8 updates travel as
+# U8 codes beside F32 scales: shared/quantization.py).
+FLOAT_WIRE_CODES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ class UpdateShape:
                     for e in self.entries
                 },
             }
-        code, size = WIRE_DTYPES[self.dtype], self.itemsize
+        code, size = FLOAT_WIRE_CODES[self.dtype], self.itemsize
         return {
             e.name: (code, list(e.shape), e.start * size, (e.start + math.prod(e.shape)) * size)
             for e in self.entries

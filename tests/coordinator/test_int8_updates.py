@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from coordinator.aggregation import decoder as decoder_module
-from coordinator.aggregation.receiver import UpdateReceiver, receive_bytes
+from coordinator.aggregation.receiver import ReceivedUpdate, UpdateReceiver, receive_bytes
 from shared.errors import PayloadError, UpdateRejected
-from shared.payload import PayloadDigest, iter_chunks
+from shared.payload import CHUNK_BYTES, PayloadDigest, iter_chunks
 from shared.quantization import QUANT_BLOCK, QuantizedEncoder, blocks_of, dequantize
 from shared.safetensors_stream import StateEncoder
 from tests.coordinator.live_uploads import LAYOUT, SHAPES, update_shape
@@ -27,19 +27,20 @@ def _state(control: bool = False) -> dict[str, torch.Tensor]:
     return state
 
 
-def _receive(payload: bytes, path: Path, cut: int, control: bool = False) -> UpdateReceiver:
-    receiver = UpdateReceiver(
-        shape=update_shape("int8", control),
-        announced=PayloadDigest.of(payload),
-        spool=path.open("wb"),
-        path=path,
-    )
-    for chunk in iter_chunks(payload, cut):
-        receiver.write(chunk)
-    return receiver
+def _receive(payload: bytes, path: Path, cut: int, control: bool = False) -> ReceivedUpdate:
+    with path.open("wb") as spool:
+        receiver = UpdateReceiver(
+            shape=update_shape("int8", control),
+            announced=PayloadDigest.of(payload),
+            spool=spool,
+            path=path,
+        )
+        for chunk in iter_chunks(payload, cut):
+            receiver.write(chunk)
+        return receiver.finish()
 
 
-@pytest.mark.parametrize("cut", [997, 65_537, 4 << 20])
+@pytest.mark.parametrize("cut", [997, 65_537, CHUNK_BYTES])
 @pytest.mark.parametrize("control", [False, True])
 def test_codes_in_any_cut_are_spooled_as_the_float32_values_the_silo_sent(
     cut: int, control: bool, tmp_path: Path
@@ -47,9 +48,7 @@ def test_codes_in_any_cut_are_spooled_as_the_float32_values_the_silo_sent(
     state = _state(control)
     encoder = QuantizedEncoder(state)
     payload = encoder.to_bytes()
-    receiver = _receive(payload, tmp_path / "spool", cut, control)
-    received = receiver.finish()
-    receiver._spool.close()
+    received = _receive(payload, tmp_path / "spool", cut, control)
     assert received.dtype == "float32" and received.nbytes == len(payload)
     spooled = torch.frombuffer(bytearray(received.path.read_bytes()), dtype=torch.float32)
     sent = torch.cat([encoder.sent(n).reshape(-1) for n in sorted(state)])
@@ -72,9 +71,7 @@ def test_a_chunk_is_decoded_a_piece_at_a_time(
     monkeypatch.setattr(decoder_module, "dequantize", recorded)
     state = _state()
     encoder = QuantizedEncoder(state)
-    receiver = _receive(encoder.to_bytes(), tmp_path / "spool", 65_537)
-    receiver.finish()
-    receiver._spool.close()
+    _receive(encoder.to_bytes(), tmp_path / "spool", 65_537)
     assert max(decoded) == 1000 and sum(decoded) == LAYOUT.numel
     spooled = torch.frombuffer(bytearray((tmp_path / "spool").read_bytes()), dtype=torch.float32)
     assert torch.equal(spooled, torch.cat([encoder.sent(n).reshape(-1) for n in sorted(state)]))
@@ -129,15 +126,18 @@ def test_an_update_of_another_kind_is_refused_by_its_header(tmp_path: Path) -> N
     as_floats = StateEncoder(state, dtype=torch.bfloat16).to_bytes()  # too long: at once
     with pytest.raises(PayloadError, match=r"carry at most \d+ bytes \(int8 codes data"):
         _receive(as_floats, tmp_path / "floats", 1 << 20)
-    header_only = StateEncoder(state, dtype=torch.bfloat16).header  # a hostile announcement
-    receiver = UpdateReceiver(
-        shape=update_shape("int8", False),
-        announced=PayloadDigest(total_bytes=len(header_only) + 100, crc32=0),
-        spool=(tmp_path / "header").open("wb"),
-        path=tmp_path / "header",
-    )
-    with pytest.raises(UpdateRejected, match=r"2 tensor\(s\) missing, e.g. quantization::absmax"):
-        receiver.write(header_only)
+    header_only = StateEncoder(state, dtype=torch.bfloat16).header  # an older silo agent's
+    with (tmp_path / "header").open("wb") as spool:
+        receiver = UpdateReceiver(
+            shape=update_shape("int8", False),
+            announced=PayloadDigest(total_bytes=len(header_only) + 100, crc32=0),
+            spool=spool,
+            path=tmp_path / "header",
+        )
+        with pytest.raises(UpdateRejected, match="travel as int8 codes") as older:
+            receiver.write(header_only)
+    assert older.value.reason == "dtype"
+    assert "upgrade the silo agent" in str(older.value)
     as_codes = QuantizedEncoder(state).to_bytes()
     with pytest.raises(
         UpdateRejected, match=r"2 unexpected tensor\(s\), e.g. quantization::absmax"
@@ -152,10 +152,13 @@ def test_an_update_of_another_kind_is_refused_by_its_header(tmp_path: Path) -> N
 def test_an_announcement_larger_than_codes_can_be_is_refused_at_once(tmp_path: Path) -> None:
     shape = update_shape("int8", False)
     most = shape.wire_data_bytes + 64 * 1024 + 512 * len(SHAPES) + 8
-    with pytest.raises(PayloadError, match=rf"at most {most} bytes \(int8 codes data"):
+    with (
+        (tmp_path / "spool").open("wb") as spool,
+        pytest.raises(PayloadError, match=rf"at most {most} bytes \(int8 codes data"),
+    ):
         UpdateReceiver(
             shape=shape,
             announced=PayloadDigest(total_bytes=most + 1, crc32=0),
-            spool=(tmp_path / "spool").open("wb"),
+            spool=spool,
             path=tmp_path / "spool",
         )
