@@ -107,18 +107,27 @@ def test_round_aggregates_sample_weighted_and_checkpoints(
     assert metric("fedmllm_fold_rebuilds_total") == 0
 
 
+def _one_answering(
+    coordinator: RunningCoordinator, certs: Path, two_silos: list[ProtocolSilo]
+) -> tuple[pb_grpc.AdminStub, ProtocolSilo, pb.RoundTask, StateDict]:
+    """A round of two silos of which only silo-1 answers (the round ends at its 5 s
+    deadline): the admin, silo-1, its task and the adapter it downloaded."""
+    admin = admin_stub(coordinator, certs)
+    _start(admin, min_silos=1, round_deadline_s=5.0)
+    silo, other = two_silos
+    task = silo.next_task()
+    other.next_task()
+    return admin, silo, task, silo.download(task)
+
+
 def test_malformed_updates_never_touch_the_global_adapter(
     coordinator: RunningCoordinator, certs: Path, two_silos: list[ProtocolSilo], tmp_path: Path
 ) -> None:
     """silo-1 is first in the fold's order, so its streams are folded live: the truncated
     one and the one with a wrong CRC-32 are in the running sum when they are refused, and
     must be rebuilt out of it."""
-    admin = admin_stub(coordinator, certs)
-    _start(admin, min_silos=1, round_deadline_s=5.0)
-    silo, other = two_silos
-    task = silo.next_task()
-    other.next_task()  # the other silo never answers: the round ends at its deadline
-    start = silo.download(task)
+    admin, silo, task, start = _one_answering(coordinator, certs, two_silos)
+    other = two_silos[1]
     good = encode_state(constant_delta(start, 0.25))
     cases = {
         "truncated": dict(chunks=[good[: len(good) // 2]]),
@@ -178,12 +187,7 @@ def test_a_header_cut_after_its_length_is_read_and_hostile_headers_are_refused(
     """A safetensors header may arrive cut anywhere, even right after its 8-byte length; a
     header of length 0, or JSON nested beyond what the parser descends, is refused as
     malformed with INVALID_ARGUMENT (not UNKNOWN and a traceback)."""
-    admin = admin_stub(coordinator, certs)
-    _start(admin, min_silos=1, round_deadline_s=5.0)
-    silo, other = two_silos
-    task = silo.next_task()
-    other.next_task()  # the other silo never answers: the round ends at its deadline
-    start = silo.download(task)
+    admin, silo, task, start = _one_answering(coordinator, certs, two_silos)
     deep = b"[" * 20_000 + b"]" * 20_000
     for label, payload, needle in (
         ("empty", struct.pack("<Q", 0) + b"{}", "safetensors header of 0 bytes"),
