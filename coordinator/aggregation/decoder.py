@@ -8,6 +8,7 @@ tensor of the first bad block before any code is read.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -62,7 +63,7 @@ class CodeDecoder:
         if len(bad):
             block = int(bad[0, 0])
             where, scale = self._shape.name_at(block * QUANT_BLOCK), float(absmax[block])
-            if scale != scale or scale in (float("inf"), float("-inf")):
+            if not math.isfinite(scale):
                 raise UpdateRejected(reason="non_finite", detail=f"{where}: NaN or Inf scale")
             raise UpdateRejected(
                 reason="magnitude",
