@@ -23,20 +23,19 @@ alternate every 512 values (a tiny adapter's A and B), the smaller ones' error i
 from __future__ import annotations
 
 import itertools
-import json
 import math
-import struct
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
+
+from shared.safetensors_stream import bytes_of, header_of
 
 INT8 = "int8"  # the run's wire dtype that sends updates as codes
 QUANT_BLOCK = 256
 ABSMAX = "quantization::absmax"
 CODE_MAP = "quantization::code"
 CODE_MAP_SIZE = 256
-PREFIX_TENSORS = (ABSMAX, CODE_MAP)
 
 
 def download_dtype(wire_dtype: str) -> str:
@@ -77,11 +76,6 @@ def dequantize(
     return values
 
 
-def _bytes(values: torch.Tensor) -> memoryview:
-    raw: Any = values.contiguous().view(torch.uint8).numpy()
-    return memoryview(raw)
-
-
 class QuantizedEncoder:
     """The blockwise 8-bit safetensors encoding of a state dict, produced chunk by chunk like
     shared.safetensors_stream.StateEncoder: the scales first (one pass over the values, which
@@ -115,9 +109,7 @@ class QuantizedEncoder:
                 "shape": list(state[name].shape),
                 "data_offsets": [base + start, base + end],
             }
-        raw = json.dumps(entries, separators=(",", ":"), ensure_ascii=False).encode()
-        raw += b" " * (-len(raw) % 8)
-        self.header = struct.pack("<Q", len(raw)) + raw
+        self.header = header_of(entries)
         self.total_bytes = len(self.header) + base + self.numel
 
     def values(self, start: int, end: int) -> torch.Tensor:
@@ -188,11 +180,11 @@ class QuantizedEncoder:
         if block % QUANT_BLOCK or chunk_bytes < block:
             raise ValueError(f"codes are cut at multiples of {QUANT_BLOCK} values")
         yield self.header
-        prefix = b"".join([_bytes(self.absmax), _bytes(self.code_map)])
+        prefix = b"".join([bytes_of(self.absmax), bytes_of(self.code_map)])
         for at in range(0, len(prefix), chunk_bytes):
             yield prefix[at : at + chunk_bytes]
         for start, end in self._pieces(chunk_bytes - chunk_bytes % block):
-            yield bytes(_bytes(self.codes(start, end)))
+            yield bytes(bytes_of(self.codes(start, end)))
 
     def to_bytes(self, chunk_bytes: int = 1 << 22) -> bytes:
         """The whole payload at once (tests, tools)."""

@@ -35,10 +35,17 @@ _CODE_DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}
 warnings.filterwarnings("ignore", message="The given buffer is not writable")
 
 
-def _bytes_of(values: torch.Tensor) -> memoryview:
+def bytes_of(values: torch.Tensor) -> memoryview:
     """The raw bytes of a flat, contiguous CPU tensor (no copy)."""
     raw: Any = values.view(torch.uint8).numpy()
     return memoryview(raw)
+
+
+def header_of(entries: dict[str, Any]) -> bytes:
+    """The 8-byte length and the JSON header of tensors `entries`, as safetensors writes them."""
+    raw = json.dumps(entries, separators=(",", ":"), ensure_ascii=False).encode()
+    raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
+    return struct.pack("<Q", len(raw)) + raw
 
 
 class StateEncoder:
@@ -65,9 +72,7 @@ class StateEncoder:
             }
             numel = end
         self.numel = numel
-        raw = json.dumps(entries, separators=(",", ":"), ensure_ascii=False).encode()
-        raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
-        self.header = struct.pack("<Q", len(raw)) + raw
+        self.header = header_of(entries)
         self.total_bytes = len(self.header) + numel * self.itemsize
 
     def groups(self) -> list[tuple[int, int]]:
@@ -97,7 +102,7 @@ class StateEncoder:
             piece = flat[max(start - at, 0) : min(end - at, flat.numel())]
             if piece.dtype != self.dtype:
                 piece = piece.to(self.dtype)
-            parts.append(_bytes_of(piece))
+            parts.append(bytes_of(piece))
         return parts
 
     def chunks(self, *, chunk_bytes: int, block: int = 1) -> Iterator[bytes]:
