@@ -6,7 +6,8 @@ is about six times slower than the same-dtype `add_` (measured: 182 vs 27 ms ove
 values), and widening a block first costs an extra pass (39 ms).
 A 16-bit update folded as it arrives is also measured in that loop (`add_measured`): the
 block norms then cost no pass of their own (measured over 150M bfloat16 values in 4 MiB
-chunks: 22 ms for both, against 15-24 ms for the norms and 20-25 ms for the add apart).
+chunks: 22 ms for both, against 15-24 ms for the norms and 20-25 ms for the add apart); a
+float32 one in a native loop (native.py) that adds as `add_` does.
 Several updates waiting in their spools are added in one pass over the sum (`add_many`), with
 the same arithmetic per value and in the same order as one after another, so the same bits:
 16-bit ones up to GROUP at a time in one compiled loop, float32 ones by `add_` over a window
@@ -19,6 +20,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from coordinator.aggregation import native
 from coordinator.strategies.kernels import fused, hyper
 from shared.payload import BLOCK_ELEMENTS
 
@@ -71,11 +73,18 @@ def write_widened_measured(
 def add_measured(
     total: torch.Tensor, values: torch.Tensor, alpha: float, *, write: bool
 ) -> torch.Tensor:
-    """add_scaled of whole blocks of 16-bit values, returning each block's norm (float32)
-    from the same pass. The sums get the values before they are checked: a caller that then
-    refuses them rebuilds the sums."""
-    kernel = write_widened_measured if write else add_widened_measured
-    norms: torch.Tensor = fused(kernel)(total, values, hyper(alpha))
+    """add_scaled of whole blocks of values, returning each block's norm (float32) from the
+    same pass: 16-bit ones in a compiled loop, float32 ones in the native loop (native.py;
+    the caller offers them only where it serves). The sums get the values before they are
+    checked: a caller that then refuses them rebuilds the sums."""
+    if values.dtype != torch.float32:
+        kernel = write_widened_measured if write else add_widened_measured
+        widened: torch.Tensor = fused(kernel)(total, values, hyper(alpha))
+        return widened
+    norms = native.add_measured(total, values, alpha, write=write, size=BLOCK_ELEMENTS)
+    if norms is None:  # ATen's two passes, the same sums
+        add_scaled(total, values, alpha, write=write)
+        norms = torch.linalg.vector_norm(values.view(-1, BLOCK_ELEMENTS), dim=1)
     return norms
 
 

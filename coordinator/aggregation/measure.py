@@ -20,6 +20,7 @@ from typing import Protocol
 
 import torch
 
+from coordinator.aggregation import native
 from coordinator.aggregation.kernels import widened_norms
 from coordinator.aggregation.shape import UpdateShape
 from shared.errors import PayloadError, UpdateRejected
@@ -56,7 +57,8 @@ class UpdateStatistics:
     def __init__(self, shape: UpdateShape, sink: Sink | None = None) -> None:
         self._shape = shape
         self._sink = sink
-        self._fusable = shape.dtype != "float32"  # the widening pass can measure too
+        # the widening pass, or the native float32 loop, can measure too
+        self._fusable = shape.dtype != "float32" or native.library() is not None
         self._dtype = getattr(torch, shape.dtype)
         self._itemsize = shape.itemsize
         self._runs = shape.runs
@@ -100,8 +102,10 @@ class UpdateStatistics:
         if self._sink is not None and self._fusable and values.numel() == blocks * BLOCK_ELEMENTS:
             norms = self._sink.add_measuring(self.element, values)
             sunk = norms is not None
-            if norms is None:  # not (yet) folded live, measured in a compiled loop all the same
-                norms = widened_norms(values)
+            if norms is None and self._dtype != torch.float32:
+                norms = widened_norms(values)  # not (yet) folded live: a compiled loop all the same
+        if norms is None and self._dtype == torch.float32:
+            norms = native.block_norms(values, blocks)
         if norms is None:
             norms = torch.linalg.vector_norm(values.view(blocks, -1), dim=1, dtype=torch.float32)
         block_norms = norms.tolist()

@@ -66,7 +66,8 @@ def test_every_command_is_an_entry_point(wheel_metadata: WheelMetadata) -> None:
 
 def test_the_release_files_hold_every_module(release: tuple[Path, Path]) -> None:
     sdist, wheel = release
-    modules = {n for n in tracked_files() if n.endswith(".py") and n.startswith(PACKAGES)}
+    modules = {n for n in tracked_files() if n.endswith((".py", ".c")) and n.startswith(PACKAGES)}
+    assert "coordinator/aggregation/native.c" in modules
     with zipfile.ZipFile(wheel) as archive:
         assert modules <= set(archive.namelist())
     with tarfile.open(sdist) as archive:

@@ -1,0 +1,204 @@
+"""Native loops for the float32 fold: add an update's values and measure them in one pass.
+
+ATen adds (`add_`) and measures (a block norm) in two passes over an update's values, and at
+the faster of this machine's memory speeds the norm's pass is what keeps a live fold from the
+memory floor (docs/benchmarks.md); torch.compile splits the fused loop in two as well. The
+loops of native.c take one pass. They are compiled once per machine with the system's C
+compiler, as torch.compile's own CPU kernels are, cached under ~/.cache/fedmllm (or
+$XDG_CACHE_HOME/fedmllm), and used only after checking on this machine that they add bit for
+bit as ATen's `add_` does, so that an update folded live and one folded from its spool leave
+the same sums. Without a compiler, where that check fails, or with FEDMLLM_COMPILE=0, the
+callers run ATen's two passes: the sums are the same bits; the block norms may differ from the
+native ones in the last bits (as a norm is only compared with bounds, that changes nothing
+but the round record's last digits).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("native.c")
+FLAGS = ("-O3", "-std=c11", "-ffp-contract=off", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared")
+
+_lock = threading.Lock()
+_loaded: list[ctypes.CDLL | None] = []  # empty until the first call decides
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fedmllm"
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded loops, or None where ATen's ops must serve (decided once per process)."""
+    if not _loaded:
+        with _lock:
+            if not _loaded:
+                _loaded.append(_load())
+    return _loaded[0]
+
+
+def _load() -> ctypes.CDLL | None:
+    if os.environ.get("FEDMLLM_COMPILE", "1") == "0":
+        return None
+    try:
+        lib = _bind(ctypes.CDLL(str(_build())))
+        _check(lib)
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        log.warning("native fold loops unavailable (%s); ATen's add and norm serve instead", exc)
+        return None
+    return lib
+
+
+def _build() -> Path:
+    """The shared library for this source, compiler and platform, built if not cached."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise OSError("no C compiler (set CC)")
+    version = subprocess.run(
+        [compiler, "--version"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    key = hashlib.sha256(
+        "\0".join([SOURCE.read_text(), compiler, version, *FLAGS, platform.machine()]).encode()
+    ).hexdigest()[:16]
+    target = cache_dir() / f"native-{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as work:
+        built = Path(work) / target.name
+        result = subprocess.run(
+            [compiler, *FLAGS, str(SOURCE), "-o", str(built), "-lm"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if result.returncode != 0:
+            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            raise OSError(f"{compiler} failed on {SOURCE.name}: {last}")
+        os.replace(built, target)  # atomic: a process beside this one loads a whole file
+    return target
+
+
+def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
+    pointer, size, f32, flag = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
+    lib.block_norms.argtypes = [pointer, size, size, pointer, flag]
+    lib.block_norms.restype = None
+    lib.add_measured.argtypes = [pointer, pointer, f32, flag, size, size, pointer, flag]
+    lib.add_measured.restype = None
+    lib.add_summed.argtypes = [pointer, pointer, f32, size, flag]
+    lib.add_summed.restype = ctypes.c_double
+    return lib
+
+
+def _check(lib: ctypes.CDLL) -> None:
+    """Raise ValueError unless the loops add as ATen does, bit for bit, and measure as
+    ATen's norm does (to float32 rounding) on this machine."""
+    generator = torch.Generator().manual_seed(0)
+    count, size = 3 * 4096 + 37, 4096 + 37  # every lane, and a tail
+    values, start = torch.randn(2, 3 * size, generator=generator) * 10
+    for alpha in (0.3, 1.0, 1 / 3):
+        expected, got = start.clone().add_(values, alpha=alpha), start.clone()
+        _call_add(lib, got, values, alpha, write=False, size=size)
+        if not torch.equal(got, expected):
+            raise ValueError("its additions differ from ATen's add_ on this machine")
+        got_norms = _call_add(lib, got, values, alpha, write=True, size=size)
+        if not torch.equal(got, torch.mul(values, alpha)):
+            raise ValueError("its products differ from ATen's mul on this machine")
+        weights = start[:count].clone()
+        summed = lib.add_summed(weights.data_ptr(), values.data_ptr(), alpha, count, 1)
+        if not torch.equal(weights, start[:count].clone().add_(values[:count], alpha=alpha)):
+            raise ValueError("its summing add differs from ATen's add_ on this machine")
+        if abs(summed - float(weights.double().sum())) > 1e-3 * float(weights.abs().sum()):
+            raise ValueError("its weight sum is wrong on this machine")
+    norms = torch.linalg.vector_norm(values.view(3, size), dim=1)
+    if not torch.allclose(got_norms, norms, rtol=1e-5, atol=0.0):
+        raise ValueError("its block norms differ from ATen's on this machine")
+
+
+def _call_add(
+    lib: ctypes.CDLL,
+    total: torch.Tensor,
+    values: torch.Tensor,
+    alpha: float,
+    *,
+    write: bool,
+    size: int,
+) -> torch.Tensor:
+    blocks = values.numel() // size
+    norms = torch.empty(blocks, dtype=torch.float32)
+    lib.add_measured(
+        total.data_ptr(),
+        values.data_ptr(),
+        alpha,
+        int(write),
+        blocks,
+        size,
+        norms.data_ptr(),
+        torch.get_num_threads(),
+    )
+    return norms
+
+
+def _contiguous_float32(*tensors: torch.Tensor) -> bool:
+    return all(t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
+
+
+def block_norms(values: torch.Tensor, blocks: int) -> torch.Tensor | None:
+    """The L2 norm of each of `blocks` equal blocks of float32 `values`, in one pass; None
+    where ATen must serve."""
+    lib = library()
+    if lib is None or not _contiguous_float32(values) or values.numel() % blocks:
+        return None
+    norms = torch.empty(blocks, dtype=torch.float32)
+    lib.block_norms(
+        values.data_ptr(),
+        blocks,
+        values.numel() // blocks,
+        norms.data_ptr(),
+        torch.get_num_threads(),
+    )
+    return norms
+
+
+def add_measured(
+    total: torch.Tensor, values: torch.Tensor, alpha: float, *, write: bool, size: int
+) -> torch.Tensor | None:
+    """total += alpha * values (total = alpha * values if `write`), as ATen's add_ (mul) does,
+    bit for bit, returning the norm of each block of `size` values from the same pass; None
+    (and nothing added) where ATen must serve."""
+    lib = library()
+    if (
+        lib is None
+        or not _contiguous_float32(total, values)
+        or total.numel() != values.numel()
+        or values.numel() % size
+    ):
+        return None
+    return _call_add(lib, total, values, alpha, write=write, size=size)
+
+
+def add_summed(x: torch.Tensor, delta: torch.Tensor, alpha: float) -> float | None:
+    """x += alpha * delta in place, as ATen's add_ does, returning the sum of the new x from
+    the same pass (non-finite if any value is); None (and nothing added) where ATen must
+    serve."""
+    lib = library()
+    if lib is None or not _contiguous_float32(x, delta) or x.numel() != delta.numel():
+        return None
+    total: float = lib.add_summed(
+        x.data_ptr(), delta.data_ptr(), alpha, x.numel(), torch.get_num_threads()
+    )
+    return total

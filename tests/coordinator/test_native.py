@@ -1,0 +1,183 @@
+"""The native float32 fold loops: built once per machine with its C compiler, used only where
+they add exactly as ATen's `add_` does, and replaced by ATen's ops (with a warning naming why)
+where they cannot be built or do not."""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from coordinator.aggregation import kernels, native
+from coordinator.aggregation.measure import UpdateStatistics
+from coordinator.aggregation.shape import UpdateShape
+from coordinator.flat_adapter import FlatLayout
+from coordinator.strategies import kernels as strategy_kernels
+from shared.payload import BLOCK_ELEMENTS
+from shared.safetensors_stream import StateEncoder
+
+HAS_COMPILER = shutil.which("cc") is not None or shutil.which("gcc") is not None
+
+
+def _values(count: int, seed: int) -> torch.Tensor:
+    """Values over many magnitudes, with zeros of both signs."""
+    generator = torch.Generator().manual_seed(seed)
+    raw = torch.randn(count, generator=generator)
+    raw *= torch.exp2(torch.randint(-20, 4, (count,), generator=generator).float())
+    raw[::97] = 0.0
+    raw[::89] = -0.0
+    return raw
+
+
+@pytest.fixture
+def fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    return tmp_path / "fedmllm"
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler on this machine")
+def test_the_loops_are_built_once_and_then_loaded_from_the_cache(fresh_cache: Path) -> None:
+    assert native._load() is not None
+    (built,) = fresh_cache.glob("native-*.so")
+    stamp = built.stat().st_mtime_ns
+    assert native._load() is not None
+    assert list(fresh_cache.glob("native-*")) == [built]  # nothing left over from the build
+    assert built.stat().st_mtime_ns == stamp
+    assert native.library() is not None
+
+
+@pytest.mark.parametrize("size", [BLOCK_ELEMENTS, 4_099, 64, 1])
+@pytest.mark.parametrize("alpha", [0.37, 1.0, 1 / 3, -2.5])
+@pytest.mark.parametrize("write", [False, True])
+def test_the_fused_add_equals_aten_bit_for_bit_with_the_same_norms(
+    size: int, alpha: float, write: bool
+) -> None:
+    if native.library() is None:
+        pytest.skip("the native loops are not built on this machine")
+    values = _values(3 * size, seed=size)
+    start = _values(3 * size, seed=size + 1)
+    expected = torch.mul(values, alpha) if write else start.clone().add_(values, alpha=alpha)
+    got = start.clone()
+    norms = native.add_measured(got, values, alpha, write=write, size=size)
+    assert norms is not None
+    assert torch.equal(got, expected)
+    # the measuring pass alone gives the same bits, and they are the blocks' norms
+    alone = native.block_norms(values, 3)
+    assert alone is not None and torch.equal(alone, norms)
+    exact = torch.linalg.vector_norm(values.double().view(3, size), dim=1).float()
+    assert torch.allclose(norms, exact, rtol=1e-5, atol=0.0)
+
+
+def test_a_block_measures_the_same_on_any_number_of_threads() -> None:
+    lib = native.library()
+    if lib is None:
+        pytest.skip("the native loops are not built on this machine")
+    values = _values(7 * BLOCK_ELEMENTS, seed=5)
+    per_thread = []
+    for threads in (1, 2, 3):
+        norms = torch.empty(7)
+        lib.block_norms(values.data_ptr(), 7, BLOCK_ELEMENTS, norms.data_ptr(), threads)
+        per_thread.append(norms)
+    assert all(torch.equal(norms, per_thread[0]) for norms in per_thread)
+
+
+def test_the_non_finite_show_in_the_norms_and_in_the_weight_sum() -> None:
+    if native.library() is None:
+        pytest.skip("the native loops are not built on this machine")
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        values = _values(2 * 4096, seed=9)
+        values[5000] = bad
+        norms = native.block_norms(values, 2)
+        assert norms is not None and bool(torch.isfinite(norms[0]))
+        assert not bool(torch.isfinite(norms[1]))
+        weights = torch.zeros(2 * 4096)
+        summed = native.add_summed(weights, values, 0.5)
+        assert summed is not None and not math.isfinite(summed)
+
+
+def test_the_summing_step_moves_the_weights_as_add_does() -> None:
+    x, total = _values(100_003, seed=1), _values(100_003, seed=2)
+    expected = x.clone().add_(total, alpha=0.37)
+    summed = strategy_kernels.add_summed(x, total, 0.37)
+    assert torch.equal(x, expected)
+    assert float(summed) == pytest.approx(float(expected.double().sum()), rel=1e-6, abs=1e-6)
+
+
+def test_an_update_measures_the_same_bits_folded_live_or_alone() -> None:
+    """The norm of an update decides its clipping: measured alone (it arrived early) or in
+    its live fold's pass, it must be the same."""
+    shapes = {"a.lora_A.weight": (8, 9_000), "b.lora_B.weight": (37_000, 2)}
+    layout = FlatLayout.of({k: torch.zeros(s) for k, s in shapes.items()})
+    generator = torch.Generator().manual_seed(4)
+    state = {k: torch.randn(s, generator=generator) for k, s in shapes.items()}
+    encoder = StateEncoder(state, dtype=torch.float32)
+    data = encoder.data(0, encoder.numel)
+    shape = UpdateShape(layout=layout, dtype="float32")
+
+    class Live:
+        def __init__(self) -> None:
+            self.total = torch.zeros(shape.numel)
+
+        def add(self, element: int, values: torch.Tensor) -> None:
+            self.total[element : element + values.numel()].add_(values)
+
+        def add_measuring(self, element: int, values: torch.Tensor) -> torch.Tensor | None:
+            target = self.total[element : element + values.numel()]
+            return kernels.add_measured(target, values, 1.0, write=False)
+
+    live, alone = Live(), UpdateStatistics(shape)
+    measured_live = UpdateStatistics(shape, sink=live)
+    for statistics in (alone, measured_live):
+        statistics.consume(memoryview(data))
+    assert measured_live.norm == alone.norm
+    assert torch.equal(live.total, torch.frombuffer(bytearray(data), dtype=torch.float32))
+
+
+def test_without_a_compiler_aten_serves_and_says_why(
+    fresh_cache: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("CC", str(fresh_cache / "no-such-compiler"))
+    with caplog.at_level(logging.WARNING):
+        assert native._load() is None
+    assert "native fold loops unavailable" in caplog.text
+    assert "no-such-compiler" in caplog.text
+    monkeypatch.setattr(native, "_loaded", [None])  # as a process without one runs
+    values, x = _values(3 * BLOCK_ELEMENTS, seed=3), _values(3 * BLOCK_ELEMENTS, seed=4)
+    assert native.block_norms(values, 3) is None
+    total = x.clone()
+    norms = kernels.add_measured(total, values, 0.25, write=False)
+    assert torch.equal(total, x.clone().add_(values, alpha=0.25))
+    assert torch.allclose(norms, torch.linalg.vector_norm(values.view(3, -1), dim=1))
+    # a live fold is offered float32 values only once they are checked, as ATen measures them
+    shape = UpdateShape(layout=FlatLayout.of({"w": x}), dtype="float32")
+    assert UpdateStatistics(shape)._fusable is False
+
+
+def test_fedmllm_compile_0_turns_them_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEDMLLM_COMPILE", "0")
+    assert native._load() is None
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler on this machine")
+def test_loops_that_would_not_add_as_aten_does_are_not_used(
+    fresh_cache: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Built from a source that rounds twice (a product, then a sum), as a compiler or a
+    machine without fused multiply-add might: the check at load refuses it."""
+    twice = native.SOURCE.read_text().replace(
+        "fmaf(alpha, v, sum[i + j])", "(alpha * v) + sum[i + j]"
+    )
+    assert twice != native.SOURCE.read_text()
+    source = tmp_path / "native.c"
+    source.write_text(twice)
+    monkeypatch.setattr(native, "SOURCE", source)
+    with caplog.at_level(logging.WARNING):
+        assert native._load() is None
+    assert "differ from ATen's add_" in caplog.text
