@@ -20,6 +20,7 @@ from peft import LoraConfig
 from transformers import PretrainedConfig
 
 from coordinator.admin_service import AdminService
+from coordinator.aggregation import native
 from coordinator.aggregation.heap import limit_retention
 from coordinator.aggregation.spool import INCOMING
 from coordinator.base_model import BaseModel
@@ -126,6 +127,7 @@ def serve(config: CoordinatorConfig) -> Iterator[RunningCoordinator]:
     """Start the coordinator; on exit stop serving, the run left resumable from its checkpoint."""
     _raise_descriptor_limit()
     limit_retention()
+    native.library()  # built (once per machine) or found wanting now, not in a silo's upload
     base_config = load_base_config(config.model_dir)
     canonical = canonical_config(base_config)
     lora, factory = _adapter_source(config, base_config)

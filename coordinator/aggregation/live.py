@@ -125,9 +125,9 @@ class LiveFold:
             self._add(element, values, measuring=False)
 
     def add_measuring(self, element: int, values: torch.Tensor) -> torch.Tensor | None:
-        """Whole blocks of 16-bit values, added and measured in one pass: their block
-        norms, or None if nothing was added. Values then refused make the fold abandon this
-        live fold, and the sums are rebuilt."""
+        """Whole blocks of values (16-bit, or float32 where the native loops serve), added
+        and measured in one pass: their block norms, or None if nothing was added. Values
+        then refused make the fold abandon this live fold, and the sums are rebuilt."""
         return self._add(element, values, measuring=True) if self._adding else None
 
     def _add(self, element: int, values: torch.Tensor, *, measuring: bool) -> torch.Tensor | None:

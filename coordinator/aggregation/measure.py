@@ -10,7 +10,9 @@ costs one pass; only a block whose norm is large or not finite is checked value 
 A 16-bit update offered a live fold is measured in its fold's pass once it is folded live, and
 in a compiled loop of its own before that (both loops' block sums may differ from the eager
 ones in the last bits): its norm then serves nothing, since only rules without clipping offer
-live folds, and the bound holds for any summation order.
+live folds, and the bound holds for any summation order. A float32 update is measured by the
+native loops (native.py) where they serve, in its live fold's pass or alone, the same bits
+either way; by ATen's norm where they do not.
 """
 
 from __future__ import annotations
@@ -43,8 +45,9 @@ class Sink(Protocol):
         """Take checked values of the data section starting at `element` (one run)."""
 
     def add_measuring(self, element: int, values: torch.Tensor) -> torch.Tensor | None:
-        """Take whole blocks of 16-bit values before they are checked, returning each
-        block's norm from the same pass; None if it took nothing (check, then `add`)."""
+        """Take whole blocks of values (16-bit, or float32 where the native loops serve)
+        before they are checked, returning each block's norm from the same pass; None if it
+        took nothing (check, then `add`)."""
 
 
 class UpdateStatistics:

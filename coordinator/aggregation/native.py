@@ -58,8 +58,13 @@ def _load() -> ctypes.CDLL | None:
         lib = _bind(ctypes.CDLL(str(_build())))
         _check(lib)
     except (OSError, subprocess.SubprocessError, ValueError) as exc:
-        log.warning("native fold loops unavailable (%s); ATen's add and norm serve instead", exc)
+        log.warning(
+            "native fold loops unavailable (%s); ATen's add and norm serve instead, slower "
+            "(install a C compiler, e.g. gcc, or set CC)",
+            exc,
+        )
         return None
+    log.info("native fold loops loaded from %s", lib._name)
     return lib
 
 

@@ -126,8 +126,8 @@ class RoundSums:
         adapter values times `alpha`, control values as they are; then the same elements of
         the updates in `more`, each times its alpha, while that stretch is in the cache. A
         buffer no fold has written yet this round is written instead (its earlier round's
-        values are stale). `measuring` (whole blocks of 16-bit values): return each block's
-        norm of `values` as well."""
+        values are stale). `measuring` (whole blocks): return each block's norm of `values`
+        as well."""
         run = self.shape.run_at(element)
         name = "control_total" if run.control else "total"
         at = run.target + element - run.start

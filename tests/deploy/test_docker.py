@@ -67,6 +67,12 @@ def test_image_installs_its_role_on_cpu_torch_as_a_plain_user(role: str, image: 
     assert any(f"--uid {SERVICE_UID}" in r and f"--gid {SERVICE_UID}" in r for r in parsed.runs)
 
 
+def test_the_coordinator_image_can_build_its_kernels() -> None:
+    """torch.compile's fused steps and the native fold loops need a compiler in the image."""
+    parsed = Dockerfile.read(DOCKER / IMAGES["coordinator"])
+    assert any(re.search(r"apt-get install .*\bg\+\+", r) for r in parsed.runs), parsed.runs
+
+
 def test_operators_are_told_how_the_image_user_reads_mounted_keys() -> None:
     instruction = f"chgrp {SERVICE_UID}"
     assert instruction in (DOCKER / "compose.yaml").read_text()
