@@ -82,7 +82,11 @@ def optimizer_table(params: int, repeats: int) -> str:
     floor7 = floor3 * 7 / 3
     rows = [
         ("`x.add_(s)`, 3 streams (baseline)", floor3, floor3),
-        ("FedAvg step, `add_` summing each window (coordinator path)", medians["fedavg"], floor3),
+        (
+            "FedAvg step, adding and summing in one pass (coordinator path)",
+            medians["fedavg"],
+            floor3,
+        ),
         ("FedAdam step, fused (coordinator path)", medians["fedadam"], floor7),
         ("FedYogi step, fused (coordinator path)", medians["fedyogi"], floor7),
         ("FedAdam step, same maths eager", eager, floor7),
