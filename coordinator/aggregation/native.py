@@ -55,15 +55,20 @@ def library() -> ctypes.CDLL | None:
 def _load() -> ctypes.CDLL | None:
     if os.environ.get("FEDMLLM_COMPILE", "1") == "0":
         return None
+    fallback = "ATen's add and norm serve instead, slower"
     try:
         lib = _bind(ctypes.CDLL(str(_build())))
-        _check(lib)
-    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+    except (OSError, subprocess.SubprocessError) as exc:
         log.warning(
-            "native fold loops unavailable (%s); ATen's add and norm serve instead, slower "
-            "(install a C compiler, e.g. gcc, or set CC)",
+            "native fold loops unavailable (%s); %s: install a C compiler (gcc) or set CC",
             exc,
+            fallback,
         )
+        return None
+    try:
+        _check(lib)
+    except ValueError as exc:
+        log.warning("native fold loops not used: %s; %s", exc, fallback)
         return None
     log.info("native fold loops loaded from %s", lib._name)
     return lib
