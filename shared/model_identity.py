@@ -14,10 +14,11 @@ import logging
 import os
 from pathlib import Path
 
+from shared.cache import cache_dir
+
 log = logging.getLogger(__name__)
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
-CACHE = Path.home() / ".cache" / "fedmllm" / "weight-digests.json"
 
 
 def _file_digest(path: Path, cache: dict[str, str]) -> str:
@@ -47,11 +48,13 @@ def _store(cache_path: Path, cache: dict[str, str]) -> None:
         log.debug("weight digest cache not written: %s", exc)
 
 
-def weights_fingerprint(model_dir: Path, *, cache_path: Path = CACHE) -> str:
-    """The fingerprint of the weight files in `model_dir` ("" if there are none)."""
+def weights_fingerprint(model_dir: Path, *, cache_path: Path | None = None) -> str:
+    """The fingerprint of the weight files in `model_dir` ("" if there are none); file
+    digests are kept in `cache_path` (default: the user's cache directory)."""
     files = sorted(p for p in model_dir.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
     if not files:
         return ""
+    cache_path = cache_path or cache_dir() / "weight-digests.json"
     cache = _load(cache_path)
     total = hashlib.sha256()
     for path in files:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import grpc
 
+from shared.cache import cache_dir
 from shared.cli import (
     Parser,
     argv_or_sys,
@@ -101,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--judge-cache",
         type=Path,
-        default=Path.home() / ".cache" / "fedmllm" / "judge.jsonl",
+        default=cache_dir() / "judge.jsonl",
         help="verdict cache, so that a rerun costs nothing",
     )
     parser.add_argument(

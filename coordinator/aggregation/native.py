@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from shared.cache import cache_dir
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("native.c")
@@ -36,11 +38,6 @@ FLAGS = ("-O3", "-std=c11", "-ffp-contract=off", "-fno-math-errno", "-fopenmp", 
 
 _lock = threading.Lock()
 _loaded: list[ctypes.CDLL | None] = []  # empty until the first call decides
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "fedmllm"
 
 
 def library() -> ctypes.CDLL | None:
