@@ -110,6 +110,8 @@ def test_the_summing_step_moves_the_weights_as_add_does() -> None:
 def test_an_update_measures_the_same_bits_folded_live_or_alone() -> None:
     """The norm of an update decides its clipping: measured alone (it arrived early) or in
     its live fold's pass, it must be the same."""
+    if native.library() is None:
+        pytest.skip("without the native loops a float32 update is never measured in its fold")
     shapes = {"a.lora_A.weight": (8, 9_000), "b.lora_B.weight": (37_000, 2)}
     layout = FlatLayout.of({k: torch.zeros(s) for k, s in shapes.items()})
     generator = torch.Generator().manual_seed(4)
