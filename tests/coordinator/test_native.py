@@ -123,18 +123,21 @@ def test_an_update_measures_the_same_bits_folded_live_or_alone() -> None:
     class Live:
         def __init__(self) -> None:
             self.total = torch.zeros(shape.numel)
+            self.fused = 0  # blocks added and measured in one pass
 
         def add(self, element: int, values: torch.Tensor) -> None:
             self.total[element : element + values.numel()].add_(values)
 
         def add_measuring(self, element: int, values: torch.Tensor) -> torch.Tensor | None:
             target = self.total[element : element + values.numel()]
+            self.fused += values.numel() // BLOCK_ELEMENTS
             return kernels.add_measured(target, values, 1.0, write=False)
 
     live, alone = Live(), UpdateStatistics(shape)
     measured_live = UpdateStatistics(shape, sink=live)
     for statistics in (alone, measured_live):
         statistics.consume(memoryview(data))
+    assert live.fused == shape.numel // BLOCK_ELEMENTS  # every whole block in the fold's pass
     assert measured_live.norm == alone.norm
     assert torch.equal(live.total, torch.frombuffer(bytearray(data), dtype=torch.float32))
 
