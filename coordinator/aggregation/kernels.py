@@ -11,7 +11,8 @@ float32 one in a native loop (native.py) that adds as `add_` does.
 Several updates waiting in their spools are added in one pass over the sum (`add_many`), with
 the same arithmetic per value and in the same order as one after another, so the same bits:
 16-bit ones up to GROUP at a time in one compiled loop, float32 ones by `add_` over a window
-of the sum small enough to stay in the CPU's cache between them.
+of the sum small enough to stay in the CPU's cache between them (or, read from their files
+rather than mapped, by the native loop: coordinator/aggregation/spool.py).
 """
 
 from __future__ import annotations
@@ -116,9 +117,20 @@ def _widened_group(count: int) -> Callable[..., None]:
     return kernel
 
 
-def add_many(total: torch.Tensor, values: Sequence[torch.Tensor], alphas: Sequence[float]) -> None:
-    """total += alpha * values for each in turn (add_scaled one after another, bit for bit),
-    in fewer passes over `total`: keep `total` small enough for the CPU's cache."""
+def add_many(
+    total: torch.Tensor,
+    values: Sequence[torch.Tensor],
+    alphas: Sequence[float],
+    *,
+    write: bool = False,
+) -> None:
+    """total += alpha * values for each in turn (add_scaled one after another, the first
+    written if `write`, bit for bit), in fewer passes over `total`: keep `total` small enough
+    for the CPU's cache."""
+    add_scaled(total, values[0], alphas[0], write=write)
+    values, alphas = values[1:], alphas[1:]
+    if not values:
+        return
     if values[0].dtype == total.dtype:
         for value, alpha in zip(values, alphas, strict=True):
             total.add_(value, alpha=alpha)

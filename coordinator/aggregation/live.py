@@ -22,7 +22,7 @@ from typing import IO
 
 import torch
 
-from coordinator.aggregation.spool import SpoolView
+from coordinator.aggregation.spool import SpooledUpdates
 from coordinator.aggregation.sums import RoundSums
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class LiveFold:
         self._touched = False  # an add began: the sums hold some of this update
         self.folded = 0  # data elements in the sums, counted from the start
         self.carried: list[Carried] = []  # added along, as far as `folded`
-        self._views: list[SpoolView] = []
+        self._spools: SpooledUpdates | None = None  # of the carried updates
         self._opened = contextlib.ExitStack()
 
     def grant(self) -> None:
@@ -86,7 +86,7 @@ class LiveFold:
             if self._revoked:
                 return 0, False
             self._revoked = True
-            self._views = []
+            self._spools = None
             self._opened.close()
             return self.folded, self._touched
 
@@ -103,10 +103,9 @@ class LiveFold:
             try:
                 carried = self._waiting(self.silo_id)
                 hold = self._sums.carry_hold(len(carried))
-                self._views = [
-                    self._opened.enter_context(SpoolView(c.path, self._sums.shape.dtype, hold=hold))
-                    for c in carried
-                ]
+                self._spools = self._opened.enter_context(
+                    SpooledUpdates([c.path for c in carried], self._sums.shape.dtype, hold=hold)
+                )
                 self.carried = carried
                 self._touched = self._touched or measured > 0
                 self._sums.fold_spooled(
@@ -144,14 +143,12 @@ class LiveFold:
                     values,
                     alpha=self.weight,
                     measuring=measuring,
-                    more=[view.values(element, count) for view in self._views],
-                    more_alphas=[c.alpha for c in self.carried],
+                    carried=self._spools,
+                    carried_alphas=[c.alpha for c in self.carried],
                 )
             except OSError as exc:
                 self._give_up(exc)
                 return None
-            for view in self._views:
-                view.release(element, count)
             self.folded += count
             return norms
 

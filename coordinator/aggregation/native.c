@@ -1,7 +1,9 @@
 /* Native loops for the coordinator's float32 fold (loaded by coordinator/aggregation/native.py).
  *
  * Each loop reads its buffers once: an update's block is added to the running sum and its sum
- * of squares taken in the same pass (ATen needs two: `add_`, then a norm). The additions are
+ * of squares taken in the same pass (ATen needs two: `add_`, then a norm); spooled updates are
+ * read from their files into a small buffer of each thread's and added from there, with no
+ * mapping of the files (whose pages cost a fault each, and an unmapping). The additions are
  * ATen's own, bit for bit: fmaf(alpha, value, sum), as its vectorised `add_` computes them;
  * native.py checks that on the machine before it uses this file. Every block is measured by
  * the same code in the same order (64 lanes, each summing every 64th square, then the lanes
@@ -9,8 +11,12 @@
  * does not depend on how it was reached. Built without floating-point contraction, so that
  * every clone (AVX-512, AVX2, plain x86-64) gives the same bits.
  */
+#define _GNU_SOURCE
+#include <errno.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <unistd.h>
 
 #define LANES 64
 
@@ -64,6 +70,70 @@ CLONES void add_measured(float *restrict sum, const float *restrict values, floa
     for (int64_t b = 0; b < blocks; b++)
         norms[b] = write ? block(sum + b * size, values + b * size, alpha, size, WRITE)
                          : block(sum + b * size, values + b * size, alpha, size, ADD);
+}
+
+/* Values each thread reads from a file at a time into its buffer (256 KiB): whole stretches of
+ * the sum, the files one after another, each stretch in the core's cache until they are added. */
+#define TILE 65536
+
+/* Read `count` bytes at `offset` of `fd` into `into`: 0, or an errno (ENODATA: the file ends). */
+static int read_fully(int fd, char *into, size_t count, int64_t offset) {
+    while (count > 0) {
+        ssize_t got = pread(fd, into, count, offset);
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) return errno ? errno : EIO;
+        if (got == 0) return ENODATA;
+        into += got, count -= (size_t)got, offset += got;
+    }
+    return 0;
+}
+
+/* sum += alphas[j] * values_j for each file j in turn (one rounding each, as ATen's add_ one
+ * after another), values_j the `count` float32 values at byte `offset` of file fds[j]; with
+ * `write`, the first is written instead (sum = alphas[0] * values_0, as ATen's mul).
+ * Returns 0, or j + 1 for a file that could not be read in full (*error: its errno, ENODATA
+ * if it ends early); the sum then holds part of the additions. */
+CLONES int add_read(float *restrict sum, const int *restrict fds, int64_t offset,
+                    const float *restrict alphas, int k, int write, int64_t count, int threads,
+                    int *restrict error) {
+    int failed = 0, index = 0, code = 0;
+#pragma omp parallel num_threads(threads)
+    {
+        float *buffer = aligned_alloc(64, TILE * sizeof(float));
+#pragma omp for schedule(static)
+        for (int64_t start = 0; start < count; start += TILE) {
+            int stop;
+#pragma omp atomic read
+            stop = failed;
+            if (stop) continue;
+            int64_t n = count - start < TILE ? count - start : TILE;
+            float *restrict s = sum + start;
+            for (int j = 0; j < k; j++) {
+                int status = buffer ? read_fully(fds[j], (char *)buffer, (size_t)n * sizeof(float),
+                                                 offset + start * (int64_t)sizeof(float))
+                                    : ENOMEM;
+                if (status) {
+#pragma omp critical(add_read_failed)
+                    if (!index) index = j + 1, code = status;
+#pragma omp atomic write
+                    failed = 1;
+                    break;
+                }
+                const float *restrict v = buffer;
+                float a = alphas[j];
+                if (j == 0 && write) {
+#pragma omp simd
+                    for (int64_t i = 0; i < n; i++) s[i] = a * v[i];
+                } else {
+#pragma omp simd
+                    for (int64_t i = 0; i < n; i++) s[i] = fmaf(a, v[i], s[i]);
+                }
+            }
+        }
+        free(buffer);
+    }
+    *error = code;
+    return index;
 }
 
 /* weights += alpha * delta, returning the sum of the new weights (non-finite if any is). */

@@ -1,22 +1,25 @@
 """Native loops for the float32 fold: add an update's values and measure them in one pass.
 
-ATen adds (`add_`) and measures (a block norm) in two passes over an update's values, and at
-the faster of this machine's memory speeds the norm's pass is what keeps a live fold from the
-memory floor (docs/benchmarks.md); torch.compile splits the fused loop in two as well. The
-loops of native.c take one pass. They are compiled once per machine with the system's C
-compiler, as torch.compile's own CPU kernels are, cached under ~/.cache/fedmllm (or
-$XDG_CACHE_HOME/fedmllm), and used only after checking on this machine that they add bit for
-bit as ATen's `add_` does, so that an update folded live and one folded from its spool leave
-the same sums. Without a compiler, where that check fails, or with FEDMLLM_COMPILE=0, the
-callers run ATen's two passes: the same sums, bit for bit, but block norms that may differ
-from the native ones in the last bits, and with them the scale of an update a clipping rule
-shrinks. A run is bit-reproducible on a machine that keeps to one of the two, as every
-machine does unless its compiler comes or goes between a crash and the restart.
+ATen adds (`add_`) and measures (a block norm) in two passes over an update's values, and at the
+faster of this machine's memory speeds the norm's pass is what keeps a live fold from the memory
+floor (docs/benchmarks.md); torch.compile splits the fused loop in two as well. The loops of
+native.c take one pass. An update waiting in its spool file is read into a buffer of each
+thread's rather than mapped: its pages then cost no fault and no unmapping each. They are
+compiled once per machine with the system's C compiler, as torch.compile's own CPU kernels are,
+cached under ~/.cache/fedmllm (or $XDG_CACHE_HOME/fedmllm), and used only after checking on this
+machine that they add bit for bit as ATen's `add_` does, so that an update folded live and one
+folded from its spool leave the same sums. Without a compiler, where that check fails, or with
+FEDMLLM_COMPILE=0, the callers run ATen's two passes: the same sums, bit for bit, but block
+norms that may differ from the native ones in the last bits, and with them the scale of an
+update a clipping rule shrinks. A run is bit-reproducible on a machine that keeps to one of the
+two, as every machine does unless its compiler comes or goes between a crash and the restart.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import errno
 import hashlib
 import logging
 import os
@@ -25,6 +28,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -107,6 +111,8 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.block_norms.restype = None
     lib.add_measured.argtypes = [pointer, pointer, f32, flag, size, size, pointer, flag]
     lib.add_measured.restype = None
+    lib.add_read.argtypes = [pointer, pointer, size, pointer, flag, flag, size, flag, pointer]
+    lib.add_read.restype = flag
     lib.add_summed.argtypes = [pointer, pointer, f32, size, flag]
     lib.add_summed.restype = ctypes.c_double
     return lib
@@ -135,6 +141,22 @@ def _check(lib: ctypes.CDLL) -> None:
     norms = torch.linalg.vector_norm(values.view(3, size), dim=1)
     if not torch.allclose(got_norms, norms, rtol=1e-5, atol=0.0):
         raise ValueError("its block norms differ from ATen's on this machine")
+    updates, alphas = [values, values.flip(0), start], [0.3, 1 / 3, -2.5]
+    with contextlib.ExitStack() as opened:
+        files = [opened.enter_context(tempfile.TemporaryFile()) for _ in updates]
+        for file, update in zip(files, updates, strict=True):
+            file.write(update.numpy().tobytes())
+            file.flush()
+        for write in (False, True):
+            expected, got = start[1:].clone(), start[1:].clone()
+            for i, (update, alpha) in enumerate(zip(updates, alphas, strict=True)):
+                if i == 0 and write:
+                    torch.mul(update[1:], alpha, out=expected)
+                else:
+                    expected.add_(update[1:], alpha=alpha)
+            _call_read(lib, got, [f.fileno() for f in files], 4, alphas, write=write)
+            if not torch.equal(got, expected):
+                raise ValueError("its additions from spooled files differ from ATen's add_")
 
 
 def _call_add(
@@ -159,6 +181,31 @@ def _call_add(
         torch.get_num_threads(),
     )
     return norms
+
+
+def _call_read(
+    lib: ctypes.CDLL,
+    total: torch.Tensor,
+    fds: Sequence[int],
+    offset: int,
+    alphas: Sequence[float],
+    *,
+    write: bool,
+) -> tuple[int, int]:
+    """(0, 0), or (j + 1, errno) for the file that could not be read."""
+    error = ctypes.c_int(0)
+    failed = lib.add_read(
+        total.data_ptr(),
+        (ctypes.c_int * len(fds))(*fds),
+        offset,
+        (ctypes.c_float * len(alphas))(*alphas),
+        len(fds),
+        int(write),
+        total.numel(),
+        torch.get_num_threads(),
+        ctypes.byref(error),
+    )
+    return failed, error.value
 
 
 def _contiguous_float32(*tensors: torch.Tensor) -> bool:
@@ -197,6 +244,32 @@ def add_measured(
     ):
         return None
     return _call_add(lib, total, values, alpha, write=write, size=size)
+
+
+def add_read(
+    total: torch.Tensor,
+    spools: Sequence[tuple[int, Path]],
+    element: int,
+    alphas: Sequence[float],
+    *,
+    write: bool = False,
+) -> bool:
+    """total += alpha * values for each spooled float32 update (an open file and its path) in
+    turn, its values those from `element` on, as ATen's add_ one after another does, bit for
+    bit (the first written, total = alpha * values, as ATen's mul, if `write`); read from the
+    files, not mapped. False (and nothing added) where ATen must serve; OSError, naming the
+    file, if one cannot be read in full (the sums then hold part of the additions)."""
+    lib = library()
+    if lib is None or not _contiguous_float32(total) or len(spools) != len(alphas):
+        return False
+    fds = [fd for fd, _ in spools]
+    failed, code = _call_read(lib, total, fds, element * 4, alphas, write=write)
+    if failed:
+        path = spools[failed - 1][1]
+        if code == errno.ENODATA:
+            raise OSError(code, f"spooled update {path} is truncated")
+        raise OSError(code, f"spooled update {path} could not be read: {os.strerror(code)}")
+    return True
 
 
 def add_summed(x: torch.Tensor, delta: torch.Tensor, alpha: float) -> float | None:

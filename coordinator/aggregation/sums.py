@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from coordinator.aggregation.kernels import add_many, add_measured, add_scaled
+from coordinator.aggregation.kernels import add_measured, add_scaled
 from coordinator.aggregation.shape import UpdateShape
-from coordinator.aggregation.spool import PAGE, SpoolView
+from coordinator.aggregation.spool import PAGE, SpooledUpdates, SpoolView
 from coordinator.strategies import RoundAggregate
 from shared.payload import CHUNK_BYTES
 
@@ -95,22 +95,27 @@ class RoundSums:
         if len(paths) > 1:  # whole pages of each
             fits = self.mapped_most // (len(paths) * self.shape.itemsize) // PAGE * PAGE
             window = min(MANY_BLOCK, max(PAGE, fits))
-        with contextlib.ExitStack() as opened:
-            spools = [
-                opened.enter_context(SpoolView(path, self.shape.dtype, elements=stop))
-                for path in paths
-            ]
+        with SpooledUpdates(paths, self.shape.dtype, elements=stop) as spools:
             for run in self.shape.runs:
                 for start in range(0, min(run.count, stop - run.start), window):
                     count = min(window, run.count - start, stop - run.start - start)
                     element = run.start + start
-                    values = [spool.values(element, count) for spool in spools]
-                    self.add_values(
-                        element, values[0], alpha=alphas[0], more=values[1:], more_alphas=alphas[1:]
-                    )
-                    del values
-                    for spool in spools:
-                        spool.release(element, count)
+                    target, write, scales = self._target(element, count, alphas)
+                    spools.add_into(target, element, scales, write=write)
+
+    def _target(
+        self, element: int, count: int, alphas: Sequence[float]
+    ) -> tuple[torch.Tensor, bool, list[float]]:
+        """Where data elements [element, element + count) (within one run) add up: their sum,
+        whether it is to be written rather than added to (no fold has written it yet this
+        round: its earlier round's values are stale), and the scales of the updates (their
+        alphas; control values are added as they are)."""
+        run = self.shape.run_at(element)
+        name = "control_total" if run.control else "total"
+        at = run.target + element - run.start
+        target = getattr(self.aggregate, name)[at : at + count]
+        scales = [1.0] * len(alphas) if run.control else list(alphas)
+        return target, name in self.aggregate.stale, scales
 
     def add_values(
         self,
@@ -119,28 +124,21 @@ class RoundSums:
         *,
         alpha: float,
         measuring: bool = False,
-        more: Sequence[torch.Tensor] = (),
-        more_alphas: Sequence[float] = (),
+        carried: SpooledUpdates | None = None,
+        carried_alphas: Sequence[float] = (),
     ) -> torch.Tensor | None:
         """Add data elements [element, element + len) (within one run) to their sum:
         adapter values times `alpha`, control values as they are; then the same elements of
-        the updates in `more`, each times its alpha, while that stretch is in the cache. A
-        buffer no fold has written yet this round is written instead (its earlier round's
-        values are stale). `measuring` (whole blocks): return each block's norm of `values`
-        as well."""
-        run = self.shape.run_at(element)
-        name = "control_total" if run.control else "total"
-        at = run.target + element - run.start
-        target = getattr(self.aggregate, name)[at : at + values.numel()]
-        write = name in self.aggregate.stale
-        scales = [1.0] * (len(more) + 1) if run.control else [alpha, *more_alphas]
+        the `carried` spooled updates, each times its alpha, while that stretch is in the
+        cache. `measuring` (whole blocks): return each block's norm of `values` as well."""
+        target, write, scales = self._target(element, values.numel(), [alpha, *carried_alphas])
         norms = None
         if measuring:
             norms = add_measured(target, values, scales[0], write=write)
         else:
             add_scaled(target, values, scales[0], write=write)
-        if more:
-            add_many(target, more, scales[1:])
+        if carried is not None and carried.paths:
+            carried.add_into(target, element, scales[1:])
         return norms
 
     def stacked(

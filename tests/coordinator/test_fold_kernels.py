@@ -26,20 +26,25 @@ def _values(count: int, dtype: torch.dtype, seed: int) -> list[torch.Tensor]:
     return out
 
 
-def _one_by_one(total: torch.Tensor, values: list[torch.Tensor], alphas: list[float]) -> None:
-    for value, alpha in zip(values, alphas, strict=True):
-        add_scaled(total, value, alpha, write=False)
+def _one_by_one(
+    total: torch.Tensor, values: list[torch.Tensor], alphas: list[float], *, write: bool = False
+) -> None:
+    for i, (value, alpha) in enumerate(zip(values, alphas, strict=True)):
+        add_scaled(total, value, alpha, write=write and i == 0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("count", [1, 2, GROUP, GROUP + 1, 2 * GROUP + 3])
-def test_many_at_once_equal_one_after_another_bit_for_bit(dtype: torch.dtype, count: int) -> None:
+@pytest.mark.parametrize("write", [False, True])
+def test_many_at_once_equal_one_after_another_bit_for_bit(
+    dtype: torch.dtype, count: int, write: bool
+) -> None:
     values = _values(count, dtype, seed=count)
     alphas = [0.1 + 1.7 * i for i in range(count)]
     start = torch.randn(LENGTH, generator=torch.Generator().manual_seed(99))
     expected, got = start.clone(), start.clone()
-    _one_by_one(expected, values, alphas)
-    add_many(got, values, alphas)
+    _one_by_one(expected, values, alphas, write=write)
+    add_many(got, values, alphas, write=write)
     assert torch.equal(got.view(torch.int32), expected.view(torch.int32))  # signs of zero too
     if count > 1:
         # the values are such that the order of the additions shows in the bits

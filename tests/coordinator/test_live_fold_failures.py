@@ -7,10 +7,12 @@ from __future__ import annotations
 import errno
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
+from coordinator.aggregation import native
 from coordinator.aggregation import sums as sums_module
 from coordinator.aggregation.shape import UpdateShape
 from coordinator.aggregation.spool import SpoolView
@@ -126,17 +128,25 @@ def test_a_read_error_while_catching_up_ends_the_live_fold_not_the_upload(
         next(c_steps)
     interleave([uploads["silo-a"], uploads["silo-b"]])
     reads = []
-    original = SpoolView.values
+    mapped, read = SpoolView.values, native.add_read
 
-    def failing(self: SpoolView, start: int, count: int) -> torch.Tensor:
+    def failing(start: int) -> None:
         reads.append(start)
         if len(reads) == 2:
             raise OSError(errno.EIO, "Input/output error")
-        return original(self, start, count)
 
-    monkeypatch.setattr(SpoolView, "values", failing)
-    next(c_steps)
-    monkeypatch.setattr(SpoolView, "values", original)
+    def failing_mapped(self: SpoolView, start: int, count: int) -> torch.Tensor:
+        failing(start)
+        return mapped(self, start, count)
+
+    def failing_read(total: torch.Tensor, spools: Any, element: int, *args: Any, **kw: Any) -> bool:
+        failing(element)
+        return read(total, spools, element, *args, **kw)
+
+    with monkeypatch.context() as patched:  # whichever way this machine reads spools
+        patched.setattr(SpoolView, "values", failing_mapped)
+        patched.setattr(native, "add_read", failing_read)
+        next(c_steps)
     assert len(reads) == 2  # the failed read was the last: no live add after it
     for _ in c_steps:  # the rest of c, and its acceptance
         pass
@@ -146,26 +156,38 @@ def test_a_read_error_while_catching_up_ends_the_live_fold_not_the_upload(
     assert fold.rebuilds == 1 and fold.folded_live == 0  # (a and b: read again by the rebuild)
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 def test_a_carried_spool_that_cannot_be_read_ends_the_live_fold_not_the_upload(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    dtype: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """b and c wait; a streams in live and carries them until a read of c's spool fails (a
-    failing disk, injected): a's upload is accepted all the same, and the sums rebuilt."""
-    shape = UpdateShape(layout=LAYOUT, dtype="bfloat16")
+    failing disk, injected): a's upload is accepted all the same, and the sums rebuilt.
+    (float32 spools are read by the native loop where it serves, 16-bit ones mapped.)"""
+    shape = UpdateShape(layout=LAYOUT, dtype=dtype)
     fold = new_fold(shape)
-    arrive(fold, ["silo-b", "silo-c"], "bfloat16", tmp_path)
-    carrier, steps = streaming(fold, "silo-a", "bfloat16", tmp_path)
+    arrive(fold, ["silo-b", "silo-c"], dtype, tmp_path)
+    carrier, steps = streaming(fold, "silo-a", dtype, tmp_path)
     assert carrier.live is not None and len(carrier.live.carried) == 2
-    original = SpoolView.values
+    mapped, read = SpoolView.values, native.add_read
+    failed = []
 
-    def failing(self: SpoolView, start: int, count: int) -> torch.Tensor:
+    def failing_mapped(self: SpoolView, start: int, count: int) -> torch.Tensor:
         if self.numel and start > 0:  # (every carried window after the first)
+            failed.append(start)
             raise OSError(errno.EIO, "Input/output error")
-        return original(self, start, count)
+        return mapped(self, start, count)
 
-    monkeypatch.setattr(SpoolView, "values", failing)
-    next(steps)  # the live fold stops here, the upload goes on
-    monkeypatch.setattr(SpoolView, "values", original)
+    def failing_read(total: torch.Tensor, spools: Any, element: int, *args: Any, **kw: Any) -> bool:
+        if element > 0:
+            failed.append(element)
+            raise OSError(errno.EIO, "Input/output error")
+        return read(total, spools, element, *args, **kw)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(SpoolView, "values", failing_mapped)
+        patched.setattr(native, "add_read", failing_read)
+        while not failed:
+            next(steps)  # the live fold stops at the failed read, the upload goes on
     for _ in steps:
         pass
     fold.finish()

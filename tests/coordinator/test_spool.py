@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import mmap
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
+from coordinator.aggregation import native
 from coordinator.aggregation.receiver import UpdateReceiver, receive_bytes
 from coordinator.aggregation.shape import UpdateShape
-from coordinator.aggregation.spool import SpoolPool, SpoolView
+from coordinator.aggregation.spool import SpooledUpdates, SpoolPool, SpoolView
 from coordinator.flat_adapter import FlatLayout
 from coordinator.run_state import RunSpec
 from coordinator.server import RunningCoordinator
@@ -153,3 +155,71 @@ def test_a_coordinator_keeps_one_spool_per_upload_at_once_over_rounds(
     finally:
         for silo in silos:
             silo.close()
+
+
+def _spooled(tmp_path: Path, count: int, length: int) -> list[Path]:
+    """`count` float32 updates of `length` values over many magnitudes, each in its file."""
+    generator = torch.Generator().manual_seed(count)
+    paths = []
+    for i in range(count):
+        values = torch.randn(length, generator=generator)
+        values *= torch.exp2(torch.randint(-20, 4, (length,), generator=generator).float())
+        values[::89] = -0.0
+        paths.append(tmp_path / f"update-{i}.bin")
+        paths[-1].write_bytes(values.numpy().tobytes())
+    return paths
+
+
+@pytest.mark.parametrize("reading", ["read", "mapped"])
+@pytest.mark.parametrize("write", [False, True])
+def test_spooled_updates_add_as_add_does_one_after_another_read_or_mapped(
+    tmp_path: Path, reading: str, write: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read from their files by the native loop (in tiles of 65,536 values per thread, over
+    threads: a stretch of several tiles and a tail, from an offset), or mapped without it:
+    the same bits as ATen adding one update after another."""
+    if reading == "read" and native.library() is None:
+        pytest.skip("the native loops are not built on this machine")
+    if reading == "mapped":
+        monkeypatch.setattr(native, "_loaded", [None])  # as a process without a compiler runs
+    length, element = 3 * 65_536 + 1_001, 4_099
+    paths = _spooled(tmp_path, 3, length)
+    alphas = [0.37, -2.5, 1 / 3]
+    start = torch.randn(length - element, generator=torch.Generator().manual_seed(7))
+    expected = start.clone()
+    for i, (path, alpha) in enumerate(zip(paths, alphas, strict=True)):
+        values = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.float32)[element:]
+        if i == 0 and write:
+            torch.mul(values, alpha, out=expected)
+        else:
+            expected.add_(values, alpha=alpha)
+    got = start.clone()
+    with SpooledUpdates(paths, "float32") as spooled:
+        spooled.add_into(got, element, alphas, write=write)
+    assert torch.equal(got.view(torch.int32), expected.view(torch.int32))  # zeros' signs too
+    if reading == "read":  # never mapped
+        assert all(mapped_kib(path) == 0 for path in paths)
+
+
+def test_a_spooled_update_too_short_or_unreadable_is_named(tmp_path: Path) -> None:
+    if native.library() is None:
+        pytest.skip("the native loops are not built on this machine")
+    first, second = _spooled(tmp_path, 2, 70_000)
+    with second.open("r+b") as shrinking:
+        shrinking.truncate(4 * 69_999 + 2)
+    with pytest.raises(OSError, match=r"spooled update .*update-1\.bin is truncated"):
+        SpooledUpdates([first, second], "float32")  # not whole values
+    with pytest.raises(OSError, match=r"spooled update .*update-1\.bin is truncated"):
+        SpooledUpdates([first, second], "float32", elements=70_000)
+    total = torch.zeros(10_000)
+    with SpooledUpdates([first, second], "float32", elements=69_000) as spooled:
+        with second.open("r+b") as shrinking:  # cut after it was opened
+            shrinking.truncate(4 * 65_000)
+        with pytest.raises(OSError, match=r"update-1\.bin is truncated"):
+            spooled.add_into(total, 59_000, [1.0, 1.0])
+    directory = os.open(tmp_path, os.O_RDONLY)  # a read that fails for another reason
+    try:
+        with pytest.raises(OSError, match=r"could not be read: Is a directory"):
+            native.add_read(total, [(directory, tmp_path)], 0, [1.0])
+    finally:
+        os.close(directory)
