@@ -41,7 +41,7 @@ from shared.tensor_codec import TensorLayout
 RANK, WIDTH = 8, 8192
 
 
-def interleaved_medians(steps: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
+def interleaved_medians(steps: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
     for step in steps.values():  # warm-up: compilation, first-touch page faults
         step()
         step()
@@ -63,7 +63,7 @@ def optimizer_table(params: int, repeats: int) -> str:
     def floor() -> None:
         x.add_(total)
 
-    steps: dict[str, Callable[[], None]] = {"floor": floor}
+    steps: dict[str, Callable[[], object]] = {"floor": floor}
     for strategy in ("fedavg", "fedadam", "fedyogi"):
         model = GlobalModel.start(RunSpec(strategy=strategy), flat, start)
         aggregate = model.begin_round(population=2)

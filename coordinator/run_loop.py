@@ -13,8 +13,6 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-import torch
-
 from coordinator.aggregation.fold import AggregationRule, RoundFold
 from coordinator.aggregation.spool import INCOMING, SpoolPool
 from coordinator.checkpoint import CheckpointFull, CheckpointStore
@@ -308,7 +306,7 @@ class RunLoop:
             with open_round.fold_lock:
                 outcome = fold.finish()
             aggregate = fold.aggregate
-            model.apply(aggregate)
+            total_norm = model.apply(aggregate)
         record = RoundRecord(
             round=open_round.index,
             selected=open_round.selected,
@@ -320,7 +318,7 @@ class RunLoop:
             seconds=time.monotonic() - started,
             rejected=open_round.rejected,
             mean_gamma=open_round.sample_mean("gamma"),
-            update_norm=float(torch.linalg.vector_norm(aggregate.total)) / aggregate.weight_sum,
+            update_norm=total_norm / aggregate.weight_sum,
             clipped=outcome.clipped,
             excluded=outcome.excluded,
             failures=dict(open_round.failures),

@@ -136,21 +136,26 @@ CLONES int add_read(float *restrict sum, const int *restrict fds, int64_t offset
     return index;
 }
 
-/* weights += alpha * delta, returning the sum of the new weights (non-finite if any is). */
+/* weights += alpha * delta, returning the sum of the new weights (non-finite if any is);
+ * *squares = the sum of the squares of delta (each square exact in double). */
 CLONES double add_summed(float *restrict weights, const float *restrict delta, float alpha,
-                         int64_t count, int threads) {
-    double total = 0.0;
-#pragma omp parallel for schedule(static) num_threads(threads) reduction(+ : total)
+                         int64_t count, int threads, double *restrict squares) {
+    double total = 0.0, squared = 0.0;
+#pragma omp parallel for schedule(static) num_threads(threads) reduction(+ : total, squared)
     for (int64_t start = 0; start < count; start += 1 << 14) {
         int64_t stop = start + (1 << 14) < count ? start + (1 << 14) : count;
-        double part = 0.0;
-#pragma omp simd reduction(+ : part)
+        double part = 0.0, square = 0.0;
+#pragma omp simd reduction(+ : part, square)
         for (int64_t i = start; i < stop; i++) {
-            float x = fmaf(alpha, delta[i], weights[i]);
+            float d = delta[i];
+            float x = fmaf(alpha, d, weights[i]);
             weights[i] = x;
             part += x;
+            square += (double)d * (double)d;
         }
         total += part;
+        squared += square;
     }
+    *squares = squared;
     return total;
 }

@@ -113,7 +113,7 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.add_measured.restype = None
     lib.add_read.argtypes = [pointer, pointer, size, pointer, flag, flag, size, flag, pointer]
     lib.add_read.restype = flag
-    lib.add_summed.argtypes = [pointer, pointer, f32, size, flag]
+    lib.add_summed.argtypes = [pointer, pointer, f32, size, flag, pointer]
     lib.add_summed.restype = ctypes.c_double
     return lib
 
@@ -133,11 +133,17 @@ def _check(lib: ctypes.CDLL) -> None:
         if not torch.equal(got, torch.mul(values, alpha)):
             raise ValueError("its products differ from ATen's mul on this machine")
         weights = start[:count].clone()
-        summed = lib.add_summed(weights.data_ptr(), values.data_ptr(), alpha, count, 1)
+        squares = ctypes.c_double(0.0)
+        summed = lib.add_summed(
+            weights.data_ptr(), values.data_ptr(), alpha, count, 1, ctypes.byref(squares)
+        )
         if not torch.equal(weights, start[:count].clone().add_(values[:count], alpha=alpha)):
             raise ValueError("its summing add differs from ATen's add_ on this machine")
         if abs(summed - float(weights.double().sum())) > 1e-3 * float(weights.abs().sum()):
             raise ValueError("its weight sum is wrong on this machine")
+        exact = float(values[:count].double().square().sum())
+        if abs(squares.value - exact) > 1e-9 * exact:
+            raise ValueError("its sum of squares is wrong on this machine")
     norms = torch.linalg.vector_norm(values.view(3, size), dim=1)
     if not torch.allclose(got_norms, norms, rtol=1e-5, atol=0.0):
         raise ValueError("its block norms differ from ATen's on this machine")
@@ -273,14 +279,20 @@ def add_read(
     return True
 
 
-def add_summed(x: torch.Tensor, delta: torch.Tensor, alpha: float) -> float | None:
-    """x += alpha * delta in place, as ATen's add_ does, returning the sum of the new x from
-    the same pass (non-finite if any value is); None (and nothing added) where ATen must
-    serve."""
+def add_summed(x: torch.Tensor, delta: torch.Tensor, alpha: float) -> tuple[float, float] | None:
+    """x += alpha * delta in place, as ATen's add_ does, returning the sum of the new x (non-
+    finite if any value is) and the sum of the squares of delta, from the same pass; None (and
+    nothing added) where ATen must serve."""
     lib = library()
     if lib is None or not _contiguous_float32(x, delta) or x.numel() != delta.numel():
         return None
+    squares = ctypes.c_double(0.0)
     total: float = lib.add_summed(
-        x.data_ptr(), delta.data_ptr(), alpha, x.numel(), torch.get_num_threads()
+        x.data_ptr(),
+        delta.data_ptr(),
+        alpha,
+        x.numel(),
+        torch.get_num_threads(),
+        ctypes.byref(squares),
     )
-    return total
+    return total, squares.value

@@ -13,6 +13,7 @@ from typing import ClassVar
 import torch
 
 from coordinator.flat_adapter import FlatLayout
+from coordinator.strategies.kernels import StepSums
 from shared.tensor_codec import StateDict
 
 
@@ -82,17 +83,18 @@ class Strategy(ABC):
         """Tensors sent to silos with the adapter (SCAFFOLD's server control variate)."""
         return {}
 
-    def apply(self, x: torch.Tensor, aggregate: RoundAggregate) -> torch.Tensor:
+    def apply(self, x: torch.Tensor, aggregate: RoundAggregate) -> StepSums:
         """Move the flat global weights `x` in place by this round's aggregate; return the
-        sum of the new weights, from the step's own pass (non-finite if any weight is)."""
+        sum of the new weights (non-finite if any weight is) and the sum of the squares of
+        `aggregate.total`, both from the step's own pass."""
         if aggregate.weight_sum <= 0:
             raise ValueError("no update was folded into this round")
-        total = self._step(x, aggregate)
+        sums = self._step(x, aggregate)
         self.rounds_applied += 1
-        return total
+        return sums
 
     @abstractmethod
-    def _step(self, x: torch.Tensor, aggregate: RoundAggregate) -> torch.Tensor: ...
+    def _step(self, x: torch.Tensor, aggregate: RoundAggregate) -> StepSums: ...
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Optimizer state to checkpoint (flat buffers and the step count)."""

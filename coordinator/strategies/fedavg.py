@@ -6,7 +6,7 @@ import torch
 
 from coordinator.flat_adapter import FlatLayout
 from coordinator.strategies.base import RoundAggregate, Strategy, StrategyParams
-from coordinator.strategies.kernels import add_summed, fused, hyper, momentum_step
+from coordinator.strategies.kernels import StepSums, add_summed, fused, hyper, momentum_step
 
 
 class FedAvg(Strategy):
@@ -14,7 +14,7 @@ class FedAvg(Strategy):
 
     name = "fedavg"
 
-    def _step(self, x: torch.Tensor, aggregate: RoundAggregate) -> torch.Tensor:
+    def _step(self, x: torch.Tensor, aggregate: RoundAggregate) -> StepSums:
         return add_summed(x, aggregate.total, self.params.eta / aggregate.weight_sum)
 
 
@@ -27,10 +27,10 @@ class FedAvgM(Strategy):
         super().__init__(layout=layout, params=params)
         self.velocity = layout.zeros()
 
-    def _step(self, x: torch.Tensor, aggregate: RoundAggregate) -> torch.Tensor:
+    def _step(self, x: torch.Tensor, aggregate: RoundAggregate) -> StepSums:
         h = hyper(1.0 / aggregate.weight_sum, self.params.eta, self.params.momentum)
-        total: torch.Tensor = fused(momentum_step)(x, self.velocity, aggregate.total, h)
-        return total
+        sums: StepSums = fused(momentum_step)(x, self.velocity, aggregate.total, h)
+        return sums
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {**super().state_tensors(), "velocity": self.velocity}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from coordinator.strategies.base import RoundAggregate, Strategy
-from coordinator.strategies.kernels import add_summed
+from coordinator.strategies.kernels import StepSums, add_summed
 
 
 class FedNova(Strategy):
@@ -18,6 +18,6 @@ class FedNova(Strategy):
     def update_weight(self, *, num_samples: int, steps: int) -> float:
         return num_samples / max(steps, 1)
 
-    def _step(self, x: torch.Tensor, aggregate: RoundAggregate) -> torch.Tensor:
+    def _step(self, x: torch.Tensor, aggregate: RoundAggregate) -> StepSums:
         tau_eff = aggregate.sample_steps / aggregate.samples
         return add_summed(x, aggregate.total, self.params.eta * tau_eff / aggregate.samples)

@@ -19,23 +19,30 @@ import torch
 
 from coordinator.flat_adapter import FlatLayout
 from coordinator.strategies.base import RoundAggregate, Strategy, StrategyParams
-from coordinator.strategies.kernels import adagrad_step, adam_step, fused, hyper, yogi_step
+from coordinator.strategies.kernels import (
+    StepSums,
+    adagrad_step,
+    adam_step,
+    fused,
+    hyper,
+    yogi_step,
+)
 
 
 class FedOpt(Strategy):
     default_eta = 1e-3
-    kernel: ClassVar[Callable[..., torch.Tensor]]
+    kernel: ClassVar[Callable[..., StepSums]]
 
     def __init__(self, *, layout: FlatLayout, params: StrategyParams) -> None:
         super().__init__(layout=layout, params=params)
         self.m = layout.zeros()
         self.v = torch.full((layout.numel,), params.tau**2, dtype=torch.float32)
 
-    def _step(self, x: torch.Tensor, aggregate: RoundAggregate) -> torch.Tensor:
+    def _step(self, x: torch.Tensor, aggregate: RoundAggregate) -> StepSums:
         p = self.params
         h = hyper(1.0 / aggregate.weight_sum, p.eta, p.beta1, p.beta2, p.tau)
-        total: torch.Tensor = fused(type(self).kernel)(x, self.m, self.v, aggregate.total, h)
-        return total
+        sums: StepSums = fused(type(self).kernel)(x, self.m, self.v, aggregate.total, h)
+        return sums
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {**super().state_tensors(), "m": self.m, "v": self.v}

@@ -11,7 +11,7 @@ import torch
 
 from coordinator.flat_adapter import FlatLayout
 from coordinator.strategies.base import RoundAggregate, Strategy, StrategyParams
-from coordinator.strategies.kernels import add_summed
+from coordinator.strategies.kernels import StepSums, add_summed
 from shared.tensor_codec import CONTROL_PREFIX, StateDict
 
 
@@ -29,7 +29,7 @@ class Scaffold(Strategy):
             for i, t in enumerate(self.layout.tensors)
         }
 
-    def _step(self, x: torch.Tensor, aggregate: RoundAggregate) -> torch.Tensor:
+    def _step(self, x: torch.Tensor, aggregate: RoundAggregate) -> StepSums:
         assert aggregate.control_total is not None
         population = max(aggregate.population, aggregate.updates)
         self.control.add_(aggregate.control_total, alpha=1.0 / population)

@@ -96,15 +96,17 @@ def test_the_non_finite_show_in_the_norms_and_in_the_weight_sum() -> None:
         assert not bool(torch.isfinite(norms[1]))
         weights = torch.zeros(2 * 4096)
         summed = native.add_summed(weights, values, 0.5)
-        assert summed is not None and not math.isfinite(summed)
+        assert summed is not None and not math.isfinite(summed[0])
+        assert not math.isfinite(summed[1])
 
 
 def test_the_summing_step_moves_the_weights_as_add_does() -> None:
     x, total = _values(100_003, seed=1), _values(100_003, seed=2)
     expected = x.clone().add_(total, alpha=0.37)
-    summed = strategy_kernels.add_summed(x, total, 0.37)
+    summed, squares = strategy_kernels.add_summed(x, total, 0.37)
     assert torch.equal(x, expected)
     assert float(summed) == pytest.approx(float(expected.double().sum()), rel=1e-6, abs=1e-6)
+    assert float(squares) == pytest.approx(float(total.double().square().sum()), rel=1e-12)
 
 
 def test_an_update_measures_the_same_bits_folded_live_or_alone() -> None:

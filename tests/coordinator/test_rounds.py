@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import queue
 import struct
 import time
@@ -99,6 +100,8 @@ def test_round_aggregates_sample_weighted_and_checkpoints(
     saved = CheckpointStore(tmp_path / "checkpoints").load_latest()
     assert saved is not None and saved.round == 1
     _assert_moved_by(saved.adapter, start, 0.5)  # (30 * 1 + 10 * -1) / 40 = 0.5
+    values = sum(t.numel() for t in start.values())  # the record: the mean delta's norm
+    assert status.history[0].update_norm == pytest.approx(0.5 * math.sqrt(values), rel=1e-9)
     metric = coordinator.federation.metrics.registry.get_sample_value
     # silo-1, first in the fold's order, streamed in while next: folded live (silo-2 too
     # if silo-1's fold was done before silo-2's last chunk)
