@@ -33,6 +33,16 @@ def hyper(*values: float) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float64)
 
 
+def squares(total: torch.Tensor) -> torch.Tensor:
+    """The sum of the squares of `total`, accumulated in float64: inside a compiled step, a
+    reduction in the step's own loop; run eagerly (no compiler), a float64 norm, since an
+    eager float64 sum of a squared temporary costs more than the rest of the step."""
+    if torch.compiler.is_compiling():
+        return (total * total).sum(dtype=torch.float64)
+    norm: torch.Tensor = torch.linalg.vector_norm(total, dtype=torch.float64)
+    return norm.square()
+
+
 def adam_step(
     x: torch.Tensor, m: torch.Tensor, v: torch.Tensor, total: torch.Tensor, h: torch.Tensor
 ) -> StepSums:
@@ -48,7 +58,7 @@ def adam_step(
     x.copy_(x_new)
     m.copy_(m_new)
     v.copy_(v_new)
-    return x_new.sum(), (total * total).sum(dtype=torch.float64)
+    return x_new.sum(), squares(total)
 
 
 def yogi_step(
@@ -66,7 +76,7 @@ def yogi_step(
     x.copy_(x_new)
     m.copy_(m_new)
     v.copy_(v_new)
-    return x_new.sum(), (total * total).sum(dtype=torch.float64)
+    return x_new.sum(), squares(total)
 
 
 def adagrad_step(
@@ -80,7 +90,7 @@ def adagrad_step(
     x.copy_(x_new)
     m.copy_(m_new)
     v.copy_(v_new)
-    return x_new.sum(), (total * total).sum(dtype=torch.float64)
+    return x_new.sum(), squares(total)
 
 
 def momentum_step(
@@ -92,7 +102,7 @@ def momentum_step(
     x_new = x + eta * v_new
     x.copy_(x_new)
     velocity.copy_(v_new)
-    return x_new.sum(), (total * total).sum(dtype=torch.float64)
+    return x_new.sum(), squares(total)
 
 
 # Elements per window of `add_summed`: a window of the weights and one of the sum (4 MiB each)
