@@ -13,7 +13,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, ClassVar
+from typing import BinaryIO, ClassVar, Self
 
 import torch
 
@@ -76,7 +76,25 @@ class SpoolPool:
             path.unlink(missing_ok=True)
 
 
-class SpoolView:
+class _Closing:
+    """Closed on leaving its `with` block."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class SpoolView(_Closing):
     """The values of one spooled update; use as a context manager. Tensors from `values`
     are views of the file: callers drop them before the view closes."""
 
@@ -128,19 +146,8 @@ class SpoolView:
             self._map.close()
             self._map = None
 
-    def __enter__(self) -> SpoolView:
-        return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class SpooledUpdates:
+class SpooledUpdates(_Closing):
     """Several spooled updates, added into a running sum stretch by stretch (use as a context
     manager). Float32 ones are read from their files by the native loop (native.py): each
     thread reads a stretch of one file after another into a buffer of its own and adds it from
@@ -195,17 +202,6 @@ class SpooledUpdates:
 
     def close(self) -> None:
         self._opened.close()
-
-    def __enter__(self) -> SpooledUpdates:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _check_size(path: Path, size: int, itemsize: int, elements: int | None) -> None:
