@@ -17,13 +17,19 @@ rather than mapped, by the native loop: coordinator/aggregation/spool.py).
 
 from __future__ import annotations
 
+import functools
+import logging
+import tempfile
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 
 from coordinator.aggregation import native
 from coordinator.strategies.kernels import fused, hyper
 from shared.payload import BLOCK_ELEMENTS
+
+log = logging.getLogger(__name__)
 
 # 16-bit updates added per compiled loop: each count is a kernel of its own (compiled once).
 GROUP = 4
@@ -115,6 +121,44 @@ def _widened_group(count: int) -> Callable[..., None]:
 
     kernel.__name__ = f"add_widened_{count}"
     return kernel
+
+
+@functools.cache
+def reads_bfloat16() -> bool:
+    """Whether bfloat16 spools are read by the native loop (native.py): only where it adds
+    them as the compiled widening kernels do, bit for bit, on this machine (an update folded
+    live goes through those, one from its spool through the loop, and both must leave the
+    same sums). Checked once per process, at the first bfloat16 spool read, compiling the
+    kernels then if they were not yet; otherwise the spools are mapped and these kernels
+    serve."""
+    if native.library() is None:
+        return False
+    generator = torch.Generator().manual_seed(0)
+    count = 3 * BLOCK_ELEMENTS  # (whole blocks, which the measuring kernels take)
+    values = (torch.randn(count, generator=generator) * 3).to(torch.bfloat16)
+    start = torch.randn(count, generator=generator)
+    with tempfile.TemporaryFile() as spooled:
+        spooled.write(values.view(torch.int16).numpy().tobytes())
+        spooled.flush()
+        spool = [(spooled.fileno(), Path(str(spooled.name)))]
+        for alpha in (0.37, 1 / 3, -2.5):
+            for write, kernels in (
+                (False, (add_widened, add_widened_measured)),
+                (True, (write_widened, write_widened_measured)),
+            ):
+                got = start.clone()
+                native.add_read(got, spool, 0, [alpha], write=write, dtype="bfloat16")
+                for kernel in kernels:
+                    expected = start.clone()
+                    fused(kernel)(expected, values, hyper(alpha))
+                    if not torch.equal(got, expected):
+                        log.warning(
+                            "bfloat16 spools are mapped, not read by the native loop: it adds "
+                            "them other than the compiled %s on this machine",
+                            kernel.__name__,
+                        )
+                        return False
+    return True
 
 
 def add_many(

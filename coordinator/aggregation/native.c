@@ -16,6 +16,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #define LANES 64
@@ -88,15 +89,26 @@ static int read_fully(int fd, char *into, size_t count, int64_t offset) {
     return 0;
 }
 
-/* sum += alphas[j] * values_j for each file j in turn (one rounding each, as ATen's add_ one
- * after another), values_j the `count` float32 values at byte `offset` of file fds[j]; with
- * `write`, the first is written instead (sum = alphas[0] * values_0, as ATen's mul).
+/* bfloat16 to float32: the same value (its bits are a float32's upper half). */
+static inline float widen(uint16_t half) {
+    uint32_t bits = (uint32_t)half << 16;
+    float value;
+    memcpy(&value, &bits, sizeof value);
+    return value;
+}
+
+/* sum += alphas[j] * values_j for each file j in turn, values_j the `count` values at byte
+ * `offset` of file fds[j]; with `write`, the first is written instead (sum = alphas[0] *
+ * values_0). float32 values (`widened` 0) are added with one rounding, as ATen's add_ (and
+ * written as its mul); bfloat16 ones (`widened` 1) are widened and added with two, product
+ * then sum, as the coordinator's compiled widening kernels do (native.py checks both).
  * Returns 0, or j + 1 for a file that could not be read in full (*error: its errno, ENODATA
  * if it ends early); the sum then holds part of the additions. */
 CLONES int add_read(float *restrict sum, const int *restrict fds, int64_t offset,
-                    const float *restrict alphas, int k, int write, int64_t count, int threads,
-                    int *restrict error) {
+                    const float *restrict alphas, int k, int write, int widened, int64_t count,
+                    int threads, int *restrict error) {
     int failed = 0, index = 0, code = 0;
+    size_t itemsize = widened ? sizeof(uint16_t) : sizeof(float);
 #pragma omp parallel num_threads(threads)
     {
         float *buffer = aligned_alloc(64, TILE * sizeof(float));
@@ -109,8 +121,8 @@ CLONES int add_read(float *restrict sum, const int *restrict fds, int64_t offset
             int64_t n = count - start < TILE ? count - start : TILE;
             float *restrict s = sum + start;
             for (int j = 0; j < k; j++) {
-                int status = buffer ? read_fully(fds[j], (char *)buffer, (size_t)n * sizeof(float),
-                                                 offset + start * (int64_t)sizeof(float))
+                int status = buffer ? read_fully(fds[j], (char *)buffer, (size_t)n * itemsize,
+                                                 offset + start * (int64_t)itemsize)
                                     : ENOMEM;
                 if (status) {
 #pragma omp critical(add_read_failed)
@@ -120,10 +132,19 @@ CLONES int add_read(float *restrict sum, const int *restrict fds, int64_t offset
                     break;
                 }
                 const float *restrict v = buffer;
+                const uint16_t *restrict h = (const uint16_t *)buffer;
                 float a = alphas[j];
                 if (j == 0 && write) {
+                    if (widened) {
 #pragma omp simd
-                    for (int64_t i = 0; i < n; i++) s[i] = a * v[i];
+                        for (int64_t i = 0; i < n; i++) s[i] = widen(h[i]) * a;
+                    } else {
+#pragma omp simd
+                        for (int64_t i = 0; i < n; i++) s[i] = a * v[i];
+                    }
+                } else if (widened) {
+#pragma omp simd
+                    for (int64_t i = 0; i < n; i++) s[i] = s[i] + widen(h[i]) * a;
                 } else {
 #pragma omp simd
                     for (int64_t i = 0; i < n; i++) s[i] = fmaf(a, v[i], s[i]);

@@ -111,7 +111,7 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.block_norms.restype = None
     lib.add_measured.argtypes = [pointer, pointer, f32, flag, size, size, pointer, flag]
     lib.add_measured.restype = None
-    lib.add_read.argtypes = [pointer, pointer, size, pointer, flag, flag, size, flag, pointer]
+    lib.add_read.argtypes = [pointer, pointer, size, pointer, flag, flag, flag, size, flag, pointer]
     lib.add_read.restype = flag
     lib.add_summed.argtypes = [pointer, pointer, f32, size, flag, pointer]
     lib.add_summed.restype = ctypes.c_double
@@ -197,6 +197,7 @@ def _call_read(
     alphas: Sequence[float],
     *,
     write: bool,
+    widened: bool = False,
 ) -> tuple[int, int]:
     """(0, 0), or (j + 1, errno) for the file that could not be read."""
     error = ctypes.c_int(0)
@@ -207,6 +208,7 @@ def _call_read(
         (ctypes.c_float * len(alphas))(*alphas),
         len(fds),
         int(write),
+        int(widened),
         total.numel(),
         torch.get_num_threads(),
         ctypes.byref(error),
@@ -260,17 +262,26 @@ def add_read(
     alphas: Sequence[float],
     *,
     write: bool = False,
+    dtype: str = "float32",
 ) -> bool:
-    """total += alpha * values for each spooled float32 update (an open file and its path) in
-    turn, its values those from `element` on, as ATen's add_ one after another does, bit for
-    bit (the first written, total = alpha * values, as ATen's mul, if `write`); read from the
-    files, not mapped. False (and nothing added) where ATen must serve; OSError, naming the
-    file, if one cannot be read in full (the sums then hold part of the additions)."""
+    """total += alpha * values for each spooled update (an open file and its path) in turn,
+    its values those from `element` on, read from the files, not mapped; the first written
+    (total = alpha * values) if `write`. float32 values as ATen's add_ (and mul) one after
+    another, bit for bit; bfloat16 ones widened, as the compiled widening kernels add them
+    (kernels.py checks that before it uses this). False (and nothing added) where the caller's
+    kernels must serve; OSError, naming the file, if one cannot be read in full (the sums then
+    hold part of the additions)."""
     lib = library()
-    if lib is None or not _contiguous_float32(total) or len(spools) != len(alphas):
+    if (
+        lib is None
+        or dtype not in ("float32", "bfloat16")
+        or not _contiguous_float32(total)
+        or len(spools) != len(alphas)
+    ):
         return False
-    fds = [fd for fd, _ in spools]
-    failed, code = _call_read(lib, total, fds, element * 4, alphas, write=write)
+    fds, widened = [fd for fd, _ in spools], dtype == "bfloat16"
+    offset = element * (2 if widened else 4)
+    failed, code = _call_read(lib, total, fds, offset, alphas, write=write, widened=widened)
     if failed:
         path = spools[failed - 1][1]
         if code == errno.ENODATA:

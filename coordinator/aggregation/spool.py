@@ -18,7 +18,7 @@ from typing import BinaryIO, ClassVar, Self
 import torch
 
 from coordinator.aggregation import native
-from coordinator.aggregation.kernels import add_many
+from coordinator.aggregation.kernels import add_many, reads_bfloat16
 
 PAGE = mmap.PAGESIZE
 INCOMING = "incoming"  # the spool directory, inside the checkpoint directory
@@ -149,28 +149,33 @@ class SpoolView(_Closing):
 
 class SpooledUpdates(_Closing):
     """Several spooled updates, added into a running sum stretch by stretch (use as a context
-    manager). Float32 ones are read from their files by the native loop (native.py): each
+    manager). Float32 and bfloat16 ones (where the native loop adds these as the compiled
+    widening kernels do: kernels.reads_bfloat16) are read from their files by the native
+    loop (native.py): each
     thread reads a stretch of one file after another into a buffer of its own and adds it from
     there, so the files are never mapped; a mapped page costs a fault on first touch and a
     flush of both CPUs' address caches when let go. Read, a carried update costs about 0.7 of
     an in-memory `add_` against 1.0 mapped, and 1.1 against 1.6-1.75 in the machine's faster
-    memory phase (150M values, 8 updates at once). Otherwise (16-bit
-    spools, or without the native loops) they are mapped (SpoolView) and added by the
-    kernels. Either way the same arithmetic, in the order given: the same bits."""
+    memory phase (150M values, 8 updates at once). Otherwise (float16 spools, or without the
+    native loops) they are mapped (SpoolView) and added by the kernels. Either way the same arithmetic, in the order given: the same bits."""
 
     def __init__(
         self, paths: Sequence[Path], dtype: str, *, elements: int | None = None, hold: int = 0
     ) -> None:
         """`elements`, `hold`: as SpoolView's."""
         self.paths = list(paths)
+        self._dtype = dtype
         self._files: list[BinaryIO] = []
         self._views: list[SpoolView] = []
         self._opened = contextlib.ExitStack()
         try:
-            if dtype == "float32" and native.library() is not None:
+            if native.library() is not None and (
+                dtype == "float32" or (dtype == "bfloat16" and reads_bfloat16())
+            ):
+                itemsize = 4 if dtype == "float32" else 2
                 self._files = [self._opened.enter_context(p.open("rb")) for p in self.paths]
                 for path, file in zip(self.paths, self._files, strict=True):
-                    _check_size(path, os.fstat(file.fileno()).st_size, 4, elements)
+                    _check_size(path, os.fstat(file.fileno()).st_size, itemsize, elements)
             else:
                 self._views = [
                     self._opened.enter_context(SpoolView(p, dtype, elements=elements, hold=hold))
@@ -191,7 +196,7 @@ class SpooledUpdates(_Closing):
             return
         if self._files:
             spools = [(f.fileno(), p) for f, p in zip(self._files, self.paths, strict=True)]
-            if not native.add_read(target, spools, element, alphas, write=write):
+            if not native.add_read(target, spools, element, alphas, write=write, dtype=self._dtype):
                 raise RuntimeError("spooled updates added into a sum that is not float32")
             return
         values = [view.values(element, count) for view in self._views]

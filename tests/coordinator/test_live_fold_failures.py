@@ -162,7 +162,7 @@ def test_a_carried_spool_that_cannot_be_read_ends_the_live_fold_not_the_upload(
 ) -> None:
     """b and c wait; a streams in live and carries them until a read of c's spool fails (a
     failing disk, injected): a's upload is accepted all the same, and the sums rebuilt.
-    (float32 spools are read by the native loop where it serves, 16-bit ones mapped.)"""
+    (spools are read by the native loop where it serves, else mapped: both fail alike.)"""
     shape = UpdateShape(layout=LAYOUT, dtype=dtype)
     fold = new_fold(shape)
     arrive(fold, ["silo-b", "silo-c"], dtype, tmp_path)

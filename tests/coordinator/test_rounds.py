@@ -15,11 +15,13 @@ import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 import torch
 
+from coordinator.aggregation import native
 from coordinator.aggregation import sums as sums_module
 from coordinator.aggregation.spool import SpoolView
 from coordinator.checkpoint import CheckpointStore
@@ -225,15 +227,23 @@ def test_an_update_that_fails_to_fold_after_its_receipt_redoes_the_attempt(
     _start(admin, silos_per_round=1, min_silos=1, clip_norm=1e6)
     reads = []
 
-    def failing_read(self: SpoolView, start: int, count: int) -> torch.Tensor:
+    def failing(start: int) -> None:
         reads.append(start)
         if len(reads) == 2:  # part of the update is already in the sum
             raise OSError(errno.EIO, "Input/output error")
-        return original(self, start, count)
 
-    original = SpoolView.values
+    def failing_mapped(self: SpoolView, start: int, count: int) -> torch.Tensor:
+        failing(start)
+        return mapped(self, start, count)
+
+    def failing_read(total: torch.Tensor, spools: Any, element: int, *args: Any, **kw: Any) -> bool:
+        failing(element)
+        return read(total, spools, element, *args, **kw)
+
+    mapped, read = SpoolView.values, native.add_read
     monkeypatch.setattr(sums_module, "FOLD_BLOCK", 64)  # several reads per update
-    monkeypatch.setattr(SpoolView, "values", failing_read)
+    monkeypatch.setattr(SpoolView, "values", failing_mapped)  # whichever reads spools here
+    monkeypatch.setattr(native, "add_read", failing_read)
     silos = {s.joined.silo_id: s for s in two_silos}
     task, first = _task_of_either(silos)
     start = first.download(task)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import mmap
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-from coordinator.aggregation import native
+from coordinator.aggregation import kernels, native
 from coordinator.aggregation.receiver import UpdateReceiver, receive_bytes
 from coordinator.aggregation.shape import UpdateShape
 from coordinator.aggregation.spool import SpooledUpdates, SpoolPool, SpoolView
@@ -157,8 +160,8 @@ def test_a_coordinator_keeps_one_spool_per_upload_at_once_over_rounds(
             silo.close()
 
 
-def _spooled(tmp_path: Path, count: int, length: int) -> list[Path]:
-    """`count` float32 updates of `length` values over many magnitudes, each in its file."""
+def _spooled(tmp_path: Path, count: int, length: int, dtype: str = "float32") -> list[Path]:
+    """`count` updates of `length` values over many magnitudes, each in its file."""
     generator = torch.Generator().manual_seed(count)
     paths = []
     for i in range(count):
@@ -166,39 +169,68 @@ def _spooled(tmp_path: Path, count: int, length: int) -> list[Path]:
         values *= torch.exp2(torch.randint(-20, 4, (length,), generator=generator).float())
         values[::89] = -0.0
         paths.append(tmp_path / f"update-{i}.bin")
-        paths[-1].write_bytes(values.numpy().tobytes())
+        paths[-1].write_bytes(values.to(getattr(torch, dtype)).view(torch.uint8).numpy().tobytes())
     return paths
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("reading", ["read", "mapped"])
 @pytest.mark.parametrize("write", [False, True])
-def test_spooled_updates_add_as_add_does_one_after_another_read_or_mapped(
-    tmp_path: Path, reading: str, write: bool, monkeypatch: pytest.MonkeyPatch
+def test_spooled_updates_add_as_the_kernels_do_one_after_another_read_or_mapped(
+    tmp_path: Path, dtype: str, reading: str, write: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Read from their files by the native loop (in tiles of 65,536 values per thread, over
     threads: a stretch of several tiles and a tail, from an offset), or mapped without it:
-    the same bits as ATen adding one update after another."""
-    if reading == "read" and native.library() is None:
-        pytest.skip("the native loops are not built on this machine")
-    if reading == "mapped":
-        monkeypatch.setattr(native, "_loaded", [None])  # as a process without a compiler runs
+    the same bits as the fold's kernels adding one update after another (ATen's `add_` for
+    float32, the compiled widening loop for bfloat16), which a live fold uses."""
+    if reading == "read" and (
+        native.library() is None or (dtype == "bfloat16" and not kernels.reads_bfloat16())
+    ):
+        pytest.skip("the native loops do not read these spools on this machine")
     length, element = 3 * 65_536 + 1_001, 4_099
-    paths = _spooled(tmp_path, 3, length)
+    paths = _spooled(tmp_path, 3, length, dtype)
     alphas = [0.37, -2.5, 1 / 3]
     start = torch.randn(length - element, generator=torch.Generator().manual_seed(7))
     expected = start.clone()
     for i, (path, alpha) in enumerate(zip(paths, alphas, strict=True)):
-        values = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.float32)[element:]
-        if i == 0 and write:
-            torch.mul(values, alpha, out=expected)
-        else:
-            expected.add_(values, alpha=alpha)
+        data = bytearray(path.read_bytes())
+        values = torch.frombuffer(data, dtype=getattr(torch, dtype))[element:]
+        kernels.add_scaled(expected, values, alpha, write=write and i == 0)
+    if reading == "mapped":
+        monkeypatch.setattr(native, "_loaded", [None])  # as a process without a compiler runs
     got = start.clone()
-    with SpooledUpdates(paths, "float32") as spooled:
+    with SpooledUpdates(paths, dtype) as spooled:
         spooled.add_into(got, element, alphas, write=write)
+        assert bool(spooled._files) == (reading == "read")
     assert torch.equal(got.view(torch.int32), expected.view(torch.int32))  # zeros' signs too
     if reading == "read":  # never mapped
         assert all(mapped_kib(path) == 0 for path in paths)
+
+
+def test_bfloat16_spools_are_mapped_where_the_loop_would_add_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A loop that does not add as the compiled widening kernels do (here: one that leaves the
+    first value a step off, injected) is not used for bfloat16 spools: they are mapped."""
+    if native.library() is None:
+        pytest.skip("the native loops are not built on this machine")
+    read = native.add_read
+
+    def off_by_a_step(total: torch.Tensor, *args: Any, **kw: Any) -> bool:
+        done = read(total, *args, **kw)
+        total[0] = torch.nextafter(total[0], torch.tensor(math.inf))
+        return done
+
+    monkeypatch.setattr(native, "add_read", off_by_a_step)
+    kernels.reads_bfloat16.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING):
+            assert not kernels.reads_bfloat16()
+        assert "bfloat16 spools are mapped, not read by the native loop" in caplog.text
+        with SpooledUpdates(_spooled(tmp_path, 1, 1000, "bfloat16"), "bfloat16") as spooled:
+            assert spooled._views and not spooled._files
+    finally:
+        kernels.reads_bfloat16.cache_clear()  # (the next test asks again, unpatched)
 
 
 def test_a_spooled_update_too_short_or_unreadable_is_named(tmp_path: Path) -> None:
