@@ -1,7 +1,7 @@
-"""Spooled updates: files reused round after round, and read in place (float32 ones stretch by
-stretch into a small buffer of each thread's, others mapped into memory and viewed in their
-wire dtype, each stretch let go once read): spooling costs one copy into pages the file already
-has, and folding no lasting memory."""
+"""Spooled updates: files reused round after round, and read in place (float32 and bfloat16
+ones stretch by stretch into a small buffer of each thread's, others mapped into memory and
+viewed in their wire dtype, each stretch let go once read): spooling costs one copy into pages
+the file already has, and folding no lasting memory."""
 
 from __future__ import annotations
 
@@ -149,15 +149,16 @@ class SpoolView(_Closing):
 
 class SpooledUpdates(_Closing):
     """Several spooled updates, added into a running sum stretch by stretch (use as a context
-    manager). Float32 and bfloat16 ones (where the native loop adds these as the compiled
-    widening kernels do: kernels.reads_bfloat16) are read from their files by the native
-    loop (native.py): each
-    thread reads a stretch of one file after another into a buffer of its own and adds it from
-    there, so the files are never mapped; a mapped page costs a fault on first touch and a
-    flush of both CPUs' address caches when let go. Read, a carried update costs about 0.7 of
-    an in-memory `add_` against 1.0 mapped, and 1.1 against 1.6-1.75 in the machine's faster
-    memory phase (150M values, 8 updates at once). Otherwise (float16 spools, or without the
-    native loops) they are mapped (SpoolView) and added by the kernels. Either way the same arithmetic, in the order given: the same bits."""
+    manager). Float32 and bfloat16 ones (bfloat16 where the native loop adds them as the
+    compiled widening kernels do: kernels.reads_bfloat16) are read from their files by the
+    native loop (native.py): each thread reads a stretch of one file after another into a
+    buffer of its own and adds it from there, so the files are never mapped; a mapped page
+    costs a fault on first touch and a flush of both CPUs' address caches when let go. Read,
+    a carried float32 update costs about 0.7 of an in-memory `add_` against 1.0 mapped, and
+    1.1 against 1.6-1.75 in the machine's faster memory phase (150M values, 8 updates at
+    once). Otherwise (float16 spools, or without the native loops) they are mapped
+    (SpoolView) and added by the kernels. Either way the same arithmetic, in the order given:
+    the same bits."""
 
     def __init__(
         self, paths: Sequence[Path], dtype: str, *, elements: int | None = None, hold: int = 0
