@@ -11,8 +11,10 @@ float32 one in a native loop (native.py) that adds as `add_` does.
 Several updates waiting in their spools are added in one pass over the sum (`add_many`), with
 the same arithmetic per value and in the same order as one after another, so the same bits:
 16-bit ones up to GROUP at a time in one compiled loop, float32 ones by `add_` over a window
-of the sum small enough to stay in the CPU's cache between them (or, read from their files
-rather than mapped, by the native loop: coordinator/aggregation/spool.py).
+of the sum small enough to stay in the CPU's cache between them. Where the native loops serve,
+float32 and bfloat16 spools are read from their files rather than mapped and added by a native
+loop instead (coordinator/aggregation/spool.py), with the same arithmetic: `add_`'s one
+rounding for float32, these widening kernels' two (product, then sum) for bfloat16.
 """
 
 from __future__ import annotations
