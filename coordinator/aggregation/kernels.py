@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import logging
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -125,6 +126,9 @@ def _widened_group(count: int) -> Callable[..., None]:
     return kernel
 
 
+_checking = threading.Lock()
+
+
 @functools.cache
 def reads_bfloat16() -> bool:
     """Whether bfloat16 spools are read by the native loop (native.py): only where it adds
@@ -133,8 +137,11 @@ def reads_bfloat16() -> bool:
     same sums). Checked once per process, at the first bfloat16 spool read, compiling the
     kernels then if they were not yet; otherwise the spools are mapped and these kernels
     serve."""
-    if native.library() is None:
-        return False
+    with _checking:  # (two uploads' first reads at once: one check after the other)
+        return native.library() is not None and _reads_bfloat16()
+
+
+def _reads_bfloat16() -> bool:
     generator = torch.Generator().manual_seed(0)
     count = 3 * BLOCK_ELEMENTS  # (whole blocks, which the measuring kernels take)
     values = (torch.randn(count, generator=generator) * 3).to(torch.bfloat16)
@@ -144,13 +151,13 @@ def reads_bfloat16() -> bool:
         spooled.flush()
         spool = [(spooled.fileno(), Path(str(spooled.name)))]
         for alpha in (0.37, 1 / 3, -2.5):
-            for write, kernels in (
+            for write, compiled in (
                 (False, (add_widened, add_widened_measured)),
                 (True, (write_widened, write_widened_measured)),
             ):
                 got = start.clone()
                 native.add_read(got, spool, 0, [alpha], write=write, dtype="bfloat16")
-                for kernel in kernels:
+                for kernel in compiled:
                     expected = start.clone()
                     fused(kernel)(expected, values, hyper(alpha))
                     if not torch.equal(got, expected):

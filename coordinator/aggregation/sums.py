@@ -21,8 +21,8 @@ from coordinator.aggregation.spool import PAGE, SpooledUpdates, SpoolView
 from coordinator.strategies import RoundAggregate
 from shared.payload import CHUNK_BYTES
 
-# Elements folded per call. (Where spools are mapped: 16-bit ones, or all without the native
-# loops; spool.py.) The pages of a spool just written are mapped on first touch by
+# Elements folded per call. (Where spools are mapped: float16 ones, or any the native loop
+# does not read; spool.py.) The pages of a spool just written are mapped on first touch by
 # both of torch's threads at once, and small windows make them contend: 4M elements took
 # 180-300 ms per 150M, 32M elements 40 ms (the floor: 30). Larger windows would keep more of
 # an update mapped (counted as the coordinator's memory) before it is let go.
