@@ -4,21 +4,25 @@ exactly the (malformed) streams they need. Everything it talks to is real: gRPC,
 
 from __future__ import annotations
 
+import errno
 import queue
 import ssl
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 import torch
 
 from bench.protocol_silo import join_request
+from coordinator.aggregation import native
+from coordinator.aggregation.spool import SpoolView
 from coordinator.registry import SiloRegistry
 from coordinator.run_state import RunSpec
 from coordinator.server import RunningCoordinator
@@ -232,3 +236,29 @@ def metrics_over_tls_only(port: int, scraper: TlsFiles) -> str:
         scrape(f"http://localhost:{port}/metrics")
     trusted.load_cert_chain(str(scraper.cert), str(scraper.key))
     return scrape(url, trusted)
+
+
+def failing_spool_reads(patch: pytest.MonkeyPatch, fails: Callable[[list[int]], bool]) -> list[int]:
+    """Make reads of spooled updates fail as a failing disk would (which cannot be produced
+    here), whichever way this machine reads them (the native loop, or a mapping): each
+    read's first element is recorded, and the read raises EIO where `fails(reads)` says so.
+    Returns the record."""
+    reads: list[int] = []
+    mapped, read = SpoolView.values, native.add_read
+
+    def check(start: int) -> None:
+        reads.append(start)
+        if fails(reads):
+            raise OSError(errno.EIO, "Input/output error")
+
+    def failing_mapped(self: SpoolView, start: int, count: int) -> torch.Tensor:
+        check(start)
+        return mapped(self, start, count)
+
+    def failing_read(total: torch.Tensor, spools: Any, element: int, *args: Any, **kw: Any) -> bool:
+        check(element)
+        return read(total, spools, element, *args, **kw)
+
+    patch.setattr(SpoolView, "values", failing_mapped)
+    patch.setattr(native, "add_read", failing_read)
+    return reads

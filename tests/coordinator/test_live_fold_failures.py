@@ -4,18 +4,13 @@ rebuilt to exactly the accepted updates, bit for bit."""
 
 from __future__ import annotations
 
-import errno
 import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
-import torch
 
-from coordinator.aggregation import native
 from coordinator.aggregation import sums as sums_module
 from coordinator.aggregation.shape import UpdateShape
-from coordinator.aggregation.spool import SpoolView
 from shared.errors import UpdateRejected
 from tests.coordinator.live_uploads import (
     LAYOUT,
@@ -30,6 +25,7 @@ from tests.coordinator.live_uploads import (
     reference,
     streaming,
 )
+from tests.helpers import failing_spool_reads
 
 
 @pytest.mark.parametrize("wire", ["float32", "bfloat16"])
@@ -127,25 +123,8 @@ def test_a_read_error_while_catching_up_ends_the_live_fold_not_the_upload(
     for _ in range(uploads["silo-c"].chunks // 2):  # half of c spooled before it is granted
         next(c_steps)
     interleave([uploads["silo-a"], uploads["silo-b"]])
-    reads = []
-    mapped, read = SpoolView.values, native.add_read
-
-    def failing(start: int) -> None:
-        reads.append(start)
-        if len(reads) == 2:
-            raise OSError(errno.EIO, "Input/output error")
-
-    def failing_mapped(self: SpoolView, start: int, count: int) -> torch.Tensor:
-        failing(start)
-        return mapped(self, start, count)
-
-    def failing_read(total: torch.Tensor, spools: Any, element: int, *args: Any, **kw: Any) -> bool:
-        failing(element)
-        return read(total, spools, element, *args, **kw)
-
-    with monkeypatch.context() as patched:  # whichever way this machine reads spools
-        patched.setattr(SpoolView, "values", failing_mapped)
-        patched.setattr(native, "add_read", failing_read)
+    with monkeypatch.context() as patched:
+        reads = failing_spool_reads(patched, lambda reads: len(reads) == 2)
         next(c_steps)
     assert len(reads) == 2  # the failed read was the last: no live add after it
     for _ in c_steps:  # the rest of c, and its acceptance
@@ -168,25 +147,9 @@ def test_a_carried_spool_that_cannot_be_read_ends_the_live_fold_not_the_upload(
     arrive(fold, ["silo-b", "silo-c"], dtype, tmp_path)
     carrier, steps = streaming(fold, "silo-a", dtype, tmp_path)
     assert carrier.live is not None and len(carrier.live.carried) == 2
-    mapped, read = SpoolView.values, native.add_read
-    failed = []
-
-    def failing_mapped(self: SpoolView, start: int, count: int) -> torch.Tensor:
-        if self.numel and start > 0:  # (every carried window after the first)
-            failed.append(start)
-            raise OSError(errno.EIO, "Input/output error")
-        return mapped(self, start, count)
-
-    def failing_read(total: torch.Tensor, spools: Any, element: int, *args: Any, **kw: Any) -> bool:
-        if element > 0:
-            failed.append(element)
-            raise OSError(errno.EIO, "Input/output error")
-        return read(total, spools, element, *args, **kw)
-
-    with monkeypatch.context() as patched:
-        patched.setattr(SpoolView, "values", failing_mapped)
-        patched.setattr(native, "add_read", failing_read)
-        while not failed:
+    with monkeypatch.context() as patched:  # every carried window after the first fails
+        failed = failing_spool_reads(patched, lambda reads: reads[-1] > 0)
+        while not any(start > 0 for start in failed):
             next(steps)  # the live fold stops at the failed read, the upload goes on
     for _ in steps:
         pass

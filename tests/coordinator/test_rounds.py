@@ -7,7 +7,6 @@ malformed streams a faulty or hostile silo could send.
 from __future__ import annotations
 
 import contextlib
-import errno
 import math
 import queue
 import struct
@@ -15,15 +14,12 @@ import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 import torch
 
-from coordinator.aggregation import native
 from coordinator.aggregation import sums as sums_module
-from coordinator.aggregation.spool import SpoolView
 from coordinator.checkpoint import CheckpointStore
 from coordinator.run_state import RunSpec
 from coordinator.server import RunningCoordinator, serve
@@ -37,6 +33,7 @@ from tests.helpers import (
     admin_stub,
     channel,
     constant_delta,
+    failing_spool_reads,
     join_request,
     refused,
     update_stream,
@@ -225,25 +222,8 @@ def test_an_update_that_fails_to_fold_after_its_receipt_redoes_the_attempt(
     after its receipt (an update folded live as it streams in is refused instead)."""
     admin = admin_stub(coordinator, certs)
     _start(admin, silos_per_round=1, min_silos=1, clip_norm=1e6)
-    reads = []
-
-    def failing(start: int) -> None:
-        reads.append(start)
-        if len(reads) == 2:  # part of the update is already in the sum
-            raise OSError(errno.EIO, "Input/output error")
-
-    def failing_mapped(self: SpoolView, start: int, count: int) -> torch.Tensor:
-        failing(start)
-        return mapped(self, start, count)
-
-    def failing_read(total: torch.Tensor, spools: Any, element: int, *args: Any, **kw: Any) -> bool:
-        failing(element)
-        return read(total, spools, element, *args, **kw)
-
-    mapped, read = SpoolView.values, native.add_read
     monkeypatch.setattr(sums_module, "FOLD_BLOCK", 64)  # several reads per update
-    monkeypatch.setattr(SpoolView, "values", failing_mapped)  # whichever reads spools here
-    monkeypatch.setattr(native, "add_read", failing_read)
+    failing_spool_reads(monkeypatch, lambda reads: len(reads) == 2)  # part of it is in the sum
     silos = {s.joined.silo_id: s for s in two_silos}
     task, first = _task_of_either(silos)
     start = first.download(task)
