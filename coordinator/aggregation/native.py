@@ -8,11 +8,13 @@ thread's rather than mapped: its pages then cost no fault and no unmapping each.
 compiled once per machine with the system's C compiler, as torch.compile's own CPU kernels are,
 cached under ~/.cache/fedmllm (or $XDG_CACHE_HOME/fedmllm), and used only after checking on this
 machine that they add bit for bit as ATen's `add_` does, so that an update folded live and one
-folded from its spool leave the same sums. Without a compiler, where that check fails, or with
-FEDMLLM_COMPILE=0, the callers run ATen's two passes: the same sums, bit for bit, but block
-norms that may differ from the native ones in the last bits, and with them the scale of an
-update a clipping rule shrinks. A run is bit-reproducible on a machine that keeps to one of the
-two, as every machine does unless its compiler comes or goes between a crash and the restart.
+folded from its spool leave the same sums (bfloat16 spools, which a live fold adds with the
+compiled widening kernels, only after a check against those: kernels.reads_bfloat16). Without a
+compiler, where that check fails, or with FEDMLLM_COMPILE=0, the callers run ATen's two passes:
+the same sums, bit for bit, but block norms that may differ from the native ones in the last
+bits, and with them the scale of an update a clipping rule shrinks. A run is bit-reproducible on
+a machine that keeps to one of the two, as every machine does unless its compiler comes or goes
+between a crash and the restart.
 """
 
 from __future__ import annotations
