@@ -38,8 +38,7 @@ FASTER = 0.75
 
 def run(params: int, repeats: int) -> dict[Case, list[tuple[float, float, float]]]:
     """Per case, (floor, native, aten) seconds for each repetition after a warm-up."""
-    lib = native.library()
-    if lib is None:
+    if native.library() is None:
         raise SystemExit("the native fold loops are not built here: is there a C compiler?")
     flat = lora_layout(params)
     generator = torch.Generator().manual_seed(0)
@@ -51,19 +50,15 @@ def run(params: int, repeats: int) -> dict[Case, list[tuple[float, float, float]
     with tempfile.TemporaryDirectory() as work:
         bench = RoundBench(flat=flat, delta=delta, wire="float32", work=Path(work))
         bench.write_spools(max(c.updates for c in CASES))
-        try:
-            for repeat in range(repeats + 1):
-                for case in CASES:
-                    floor_s = floor(case.strategy, case.updates)
-                    native._loaded[:] = [lib]
-                    native_s, _ = bench.ours(models[case.strategy], case)
-                    native._loaded[:] = [None]
+        for repeat in range(repeats + 1):
+            for case in CASES:
+                floor_s = floor(case.strategy, case.updates)
+                native_s, _ = bench.ours(models[case.strategy], case)
+                with native.unavailable():
                     aten_s, _ = bench.ours(models[case.strategy], case)
-                    if repeat:
-                        times[case].append((floor_s, native_s, aten_s))
-                print(f"repetition {repeat}/{repeats}", flush=True)
-        finally:
-            native._loaded[:] = [lib]
+                if repeat:
+                    times[case].append((floor_s, native_s, aten_s))
+            print(f"repetition {repeat}/{repeats}", flush=True)
     return times
 
 

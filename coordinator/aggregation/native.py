@@ -30,7 +30,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -53,6 +53,23 @@ def library() -> ctypes.CDLL | None:
             if not _loaded:
                 _loaded.append(_load())
     return _loaded[0]
+
+
+@contextlib.contextmanager
+def unavailable() -> Iterator[None]:
+    """Inside the block, this process runs as one without the loops does (ATen's ops serve),
+    as after a failed build or check: for benchmarks that compare the two, and tests of the
+    fallback. Not for a coordinator with rounds in flight: what it folds inside and outside
+    the block may differ in the last bits of its block norms."""
+    library()
+    with _lock:
+        saved = list(_loaded)
+        _loaded[:] = [None]
+    try:
+        yield
+    finally:
+        with _lock:
+            _loaded[:] = saved
 
 
 def _load() -> ctypes.CDLL | None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.aggregation import native
 from coordinator.server import RunningCoordinator, serve
 from coordinator.silo_service import SiloServiceSettings
 from tests.conftest import coordinator_config
@@ -23,3 +24,10 @@ def quick(certs: Path, tiny_model: Path, tmp_path: Path) -> Iterator[RunningCoor
     )
     with serve(config) as running:
         yield running
+
+
+@pytest.fixture
+def no_native_loops() -> Iterator[None]:
+    """This process as one without the native fold loops runs (no compiler: ATen's ops serve)."""
+    with native.unavailable():
+        yield

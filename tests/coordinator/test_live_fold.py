@@ -148,13 +148,13 @@ def test_uploads_in_threads_fold_the_same_sums(seed: int, tmp_path: Path) -> Non
 )
 @pytest.mark.parametrize("at", [-4, 120_000], ids=["last block", "a whole block"])
 def test_an_update_refused_midway_through_its_live_fold_leaves_nothing_in_the_sums(
-    wire: str, loops: bool, at: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    wire: str, loops: bool, at: int, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """A whole block of 16-bit values, or of float32 ones where the native loops serve, is
     added in the pass that measures it, so its NaN reaches the sums before it is refused;
     the last block, and float32 ones measured by ATen, are checked before they are added."""
     if not loops:
-        monkeypatch.setattr(native, "_loaded", [None])
+        request.getfixturevalue("no_native_loops")
     shape = UpdateShape(layout=LAYOUT, dtype=wire)
     fold = new_fold(shape)
     interleave([Upload(fold, "silo-a", payload_of("silo-a", wire, False), tmp_path / "a.bin")])

@@ -153,16 +153,18 @@ def test_without_a_compiler_aten_serves_and_says_why(
     assert "native fold loops unavailable" in caplog.text
     assert "no-such-compiler" in caplog.text  # the cause, and the fix
     assert "install a C compiler (gcc) or set CC" in caplog.text
-    monkeypatch.setattr(native, "_loaded", [None])  # as a process without one runs
     values, x = _values(3 * BLOCK_ELEMENTS, seed=3), _values(3 * BLOCK_ELEMENTS, seed=4)
-    assert native.block_norms(values, 3) is None
-    total = x.clone()
-    norms = kernels.add_measured(total, values, 0.25, write=False)
-    assert torch.equal(total, x.clone().add_(values, alpha=0.25))
-    assert torch.allclose(norms, torch.linalg.vector_norm(values.view(3, -1), dim=1))
-    # a live fold is offered float32 values only once they are checked, as ATen measures them
-    shape = UpdateShape(layout=FlatLayout.of({"w": x}), dtype="float32")
-    assert UpdateStatistics(shape)._fusable is False
+    with native.unavailable():  # as a process without one runs
+        assert native.block_norms(values, 3) is None
+        total = x.clone()
+        norms = kernels.add_measured(total, values, 0.25, write=False)
+        assert torch.equal(total, x.clone().add_(values, alpha=0.25))
+        assert torch.allclose(norms, torch.linalg.vector_norm(values.view(3, -1), dim=1))
+        # a live fold is offered float32 values only once they are checked, as ATen measures
+        # them
+        shape = UpdateShape(layout=FlatLayout.of({"w": x}), dtype="float32")
+        assert UpdateStatistics(shape)._fusable is False
+    assert native.library() is None or native.block_norms(values, 3) is not None  # restored
 
 
 def test_fedmllm_compile_0_turns_them_off(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -177,7 +177,7 @@ def _spooled(tmp_path: Path, count: int, length: int, dtype: str = "float32") ->
 @pytest.mark.parametrize("reading", ["read", "mapped"])
 @pytest.mark.parametrize("write", [False, True])
 def test_spooled_updates_add_as_the_kernels_do_one_after_another_read_or_mapped(
-    tmp_path: Path, dtype: str, reading: str, write: bool, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, dtype: str, reading: str, write: bool, request: pytest.FixtureRequest
 ) -> None:
     """Read from their files by the native loop (in tiles of 65,536 values per thread, over
     threads: a stretch of several tiles and a tail, from an offset), or mapped without it:
@@ -197,7 +197,7 @@ def test_spooled_updates_add_as_the_kernels_do_one_after_another_read_or_mapped(
         values = torch.frombuffer(data, dtype=getattr(torch, dtype))[element:]
         kernels.add_scaled(expected, values, alpha, write=write and i == 0)
     if reading == "mapped":
-        monkeypatch.setattr(native, "_loaded", [None])  # as a process without a compiler runs
+        request.getfixturevalue("no_native_loops")
     got = start.clone()
     with SpooledUpdates(paths, dtype) as spooled:
         spooled.add_into(got, element, alphas, write=write)

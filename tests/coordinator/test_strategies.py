@@ -252,6 +252,7 @@ def test_every_step_measures_the_rounds_delta_in_its_own_pass(name: str) -> None
 
 
 @pytest.mark.parametrize("window", [1000, 5007, 1 << 20])
+@pytest.mark.usefixtures("no_native_loops")
 def test_the_summing_add_moves_the_weights_as_add_does_and_sums_them(
     window: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -259,7 +260,6 @@ def test_the_summing_add_moves_the_weights_as_add_does_and_sums_them(
     it goes: the weights come out bit for bit as one `add_` leaves them, the sum is theirs,
     and the squares are the delta's."""
     monkeypatch.setattr(strategy_kernels, "SUM_WINDOW", window)
-    monkeypatch.setattr(native, "_loaded", [None])  # as a process without a compiler runs
     generator = torch.Generator().manual_seed(3)
     x, total = torch.randn(5007, generator=generator), torch.randn(5007, generator=generator)
     expected = x.clone().add_(total, alpha=0.37)
