@@ -7,7 +7,8 @@ step's floor), the coordinator's round with its native loops (coordinator/aggreg
 and the same round with ATen's add and norm (the loops turned off, as on a machine without a C
 compiler), in turn: bench/server_round.py's cases and code. This machine's memory runs at two
 speeds that change on their own; each repetition is counted in the phase its floor shows, so
-that a row reads as one phase, not a median of both.
+that a row reads as one phase, not a median of both (a repetition whose floor shows neither,
+one that stalled, is left out and counted under the table).
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ CASES = [
     Case("fedadam", 2, "float32", "fold's"),
     Case("fedavg", 10, "float32", "shuffled"),
 ]
-# A repetition whose floor is below this share of the case's slowest is in the faster phase
-# (the two phases' floors are 16-19 against 28-34 ms per 150M values).
-FASTER = 0.75
+# Repetitions whose floors lie within this factor of the fastest among them run at one memory
+# speed (this machine's two: 16-19 against 28-34 ms per `add_` of 150M values); a level needs
+# LEVEL_REPS of them, and a repetition in no level (a stall while it ran) is left out.
+LEVEL = 1.3
+LEVEL_REPS = 3
 
 
 def run(params: int, repeats: int) -> dict[Case, list[tuple[float, float, float]]]:
@@ -62,18 +65,40 @@ def run(params: int, repeats: int) -> dict[Case, list[tuple[float, float, float]
     return times
 
 
+def phases(rows: list[tuple[float, float, float]]) -> tuple[dict[str, list[int]], int]:
+    """The repetitions (indices) at each memory speed their floors show, named "faster" and
+    "slower" where there are two, "one only" where one, "mixed" (all of them) where no speed
+    holds LEVEL_REPS; and how many fit none."""
+    remaining = sorted(range(len(rows)), key=lambda i: rows[i][0])
+    levels = []
+    while remaining:
+        base = rows[remaining[0]][0]
+        level = [i for i in remaining if rows[i][0] < LEVEL * base]
+        remaining = remaining[len(level) :]
+        if len(level) >= LEVEL_REPS:
+            levels.append(level)
+    if not levels:
+        return {"mixed": list(range(len(rows)))}, 0
+    names = ["faster", "slower"] if len(levels) == 2 else ["one only"]
+    if len(levels) > 2:
+        names = [f"speed {n + 1}" for n in range(len(levels))]
+    named = dict(zip(names, levels, strict=True))
+    return named, len(rows) - sum(len(level) for level in levels)
+
+
 def table(times: dict[Case, list[tuple[float, float, float]]]) -> str:
     lines = [
         "| strategy | updates | arrival order | memory phase | repetitions | floor ms | "
         "native ms | ATen ms | native / floor | ATen / floor | native / ATen |",
         "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    left_out = []
     for case, rows in times.items():
-        slowest = max(f for f, _, _ in rows)
-        for phase in ("slower", "faster"):
-            picked = [r for r in rows if (r[0] < FASTER * slowest) == (phase == "faster")]
-            if not picked:
-                continue
+        levels, stray = phases(rows)
+        if stray:
+            left_out.append(f"{case.strategy} {case.updates} {case.order}: {stray}")
+        for phase, indices in reversed(levels.items()):
+            picked = [rows[i] for i in indices]
             med = [statistics.median(r[i] for r in picked) * 1e3 for i in range(3)]
             ratio = [
                 statistics.median(r[a] / r[b] for r in picked) for a, b in ((1, 0), (2, 0), (1, 2))
@@ -83,6 +108,12 @@ def table(times: dict[Case, list[tuple[float, float, float]]]) -> str:
                 f"{med[0]:.0f} | {med[1]:.0f} | {med[2]:.0f} | **{ratio[0]:.2f}** | "
                 f"{ratio[1]:.2f} | {ratio[2]:.2f} |"
             )
+    if left_out:
+        lines.append(
+            "\nRepetitions at neither speed (their floor stalled), left out: "
+            + "; ".join(left_out)
+            + "."
+        )
     return "\n".join(lines)
 
 
