@@ -22,7 +22,7 @@ import torch
 
 from bench.docs import replace_section
 from bench.server_optimizer import lora_layout
-from bench.server_round import Case, Floor, RoundBench
+from bench.server_round import Case, Floor, RoundBench, phases
 from coordinator.aggregation import native
 from coordinator.global_model import GlobalModel
 from coordinator.run_state import RunSpec
@@ -32,11 +32,6 @@ CASES = [
     Case("fedadam", 2, "float32", "fold's"),
     Case("fedavg", 10, "float32", "shuffled"),
 ]
-# Repetitions whose floors lie within this factor of the fastest among them run at one memory
-# speed (this machine's two: 16-19 against 28-34 ms per `add_` of 150M values); a level needs
-# LEVEL_REPS of them, and a repetition in no level (a stall while it ran) is left out.
-LEVEL = 1.3
-LEVEL_REPS = 3
 
 
 def run(params: int, repeats: int) -> dict[Case, list[tuple[float, float, float]]]:
@@ -65,27 +60,6 @@ def run(params: int, repeats: int) -> dict[Case, list[tuple[float, float, float]
     return times
 
 
-def phases(rows: list[tuple[float, float, float]]) -> tuple[dict[str, list[int]], int]:
-    """The repetitions (indices) at each memory speed their floors show, named "faster" and
-    "slower" where there are two, "one only" where one, "mixed" (all of them) where no speed
-    holds LEVEL_REPS; and how many fit none."""
-    remaining = sorted(range(len(rows)), key=lambda i: rows[i][0])
-    levels = []
-    while remaining:
-        base = rows[remaining[0]][0]
-        level = [i for i in remaining if rows[i][0] < LEVEL * base]
-        remaining = remaining[len(level) :]
-        if len(level) >= LEVEL_REPS:
-            levels.append(level)
-    if not levels:
-        return {"mixed": list(range(len(rows)))}, 0
-    names = ["faster", "slower"] if len(levels) == 2 else ["one only"]
-    if len(levels) > 2:
-        names = [f"speed {n + 1}" for n in range(len(levels))]
-    named = dict(zip(names, levels, strict=True))
-    return named, len(rows) - sum(len(level) for level in levels)
-
-
 def table(times: dict[Case, list[tuple[float, float, float]]]) -> str:
     lines = [
         "| strategy | updates | arrival order | memory phase | repetitions | floor ms | "
@@ -94,7 +68,7 @@ def table(times: dict[Case, list[tuple[float, float, float]]]) -> str:
     ]
     left_out = []
     for case, rows in times.items():
-        levels, stray = phases(rows)
+        levels, stray = phases([f for f, _, _ in rows])
         if stray:
             left_out.append(f"{case.strategy} {case.updates} {case.order}: {stray}")
         for phase, indices in reversed(levels.items()):

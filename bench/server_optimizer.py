@@ -131,8 +131,19 @@ def round_table(params: int, repeats: int, updates: list[int], wires: list[str])
     lines = [
         f"{flat.numel / 1e6:.0f}M values in {len(flat.tensors)} LoRA tensors, {repeats} repeats\n",
         HEADER,
-        *(timings[c].row(c) for c in cases),
     ]
+    left_out = []
+    for case in cases:
+        rows, stray = timings[case].rows(case)
+        lines += rows
+        if stray:
+            left_out.append(f"{case.strategy} {case.updates} {case.wire} {case.order}: {stray}")
+    if left_out:
+        lines.append(
+            "\nRepetitions at neither speed (their floor stalled), left out: "
+            + "; ".join(left_out)
+            + "."
+        )
     return "\n".join(lines)
 
 

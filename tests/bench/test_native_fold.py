@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench import native_fold
+from bench.server_round import phases
 from coordinator.aggregation import native
 
 
@@ -20,21 +21,17 @@ def test_each_case_is_timed_three_ways_and_tabulated() -> None:
         assert f"| {case.strategy} | {case.updates} | {case.order} |" in text
 
 
-def _rows(*floors: float) -> list[tuple[float, float, float]]:
-    return [(f, 1.0, 1.0) for f in floors]
-
-
 def test_repetitions_are_counted_at_the_speed_their_floor_shows_and_stalls_left_out() -> None:
     """This machine's memory runs at two speeds (floors 16-19 against 28-34 ms per add_); a
     repetition whose floor stalled belongs to neither, and must not turn the slower speed
     into the "faster" one."""
-    two = _rows(0.050, 0.086, 0.052, 0.088, 0.049, 0.090, 0.051, 0.155)
-    levels, stray = native_fold.phases(two)
+    two = [0.050, 0.086, 0.052, 0.088, 0.049, 0.090, 0.051, 0.155]
+    levels, stray = phases(two)
     assert levels == {"faster": [4, 0, 6, 2], "slower": [1, 3, 5]} and stray == 1
-    levels, stray = native_fold.phases(_rows(0.083, 0.085, 0.155, 0.084, 0.493, 0.082))
+    levels, stray = phases([0.083, 0.085, 0.155, 0.084, 0.493, 0.082])
     assert levels == {"one only": [5, 0, 3, 1]} and stray == 2
-    levels, stray = native_fold.phases(_rows(0.05, 0.09))  # too few to tell speeds apart
+    levels, stray = phases([0.05, 0.09])  # too few to tell speeds apart
     assert levels == {"mixed": [0, 1]} and stray == 0
-    text = native_fold.table({native_fold.CASES[0]: two})
+    text = native_fold.table({native_fold.CASES[0]: [(f, 1.0, 1.0) for f in two]})
     assert "| fold's | faster | 4 | 50 |" in text and "| fold's | slower | 3 | 88 |" in text
     assert "left out: fedavg 2 fold's: 1." in text
