@@ -22,7 +22,7 @@ import torch
 
 from bench.docs import replace_section
 from bench.server_optimizer import lora_layout
-from bench.server_round import Case, Floor, RoundBench, phases
+from bench.server_round import Case, Floor, RoundBench, left_out_note, phases
 from coordinator.aggregation import native
 from coordinator.global_model import GlobalModel
 from coordinator.run_state import RunSpec
@@ -83,11 +83,7 @@ def table(times: dict[Case, list[tuple[float, float, float]]]) -> str:
                 f"{ratio[1]:.2f} | {ratio[2]:.2f} |"
             )
     if left_out:
-        lines.append(
-            "\nRepetitions at neither speed (their floor stalled), left out: "
-            + "; ".join(left_out)
-            + "."
-        )
+        lines.append(left_out_note(left_out))
     return "\n".join(lines)
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from bench.docs import replace_section
-from bench.server_round import HEADER, ORDERS, Case, measure
+from bench.server_round import HEADER, ORDERS, Case, left_out_note, measure
 from coordinator.flat_adapter import FlatLayout
 from coordinator.global_model import GlobalModel
 from coordinator.run_state import RunSpec
@@ -139,11 +139,7 @@ def round_table(params: int, repeats: int, updates: list[int], wires: list[str])
         if stray:
             left_out.append(f"{case.strategy} {case.updates} {case.wire} {case.order}: {stray}")
     if left_out:
-        lines.append(
-            "\nRepetitions at neither speed (their floor stalled), left out: "
-            + "; ".join(left_out)
-            + "."
-        )
+        lines.append(left_out_note(left_out))
     return "\n".join(lines)
 
 

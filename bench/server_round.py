@@ -91,6 +91,16 @@ def phases(floors: list[float]) -> tuple[dict[str, list[int]], int]:
     return named, len(floors) - sum(len(level) for level in levels)
 
 
+def left_out_note(left_out: list[str]) -> str:
+    """The line under a table that names the rows whose repetitions were left out."""
+    if not left_out:
+        return ""
+    return (
+        f"\nLeft out, at a speed fewer than {LEVEL_REPS} of their row's repetitions met or with a "
+        f"stalled floor: {'; '.join(left_out)}."
+    )
+
+
 @dataclass
 class Timing:
     ours: list[float]

@@ -34,4 +34,4 @@ def test_repetitions_are_counted_at_the_speed_their_floor_shows_and_stalls_left_
     assert levels == {"mixed": [0, 1]} and stray == 0
     text = native_fold.table({native_fold.CASES[0]: [(f, 1.0, 1.0) for f in two]})
     assert "| fold's | faster | 4 | 50 |" in text and "| fold's | slower | 3 | 88 |" in text
-    assert "left out: fedavg 2 fold's: 1." in text
+    assert "a stalled floor: fedavg 2 fold's: 1." in text
