@@ -7,8 +7,8 @@ step's floor), the coordinator's round with its native loops (coordinator/aggreg
 and the same round with ATen's add and norm (the loops turned off, as on a machine without a C
 compiler), in turn: bench/server_round.py's cases and code. This machine's memory runs at two
 speeds that change on their own; each repetition is counted in the phase its floor shows, so
-that a row reads as one phase, not a median of both (a repetition whose floor shows neither,
-one that stalled, is left out and counted under the table).
+that a row reads as one phase, not a median of both (a repetition at a speed too few met, or
+whose floor stalled, is left out and counted under the table).
 """
 
 from __future__ import annotations

@@ -65,7 +65,8 @@ class Case:
 # This machine's memory runs at two speeds that change on their own (an `add_` of 150M values
 # takes 16-19 ms in the faster phase, 28-34 in the slower). Repetitions whose floors lie within
 # LEVEL of the fastest among them ran at one speed; a speed needs LEVEL_REPS of them; a
-# repetition at neither (its floor stalled) is left out, so that a row reads as one phase.
+# repetition at none (a speed too few met, or a stalled floor) is left out, so that a row reads
+# as one phase.
 LEVEL = 1.3
 LEVEL_REPS = 3
 
@@ -84,17 +85,15 @@ def phases(floors: list[float]) -> tuple[dict[str, list[int]], int]:
             levels.append(level)
     if not levels:
         return {"mixed": list(range(len(floors)))}, 0
-    names = ["faster", "slower"] if len(levels) == 2 else ["one only"]
-    if len(levels) > 2:
-        names = [f"speed {n + 1}" for n in range(len(levels))]
+    names = {1: ["one only"], 2: ["faster", "slower"]}.get(len(levels)) or [
+        f"speed {n + 1}" for n in range(len(levels))
+    ]
     named = dict(zip(names, levels, strict=True))
     return named, len(floors) - sum(len(level) for level in levels)
 
 
 def left_out_note(left_out: list[str]) -> str:
     """The line under a table that names the rows whose repetitions were left out."""
-    if not left_out:
-        return ""
     return (
         f"\nLeft out, at a speed fewer than {LEVEL_REPS} of their row's repetitions met or with a "
         f"stalled floor: {'; '.join(left_out)}."
