@@ -66,7 +66,8 @@ class CoordinatorMetrics:
         )
         self.phase_duration = Histogram(
             "fedmllm_phase_duration_seconds",
-            "Wall time of each round phase",
+            "Wall time of each round phase (fold: per update, with what it added as it "
+            "streamed in and the waiting updates it carried)",
             ["phase"],
             buckets=(0.01, 0.1, 0.5, 1, 5, 15, 60, 300, 1800),
             registry=r,

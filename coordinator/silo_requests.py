@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -188,8 +189,13 @@ class SiloRequests:
             arrival = Arrival(
                 update=update, weight=weight, num_samples=header.num_samples, steps=header.steps
             )
-            with open_round.fold_lock, self.metrics.phase_duration.labels(phase="fold").time():
+            with open_round.fold_lock:
+                started = time.perf_counter()
                 fold.add(silo_id, arrival, live=live)
+                spent = time.perf_counter() - started
+            # what was added as it streamed in, and the updates it carried, count too
+            spent += live.seconds if live is not None else 0.0
+            self.metrics.phase_duration.labels(phase="fold").observe(spent)
             accepted = True
         except Exception as exc:  # the receipt is sent: nobody else to tell
             log.error(

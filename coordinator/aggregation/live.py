@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,7 @@ class LiveFold:
         self._touched = False  # an add began: the sums hold some of this update
         self.folded = 0  # data elements in the sums, counted from the start
         self.carried: list[Carried] = []  # added along, as far as `folded`
+        self.seconds = 0.0  # spent adding (its own values and the carried ones')
         self._spools: SpooledUpdates | None = None  # of the carried updates
         self._opened = contextlib.ExitStack()
 
@@ -100,6 +102,7 @@ class LiveFold:
             if self._revoked:
                 return
             spool.flush()
+            started = time.perf_counter()
             try:
                 carried = self._waiting(self.silo_id)
                 hold = self._sums.carry_hold(len(carried))
@@ -116,6 +119,8 @@ class LiveFold:
             except OSError as exc:
                 self._give_up(exc)
                 return
+            finally:
+                self.seconds += time.perf_counter() - started
             self.folded, self._adding = measured, True
 
     def add(self, element: int, values: torch.Tensor) -> None:
@@ -137,6 +142,7 @@ class LiveFold:
                 raise RuntimeError(f"live fold at element {element}, expected {self.folded}")
             self._touched = True
             count = values.numel()
+            started = time.perf_counter()
             try:
                 norms = self._sums.add_values(
                     element,
@@ -149,6 +155,8 @@ class LiveFold:
             except OSError as exc:
                 self._give_up(exc)
                 return None
+            finally:
+                self.seconds += time.perf_counter() - started
             self.folded += count
             return norms
 

@@ -57,6 +57,8 @@ def test_live_folds_equal_the_spooled_fold_bit_for_bit(
     fold.finish()
     assert_same_sums(fold.aggregate, reference(shape, NAMES, tmp_path))
     live = {u.silo: u.live.folded if u.live else 0 for u in uploads}
+    # the time each live fold spent adding (the fold phase's metric counts it)
+    assert all(u.live.seconds > 0 for u in uploads if u.live is not None and u.live.folded)
     if arrival == "in order":  # every update was next while it streamed: all folded live
         assert live == dict.fromkeys(NAMES, shape.numel)
     if arrival == "reversed":  # only the first in the order was next while streaming

@@ -107,6 +107,9 @@ def test_round_aggregates_sample_weighted_and_checkpoints(
     live = metric("fedmllm_updates_folded_live_total") or 0
     assert live >= 1 and live + (metric("fedmllm_updates_folded_carried_total") or 0) <= 2
     assert metric("fedmllm_fold_rebuilds_total") == 0
+    # each accepted update's fold timed once: at its arrival plus what it added as it streamed
+    assert metric("fedmllm_phase_duration_seconds_count", {"phase": "fold"}) == 2
+    assert metric("fedmllm_phase_duration_seconds_sum", {"phase": "fold"}) > 0
 
 
 def _one_answering(
