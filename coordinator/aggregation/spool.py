@@ -192,7 +192,6 @@ class SpooledUpdates(_Closing):
         """target += alpha * values for each update in turn (the first written instead if
         `write`), values its elements [element, element + len(target)). OSError naming the
         file if one cannot be read."""
-        count = target.numel()
         if not self.paths:
             return
         if self._files:
@@ -200,6 +199,7 @@ class SpooledUpdates(_Closing):
             if not native.add_read(target, spools, element, alphas, write=write, dtype=self._dtype):
                 raise RuntimeError("spooled updates added into a sum that is not float32")
             return
+        count = target.numel()
         values = [view.values(element, count) for view in self._views]
         add_many(target, values, alphas, write=write)
         del values
