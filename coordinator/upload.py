@@ -23,7 +23,7 @@ from coordinator.aggregation.spool import SpoolPool
 from coordinator.checkpoint import no_room
 from coordinator.federation import Federation
 from coordinator.guard import Context, refuse
-from coordinator.permits import chunk_permits, silo_gate
+from coordinator.permits import chunk_permits, silo_gate, within_permit
 from coordinator.rounds import OpenRound, Refusal
 from shared.bounded import printable
 from shared.errors import PayloadError, UpdateRejected
@@ -161,23 +161,22 @@ async def _stream_into(
 
     Each chunk takes a permit before it is read and gives it back once the receiver is done
     with it, so that one upload still reads a chunk while the last is processed, and many
-    uploads together hold CHUNKS_IN_FLIGHT chunks at most. A chunk waits for its silo's gate
-    first: a silo's uploads wait on its network one at a time."""
+    uploads together hold CHUNKS_IN_FLIGHT chunks, and one more for each silo whose network
+    kept its permit waiting past HOLD_S (the permit went back; the chunk, once it came, took
+    one again). A chunk waits for its silo's gate first: a silo's uploads wait on its network
+    one at a time."""
     gate = chunk_permits("upload", CHUNKS_IN_FLIGHT)
     own = silo_gate("upload", silo_id)
     pending: asyncio.Future[Any] | None = None
     trailer: pb.PayloadTrailer | None = None
     try:
         while True:
-            async with own:  # one wait on this silo's network per shared permit
-                await gate.acquire()
-                try:
-                    message = await _next(context, stall_s=stall_s, silo_id=silo_id)
-                    part = None if message is EOF else message.WhichOneof("part")
-                    data = message.data if part == "data" and trailer is None else None
-                except BaseException:
-                    gate.release()
-                    raise
+            async with own:  # one wait on this silo's network at a time
+                message = await within_permit(
+                    gate, _next(context, stall_s=stall_s, silo_id=silo_id), keep=True
+                )
+            part = None if message is EOF else message.WhichOneof("part")
+            data = message.data if part == "data" and trailer is None else None
             if data is None:
                 gate.release()
                 if message is EOF:

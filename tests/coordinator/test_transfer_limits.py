@@ -1,6 +1,6 @@
 """What transfers may hold at the coordinator: chunk permits given back on every refusal,
-a certificate's share of calls, one shared permit per stalling silo, and a download nobody
-reads abandoned after the stall limit."""
+a certificate's share of calls, one shared permit per stalling silo and that only for
+HOLD_S, and a download nobody reads abandoned after the stall limit."""
 
 from __future__ import annotations
 
@@ -13,10 +13,13 @@ from pathlib import Path
 import grpc
 
 from bench.sized_model import sized_model
+from coordinator.download import CHUNKS_IN_FLIGHT as DOWNLOAD_CHUNKS_IN_FLIGHT
+from coordinator.permits import HOLD_S
 from coordinator.run_state import RunSpec
 from coordinator.server import RunningCoordinator, serve
 from coordinator.silo_service import SiloServiceSettings
 from coordinator.upload import CHUNKS_IN_FLIGHT
+from shared.pki import create_federation
 from shared.wire.v1 import federation_pb2 as pb
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
 from tests.conftest import EVALUATOR, coordinator_config, tls
@@ -127,6 +130,43 @@ def test_silos_that_stall_their_uploads_hold_one_shared_permit_each(
             silo.close()
 
 
+def test_as_many_stalling_silos_as_permits_do_not_hold_up_an_honest_upload(
+    certs: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    """CHUNKS_IN_FLIGHT certificates, each with an upload that sends its header and then
+    nothing for the whole stall limit (a minute), would hold every shared permit for that
+    minute if a permit were held for as long as its silo's network keeps it waiting; it is
+    held HOLD_S at most, so an honest silo's upload goes through within seconds."""
+    hostile = [f"silo-{n}" for n in range(1, CHUNKS_IN_FLIGHT + 1)]
+    pki = tmp_path / "pki"
+    create_federation(
+        pki, hosts=["localhost", "127.0.0.1"], silos=[*hostile, "honest"], admins=["admin"]
+    )
+    with serve(coordinator_config(pki, tiny_model, tmp_path / "checkpoints")) as running:
+        silos = {
+            n: ProtocolSilo(running.port, tls(pki, n), tiny_model) for n in [*hostile, "honest"]
+        }
+        spec = RunSpec(rounds=1, silos_per_round=len(silos), min_silos=len(silos))
+        admin_stub(running, pki).StartRun(pb.StartRunRequest(spec=spec.to_proto()))
+        tasks = {n: silo.next_task() for n, silo in silos.items()}
+        release = threading.Event()
+        stalled = [_stalled_upload(silos[n].stub, tasks[n].task_id, release) for n in hostile]
+        try:
+            time.sleep(1.0)  # every stalled upload is admitted, holding a permit, waiting
+            honest, task = silos["honest"], tasks["honest"]
+            payload = wire_payload(task, constant_delta(honest.download(task), 0.01))
+            started = time.monotonic()
+            receipt = honest.stub.UploadUpdate(update_stream(task.task_id, payload), timeout=20)
+            waited = time.monotonic() - started
+            assert receipt.bytes_received == len(payload)
+            assert waited < HOLD_S + 5.0, waited
+            assert not any(call.done() for call in stalled)  # type: ignore[attr-defined]
+        finally:
+            release.set()
+            for silo in silos.values():
+                silo.close()
+
+
 def test_a_silo_that_stops_reading_its_download_is_abandoned_without_holding_others(
     certs: Path, tmp_path: Path
 ) -> None:
@@ -156,3 +196,41 @@ def test_a_silo_that_stops_reading_its_download_is_abandoned_without_holding_oth
         assert refusals(running, "DownloadAdapter", "DEADLINE_EXCEEDED") == 1
         stalled.close()
         honest.close()
+
+
+def test_as_many_silos_not_reading_as_permits_do_not_hold_up_an_honest_download(
+    tmp_path: Path,
+) -> None:
+    """DOWNLOAD_CHUNKS_IN_FLIGHT certificates whose downloads read the header and then nothing
+    for the stall limit (a minute): every shared permit would wait on their networks for that
+    minute if a write held its permit until sent; it holds it HOLD_S at most."""
+    hostile = [f"silo-{n}" for n in range(1, DOWNLOAD_CHUNKS_IN_FLIGHT + 1)]
+    pki = tmp_path / "pki"
+    create_federation(
+        pki, hosts=["localhost", "127.0.0.1"], silos=[*hostile, "honest"], admins=["admin"]
+    )
+    # 64 MB of float32 adapter: more than gRPC's windows and the sockets' buffers take
+    model = sized_model(tmp_path / "model", adapter_bytes=64 * 10**6)
+    with serve(coordinator_config(pki, model, tmp_path / "checkpoints")) as running:
+        silos = {n: ProtocolSilo(running.port, tls(pki, n), model) for n in [*hostile, "honest"]}
+        spec = RunSpec(rounds=1, silos_per_round=len(silos), min_silos=len(silos))
+        admin_stub(running, pki).StartRun(pb.StartRunRequest(spec=spec.to_proto()))
+        tasks = {n: silo.next_task() for n, silo in silos.items()}
+        stalled = []
+        for name in hostile:
+            stream = silos[name].stub.DownloadAdapter(
+                pb.DownloadRequest(task_id=tasks[name].task_id)
+            )
+            assert next(stream).WhichOneof("part") == "header"  # then it reads nothing
+            stalled.append(stream)
+        time.sleep(1.0)  # every stalled download holds a permit, its writes waiting
+        started = time.monotonic()
+        downloaded = silos["honest"].download(tasks["honest"])
+        waited = time.monotonic() - started
+        assert sum(t.numel() for t in downloaded.values()) * 4 >= 60 * 10**6
+        assert waited < HOLD_S + 10.0, waited
+        assert not any(stream.done() for stream in stalled)
+        for stream in stalled:
+            stream.cancel()
+        for silo in silos.values():
+            silo.close()
