@@ -20,6 +20,7 @@ from coordinator.checkpoint import CheckpointFull, CheckpointStore, no_room
 from coordinator.evaluation_round import EvaluationRounds
 from coordinator.flat_adapter import FlatLayout
 from coordinator.global_model import GlobalModel
+from coordinator.kernel_warm_up import start_warm_up
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.registry import SiloRegistry
 from coordinator.rounds import OpenRound, Refusal
@@ -126,6 +127,8 @@ class Federation(SiloRequests, EvaluationRounds, RunLoop):
         )
 
     def _start_thread(self) -> None:
+        if self.model is not None:
+            start_warm_up(self.model)  # while the first round's silos download and train
         self._stop.clear()
         self._thread = threading.Thread(target=self._run_loop, name="run-controller", daemon=True)
         self._thread.start()
