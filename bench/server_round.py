@@ -217,6 +217,27 @@ class Floor:
         started = time.perf_counter()
         for _ in range(updates):
             self.total.add_(self.update)
+        return time.perf_counter() - started + self._step(strategy, updates)
+
+    def received(self, chunks: list[bytes], strategy: str, updates: int) -> float:
+        """The same, each update added chunk by chunk from fresh buffers as they arrive (each
+        chunk copied into a fresh bytes object and CRC-checked by one thread, untimed, as
+        `RoundBench._arrive` hands them on): the floor of adding what the network delivers."""
+        spent = 0.0
+        for _ in range(updates):
+            at, check = 0, PayloadCheck()
+            for chunk in chunks:
+                fresh = bytes(chunk)
+                check.update(fresh)
+                started = time.perf_counter()
+                values = torch.frombuffer(fresh, dtype=torch.float32)
+                self.total[at : at + values.numel()].add_(values)
+                spent += time.perf_counter() - started
+                at += values.numel()
+        return spent + self._step(strategy, updates)
+
+    def _step(self, strategy: str, updates: int) -> float:
+        started = time.perf_counter()
         if strategy == "fedavg":
             self.x.add_(self.total, alpha=1.0 / updates)
         else:

@@ -1,4 +1,5 @@
-"""The native-loop A/B benchmark runs its three rounds per case and leaves the loops on."""
+"""The native-loop A/B benchmark runs its three rounds and the received floor per case and leaves
+the loops on."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from bench.server_round import phases
 from coordinator.aggregation import native
 
 
-def test_each_case_is_timed_three_ways_and_tabulated() -> None:
+def test_each_case_is_timed_four_ways_and_tabulated() -> None:
     if native.library() is None:
         pytest.skip("the native fold loops are not built on this machine")
     times = native_fold.run(params=300_000, repeats=2)
     assert set(times) == set(native_fold.CASES)
-    assert all(len(rows) == 2 and all(t > 0 for r in rows for t in r) for rows in times.values())
+    assert all(
+        len(rows) == 2 and all(len(r) == 4 and min(r) > 0 for r in rows) for rows in times.values()
+    )
     assert native.library() is not None  # turned back on for whatever runs next
     text = native_fold.table(times)
     for case in native_fold.CASES:
@@ -32,6 +35,6 @@ def test_repetitions_are_counted_at_the_speed_their_floor_shows_and_stalls_left_
     assert levels == {"one only": [5, 0, 3, 1]} and stray == 2
     levels, stray = phases([0.05, 0.09])  # too few to tell speeds apart
     assert levels == {"mixed": [0, 1]} and stray == 0
-    text = native_fold.table({native_fold.CASES[0]: [(f, 1.0, 1.0) for f in two]})
+    text = native_fold.table({native_fold.CASES[0]: [(f, 1.0, 1.0, 1.0) for f in two]})
     assert "| fold's | faster | 4 | 50 |" in text and "| fold's | slower | 3 | 88 |" in text
     assert "a stalled floor: fedavg 2 fold's: 1." in text

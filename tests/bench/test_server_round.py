@@ -3,8 +3,12 @@ each memory speed its repetitions met apart."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import torch
+
 from bench import server_optimizer
-from bench.server_round import ORDERS, Case, Timing
+from bench.server_round import ORDERS, Case, Floor, RoundBench, Timing
 
 
 def test_every_case_gets_a_row_per_speed_its_repetitions_met() -> None:
@@ -24,3 +28,16 @@ def test_a_row_reads_one_speed_and_a_stalled_repetition_is_counted_not_mixed_in(
         "| fedavg | 2 | float32 | shuffled | slower | 3 | 88 | 60 | 30 | **0.67 / 0.68** |",
         "| fedavg | 2 | float32 | shuffled | faster | 3 | 50 | 60 | 30 | **1.15 / 1.20** |",
     ]
+
+
+def test_the_received_floor_adds_every_chunk_of_each_update_where_it_belongs(
+    tmp_path: Path,
+) -> None:
+    flat = server_optimizer.lora_layout(3_000_000)  # several chunks per update
+    generator = torch.Generator().manual_seed(0)
+    delta = {t.name: torch.randn(t.shape, generator=generator) for t in flat.tensors}
+    bench = RoundBench(flat=flat, delta=delta, wire="float32", work=tmp_path)
+    assert len(bench.chunks) > 2
+    floor = Floor(flat.numel)
+    assert floor.received(bench.chunks, "fedavg", 2) > 0
+    assert torch.equal(floor.total, 2 * flat.pack(delta))
