@@ -64,9 +64,10 @@ class Case:
 
 # This machine's memory runs at two speeds that change on their own (an `add_` of 150M values
 # takes 16-19 ms in the faster phase, 28-34 in the slower). Repetitions whose floors lie within
-# LEVEL of the fastest among them ran at one speed; a speed needs LEVEL_REPS of them; a
-# repetition at none (a speed too few met, or a stalled floor) is left out, so that a row reads
-# as one phase.
+# LEVEL of the fastest among them ran at one speed, and so did the next such group if its
+# median floor is within LEVEL of theirs (a speed whose floors spread wider than LEVEL is one
+# speed, not two); a speed needs LEVEL_REPS repetitions; a repetition at none (a speed too few
+# met, or a stalled floor) is left out, so that a row reads as one phase.
 LEVEL = 1.3
 LEVEL_REPS = 3
 
@@ -76,13 +77,17 @@ def phases(floors: list[float]) -> tuple[dict[str, list[int]], int]:
     "slower" where there are two, "one only" where one, "mixed" (all of them) where no speed
     holds LEVEL_REPS; and how many fit none."""
     remaining = sorted(range(len(floors)), key=lambda i: floors[i])
-    levels = []
+    groups: list[list[int]] = []
+    median = lambda group: statistics.median(floors[i] for i in group)  # noqa: E731
     while remaining:
         base = floors[remaining[0]]
-        level = [i for i in remaining if floors[i] < LEVEL * base]
-        remaining = remaining[len(level) :]
-        if len(level) >= LEVEL_REPS:
-            levels.append(level)
+        group = [i for i in remaining if floors[i] < LEVEL * base]
+        remaining = remaining[len(group) :]
+        if groups and median(group) < LEVEL * median(groups[-1]):
+            groups[-1] += group
+        else:
+            groups.append(group)
+    levels = [group for group in groups if len(group) >= LEVEL_REPS]
     if not levels:
         return {"mixed": list(range(len(floors)))}, 0
     names = {1: ["one only"], 2: ["faster", "slower"]}.get(len(levels)) or [

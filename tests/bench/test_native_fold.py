@@ -33,6 +33,10 @@ def test_repetitions_are_counted_at_the_speed_their_floor_shows_and_stalls_left_
     assert levels == {"faster": [4, 0, 6, 2], "slower": [1, 3, 5]} and stray == 1
     levels, stray = phases([0.083, 0.085, 0.155, 0.084, 0.493, 0.082])
     assert levels == {"one only": [5, 0, 3, 1]} and stray == 2
+    # a slower phase whose floors spread wider than LEVEL (95 to 140 ms) is one speed, not two
+    spread = [0.068, 0.095, 0.070, 0.108, 0.110, 0.071, 0.112, 0.119, 0.125, 0.072, 0.131, 0.140]
+    levels, stray = phases(spread)
+    assert levels == {"faster": [0, 2, 5, 9], "slower": [1, 3, 4, 6, 7, 8, 10, 11]} and not stray
     levels, stray = phases([0.05, 0.09])  # too few to tell speeds apart
     assert levels == {"mixed": [0, 1]} and stray == 0
     text = native_fold.table({native_fold.CASES[0]: [(f, 1.0, 1.0, 1.0) for f in two]})
