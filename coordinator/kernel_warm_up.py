@@ -1,12 +1,11 @@
 """Compiling a run's kernels before its first round needs them.
 
 The 16-bit fold kernels and the server optimizers' steps are compiled (torch.compile) at
-their first call, and the native loops built and checked at theirs. The first compilation in a
-process takes 8-12 s here with an empty inductor cache (3 s with a warm one), each further
-kernel 0.1-1 s (measured): time the run's first round would spend with its first upload held
-in the fold, and again in its step. A run that starts or resumes compiles them in a thread of
-its own, on a few blocks of values, while its silos download and train; a call that comes
-before they are ready waits for that compilation rather than starting its own.
+their first call (the native float32 loops are built at the coordinator's start). The first
+compilation in a process takes 8-12 s here with an empty inductor cache (3 s with a warm one),
+each further kernel 0.1-1 s (measured): time the run's first round would spend with its first
+upload held in the fold, and again in its step. A run that starts or resumes compiles them in
+a thread of its own, on a few blocks of values, while its silos download and train.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ import time
 
 import torch
 
-from coordinator.aggregation import native
 from coordinator.aggregation.kernels import (
     GROUP,
     add_many,
@@ -44,7 +42,6 @@ def warm_up(model: GlobalModel) -> None:
     started = time.perf_counter()
     wire = model.update_shape(model.wire_dtype).dtype  # (an int8 run folds float32 values)
     try:
-        native.library()
         if wire != "float32":
             _fold_kernels(getattr(torch, wire))
         _step(model)
@@ -86,10 +83,6 @@ def _step(model: GlobalModel) -> None:
     aggregate.total.fill_(1.0)
     if aggregate.control_total is not None:
         aggregate.control_total.zero_()
-    aggregate.weight_sum, aggregate.samples, aggregate.sample_steps, aggregate.updates = (
-        1.0,
-        1,
-        1.0,
-        1,
-    )
+    aggregate.weight_sum, aggregate.updates = 1.0, 1
+    aggregate.samples, aggregate.sample_steps = 1, 1.0
     strategy.apply(flat.zeros(), aggregate)
