@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -136,22 +137,39 @@ def add_summed(x: torch.Tensor, total: torch.Tensor, alpha: float) -> StepSums:
 _compiled: dict[str, Callable[..., Any]] = {}
 
 
+_compiling = threading.Lock()
+
+
 def fused(kernel: Callable[..., Any]) -> Callable[..., Any]:
     """The compiled kernel (compiled once per process, for any buffer length)."""
     if os.environ.get("FEDMLLM_COMPILE", "1") == "0":
         return kernel
     name = kernel.__name__
-    if name not in _compiled:
-        _compiled[name] = _compile(kernel)
-    return _compiled[name]
+    with _compiling:
+        if name not in _compiled:
+            _compiled[name] = _compile(kernel)
+        return _compiled[name]
 
 
 def _compile(kernel: Callable[..., Any]) -> Callable[..., Any]:
     compiled: Callable[..., Any] = torch.compile(kernel, dynamic=True, fullgraph=True)
+    first = threading.Lock()
+    done = False
+
+    def call(*args: Any) -> Any:
+        """The first call compiles; a call made meanwhile (another upload's, the run's warm-up)
+        waits for it rather than compiling the same kernel a second time."""
+        nonlocal done
+        if done:
+            return compiled(*args)
+        with first:
+            result = compiled(*args)
+            done = True
+            return result
 
     def run(*args: Any) -> Any:
         try:
-            return compiled(*args)
+            return call(*args)
         except Exception as exc:  # no C++ toolchain, unsupported platform, ...
             log.warning("fused %s kernel unavailable (%s); running eagerly", kernel.__name__, exc)
             _compiled[kernel.__name__] = kernel

@@ -5,6 +5,7 @@ round compiles its kernels then. A run that starts warms them up in a thread of 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from coordinator.global_model import GlobalModel
 from coordinator.kernel_warm_up import warm_up
 from coordinator.run_state import RunSpec
 from coordinator.server import RunningCoordinator
+from coordinator.strategies.kernels import fused, hyper
 from shared.wire.v1 import federation_pb2 as pb
 from tests.helpers import admin_stub
 
@@ -53,6 +55,30 @@ def test_after_the_warm_up_a_round_compiles_nothing(
     bench.ours(warmed, case)
     bench.ours(warmed, case)
     assert _compiled_graphs() == before
+
+
+def test_calls_made_while_a_kernel_compiles_wait_for_it_rather_than_compile_it_again() -> None:
+    """The run's warm-up and an early upload (or two uploads' first chunks) call a kernel at
+    once: it is compiled once, the other call waiting for it."""
+
+    def scaled_plus_one(values: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return values * h[0] + 1.0
+
+    values = torch.arange(4096, dtype=torch.float32)
+    start, results = threading.Barrier(2), []
+
+    def call() -> None:
+        start.wait()
+        results.append(fused(scaled_plus_one)(values, hyper(2.0)))
+
+    before = _compiled_graphs()
+    threads = [threading.Thread(target=call) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert _compiled_graphs() == before + 1
+    assert len(results) == 2 and all(torch.equal(r, values * 2.0 + 1.0) for r in results)
 
 
 def test_a_started_run_warms_up_its_kernels(
