@@ -26,6 +26,7 @@ import os
 import random
 import statistics
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -135,6 +136,17 @@ HEADER = (
 )
 
 
+def arriving(chunks: list[bytes]) -> Iterator[bytes]:
+    """Each chunk as the receiver gets it: copied into a fresh bytes object, as `message.data`
+    hands it on, and CRC-checked by one thread, as the receiver checks a chunk before measuring
+    it (transport: done while the caller's clock is stopped, before each is yielded)."""
+    check = PayloadCheck()
+    for chunk in chunks:
+        fresh = bytes(chunk)
+        check.update(fresh)
+        yield fresh
+
+
 class RoundBench:
     """The updates of one wire dtype: their chunks as a silo sends them, and their spools."""
 
@@ -166,11 +178,8 @@ class RoundBench:
     ) -> tuple[UpdateStatistics, float]:
         """Measure one update as its chunks arrive (folding it live if `live` is granted)."""
         statistics_ = UpdateStatistics(self.shape, sink=live)
-        check = PayloadCheck()
         spent = 0.0
-        for chunk in self.chunks:
-            fresh = bytes(chunk)
-            check.update(fresh)  # transport, as the receiver checks a chunk before measuring it
+        for fresh in arriving(self.chunks):
             started = time.perf_counter()
             if live is not None:
                 live.resume(statistics_.element, spool, path)
@@ -226,14 +235,12 @@ class Floor:
 
     def received(self, chunks: list[bytes], strategy: str, updates: int) -> float:
         """The same, each update added chunk by chunk from fresh buffers as they arrive (each
-        chunk copied into a fresh bytes object and CRC-checked by one thread, untimed, as
-        `RoundBench._arrive` hands them on): the floor of adding what the network delivers."""
+        chunk as `arriving` hands it on, as the coordinator's round gets it): the floor of
+        adding what the network delivers."""
         spent = 0.0
         for _ in range(updates):
-            at, check = 0, PayloadCheck()
-            for chunk in chunks:
-                fresh = bytes(chunk)
-                check.update(fresh)
+            at = 0
+            for fresh in arriving(chunks):
                 started = time.perf_counter()
                 values = torch.frombuffer(fresh, dtype=torch.float32)
                 self.total[at : at + values.numel()].add_(values)

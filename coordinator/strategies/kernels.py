@@ -156,20 +156,17 @@ def _compile(kernel: Callable[..., Any]) -> Callable[..., Any]:
     first = threading.Lock()
     done = False
 
-    def call(*args: Any) -> Any:
-        """The first call compiles; a call made meanwhile (another upload's, the run's warm-up)
-        waits for it rather than compiling the same kernel a second time."""
+    def run(*args: Any) -> Any:
         nonlocal done
-        if done:
-            return compiled(*args)
-        with first:
-            result = compiled(*args)
+        try:
+            if done:
+                return compiled(*args)
+            # the first call compiles; a call made meanwhile (another upload's, the run's
+            # warm-up) waits for it rather than compiling the same kernel a second time
+            with first:
+                result = compiled(*args)
             done = True
             return result
-
-    def run(*args: Any) -> Any:
-        try:
-            return call(*args)
         except Exception as exc:  # no C++ toolchain, unsupported platform, ...
             log.warning("fused %s kernel unavailable (%s); running eagerly", kernel.__name__, exc)
             _compiled[kernel.__name__] = kernel
