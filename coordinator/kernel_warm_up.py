@@ -21,7 +21,7 @@ from coordinator.aggregation.kernels import (
     add_many,
     add_measured,
     add_scaled,
-    reads_bfloat16,
+    native_bfloat16,
     widened_norms,
 )
 from coordinator.flat_adapter import FlatLayout
@@ -72,7 +72,7 @@ def _fold_kernels(dtype: torch.dtype) -> None:
     for count in range(2, GROUP + 1):  # the first is added alone, then a group of `count`
         add_many(total, [values] * (count + 1), [0.5] * (count + 1))
     if dtype == torch.bfloat16:
-        reads_bfloat16()
+        native_bfloat16()
 
 
 def _step(model: GlobalModel) -> None:

@@ -7,7 +7,9 @@ values), and widening a block first costs an extra pass (39 ms).
 A 16-bit update folded as it arrives is also measured in that loop (`add_measured`): the
 block norms then cost no pass of their own (measured over 150M bfloat16 values in 4 MiB
 chunks: 22 ms for both, against 15-24 ms for the norms and 20-25 ms for the add apart); a
-float32 one in a native loop (native.py) that adds as `add_` does.
+float32 one in a native loop (native.py) that adds as `add_` does, and a bfloat16 one in that
+loop too where it adds as these kernels do (`native_bfloat16`): 16-18 against these kernels'
+24-28 ms per 150M values in fresh 4 MiB chunks.
 Several updates waiting in their spools are added in one pass over the sum (`add_many`), with
 the same arithmetic per value and in the same order as one after another, so the same bits:
 16-bit ones up to GROUP at a time in one compiled loop, float32 ones by `add_` over a window
@@ -84,9 +86,14 @@ def add_measured(
     total: torch.Tensor, values: torch.Tensor, alpha: float, *, write: bool
 ) -> torch.Tensor:
     """add_scaled of whole blocks of values, returning each block's norm (float32) from the
-    same pass: 16-bit ones in a compiled loop, float32 ones in the native loop (native.py;
-    the caller offers them only where it serves). The sums get the values before they are
-    checked: a caller that then refuses them rebuilds the sums."""
+    same pass: in the native loop (native.py) float32 ones (the caller offers them only where
+    it serves) and bfloat16 ones where it adds them as the compiled loop does, otherwise 16-bit
+    ones in the compiled loop. The sums get the values before they are checked: a caller that
+    then refuses them rebuilds the sums."""
+    if values.dtype == torch.bfloat16 and native_bfloat16():
+        measured = native.add_measured(total, values, alpha, write=write, size=BLOCK_ELEMENTS)
+        if measured is not None:
+            return measured
     if values.dtype != torch.float32:
         kernel = write_widened_measured if write else add_widened_measured
         widened: torch.Tensor = fused(kernel)(total, values, hyper(alpha))
@@ -107,7 +114,13 @@ def _widened_norms(values: torch.Tensor) -> torch.Tensor:
 def widened_norms(values: torch.Tensor) -> torch.Tensor:
     """The norms of whole blocks of 16-bit values in one compiled loop (faster than the eager
     reduction, measured: 10 against 14 ms over 150M bfloat16 values in 4 MiB chunks; its
-    sums may differ from the eager ones in the last bits)."""
+    sums may differ from the eager ones in the last bits). Where the native loop serves
+    bfloat16 values (`native_bfloat16`) they are measured by it instead, as the fold's pass
+    measures them, on the calling thread (the chunk it has just checked)."""
+    if values.dtype == torch.bfloat16 and native_bfloat16():
+        measured = native.block_norms(values, values.numel() // BLOCK_ELEMENTS)
+        if measured is not None:
+            return measured
     norms: torch.Tensor = fused(_widened_norms)(values)
     return norms
 
@@ -130,18 +143,19 @@ _checking = threading.Lock()
 
 
 @functools.cache
-def reads_bfloat16() -> bool:
-    """Whether bfloat16 spools are read by the native loop (native.py): only where it adds
-    them as the compiled widening kernels do, bit for bit, on this machine (an update folded
-    live goes through those, one from its spool through the loop, and both must leave the
-    same sums). Checked once per process, at the first bfloat16 spool read, compiling the
-    kernels then if they were not yet; otherwise the spools are mapped and these kernels
-    serve."""
-    with _checking:  # (two uploads' first reads at once: one check after the other)
-        return native.library() is not None and _reads_bfloat16()
+def native_bfloat16() -> bool:
+    """Whether the native loops (native.py) add and measure bfloat16 updates (folded live,
+    measured on arrival, read from their spools): only where they add them as the compiled
+    widening kernels do, bit for bit, on this machine (a stretch of an update that is not a
+    whole block is added by those, and all of an update's stretches must leave the sums as one
+    loop would). Checked once per process, at the first bfloat16 update, compiling the
+    kernels then if they were not yet; otherwise these kernels serve and the spools are
+    mapped."""
+    with _checking:  # (two uploads' first values at once: one check after the other)
+        return native.library() is not None and _native_bfloat16()
 
 
-def _reads_bfloat16() -> bool:
+def _native_bfloat16() -> bool:
     generator = torch.Generator().manual_seed(0)
     count = 3 * BLOCK_ELEMENTS  # (whole blocks, which the measuring kernels take)
     values = (torch.randn(count, generator=generator) * 3).to(torch.bfloat16)
@@ -155,18 +169,28 @@ def _reads_bfloat16() -> bool:
                 (False, (add_widened, add_widened_measured)),
                 (True, (write_widened, write_widened_measured)),
             ):
-                got = start.clone()
-                native.add_read(got, spool, 0, [alpha], write=write, dtype="bfloat16")
+                read, live = start.clone(), start.clone()
+                native.add_read(read, spool, 0, [alpha], write=write, dtype="bfloat16")
+                norms = native.add_measured(live, values, alpha, write=write, size=BLOCK_ELEMENTS)
                 for kernel in compiled:
                     expected = start.clone()
                     fused(kernel)(expected, values, hyper(alpha))
-                    if not torch.equal(got, expected):
+                    if not (torch.equal(read, expected) and torch.equal(live, expected)):
                         log.warning(
-                            "bfloat16 spools are mapped, not read by the native loop: it adds "
-                            "them other than the compiled %s on this machine",
+                            "bfloat16 updates are added by the compiled kernels, and their "
+                            "spools mapped, not by the native loop: it adds them other than "
+                            "the compiled %s on this machine",
                             kernel.__name__,
                         )
                         return False
+                if norms is None or not torch.allclose(
+                    norms, fused(_widened_norms)(values), rtol=1e-5, atol=0.0
+                ):
+                    log.warning(
+                        "bfloat16 updates are measured by the compiled kernels, not by the "
+                        "native loop: its block norms are wrong on this machine"
+                    )
+                    return False
     return True
 
 

@@ -7,12 +7,13 @@ cut its chunks. A sender that cuts on block boundaries (ours does) is measured i
 complete blocks per call; only a block split across two chunks is pieced together.
 The block norms vouch for the values as well (no value exceeds its block's norm), so a chunk
 costs one pass; only a block whose norm is large or not finite is checked value by value.
-A 16-bit update offered a live fold is measured in its fold's pass once it is folded live, and
+A float32 update is measured by the native loops (native.py) where they serve, in its live
+fold's pass or alone, the same bits either way; by ATen's norm where they do not. So is a
+bfloat16 update where the native loops serve bfloat16 (kernels.native_bfloat16). Elsewhere a
+16-bit update offered a live fold is measured in its fold's pass once it is folded live, and
 in a compiled loop of its own before that (both loops' block sums may differ from the eager
 ones in the last bits): its norm then serves nothing, since only rules without clipping offer
-live folds, and the bound holds for any summation order. A float32 update is measured by the
-native loops (native.py) where they serve, in its live fold's pass or alone, the same bits
-either way; by ATen's norm where they do not.
+live folds, and the bound holds for any summation order.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Protocol
 import torch
 
 from coordinator.aggregation import native
-from coordinator.aggregation.kernels import widened_norms
+from coordinator.aggregation.kernels import native_bfloat16, widened_norms
 from coordinator.aggregation.shape import UpdateShape
 from shared.errors import PayloadError, UpdateRejected
 from shared.payload import BLOCK_ELEMENTS
@@ -63,6 +64,9 @@ class UpdateStatistics:
         # the widening pass, or the native float32 loop, can measure too
         self._fusable = shape.dtype != "float32" or native.library() is not None
         self._dtype = getattr(torch, shape.dtype)
+        # measured by the native loops where they are not folded live (a bfloat16 update
+        # there only where they serve bfloat16: asked at its first values, not here)
+        self._native: bool | None = True if shape.dtype == "float32" else None
         self._itemsize = shape.itemsize
         self._runs = shape.runs
         self._run = 0  # index of the run being measured
@@ -106,8 +110,8 @@ class UpdateStatistics:
             norms = self._sink.add_measuring(self.element, values)
             sunk = norms is not None
             if norms is None and self._dtype != torch.float32:
-                norms = widened_norms(values)  # not (yet) folded live: a compiled loop all the same
-        if norms is None and self._dtype == torch.float32:
+                norms = widened_norms(values)  # not (yet) folded live: as its fold would
+        if norms is None and self._measured_natively():
             norms = native.block_norms(values, blocks)
         if norms is None:
             norms = torch.linalg.vector_norm(values.view(blocks, -1), dim=1, dtype=torch.float32)
@@ -121,6 +125,11 @@ class UpdateStatistics:
         self.element += values.numel()
         if self._room() == 0:
             self._run += 1
+
+    def _measured_natively(self) -> bool:
+        if self._native is None:
+            self._native = self._dtype == torch.bfloat16 and native_bfloat16()
+        return self._native
 
     def _check_values(self, values: torch.Tensor) -> None:
         """Refuse the first non-finite or too large value, naming its tensor."""

@@ -1,15 +1,17 @@
-/* Native loops for the coordinator's float32 fold (loaded by coordinator/aggregation/native.py).
+/* Native loops for the coordinator's fold (loaded by coordinator/aggregation/native.py).
  *
  * Each loop reads its buffers once: an update's block is added to the running sum and its sum
  * of squares taken in the same pass (ATen needs two: `add_`, then a norm); spooled updates are
  * read from their files into a small buffer of each thread's and added from there, with no
- * mapping of the files (whose pages cost a fault each, and an unmapping). The additions are
- * ATen's own, bit for bit: fmaf(alpha, value, sum), as its vectorised `add_` computes them;
- * native.py checks that on the machine before it uses this file. Every block is measured by
- * the same code in the same order (64 lanes, each summing every 64th square, then the lanes
- * summed in order), whichever loop measures it and however many threads run: a block's norm
- * does not depend on how it was reached. Built without floating-point contraction, so that
- * every clone (AVX-512, AVX2, plain x86-64) gives the same bits.
+ * mapping of the files (whose pages cost a fault each, and an unmapping). float32 values are
+ * added as ATen's vectorised `add_` adds them, bit for bit: fmaf(alpha, value, sum); bfloat16
+ * ones are widened and added as the coordinator's compiled widening kernels add them, product
+ * then sum; native.py and kernels.py check both on the machine before they use this file.
+ * Every block is measured by the same code in the same order (64 lanes, each summing every
+ * 64th square, then the lanes summed in order), whichever loop measures it and however many
+ * threads run: a block's norm does not depend on how it was reached. Built without
+ * floating-point contraction, so that every clone (AVX-512, AVX2, plain x86-64) gives the same
+ * bits.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -29,24 +31,47 @@
 
 enum { MEASURE = 0, ADD = 1, WRITE = 2 };
 
-/* The block's norm; with ADD, sum[i] += alpha * values[i] (one rounding); with WRITE,
- * sum[i] = alpha * values[i]. */
+/* bfloat16 to float32: the same value (its bits are a float32's upper half). */
+static inline float widen(uint16_t half) {
+    uint32_t bits = (uint32_t)half << 16;
+    float value;
+    memcpy(&value, &bits, sizeof value);
+    return value;
+}
+
+/* The value at index i of float32 `values`, or of bfloat16 ones (`widened`), as a float32. */
+static inline __attribute__((always_inline)) float value_at(const void *restrict values,
+                                                             int64_t i, int widened) {
+    return widened ? widen(((const uint16_t *)values)[i]) : ((const float *)values)[i];
+}
+
+/* sum + alpha * v as the fold adds an update of its kind: a float32 one with one rounding, as
+ * ATen's add_; a widened bfloat16 one with two, product then sum, as the compiled widening
+ * kernels (coordinator/aggregation/kernels.py) add it. */
+static inline __attribute__((always_inline)) float added(float sum, float v, float alpha,
+                                                          int widened) {
+    return widened ? sum + v * alpha : fmaf(alpha, v, sum);
+}
+
+/* The block's norm; with ADD, sum[i] = added(sum[i], values[i]); with WRITE, sum[i] = alpha *
+ * values[i]. */
 static inline __attribute__((always_inline)) float block(
-    float *restrict sum, const float *restrict values, float alpha, int64_t count, int mode) {
+    float *restrict sum, const void *restrict values, float alpha, int64_t count, int mode,
+    int widened) {
     float lanes[LANES] = {0};
     int64_t whole = count - count % LANES;
     for (int64_t i = 0; i < whole; i += LANES) {
 #pragma omp simd
         for (int j = 0; j < LANES; j++) {
-            float v = values[i + j];
-            if (mode == ADD) sum[i + j] = fmaf(alpha, v, sum[i + j]);
+            float v = value_at(values, i + j, widened);
+            if (mode == ADD) sum[i + j] = added(sum[i + j], v, alpha, widened);
             if (mode == WRITE) sum[i + j] = alpha * v;
             lanes[j] += v * v;
         }
     }
     for (int64_t i = whole; i < count; i++) {
-        float v = values[i];
-        if (mode == ADD) sum[i] = fmaf(alpha, v, sum[i]);
+        float v = value_at(values, i, widened);
+        if (mode == ADD) sum[i] = added(sum[i], v, alpha, widened);
         if (mode == WRITE) sum[i] = alpha * v;
         lanes[i - whole] += v * v;
     }
@@ -55,22 +80,37 @@ static inline __attribute__((always_inline)) float block(
     return sqrtf(squares);
 }
 
-/* norms[b] = the L2 norm of values[b * size : (b + 1) * size], for b < blocks. */
-CLONES void block_norms(const float *restrict values, int64_t blocks, int64_t size,
-                        float *restrict norms, int threads) {
+/* norms[b] = the L2 norm of values[b * size : (b + 1) * size], for b < blocks: float32 values,
+ * or bfloat16 ones if `widened`. */
+CLONES void block_norms(const void *restrict values, int64_t blocks, int64_t size,
+                        float *restrict norms, int threads, int widened) {
+    size_t itemsize = widened ? sizeof(uint16_t) : sizeof(float);
 #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t b = 0; b < blocks; b++)
-        norms[b] = block(0, values + b * size, 0.0f, size, MEASURE);
+    for (int64_t b = 0; b < blocks; b++) {
+        const char *at = (const char *)values + b * size * itemsize;
+        norms[b] = widened ? block(0, at, 0.0f, size, MEASURE, 1)
+                           : block(0, at, 0.0f, size, MEASURE, 0);
+    }
 }
 
-/* sum += alpha * values (or sum = alpha * values if `write`), with block_norms of values. */
-CLONES void add_measured(float *restrict sum, const float *restrict values, float alpha,
+/* sum = added(sum, values) (or sum = alpha * values if `write`), with block_norms of values:
+ * float32 values, or bfloat16 ones if `widened`. */
+CLONES void add_measured(float *restrict sum, const void *restrict values, float alpha,
                          int write, int64_t blocks, int64_t size, float *restrict norms,
-                         int threads) {
+                         int threads, int widened) {
+    size_t itemsize = widened ? sizeof(uint16_t) : sizeof(float);
+    int mode = write ? WRITE : ADD;
 #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t b = 0; b < blocks; b++)
-        norms[b] = write ? block(sum + b * size, values + b * size, alpha, size, WRITE)
-                         : block(sum + b * size, values + b * size, alpha, size, ADD);
+    for (int64_t b = 0; b < blocks; b++) {
+        float *s = sum + b * size;
+        const char *at = (const char *)values + b * size * itemsize;
+        if (widened)
+            norms[b] = mode == WRITE ? block(s, at, alpha, size, WRITE, 1)
+                                     : block(s, at, alpha, size, ADD, 1);
+        else
+            norms[b] = mode == WRITE ? block(s, at, alpha, size, WRITE, 0)
+                                     : block(s, at, alpha, size, ADD, 0);
+    }
 }
 
 /* Values each thread reads from a file at a time into its buffer (256 KiB): whole stretches of
@@ -87,14 +127,6 @@ static int read_fully(int fd, char *into, size_t count, int64_t offset) {
         into += got, count -= (size_t)got, offset += got;
     }
     return 0;
-}
-
-/* bfloat16 to float32: the same value (its bits are a float32's upper half). */
-static inline float widen(uint16_t half) {
-    uint32_t bits = (uint32_t)half << 16;
-    float value;
-    memcpy(&value, &bits, sizeof value);
-    return value;
 }
 
 /* sum += alphas[j] * values_j for each file j in turn, values_j the `count` values at byte

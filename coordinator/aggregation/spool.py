@@ -18,7 +18,7 @@ from typing import BinaryIO, ClassVar, Self
 import torch
 
 from coordinator.aggregation import native
-from coordinator.aggregation.kernels import add_many, reads_bfloat16
+from coordinator.aggregation.kernels import add_many, native_bfloat16
 
 PAGE = mmap.PAGESIZE
 INCOMING = "incoming"  # the spool directory, inside the checkpoint directory
@@ -150,7 +150,7 @@ class SpoolView(_Closing):
 class SpooledUpdates(_Closing):
     """Several spooled updates, added into a running sum stretch by stretch (use as a context
     manager). Float32 and bfloat16 ones (bfloat16 where the native loop adds them as the
-    compiled widening kernels do: kernels.reads_bfloat16) are read from their files by the
+    compiled widening kernels do: kernels.native_bfloat16) are read from their files by the
     native loop (native.py): each thread reads a stretch of one file after another into a
     buffer of its own and adds it from there, so the files are never mapped; a mapped page
     costs a fault on first touch and a flush of both CPUs' address caches when let go. Read,
@@ -171,7 +171,7 @@ class SpooledUpdates(_Closing):
         self._opened = contextlib.ExitStack()
         try:
             if native.library() is not None and (
-                dtype == "float32" or (dtype == "bfloat16" and reads_bfloat16())
+                dtype == "float32" or (dtype == "bfloat16" and native_bfloat16())
             ):
                 itemsize = getattr(torch, dtype).itemsize
                 self._files = [self._opened.enter_context(p.open("rb")) for p in self.paths]

@@ -72,6 +72,32 @@ def test_the_fused_add_equals_aten_bit_for_bit_with_the_same_norms(
     assert torch.allclose(norms, exact, rtol=1e-5, atol=0.0)
 
 
+@pytest.mark.parametrize("size", [BLOCK_ELEMENTS, 4_099, 1])
+@pytest.mark.parametrize("alpha", [0.37, 1 / 3, -2.5])
+@pytest.mark.parametrize("write", [False, True])
+def test_bfloat16_values_are_added_as_the_compiled_widening_kernels_add_them(
+    size: int, alpha: float, write: bool
+) -> None:
+    """The native loop widens and adds bfloat16 values with the compiled kernels' two roundings
+    (a stretch that is not a whole block is added by those), and measures them as it measures
+    float32 ones: the norms of the widened values."""
+    if native.library() is None or not kernels.native_bfloat16():
+        pytest.skip("the native loops do not add bfloat16 values on this machine")
+    values = _values(3 * size, seed=size).to(torch.bfloat16)
+    start = _values(3 * size, seed=size + 1)
+    expected = start.clone()
+    kernel = kernels.write_widened if write else kernels.add_widened
+    kernels.fused(kernel)(expected, values, kernels.hyper(alpha))
+    got = start.clone()
+    norms = native.add_measured(got, values, alpha, write=write, size=size)
+    assert norms is not None
+    assert torch.equal(got.view(torch.int32), expected.view(torch.int32))  # zeros' signs too
+    alone = native.block_norms(values, 3)
+    assert alone is not None and torch.equal(alone, norms)
+    widened = native.block_norms(values.float(), 3)
+    assert widened is not None and torch.equal(widened, norms)  # the same values, the same bits
+
+
 def test_a_block_measures_the_same_on_any_number_of_threads() -> None:
     lib = native.library()
     if lib is None:
@@ -80,7 +106,7 @@ def test_a_block_measures_the_same_on_any_number_of_threads() -> None:
     per_thread = []
     for threads in (1, 2, 3):
         norms = torch.empty(7)
-        lib.block_norms(values.data_ptr(), 7, BLOCK_ELEMENTS, norms.data_ptr(), threads)
+        lib.block_norms(values.data_ptr(), 7, BLOCK_ELEMENTS, norms.data_ptr(), threads, 0)
         per_thread.append(norms)
     assert all(torch.equal(norms, per_thread[0]) for norms in per_thread)
 
@@ -109,18 +135,19 @@ def test_the_summing_step_moves_the_weights_as_add_does() -> None:
     assert float(squares) == pytest.approx(float(total.double().square().sum()), rel=1e-12)
 
 
-def test_an_update_measures_the_same_bits_folded_live_or_alone() -> None:
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_an_update_measures_the_same_bits_folded_live_or_alone(dtype: str) -> None:
     """The norm of an update decides its clipping: measured alone (it arrived early) or in
     its live fold's pass, it must be the same."""
-    if native.library() is None:
-        pytest.skip("without the native loops a float32 update is never measured in its fold")
+    if native.library() is None or (dtype == "bfloat16" and not kernels.native_bfloat16()):
+        pytest.skip("without the native loops an update is measured one way or the other")
     shapes = {"a.lora_A.weight": (8, 9_000), "b.lora_B.weight": (37_000, 2)}
     layout = FlatLayout.of({k: torch.zeros(s) for k, s in shapes.items()})
     generator = torch.Generator().manual_seed(4)
     state = {k: torch.randn(s, generator=generator) for k, s in shapes.items()}
-    encoder = StateEncoder(state, dtype=torch.float32)
+    encoder = StateEncoder(state, dtype=getattr(torch, dtype))
     data = encoder.data(0, encoder.numel)
-    shape = UpdateShape(layout=layout, dtype="float32")
+    shape = UpdateShape(layout=layout, dtype=dtype)
 
     class Live:
         def __init__(self) -> None:
@@ -128,7 +155,8 @@ def test_an_update_measures_the_same_bits_folded_live_or_alone() -> None:
             self.fused = 0  # blocks added and measured in one pass
 
         def add(self, element: int, values: torch.Tensor) -> None:
-            self.total[element : element + values.numel()].add_(values)
+            target = self.total[element : element + values.numel()]
+            kernels.add_scaled(target, values, 1.0, write=False)
 
         def add_measuring(self, element: int, values: torch.Tensor) -> torch.Tensor | None:
             target = self.total[element : element + values.numel()]
@@ -141,7 +169,8 @@ def test_an_update_measures_the_same_bits_folded_live_or_alone() -> None:
         statistics.consume(memoryview(data))
     assert live.fused == shape.numel // BLOCK_ELEMENTS  # every whole block in the fold's pass
     assert measured_live.norm == alone.norm
-    assert torch.equal(live.total, torch.frombuffer(bytearray(data), dtype=torch.float32))
+    sent = torch.frombuffer(bytearray(data), dtype=getattr(torch, dtype))
+    assert torch.equal(live.total, sent.float())
 
 
 def test_without_a_compiler_aten_serves_and_says_why(
@@ -176,7 +205,7 @@ def test_fedmllm_compile_0_turns_them_off(monkeypatch: pytest.MonkeyPatch) -> No
 @pytest.mark.parametrize(
     ("fused", "twice", "why"),
     [
-        ("fmaf(alpha, v, sum[i + j])", "(alpha * v) + sum[i + j]", "its additions differ"),
+        ("fmaf(alpha, v, sum)", "(alpha * v) + sum", "its additions differ"),
         ("fmaf(a, v[i], s[i])", "(a * v[i]) + s[i]", "its additions from spooled files differ"),
     ],
 )

@@ -19,7 +19,7 @@ from coordinator.aggregation.spool import SpooledUpdates, SpoolPool, SpoolView
 from coordinator.flat_adapter import FlatLayout
 from coordinator.run_state import RunSpec
 from coordinator.server import RunningCoordinator
-from shared.payload import PayloadDigest
+from shared.payload import BLOCK_ELEMENTS, PayloadDigest
 from shared.safetensors_stream import StateEncoder
 from shared.wire.v1 import federation_pb2 as pb
 from shared.wire.v1 import federation_pb2_grpc as pb_grpc
@@ -184,7 +184,7 @@ def test_spooled_updates_add_as_the_kernels_do_one_after_another_read_or_mapped(
     the same bits as the fold's kernels adding one update after another (ATen's `add_` for
     float32, the compiled widening loop for bfloat16), which a live fold uses."""
     if reading == "read" and (
-        native.library() is None or (dtype == "bfloat16" and not kernels.reads_bfloat16())
+        native.library() is None or (dtype == "bfloat16" and not kernels.native_bfloat16())
     ):
         pytest.skip("the native loops do not read these spools on this machine")
     length, element = 3 * 65_536 + 1_001, 4_099
@@ -207,30 +207,37 @@ def test_spooled_updates_add_as_the_kernels_do_one_after_another_read_or_mapped(
         assert all(mapped_kib(path) == 0 for path in paths)
 
 
+@pytest.mark.parametrize("loop", ["add_read", "add_measured"])
 def test_bfloat16_spools_are_mapped_where_the_loop_would_add_otherwise(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, loop: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A loop that does not add as the compiled widening kernels do (here: one that leaves the
-    first value a step off, injected) is not used for bfloat16 spools: they are mapped."""
+    first value a step off, injected, reading spools or adding live) is not used for bfloat16
+    updates: their spools are mapped, and the compiled kernels add and measure them live."""
     if native.library() is None:
         pytest.skip("the native loops are not built on this machine")
-    read = native.add_read
+    honest = getattr(native, loop)
 
-    def off_by_a_step(total: torch.Tensor, *args: Any, **kw: Any) -> bool:
-        done = read(total, *args, **kw)
+    def off_by_a_step(total: torch.Tensor, *args: Any, **kw: Any) -> Any:
+        done = honest(total, *args, **kw)
         total[0] = torch.nextafter(total[0], torch.tensor(math.inf))
         return done
 
-    monkeypatch.setattr(native, "add_read", off_by_a_step)
-    kernels.reads_bfloat16.cache_clear()
+    monkeypatch.setattr(native, loop, off_by_a_step)
+    kernels.native_bfloat16.cache_clear()
     try:
         with caplog.at_level(logging.WARNING):
-            assert not kernels.reads_bfloat16()
-        assert "bfloat16 spools are mapped, not read by the native loop" in caplog.text
+            assert not kernels.native_bfloat16()
+        assert "bfloat16 updates are added by the compiled kernels" in caplog.text
         with SpooledUpdates(_spooled(tmp_path, 1, 1000, "bfloat16"), "bfloat16") as spooled:
             assert spooled._views and not spooled._files
+        values = torch.randn(2 * BLOCK_ELEMENTS).to(torch.bfloat16)
+        total, expected = torch.zeros(values.numel()), torch.zeros(values.numel())
+        kernels.add_measured(total, values, 0.5, write=False)
+        kernels.fused(kernels.add_widened)(expected, values, kernels.hyper(0.5))
+        assert torch.equal(total, expected)  # not a step off: the compiled kernel added them
     finally:
-        kernels.reads_bfloat16.cache_clear()  # (the next test asks again, unpatched)
+        kernels.native_bfloat16.cache_clear()  # (the next test asks again, unpatched)
 
 
 def test_a_spooled_update_too_short_or_unreadable_is_named(tmp_path: Path) -> None:
