@@ -98,17 +98,31 @@ def test_bfloat16_values_are_added_as_the_compiled_widening_kernels_add_them(
     assert widened is not None and torch.equal(widened, norms)  # the same values, the same bits
 
 
-def test_a_block_measures_the_same_on_any_number_of_threads() -> None:
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_block_adds_and_measures_the_same_on_any_number_of_threads(dtype: str) -> None:
+    """Blocks are taken by whichever thread is ready (the caller's from the last one down,
+    the others' from the first one up): each is added and measured whole, every one once."""
     lib = native.library()
     if lib is None:
         pytest.skip("the native loops are not built on this machine")
-    values = _values(7 * BLOCK_ELEMENTS, seed=5)
-    per_thread = []
-    for threads in (1, 2, 3):
-        norms = torch.empty(7)
-        lib.block_norms(values.data_ptr(), 7, BLOCK_ELEMENTS, norms.data_ptr(), threads, 0)
-        per_thread.append(norms)
-    assert all(torch.equal(norms, per_thread[0]) for norms in per_thread)
+    values = _values(7 * BLOCK_ELEMENTS, seed=5).to(getattr(torch, dtype))
+    start = _values(7 * BLOCK_ELEMENTS, seed=6)
+    widened = int(dtype == "bfloat16")
+    results = []
+    for threads in (1, 2, 3, 8):
+        norms, measured, total = torch.empty(7), torch.empty(7), start.clone()
+        lib.block_norms(values.data_ptr(), 7, BLOCK_ELEMENTS, norms.data_ptr(), threads, widened)
+        lib.add_measured(
+            total.data_ptr(), values.data_ptr(), 0.37, 0, 7, BLOCK_ELEMENTS,
+            measured.data_ptr(), threads, widened,
+        )  # fmt: skip
+        assert torch.equal(norms, measured)
+        results.append((norms, total))
+    for norms, total in results:
+        assert torch.equal(norms, results[0][0]) and torch.equal(total, results[0][1])
+    expected = start.clone()
+    kernels.add_scaled(expected, values, 0.37, write=False)  # each value added once
+    assert torch.equal(results[0][1], expected)
 
 
 def test_the_non_finite_show_in_the_norms_and_in_the_weight_sum() -> None:
