@@ -97,7 +97,8 @@ CLONES void block_norms(const void *restrict values, int64_t blocks, int64_t siz
 /* The next block for the calling thread to take, or -1 when all `blocks` are taken: the thread
  * that called the loop (the team's first) takes them from the last one down, the others from
  * the first one up, until they meet. */
-static inline int64_t next_block(int64_t *claimed, int64_t *front, int64_t *back, int64_t blocks) {
+static inline int64_t next_block(int64_t *claimed, int64_t *front, int64_t *back,
+                                 int64_t blocks) {
     int64_t count, taken;
 #pragma omp atomic capture
     count = (*claimed)++;
@@ -141,7 +142,10 @@ CLONES void add_measured(float *restrict sum, const void *restrict values, float
 }
 
 /* Values each thread reads from a file at a time into its buffer (256 KiB): whole stretches of
- * the sum, the files one after another, each stretch in the core's cache until they are added. */
+ * the sum, the files one after another, each stretch in the core's cache until they are added.
+ * The stretches are taken as add_measured takes its blocks (the calling thread's from the last
+ * one down): updates carried along by a live fold are added into the stretch of the sum it has
+ * just written, mostly by the thread that wrote each part of it. */
 #define TILE 65536
 
 /* Read `count` bytes at `offset` of `fd` into `into`: 0, or an errno (ENODATA: the file ends). */
@@ -168,16 +172,16 @@ CLONES int add_read(float *restrict sum, const int *restrict fds, int64_t offset
                     int threads, int *restrict error) {
     int failed = 0, index = 0, code = 0;
     size_t itemsize = widened ? sizeof(uint16_t) : sizeof(float);
+    int64_t tiles = (count + TILE - 1) / TILE, claimed = 0, front = 0, back = 0;
 #pragma omp parallel num_threads(threads)
     {
         float *buffer = aligned_alloc(64, TILE * sizeof(float));
-#pragma omp for schedule(static)
-        for (int64_t start = 0; start < count; start += TILE) {
+        for (int64_t tile; (tile = next_block(&claimed, &front, &back, tiles)) >= 0;) {
             int stop;
 #pragma omp atomic read
             stop = failed;
             if (stop) continue;
-            int64_t n = count - start < TILE ? count - start : TILE;
+            int64_t start = tile * TILE, n = count - start < TILE ? count - start : TILE;
             float *restrict s = sum + start;
             for (int j = 0; j < k; j++) {
                 int status = buffer ? read_fully(fds[j], (char *)buffer, (size_t)n * itemsize,
