@@ -81,18 +81,6 @@ static inline __attribute__((always_inline)) float block(
     return sqrtf(squares);
 }
 
-/* norms[b] = the L2 norm of values[b * size : (b + 1) * size], for b < blocks: float32 values,
- * or bfloat16 ones if `widened`. */
-CLONES void block_norms(const void *restrict values, int64_t blocks, int64_t size,
-                        float *restrict norms, int threads, int widened) {
-    size_t itemsize = widened ? sizeof(uint16_t) : sizeof(float);
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t b = 0; b < blocks; b++) {
-        const char *at = (const char *)values + b * size * itemsize;
-        norms[b] = widened ? block(0, at, 0.0f, size, MEASURE, 1)
-                           : block(0, at, 0.0f, size, MEASURE, 0);
-    }
-}
 
 /* The next block for the calling thread to take, or -1 when all `blocks` are taken: the thread
  * that called the loop (the team's first) takes them from the last one down, the others from
@@ -111,6 +99,23 @@ static inline int64_t next_block(int64_t *claimed, int64_t *front, int64_t *back
 #pragma omp atomic capture
     taken = (*front)++;
     return taken;
+}
+
+/* norms[b] = the L2 norm of values[b * size : (b + 1) * size], for b < blocks: float32 values,
+ * or bfloat16 ones if `widened`. The blocks are taken as add_measured takes them: on one
+ * thread, from the last one down, the last the calling thread checked and so in its core's own
+ * cache (measured over 150M values in fresh 4 MiB chunks, ad hoc: 6.8 against 8.9 ms from the
+ * first one up in this machine's faster memory phase, 6.8 against 7.5 in the slower). */
+CLONES void block_norms(const void *restrict values, int64_t blocks, int64_t size,
+                        float *restrict norms, int threads, int widened) {
+    size_t itemsize = widened ? sizeof(uint16_t) : sizeof(float);
+    int64_t claimed = 0, front = 0, back = 0;
+#pragma omp parallel num_threads(threads)
+    for (int64_t b; (b = next_block(&claimed, &front, &back, blocks)) >= 0;) {
+        const char *at = (const char *)values + b * size * itemsize;
+        norms[b] = widened ? block(0, at, 0.0f, size, MEASURE, 1)
+                           : block(0, at, 0.0f, size, MEASURE, 0);
+    }
 }
 
 /* sum = added(sum, values) (or sum = alpha * values if `write`), with block_norms of values:
