@@ -9,7 +9,7 @@ block norms then cost no pass of their own (measured over 150M bfloat16 values i
 chunks: 22 ms for both, against 15-24 ms for the norms and 20-25 ms for the add apart); a
 float32 one in a native loop (native.py) that adds as `add_` does, and a bfloat16 one in that
 loop too where it adds as these kernels do (`native_bfloat16`): 16-18 against these kernels'
-24-28 ms per 150M values in fresh 4 MiB chunks.
+24-28 ms per 150M values in fresh 4 MiB chunks (slower memory phase).
 Several updates waiting in their spools are added in one pass over the sum (`add_many`), with
 the same arithmetic per value and in the same order as one after another, so the same bits:
 16-bit ones up to GROUP at a time in one compiled loop, float32 ones by `add_` over a window

@@ -81,7 +81,6 @@ static inline __attribute__((always_inline)) float block(
     return sqrtf(squares);
 }
 
-
 /* The next block for the calling thread to take, or -1 when all `blocks` are taken: the thread
  * that called the loop (the team's first) takes them from the last one down, the others from
  * the first one up, until they meet. */

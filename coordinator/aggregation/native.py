@@ -4,19 +4,19 @@ ATen adds (`add_`) and measures (a block norm) in two passes over an update's va
 faster of this machine's memory speeds the norm's pass is what keeps a live fold from the memory
 floor (docs/benchmarks.md); torch.compile splits the fused loop in two as well, and its widening
 loop for bfloat16 values, one pass, takes 24-28 ms per 150M values where this one takes 16-18
-(fresh 4 MiB chunks). The loops of native.c take one pass. An update waiting in its
-spool file is read into a buffer of each thread's rather than mapped: its pages then cost no
-fault and no unmapping each. They are compiled once per machine with the system's C compiler,
-as torch.compile's own CPU kernels are, cached under ~/.cache/fedmllm (or
-$XDG_CACHE_HOME/fedmllm), and used only after checking on this machine that they add bit for bit
-as ATen's `add_` does, so that an update folded live and one folded from its spool leave the
-same sums (bfloat16 updates, which the compiled widening kernels add where a stretch is not a
-whole block, only after a check against those: kernels.native_bfloat16). Without a compiler,
-where that check fails, or with FEDMLLM_COMPILE=0, the callers run ATen's two passes (the
-compiled widening loops for bfloat16): the same sums, bit for bit, but block norms that may
-differ from the native ones in the last bits, and with them the scale of an update a clipping
-rule shrinks. A run is bit-reproducible on a machine that keeps to one of the two, as every
-machine does unless its compiler comes or goes between a crash and the restart.
+(fresh 4 MiB chunks, the slower memory phase). The loops of native.c take one pass. An update
+waiting in its spool file is read into a buffer of each thread's rather than mapped: its pages then
+cost no fault and no unmapping each. They are compiled once per machine with the system's C
+compiler, as torch.compile's own CPU kernels are, cached under ~/.cache/fedmllm (or
+$XDG_CACHE_HOME/fedmllm), and used only after checking on this machine that they add bit for bit as
+ATen's `add_` does, so that an update folded live and one folded from its spool leave the same sums
+(bfloat16 updates, which the compiled widening kernels add where a stretch is not a whole block,
+only after a check against those: kernels.native_bfloat16). Without a compiler, where that check
+fails, or with FEDMLLM_COMPILE=0, the callers run ATen's two passes (the compiled widening loops
+for bfloat16): the same sums, bit for bit, but block norms that may differ from the native ones in
+the last bits, and with them the scale of an update a clipping rule shrinks. A run is
+bit-reproducible on a machine that keeps to one of the two, as every machine does unless its
+compiler comes or goes between a crash and the restart.
 """
 
 from __future__ import annotations
