@@ -64,9 +64,6 @@ class UpdateStatistics:
         # the widening pass, or the native float32 loop, can measure too
         self._fusable = shape.dtype != "float32" or native.library() is not None
         self._dtype = getattr(torch, shape.dtype)
-        # measured by the native loops where they are not folded live (a bfloat16 update
-        # there only where they serve bfloat16: asked at its first values, not here)
-        self._native: bool | None = True if shape.dtype == "float32" else None
         self._itemsize = shape.itemsize
         self._runs = shape.runs
         self._run = 0  # index of the run being measured
@@ -127,9 +124,9 @@ class UpdateStatistics:
             self._run += 1
 
     def _measured_natively(self) -> bool:
-        if self._native is None:
-            self._native = self._dtype == torch.bfloat16 and native_bfloat16()
-        return self._native
+        """Whether the native loops measure values not folded live (bfloat16 ones only where
+        they serve bfloat16, checked at the first such values, not at the update's start)."""
+        return self._dtype == torch.float32 or (self._dtype == torch.bfloat16 and native_bfloat16())
 
     def _check_values(self, values: torch.Tensor) -> None:
         """Refuse the first non-finite or too large value, naming its tensor."""

@@ -125,7 +125,7 @@ CLONES void block_norms(const void *restrict values, int64_t blocks, int64_t siz
  * from the last one down and the others' from the first one up, and the caller's thread adds
  * more of them when the others are slower (measured over 150M values in 4 MiB chunks, ad hoc:
  * 17.2 against 20.5 ms for halves in this machine's faster memory phase, where a core-to-core
- * round trip takes 450-600 ns; 17.0 against 16.8 in the slower, at 150-300 ns; 17.6 and 17.3
+ * round trip takes 420-590 ns; 17.0 against 16.8 in the slower, at 120-310 ns; 17.6 and 17.3
  * taking both from the first block up). Which thread adds a block changes no bit of it. */
 CLONES void add_measured(float *restrict sum, const void *restrict values, float alpha,
                          int write, int64_t blocks, int64_t size, float *restrict norms,
