@@ -101,10 +101,10 @@ static inline int64_t next_block(int64_t *claimed, int64_t *front, int64_t *back
 }
 
 /* norms[b] = the L2 norm of values[b * size : (b + 1) * size], for b < blocks: float32 values,
- * or bfloat16 ones if `widened`. The blocks are taken as add_measured takes them: on one
- * thread, from the last one down, the last the calling thread checked and so in its core's own
- * cache (measured over 150M values in fresh 4 MiB chunks, ad hoc: 6.8 against 8.9 ms from the
- * first one up in this machine's faster memory phase, 6.8 against 7.5 in the slower). */
+ * or bfloat16 ones if `widened`. The blocks are taken as add_measured takes them: the calling
+ * thread's from the last one down, the last it checked and so in its core's own cache (on one
+ * thread, over 150M values in fresh 4 MiB chunks, ad hoc: 6.8 against 8.9 ms from the first
+ * one up in this machine's faster memory phase, 6.8 against 7.5 in the slower). */
 CLONES void block_norms(const void *restrict values, int64_t blocks, int64_t size,
                         float *restrict norms, int threads, int widened) {
     size_t itemsize = widened ? sizeof(uint16_t) : sizeof(float);

@@ -46,6 +46,10 @@ FLAGS = ("-O3", "-std=c11", "-ffp-contract=off", "-fno-math-errno", "-fopenmp", 
 
 _lock = threading.Lock()
 _loaded: list[ctypes.CDLL | None] = []  # empty until the first call decides
+# The cores beyond the calling thread's: one chunk's loop at a time runs on all of them, any
+# other beside it on its own thread (each calling thread would start an OpenMP team of its own,
+# and uploads are received on several threads at once).
+_team = threading.Lock()
 
 
 def library() -> ctypes.CDLL | None:
@@ -186,6 +190,20 @@ def _check(lib: ctypes.CDLL) -> None:
                 raise ValueError("its additions from spooled files differ from ATen's add_")
 
 
+@contextlib.contextmanager
+def _threads() -> Iterator[int]:
+    """How many threads a chunk's loop may run on: all of torch's where no other loop holds
+    them, else the calling thread alone. Which threads add or measure a block changes none of
+    its bits."""
+    if not _team.acquire(blocking=False):
+        yield 1
+        return
+    try:
+        yield torch.get_num_threads()
+    finally:
+        _team.release()
+
+
 def _call_add(
     lib: ctypes.CDLL,
     total: torch.Tensor,
@@ -197,17 +215,18 @@ def _call_add(
 ) -> torch.Tensor:
     blocks = values.numel() // size
     norms = torch.empty(blocks, dtype=torch.float32)
-    lib.add_measured(
-        total.data_ptr(),
-        values.data_ptr(),
-        alpha,
-        int(write),
-        blocks,
-        size,
-        norms.data_ptr(),
-        torch.get_num_threads(),
-        int(values.dtype == torch.bfloat16),
-    )
+    with _threads() as threads:
+        lib.add_measured(
+            total.data_ptr(),
+            values.data_ptr(),
+            alpha,
+            int(write),
+            blocks,
+            size,
+            norms.data_ptr(),
+            threads,
+            int(values.dtype == torch.bfloat16),
+        )
     return norms
 
 
@@ -223,18 +242,19 @@ def _call_read(
 ) -> tuple[int, int]:
     """(0, 0), or (j + 1, errno) for the file that could not be read."""
     error = ctypes.c_int(0)
-    failed = lib.add_read(
-        total.data_ptr(),
-        (ctypes.c_int * len(fds))(*fds),
-        offset,
-        (ctypes.c_float * len(alphas))(*alphas),
-        len(fds),
-        int(write),
-        int(widened),
-        total.numel(),
-        torch.get_num_threads(),
-        ctypes.byref(error),
-    )
+    with _threads() as threads:
+        failed = lib.add_read(
+            total.data_ptr(),
+            (ctypes.c_int * len(fds))(*fds),
+            offset,
+            (ctypes.c_float * len(alphas))(*alphas),
+            len(fds),
+            int(write),
+            int(widened),
+            total.numel(),
+            threads,
+            ctypes.byref(error),
+        )
     return failed, error.value
 
 
@@ -249,24 +269,25 @@ def _measurable(values: torch.Tensor) -> bool:
 
 def block_norms(values: torch.Tensor, blocks: int) -> torch.Tensor | None:
     """The L2 norm of each of `blocks` equal blocks of float32 or bfloat16 `values` (the
-    caller decides whether the loops serve bfloat16: kernels.native_bfloat16), in one pass on
-    the calling thread; None where they cannot serve.
+    caller decides whether the loops serve bfloat16: kernels.native_bfloat16), in one pass;
+    None where they cannot serve.
 
-    One thread, from the last block down: the values measured alone are a chunk that this
-    thread has just checked, in its core's cache (its last blocks in the core's own), and
-    several uploads are measured at once, each on its own worker thread (where each would
-    otherwise start a team of OpenMP threads of its own). Measured over 150M values in fresh
-    4 MiB chunks, each just checked, ad hoc: 6.8 ms in either memory phase, against 8.9
-    (faster) and 7.5 (slower) from the first block up; two threads taking blocks from both
-    ends 5.7 and 4.8, and in halves 10.2 and 5.6, where no other upload needs the cores."""
+    The values measured alone are a chunk that this thread has just checked, in its core's
+    cache (its last blocks in the core's own): the calling thread takes the blocks from the
+    last one down, and torch's other threads, where no other upload's loop holds them, from
+    the first one up. Measured over 150M values in fresh 4 MiB chunks, each just checked (ad
+    hoc): one thread 7.3 ms in the slower memory phase and 7.4-8.4 in the faster, two 5.0
+    and 5.8-7.8 (the faster phase's cores are far apart, docs/benchmarks.md); from the
+    first block up on one thread 7.5 and 8.9."""
     lib = library()
     if lib is None or not _measurable(values) or values.numel() % blocks:
         return None
     norms = torch.empty(blocks, dtype=torch.float32)
     widened = int(values.dtype == torch.bfloat16)
-    lib.block_norms(
-        values.data_ptr(), blocks, values.numel() // blocks, norms.data_ptr(), 1, widened
-    )
+    with _threads() as threads:
+        lib.block_norms(
+            values.data_ptr(), blocks, values.numel() // blocks, norms.data_ptr(), threads, widened
+        )
     return norms
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -123,6 +124,41 @@ def test_a_block_adds_and_measures_the_same_on_any_number_of_threads(dtype: str)
     expected = start.clone()
     kernels.add_scaled(expected, values, 0.37, write=False)  # each value added once
     assert torch.equal(results[0][1], expected)
+
+
+def test_loops_run_at_once_share_the_cores_and_keep_their_bits() -> None:
+    """Uploads are received on several threads at once: one chunk's loop at a time runs on
+    all of torch's threads, any other beside it on its own thread, with the same bits."""
+    if native.library() is None:
+        pytest.skip("the native loops are not built on this machine")
+    values, start = _values(9 * BLOCK_ELEMENTS, seed=11), _values(9 * BLOCK_ELEMENTS, seed=12)
+    alone = native.block_norms(values, 9)
+    added = start.clone()
+    added_norms = native.add_measured(added, values, 0.37, write=False, size=BLOCK_ELEMENTS)
+    assert alone is not None and added_norms is not None and torch.equal(alone, added_norms)
+    with native._threads() as held:
+        assert held == torch.get_num_threads()
+        with native._threads() as beside:
+            assert beside == 1
+        total = start.clone()
+        assert torch.equal(native.block_norms(values, 9), alone)
+        norms = native.add_measured(total, values, 0.37, write=False, size=BLOCK_ELEMENTS)
+        assert norms is not None and torch.equal(norms, alone) and torch.equal(total, added)
+    with native._threads() as again:  # let go once the loop is done
+        assert again == torch.get_num_threads()
+
+    def measured(_: int) -> bool:
+        total = start.clone()
+        norms = native.add_measured(total, values, 0.37, write=False, size=BLOCK_ELEMENTS)
+        return bool(
+            torch.equal(native.block_norms(values, 9), alone)
+            and norms is not None
+            and torch.equal(norms, alone)
+            and torch.equal(total, added)
+        )
+
+    with ThreadPoolExecutor(6) as pool:
+        assert all(pool.map(measured, range(24)))
 
 
 def test_the_non_finite_show_in_the_norms_and_in_the_weight_sum() -> None:
