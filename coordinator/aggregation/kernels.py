@@ -116,7 +116,8 @@ def widened_norms(values: torch.Tensor) -> torch.Tensor:
     reduction, measured: 10 against 14 ms over 150M bfloat16 values in 4 MiB chunks; its
     sums may differ from the eager ones in the last bits). Where the native loop serves
     bfloat16 values (`native_bfloat16`) they are measured by it instead, as the fold's pass
-    measures them, on the calling thread (the chunk it has just checked)."""
+    measures them (native.block_norms: the calling thread, which has just checked the chunk,
+    from its last block down)."""
     if values.dtype == torch.bfloat16 and native_bfloat16():
         measured = native.block_norms(values, values.numel() // BLOCK_ELEMENTS)
         if measured is not None:
