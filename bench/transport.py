@@ -51,6 +51,7 @@ from shared.wire.v1 import federation_pb2_grpc as pb_grpc
 from silo_agent.transfer import download_adapter, in_layout_dtypes, upload_update
 
 SILO = "silo-bench"
+TASK_WAIT_S = 600  # for the next round's task, while the run is running
 
 
 @dataclass(frozen=True)
@@ -168,12 +169,42 @@ def _one_round(
     return {kind: _timed(*actions[kind]) for kind in order(index)}
 
 
+def next_task(
+    tasks: queue.Queue[pb.RoundTask],
+    status: Callable[[], pb.RunStatus],
+    *,
+    wait_s: float = TASK_WAIT_S,
+    poll_s: float = 2.0,
+) -> pb.RoundTask:
+    """The next round's task, asking the coordinator how its run stands while none comes: a
+    run that paused (its checkpoint directory full, say) or ended stops the benchmark at once
+    with the coordinator's reason, rather than after `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return tasks.get(timeout=poll_s)
+        except queue.Empty:
+            pass
+        run = status()
+        if run.state != pb.RUN_STATE_RUNNING:
+            state = pb.RunState.Name(run.state).removeprefix("RUN_STATE_").lower()
+            raise SystemExit(
+                f"the coordinator's run is {state}, not running: {run.message or 'no reason given'}"
+            )
+        if time.monotonic() > deadline:
+            raise SystemExit(
+                f"no round task came in {wait_s:.0f} s while the coordinator's run was running: "
+                "is the machine overloaded? (the coordinator's log says what it waits for)"
+            )
+
+
 def _rounds(
     silo: BenchSilo,
     bare: grpc.Channel,
     join: pb.JoinRequest,
     repeats: int,
     pids: tuple[int, int],
+    status: Callable[[], pb.RunStatus],
 ) -> list[Round]:
     generator = torch.Generator().manual_seed(0)
     delta = {
@@ -181,7 +212,7 @@ def _rounds(
     }
     rounds = []
     for index in range(repeats + 1):
-        task = silo.tasks.get(timeout=600)
+        task = next_task(silo.tasks, status)
         timed = _one_round(silo, bare, task, delta, pids, index)
         if index:  # the first round warms up
             rounds.append(timed)
@@ -209,17 +240,15 @@ def _start_bare(work: Path, certs: Path) -> tuple[subprocess.Popen[bytes], int]:
     return process, int(port_file.read_text())
 
 
-def _start_run(port: int, certs: Path, rounds: int) -> None:
-    tls = TlsFiles.in_directory(certs, "admin")
-    with grpc.secure_channel(f"localhost:{port}", channel_credentials(tls)) as channel:
-        spec = RunSpec(
-            rounds=rounds,
-            silos_per_round=1,
-            min_silos=1,
-            round_deadline_s=600,
-            wire_dtype="float32",
-        )
-        pb_grpc.AdminStub(channel).StartRun(pb.StartRunRequest(spec=spec.to_proto()), timeout=60)
+def _start_run(admin: pb_grpc.AdminStub, rounds: int) -> None:
+    spec = RunSpec(
+        rounds=rounds,
+        silos_per_round=1,
+        min_silos=1,
+        round_deadline_s=600,
+        wire_dtype="float32",
+    )
+    admin.StartRun(pb.StartRunRequest(spec=spec.to_proto()), timeout=60)
 
 
 def measure(megabytes: int, *, repeats: int, work: Path) -> list[Round]:
@@ -234,12 +263,18 @@ def measure(megabytes: int, *, repeats: int, work: Path) -> list[Round]:
     bare = grpc.secure_channel(
         f"localhost:{bare_port}", channel_credentials(tls), options=CHANNEL_OPTIONS
     )
+    admin_tls = TlsFiles.in_directory(certs, "admin")
+    admin_channel = grpc.secure_channel(f"localhost:{port}", channel_credentials(admin_tls))
+    admin = pb_grpc.AdminStub(admin_channel)
     try:
-        _start_run(port, certs, repeats + 1)
-        return _rounds(silo, bare, join, repeats, (coordinator.pid, bare_process.pid))
+        _start_run(admin, repeats + 1)
+        status = lambda: admin.GetStatus(pb.StatusRequest(), timeout=60)  # noqa: E731
+        pids = (coordinator.pid, bare_process.pid)
+        return _rounds(silo, bare, join, repeats, pids, status)
     finally:
         silo.close()
         bare.close()
+        admin_channel.close()
         for process in (coordinator, bare_process):
             process.terminate()
             process.wait(30)
