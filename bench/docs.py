@@ -12,11 +12,25 @@ from pathlib import Path
 LOAD_BEFORE = os.getloadavg()
 
 
+def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The processor's model name as the kernel reports it (machines of one kind are lent on
+    different processors, whose figures differ several-fold), else the architecture alone."""
+    try:
+        lines = cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return platform.machine()
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+            return f"{platform.machine()} ({' '.join(value.split())})"
+    return platform.machine()
+
+
 def machine_line() -> str:
     """Where and when a table was measured, and how loaded the machine was."""
     load = ", ".join(f"{x:.2f}" for x in LOAD_BEFORE)
     return (
-        f"Measured {dt.date.today().isoformat()} on {platform.machine()} with "
+        f"Measured {dt.date.today().isoformat()} on {cpu_name()} with "
         f"{os.cpu_count()} cores; load average before the run: {load}."
     )
 
