@@ -28,6 +28,7 @@ from tests.helpers import (
     admin_stub,
     channel,
     constant_delta,
+    join_request,
     refusals,
     refused,
     update_stream,
@@ -211,8 +212,14 @@ def test_as_many_silos_not_reading_as_permits_do_not_hold_up_an_honest_download(
     )
     # 64 MB of float32 adapter: more than gRPC's windows and the sockets' buffers take
     model = sized_model(tmp_path / "model", adapter_bytes=64 * 10**6)
+    # one request for all: building each (a fingerprint of the model) takes a second on a slow
+    # machine, and the first silos, which send no heartbeats, would leave before the last join
+    request = join_request(model)
     with serve(coordinator_config(pki, model, tmp_path / "checkpoints")) as running:
-        silos = {n: ProtocolSilo(running.port, tls(pki, n), model) for n in [*hostile, "honest"]}
+        silos = {
+            n: ProtocolSilo(running.port, tls(pki, n), model, request=request)
+            for n in [*hostile, "honest"]
+        }
         spec = RunSpec(rounds=1, silos_per_round=len(silos), min_silos=len(silos))
         admin_stub(running, pki).StartRun(pb.StartRunRequest(spec=spec.to_proto()))
         tasks = {n: silo.next_task() for n, silo in silos.items()}
