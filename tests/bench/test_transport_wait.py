@@ -8,7 +8,6 @@ real coordinator pause needs its checkpoint disk to fill up, which a test cannot
 from __future__ import annotations
 
 import queue
-import threading
 import time
 
 import pytest
@@ -26,17 +25,18 @@ def running() -> pb.RunStatus:
     return pb.RunStatus(state=pb.RUN_STATE_RUNNING)
 
 
-def test_a_task_that_comes_is_returned() -> None:
+def test_a_task_that_comes_while_the_run_is_running_is_returned() -> None:
     tasks: queue.Queue[pb.RoundTask] = queue.Queue()
-    threading.Timer(0.2, tasks.put, args=(pb.RoundTask(round=3),)).start()
     asked: list[float] = []
 
-    def status() -> pb.RunStatus:
+    def status() -> pb.RunStatus:  # the task comes once the run's state has been asked twice
         asked.append(time.monotonic())
+        if len(asked) == 2:
+            tasks.put(pb.RoundTask(round=3))
         return running()
 
-    assert next_task(tasks, status, poll_s=0.05).round == 3
-    assert asked, "the run's state is asked while no task comes"
+    assert next_task(tasks, status, poll_s=0.01).round == 3
+    assert len(asked) == 2, "the run's state is asked while no task comes, and only then"
 
 
 def test_a_paused_run_stops_the_benchmark_at_once_with_its_reason() -> None:
