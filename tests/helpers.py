@@ -98,8 +98,27 @@ def download(stub: pb_grpc.SiloStub, task: pb.RoundTask) -> StateDict:
     return decode_state(b"".join(chunks))
 
 
+_JOIN_REQUESTS: dict[tuple[Path, bytes, int], pb.JoinRequest] = {}
+
+
+def cached_join_request(model_dir: Path, num_samples: int) -> pb.JoinRequest:
+    """join_request, built once per base model config: for a large model it takes seconds on a
+    slow machine, and silos of one test that join seconds apart lose the first ones' liveness."""
+    try:
+        key = (model_dir.resolve(), (model_dir / "config.json").read_bytes(), num_samples)
+    except OSError:  # not a model directory: let join_request say so
+        return join_request(model_dir, num_samples=num_samples)
+    if key not in _JOIN_REQUESTS:
+        _JOIN_REQUESTS[key] = join_request(model_dir, num_samples=num_samples)
+    request = pb.JoinRequest()
+    request.CopyFrom(_JOIN_REQUESTS[key])
+    return request
+
+
 class ProtocolSilo:
-    """Joins, holds a task stream open and hands received tasks to the test."""
+    """Joins, holds a task stream open and hands received tasks to the test. Like a silo agent
+    it heartbeats (with no state) until closed, unless `heartbeat_s` is None: a silo of a test
+    that waits seconds for its round is not dropped as gone."""
 
     def __init__(
         self,
@@ -109,17 +128,21 @@ class ProtocolSilo:
         num_samples: int = 10,
         *,
         request: pb.JoinRequest | None = None,
+        heartbeat_s: float | None = 0.5,
     ):
         self.channel = channel(port, files)
         self.stub = pb_grpc.SiloStub(self.channel)
-        join = request or join_request(model_dir, num_samples=num_samples)
+        join = request or cached_join_request(model_dir, num_samples)
         self.joined = self.stub.Join(join, timeout=10)
         self.tasks: queue.Queue[pb.RoundTask] = queue.Queue()
         self.stream_error: grpc.RpcError | None = None
+        self._closed = threading.Event()
         self._stream = self.stub.ReceiveTasks(
             pb.TaskStreamRequest(session_id=self.joined.session_id)
         )
         threading.Thread(target=self._read, daemon=True).start()
+        if heartbeat_s is not None:
+            threading.Thread(target=self._heartbeat, args=(heartbeat_s,), daemon=True).start()
 
     def _read(self) -> None:
         try:
@@ -127,6 +150,15 @@ class ProtocolSilo:
                 self.tasks.put(task)
         except grpc.RpcError as exc:
             self.stream_error = exc
+
+    def _heartbeat(self, interval_s: float) -> None:
+        beat = pb.HeartbeatRequest(session_id=self.joined.session_id)
+        while not self._closed.wait(interval_s):
+            try:
+                if not self.stub.Heartbeat(beat, timeout=5).session_known:
+                    return
+            except (grpc.RpcError, ValueError):  # refused, server gone or channel closed
+                return
 
     def next_task(self, timeout: float = 20.0) -> pb.RoundTask:
         return self.tasks.get(timeout=timeout)
@@ -139,6 +171,7 @@ class ProtocolSilo:
         return self.stub.UploadUpdate(update_stream(task.task_id, payload, **kwargs))  # type: ignore[arg-type]
 
     def close(self) -> None:
+        self._closed.set()
         self._stream.cancel()
         self.channel.close()
 

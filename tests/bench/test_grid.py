@@ -29,6 +29,7 @@ clients: 2
 silos_per_round: 2
 rounds: 2
 batch_size: 8
+format_steps: 2
 """)
     main(["--config", str(config)])
     lines = [json.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
