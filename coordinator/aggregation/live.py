@@ -150,7 +150,7 @@ class LiveFold:
                     alpha=self.weight,
                     measuring=measuring,
                     carried=self._spools,
-                    carried_alphas=[c.alpha for c in self.carried],
+                    carried_alphas=[c.alpha for c in self.carried] if self.carried else (),
                 )
             except OSError as exc:
                 self._give_up(exc)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from coordinator.aggregation.kernels import add_measured, add_scaled
+from coordinator.aggregation.kernels import add_measured, add_measured_at, add_scaled
 from coordinator.aggregation.shape import UpdateShape
 from coordinator.aggregation.spool import PAGE, SpooledUpdates, SpoolView
 from coordinator.strategies import RoundAggregate
@@ -132,6 +132,16 @@ class RoundSums:
         adapter values times `alpha`, control values as they are; then the same elements of
         the `carried` spooled updates, each times its alpha, while that stretch is in the
         cache. `measuring` (whole blocks): return each block's norm of `values` as well."""
+        if measuring and not carried_alphas:  # a live fold carrying none: no slice made
+            run = self.shape.run_at(element)
+            name = "control_total" if run.control else "total"
+            return add_measured_at(
+                getattr(self.aggregate, name),
+                run.target + element - run.start,
+                values,
+                1.0 if run.control else alpha,
+                write=name in self.aggregate.stale,
+            )
         target, write, scales = self._target(element, values.numel(), [alpha, *carried_alphas])
         norms = None
         if measuring:
