@@ -289,11 +289,16 @@ def block_norms(values: torch.Tensor, blocks: int) -> torch.Tensor | None:
     if lib is None or not _measurable(values) or values.numel() % blocks:
         return None
     norms = torch.empty(blocks, dtype=torch.float32)
-    widened = int(values.dtype == torch.bfloat16)
-    with _threads() as threads:
+    widened = values.dtype == torch.bfloat16
+    team = _team.acquire(blocking=False)  # _threads() inline, as in _call_add
+    try:
+        threads = torch.get_num_threads() if team else 1
         lib.block_norms(
             values.data_ptr(), blocks, values.numel() // blocks, norms.data_ptr(), threads, widened
         )
+    finally:
+        if team:
+            _team.release()
     return norms
 
 
