@@ -98,6 +98,7 @@ def download(stub: pb_grpc.SiloStub, task: pb.RoundTask) -> StateDict:
     return decode_state(b"".join(chunks))
 
 
+HEARTBEAT_S = 0.5  # a protocol silo's; the tests' coordinators drop a silo silent for 4 s
 _JOIN_REQUESTS: dict[tuple[Path, bytes, int], pb.JoinRequest] = {}
 
 
@@ -117,8 +118,8 @@ def cached_join_request(model_dir: Path, num_samples: int) -> pb.JoinRequest:
 
 class ProtocolSilo:
     """Joins, holds a task stream open and hands received tasks to the test. Like a silo agent
-    it heartbeats (with no state) until closed, unless `heartbeat_s` is None: a silo of a test
-    that waits seconds for its round is not dropped as gone."""
+    it heartbeats (with no state) until closed: a silo of a test that waits seconds for its
+    round is not dropped as gone."""
 
     def __init__(
         self,
@@ -128,7 +129,6 @@ class ProtocolSilo:
         num_samples: int = 10,
         *,
         request: pb.JoinRequest | None = None,
-        heartbeat_s: float | None = 0.5,
     ):
         self.channel = channel(port, files)
         self.stub = pb_grpc.SiloStub(self.channel)
@@ -141,8 +141,7 @@ class ProtocolSilo:
             pb.TaskStreamRequest(session_id=self.joined.session_id)
         )
         threading.Thread(target=self._read, daemon=True).start()
-        if heartbeat_s is not None:
-            threading.Thread(target=self._heartbeat, args=(heartbeat_s,), daemon=True).start()
+        threading.Thread(target=self._heartbeat, args=(HEARTBEAT_S,), daemon=True).start()
 
     def _read(self) -> None:
         try:

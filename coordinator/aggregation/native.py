@@ -190,17 +190,17 @@ def _check(lib: ctypes.CDLL) -> None:
                 raise ValueError("its additions from spooled files differ from ATen's add_")
 
 
-@contextlib.contextmanager
-def _threads() -> Iterator[int]:
+def _take_team() -> int:
     """How many threads a chunk's loop may run on: all of torch's where no other loop holds
-    them, else the calling thread alone. Which threads add or measure a block changes none of
-    its bits."""
-    if not _team.acquire(blocking=False):
-        yield 1
-        return
-    try:
-        yield torch.get_num_threads()
-    finally:
+    them (the caller then holds them until it calls _give_team), else 0, the calling thread
+    alone. Which threads add or measure a block changes none of its bits. Two plain calls, not
+    a context manager: they come with every chunk received (see add_measured_at)."""
+    return torch.get_num_threads() if _team.acquire(blocking=False) else 0
+
+
+def _give_team(threads: int) -> None:
+    """Let go of the threads _take_team gave (none if it gave 0)."""
+    if threads:
         _team.release()
 
 
@@ -216,8 +216,7 @@ def _call_add(
 ) -> torch.Tensor:
     blocks = values.numel() // size
     norms = torch.empty(blocks, dtype=torch.float32)
-    # _threads() inline: called for every chunk folded live, where each Python step counts
-    team = _team.acquire(blocking=False)
+    threads = _take_team()
     try:
         lib.add_measured(
             total.data_ptr() + 4 * at,
@@ -227,12 +226,11 @@ def _call_add(
             blocks,
             size,
             norms.data_ptr(),
-            torch.get_num_threads() if team else 1,
+            threads or 1,
             values.dtype == torch.bfloat16,
         )
     finally:
-        if team:
-            _team.release()
+        _give_team(threads)
     return norms
 
 
@@ -248,7 +246,8 @@ def _call_read(
 ) -> tuple[int, int]:
     """(0, 0), or (j + 1, errno) for the file that could not be read."""
     error = ctypes.c_int(0)
-    with _threads() as threads:
+    threads = _take_team()
+    try:
         failed = lib.add_read(
             total.data_ptr(),
             (ctypes.c_int * len(fds))(*fds),
@@ -258,9 +257,11 @@ def _call_read(
             int(write),
             int(widened),
             total.numel(),
-            threads,
+            threads or 1,
             ctypes.byref(error),
         )
+    finally:
+        _give_team(threads)
     return failed, error.value
 
 
@@ -290,15 +291,18 @@ def block_norms(values: torch.Tensor, blocks: int) -> torch.Tensor | None:
         return None
     norms = torch.empty(blocks, dtype=torch.float32)
     widened = values.dtype == torch.bfloat16
-    team = _team.acquire(blocking=False)  # _threads() inline, as in _call_add
+    threads = _take_team()
     try:
-        threads = torch.get_num_threads() if team else 1
         lib.block_norms(
-            values.data_ptr(), blocks, values.numel() // blocks, norms.data_ptr(), threads, widened
+            values.data_ptr(),
+            blocks,
+            values.numel() // blocks,
+            norms.data_ptr(),
+            threads or 1,
+            widened,
         )
     finally:
-        if team:
-            _team.release()
+        _give_team(threads)
     return norms
 
 

@@ -168,16 +168,21 @@ def test_loops_run_at_once_share_the_cores_and_keep_their_bits() -> None:
     added = start.clone()
     added_norms = native.add_measured(added, values, 0.37, write=False, size=BLOCK_ELEMENTS)
     assert alone is not None and added_norms is not None and torch.equal(alone, added_norms)
-    with native._threads() as held:
+    held = native._take_team()
+    try:
         assert held == torch.get_num_threads()
-        with native._threads() as beside:
-            assert beside == 1
+        beside = native._take_team()
+        assert beside == 0  # the calling thread alone
+        native._give_team(beside)
         total = start.clone()
         assert torch.equal(native.block_norms(values, 9), alone)
         norms = native.add_measured(total, values, 0.37, write=False, size=BLOCK_ELEMENTS)
         assert norms is not None and torch.equal(norms, alone) and torch.equal(total, added)
-    with native._threads() as again:  # let go once the loop is done
-        assert again == torch.get_num_threads()
+    finally:
+        native._give_team(held)
+    again = native._take_team()  # let go once the loop is done
+    native._give_team(again)
+    assert again == torch.get_num_threads()
 
     def measured(_: int) -> bool:
         total = start.clone()
