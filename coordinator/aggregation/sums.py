@@ -111,12 +111,17 @@ class RoundSums:
         whether it is to be written rather than added to (no fold has written it yet this
         round: its earlier round's values are stale), and the scales of the updates (their
         alphas; control values are added as they are)."""
+        total, at, write, control = self._where(element)
+        scales = [1.0] * len(alphas) if control else list(alphas)
+        return total[at : at + count], write, scales
+
+    def _where(self, element: int) -> tuple[torch.Tensor, int, bool, bool]:
+        """The sum data element `element` adds up in, its offset there, whether that sum is to
+        be written rather than added to (see _target), and whether it is a control value."""
         run = self.shape.run_at(element)
         name = "control_total" if run.control else "total"
         at = run.target + element - run.start
-        target = getattr(self.aggregate, name)[at : at + count]
-        scales = [1.0] * len(alphas) if run.control else list(alphas)
-        return target, name in self.aggregate.stale, scales
+        return getattr(self.aggregate, name), at, name in self.aggregate.stale, run.control
 
     def add_values(
         self,
@@ -133,15 +138,8 @@ class RoundSums:
         the `carried` spooled updates, each times its alpha, while that stretch is in the
         cache. `measuring` (whole blocks): return each block's norm of `values` as well."""
         if measuring and not carried_alphas:  # a live fold carrying none: no slice made
-            run = self.shape.run_at(element)
-            name = "control_total" if run.control else "total"
-            return add_measured_at(
-                getattr(self.aggregate, name),
-                run.target + element - run.start,
-                values,
-                1.0 if run.control else alpha,
-                write=name in self.aggregate.stale,
-            )
+            total, at, write, control = self._where(element)
+            return add_measured_at(total, at, values, 1.0 if control else alpha, write=write)
         target, write, scales = self._target(element, values.numel(), [alpha, *carried_alphas])
         norms = None
         if measuring:
