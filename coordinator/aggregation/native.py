@@ -8,14 +8,14 @@ loop for bfloat16 values, one pass, takes 24-28 ms per 150M values where this on
 waiting in its spool file is read into a buffer of each thread's rather than mapped: its pages then
 cost no fault and no unmapping each. They are compiled once per machine with the system's C
 compiler, as torch.compile's own CPU kernels are, cached under ~/.cache/fedmllm (or
-$XDG_CACHE_HOME/fedmllm), and used only after checking on this machine that they add bit for bit as
-ATen's `add_` does, so that an update folded live and one folded from its spool leave the same sums
-(bfloat16 updates, which the compiled widening kernels add where a stretch is not a whole block,
-only after a check against those: kernels.native_bfloat16). Without a compiler, where that check
-fails, or with FEDMLLM_COMPILE=0, the callers run ATen's two passes (the compiled widening loops
-for bfloat16): the same sums, bit for bit, but block norms that may differ from the native ones in
-the last bits, and with them the scale of an update a clipping rule shrinks. A run is
-bit-reproducible on a machine that keeps to one of the two, as every machine does unless its
+$XDG_CACHE_HOME/fedmllm; native_build.py), and used only after checking on this machine that they
+add bit for bit as ATen's `add_` does, so that an update folded live and one folded from its spool
+leave the same sums (bfloat16 updates, which the compiled widening kernels add where a stretch is
+not a whole block, only after a check against those: kernels.native_bfloat16). Without a compiler,
+where that check fails, or with FEDMLLM_COMPILE=0, the callers run ATen's two passes (the compiled
+widening loops for bfloat16): the same sums, bit for bit, but block norms that may differ from the
+native ones in the last bits, and with them the scale of an update a clipping rule shrinks. A run
+is bit-reproducible on a machine that keeps to one of the two, as every machine does unless its
 compiler comes or goes between a crash and the restart.
 """
 
@@ -24,11 +24,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import hashlib
 import logging
 import os
-import platform
-import shutil
 import subprocess
 import tempfile
 import threading
@@ -37,12 +34,9 @@ from pathlib import Path
 
 import torch
 
-from shared.cache import cache_dir
+from coordinator.aggregation.native_build import bind, build
 
 log = logging.getLogger(__name__)
-
-SOURCE = Path(__file__).with_name("native.c")
-FLAGS = ("-O3", "-std=c11", "-ffp-contract=off", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared")
 
 _lock = threading.Lock()
 _loaded: list[ctypes.CDLL | None] = []  # empty until the first call decides
@@ -83,7 +77,7 @@ def _load() -> ctypes.CDLL | None:
         return None
     fallback = "ATen's add and norm serve instead, slower"
     try:
-        lib = _bind(ctypes.CDLL(str(_build())))
+        lib = bind(ctypes.CDLL(str(build())))
     except (OSError, subprocess.SubprocessError) as exc:
         log.warning(
             "native fold loops unavailable (%s); %s: install a C compiler (gcc) or set CC",
@@ -97,49 +91,6 @@ def _load() -> ctypes.CDLL | None:
         log.warning("native fold loops not used: %s; %s", exc, fallback)
         return None
     log.info("native fold loops loaded from %s", lib._name)
-    return lib
-
-
-def _build() -> Path:
-    """The shared library for this source, compiler and platform, built if not cached."""
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        raise OSError("no C compiler (set CC)")
-    version = subprocess.run(
-        [compiler, "--version"], capture_output=True, text=True, timeout=60, check=True
-    ).stdout
-    key = hashlib.sha256(
-        "\0".join([SOURCE.read_text(), compiler, version, *FLAGS, platform.machine()]).encode()
-    ).hexdigest()[:16]
-    target = cache_dir() / f"native-{key}.so"
-    if target.exists():
-        return target
-    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # code this process loads
-    with tempfile.TemporaryDirectory(dir=target.parent) as work:
-        built = Path(work) / target.name
-        result = subprocess.run(
-            [compiler, *FLAGS, str(SOURCE), "-o", str(built), "-lm"],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        if result.returncode != 0:
-            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-            raise OSError(f"{compiler} failed on {SOURCE.name}: {last}")
-        os.replace(built, target)  # atomic: a process beside this one loads a whole file
-    return target
-
-
-def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
-    pointer, size, f32, flag = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
-    lib.block_norms.argtypes = [pointer, size, size, pointer, flag, flag]
-    lib.block_norms.restype = None
-    lib.add_measured.argtypes = [pointer, pointer, f32, flag, size, size, pointer, flag, flag]
-    lib.add_measured.restype = None
-    lib.add_read.argtypes = [pointer, pointer, size, pointer, flag, flag, flag, size, flag, pointer]
-    lib.add_read.restype = flag
-    lib.add_summed.argtypes = [pointer, pointer, f32, size, flag, pointer]
-    lib.add_summed.restype = ctypes.c_double
     return lib
 
 

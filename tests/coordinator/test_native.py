@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from coordinator.aggregation import kernels, native
+from coordinator.aggregation import kernels, native, native_build
 from coordinator.aggregation.measure import UpdateStatistics
 from coordinator.aggregation.shape import UpdateShape
 from coordinator.flat_adapter import FlatLayout
@@ -307,11 +307,11 @@ def test_loops_that_would_not_add_as_aten_does_are_not_used(
 ) -> None:
     """Built from a source that rounds twice (a product, then a sum), as a compiler or a
     machine without fused multiply-add might: the check at load refuses it."""
-    text = native.SOURCE.read_text()
+    text = native_build.SOURCE.read_text()
     assert fused in text
     source = tmp_path / "native.c"
     source.write_text(text.replace(fused, twice))
-    monkeypatch.setattr(native, "SOURCE", source)
+    monkeypatch.setattr(native_build, "SOURCE", source)
     with caplog.at_level(logging.WARNING):
         assert native._load() is None
     assert f"not used: {why}" in caplog.text
