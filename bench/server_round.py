@@ -183,7 +183,7 @@ class RoundBench:
             started = time.perf_counter()
             if live is not None:
                 live.resume(statistics_.element, spool, path)
-            statistics_.consume(memoryview(fresh))
+            statistics_.consume(fresh)
             spent += time.perf_counter() - started
         return statistics_, spent
 

@@ -25,6 +25,7 @@ import torch
 
 from coordinator.aggregation.spool import SpooledUpdates
 from coordinator.aggregation.sums import RoundSums
+from shared.payload import BLOCK_ELEMENTS
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class LiveFold:
         self._touched = False  # an add began: the sums hold some of this update
         self.folded = 0  # data elements in the sums, counted from the start
         self.carried: list[Carried] = []  # added along, as far as `folded`
+        self._carried_alphas: list[float] = []
         self.seconds = 0.0  # spent adding (its own values and the carried ones')
         self._spools: SpooledUpdates | None = None  # of the carried updates
         self._opened = contextlib.ExitStack()
@@ -110,6 +112,7 @@ class LiveFold:
                     SpooledUpdates([c.path for c in carried], self._sums.shape.dtype, hold=hold)
                 )
                 self.carried = carried
+                self._carried_alphas = [c.alpha for c in carried]
                 self._touched = self._touched or measured > 0
                 self._sums.fold_spooled(
                     [path, *(c.path for c in carried)],
@@ -134,6 +137,42 @@ class LiveFold:
         then refused make the fold abandon this live fold, and the sums are rebuilt."""
         return self._add(element, values, measuring=True) if self._adding else None
 
+    def add_chunk(self, element: int, chunk: bytes, blocks: int, norms: int) -> bool:
+        """Whole blocks of a received chunk's bytes, added and measured by one native call
+        (RoundSums.add_chunk), their norms written at address `norms`; False if nothing was
+        added, and then no more values are wanted (not adding, or this live fold ended). As
+        with add_measuring, values then refused end this live fold. (The steps of _add,
+        written out: each call in a chunk's path costs microseconds, native.measure_chunk.)"""
+        if not self._adding:
+            return False
+        with self._lock:
+            if self._revoked:
+                return False
+            if element != self.folded:  # the receiver measures in order: never happens
+                raise RuntimeError(f"live fold at element {element}, expected {self.folded}")
+            self._touched = True
+            started = time.perf_counter()
+            try:
+                added = self._sums.add_chunk(
+                    element,
+                    chunk,
+                    blocks,
+                    norms,
+                    alpha=self.weight,
+                    carried=self._spools,
+                    carried_alphas=self._carried_alphas,
+                )
+            except OSError as exc:
+                self._give_up(exc)
+                return False
+            finally:
+                self.seconds += time.perf_counter() - started
+            if added:
+                self.folded += blocks * BLOCK_ELEMENTS
+            else:  # (sums the native loops cannot add into: no run's are)
+                self._give_up(OSError("the native loops cannot add into this round's sums"))
+            return added
+
     def _add(self, element: int, values: torch.Tensor, *, measuring: bool) -> torch.Tensor | None:
         with self._lock:
             if self._revoked:
@@ -150,7 +189,7 @@ class LiveFold:
                     alpha=self.weight,
                     measuring=measuring,
                     carried=self._spools,
-                    carried_alphas=[c.alpha for c in self.carried] if self.carried else (),
+                    carried_alphas=self._carried_alphas,
                 )
             except OSError as exc:
                 self._give_up(exc)

@@ -18,6 +18,8 @@ live folds, and the bound holds for any summation order.
 
 from __future__ import annotations
 
+import ctypes
+import itertools
 import math
 from typing import Protocol
 
@@ -39,6 +41,11 @@ MAX_ABS_VALUE = 1e6
 TRUSTED_NORM = MAX_ABS_VALUE / 2
 
 
+def _trusted(norms: list[float]) -> bool:
+    """Whether every block norm is at most TRUSTED_NORM (max skips a NaN, the sum does not)."""
+    return max(norms) <= TRUSTED_NORM and not math.isnan(sum(norms))
+
+
 class Sink(Protocol):
     """Where measured values go on (a live fold, coordinator/aggregation/live.py)."""
 
@@ -49,6 +56,12 @@ class Sink(Protocol):
         """Take whole blocks of values (16-bit, or float32 where the native loops serve)
         before they are checked, returning each block's norm from the same pass; None if it
         took nothing (check, then `add`)."""
+
+    def add_chunk(self, element: int, chunk: bytes, blocks: int, norms: int) -> bool:
+        """Take whole blocks of a chunk's bytes (where the native loops serve their dtype)
+        before they are checked, writing each block's norm to the float32s at address `norms`
+        from the same pass; False if it took nothing and wants none of these values (measure
+        and check them; `add` them not)."""
 
 
 class UpdateStatistics:
@@ -69,20 +82,42 @@ class UpdateStatistics:
         self._run = 0  # index of the run being measured
         self._pending = bytearray()  # the start of a block whose end is in the next chunk
         self.element = 0  # data elements measured so far
-        self._squares: list[float] = []  # per adapter block: its squared L2 norm
+        # every block's L2 norm, run after run (a run's last block may be short)
+        self._firsts = list(
+            itertools.accumulate((-(-r.count // BLOCK_ELEMENTS) for r in self._runs), initial=0)
+        )
+        self._norms = (ctypes.c_float * self._firsts[-1])()
+        self._norms_at = ctypes.addressof(self._norms)
+        self._widened = shape.dtype == "bfloat16"
+        self._in_place: bool | None = None  # whether whole chunks are measured in place (below)
 
     @property
     def norm(self) -> float:
-        """L2 norm of the adapter values (control values excluded)."""
-        return math.sqrt(math.fsum(self._squares))
+        """L2 norm of the adapter values (control values excluded): the blocks' squares added
+        exactly, in any order the same."""
+        squares = (
+            norm * norm
+            for run, first, end in zip(self._runs, self._firsts, self._firsts[1:], strict=False)
+            if not run.control
+            for norm in self._norms[first:end]
+        )
+        return math.sqrt(math.fsum(squares))
+
+    def _block(self) -> int:
+        """The index of the block that starts at `element` (in `_norms`)."""
+        run = self._runs[self._run]
+        return self._firsts[self._run] + (self.element - run.start) // BLOCK_ELEMENTS
 
     def _room(self) -> int:
         """Elements left in the current run."""
         run = self._runs[self._run]
         return run.start + run.count - self.element
 
-    def consume(self, view: memoryview) -> None:
+    def consume(self, data: bytes | memoryview) -> None:
         """Measure the next bytes of the data section."""
+        if type(data) is bytes and not self._pending and self._chunk(data):
+            return
+        view = memoryview(data)
         size = self._itemsize
         while len(view):
             if self._run >= len(self._runs):
@@ -113,15 +148,45 @@ class UpdateStatistics:
         if norms is None:
             norms = torch.linalg.vector_norm(values.view(blocks, -1), dim=1, dtype=torch.float32)
         block_norms = norms.tolist()
-        if not all(norm <= TRUSTED_NORM for norm in block_norms):
+        if not _trusted(block_norms):
             self._check_values(values)  # refuses, or the values are fine and so are the norms
-        if not self._runs[self._run].control:
-            self._squares.extend(norm * norm for norm in block_norms)
+        first = self._block()
+        self._norms[first : first + blocks] = block_norms
         if self._sink is not None and not sunk:
             self._sink.add(self.element, values)
         self.element += values.numel()
         if self._room() == 0:
             self._run += 1
+
+    def _chunk(self, chunk: bytes) -> bool:
+        """Measure a whole chunk of whole blocks within one run (as our senders cut them) in
+        one native call on its bytes, adding it in that call if the sink takes it (no tensor
+        made, and the steps written out: native.measure_chunk says why); False (nothing
+        measured) for any other chunk, or where the native loops do not serve its dtype."""
+        count, odd = divmod(len(chunk), self._itemsize)
+        blocks, short = divmod(count, BLOCK_ELEMENTS)
+        if odd or short or not blocks or self._run >= len(self._runs):
+            return False
+        run = self._runs[self._run]
+        if self.element + count > run.start + run.count:
+            return False
+        if self._in_place is None:  # decided at the first chunk: see _measured_natively
+            self._in_place = self._measured_natively() and native.library() is not None
+        if not self._in_place:
+            return False
+        first = self._firsts[self._run] + (self.element - run.start) // BLOCK_ELEMENTS
+        norms = self._norms_at + 4 * first
+        sink = self._sink
+        if (sink is None or not sink.add_chunk(self.element, chunk, blocks, norms)) and (
+            not native.measure_chunk(chunk, blocks, BLOCK_ELEMENTS, norms, widened=self._widened)
+        ):
+            return False
+        if not _trusted(self._norms[first : first + blocks]):
+            self._check_values(torch.frombuffer(chunk, dtype=self._dtype))
+        self.element += count
+        if self.element == run.start + run.count:
+            self._run += 1
+        return True
 
     def _measured_natively(self) -> bool:
         """Whether the native loops measure values not folded live (bfloat16 ones only where

@@ -1,9 +1,11 @@
 """Building the native fold loops (native.c) for this machine: once per source, compiler,
 flags and platform, with the system's C compiler, cached under ~/.cache/fedmllm (or
-$XDG_CACHE_HOME/fedmllm). native.py loads and checks what this builds."""
+$XDG_CACHE_HOME/fedmllm); and checking them against ATen once loaded. native.py loads what
+this builds, and uses it only once checked."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -12,6 +14,8 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+
+import torch
 
 from shared.cache import cache_dir
 
@@ -61,3 +65,68 @@ def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.add_summed.argtypes = [pointer, pointer, f32, size, flag, pointer]
     lib.add_summed.restype = ctypes.c_double
     return lib
+
+
+def check(lib: ctypes.CDLL) -> None:
+    """Raise ValueError unless the loops add as ATen does, bit for bit, and measure as
+    ATen's norm does (to float32 rounding) on this machine (on torch's threads: which thread
+    adds a value changes none of its bits)."""
+    threads = torch.get_num_threads()
+    generator = torch.Generator().manual_seed(0)
+    count, size = 3 * 4096 + 37, 4096 + 37  # every lane, and a tail
+
+    def add(total: torch.Tensor, values: torch.Tensor, alpha: float, write: bool) -> torch.Tensor:
+        norms = torch.empty(values.numel() // size)
+        blocks, at = values.numel() // size, total.data_ptr()
+        lib.add_measured(
+            at, values.data_ptr(), alpha, write, blocks, size, norms.data_ptr(), threads, 0
+        )
+        return norms
+
+    values, start = torch.randn(2, 3 * size, generator=generator) * 10
+    for alpha in (0.3, 1.0, 1 / 3):
+        expected, got = start.clone().add_(values, alpha=alpha), start.clone()
+        add(got, values, alpha, False)
+        if not torch.equal(got, expected):
+            raise ValueError("its additions differ from ATen's add_ on this machine")
+        got_norms = add(got, values, alpha, True)
+        if not torch.equal(got, torch.mul(values, alpha)):
+            raise ValueError("its products differ from ATen's mul on this machine")
+        weights = start[:count].clone()
+        squares = ctypes.c_double(0.0)
+        summed = lib.add_summed(
+            weights.data_ptr(), values.data_ptr(), alpha, count, 1, ctypes.byref(squares)
+        )
+        if not torch.equal(weights, start[:count].clone().add_(values[:count], alpha=alpha)):
+            raise ValueError("its summing add differs from ATen's add_ on this machine")
+        if abs(summed - float(weights.double().sum())) > 1e-3 * float(weights.abs().sum()):
+            raise ValueError("its weight sum is wrong on this machine")
+        exact = float(values[:count].double().square().sum())
+        if abs(squares.value - exact) > 1e-9 * exact:
+            raise ValueError("its sum of squares is wrong on this machine")
+    norms = torch.linalg.vector_norm(values.view(3, size), dim=1)
+    if not torch.allclose(got_norms, norms, rtol=1e-5, atol=0.0):
+        raise ValueError("its block norms differ from ATen's on this machine")
+    updates, alphas = [values, values.flip(0), start], [0.3, 1 / 3, -2.5]
+    with contextlib.ExitStack() as opened:
+        files = [opened.enter_context(tempfile.TemporaryFile()) for _ in updates]
+        for file, update in zip(files, updates, strict=True):
+            file.write(update.numpy().tobytes())
+            file.flush()
+        for write in (False, True):
+            expected, got = start[1:].clone(), start[1:].clone()
+            for i, (update, alpha) in enumerate(zip(updates, alphas, strict=True)):
+                if i == 0 and write:
+                    torch.mul(update[1:], alpha, out=expected)
+                else:
+                    expected.add_(update[1:], alpha=alpha)
+            fds = (ctypes.c_int * len(files))(*(f.fileno() for f in files))
+            factors = (ctypes.c_float * len(alphas))(*alphas)
+            error = ctypes.c_int(0)
+            if lib.add_read(
+                got.data_ptr(), fds, 4, factors, len(files), write, 0, got.numel(), threads,
+                ctypes.byref(error),
+            ):  # fmt: skip
+                raise ValueError(f"it could not read a spooled file: {os.strerror(error.value)}")
+            if not torch.equal(got, expected):
+                raise ValueError("its additions from spooled files differ from ATen's add_")

@@ -140,6 +140,9 @@ class UpdateReceiver:
             )
         self._check.update(chunk)
         self.received += len(chunk)
+        if self._data_start >= 0 and self._decoder is None:
+            self._take(chunk)  # all data: measured from the bytes as they are (consume)
+            return
         view = memoryview(chunk)
         if self._data_start < 0:
             view = self._read_header(view)
@@ -149,12 +152,12 @@ class UpdateReceiver:
         elif len(view):
             self._take(view)
 
-    def _take(self, view: memoryview) -> None:
+    def _take(self, data: bytes | memoryview) -> None:
         """Measure, fold live if granted, and spool the next values of the data section."""
         if self._live is not None:
             self._live.resume(self.statistics.element, self._spool, self._path)
-        self.statistics.consume(view)
-        self._spool.write(view)
+        self.statistics.consume(data)
+        self._spool.write(data)
 
     def _read_header(self, view: memoryview) -> memoryview:
         """Collect the 8-byte length and the header, cut anywhere; return what of `view` is

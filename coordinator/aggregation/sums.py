@@ -9,17 +9,20 @@ arithmetic as one update after another (coordinator/aggregation/kernels.py), so 
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import functools
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
 
+from coordinator.aggregation import native
 from coordinator.aggregation.kernels import add_measured, add_measured_at, add_scaled
 from coordinator.aggregation.shape import UpdateShape
 from coordinator.aggregation.spool import PAGE, SpooledUpdates, SpoolView
 from coordinator.strategies import RoundAggregate
-from shared.payload import CHUNK_BYTES
+from shared.payload import BLOCK_ELEMENTS, CHUNK_BYTES
 
 # Elements folded per call. (Where spools are mapped: float16 ones, or any the native loop
 # does not read; spool.py.) The pages of a spool just written are mapped on first touch by
@@ -66,6 +69,26 @@ class RoundSums:
         may keep mapped (SpoolView's `hold`): what a chunk's stretch leaves of its share of
         `mapped_most`, so that fewer unmappings cost the same memory."""
         return max(0, self.mapped_most // max(carried, 1) - self.stretch)
+
+    @functools.cached_property
+    def _run_starts(self) -> list[int]:
+        return [run.start for run in self.shape.runs]
+
+    @functools.cached_property
+    def _addresses(self) -> list[tuple[int, int, int, str, bool]]:
+        """Per run: its first and past-the-last data element, the address its values add up
+        at (0 where the sum is not a float32 buffer the native loops can add into), that sum's
+        name and whether it is the control variate's. Asked once, not for every chunk: an
+        aggregate's buffers are never replaced."""
+        found = []
+        for run in self.shape.runs:
+            name = "control_total" if run.control else "total"
+            total = getattr(self.aggregate, name)
+            usable = total.dtype == torch.float32 and total.is_contiguous()
+            usable = usable and run.target + run.count <= total.numel()
+            address = total.data_ptr() + 4 * run.target if usable else 0
+            found.append((run.start, run.start + run.count, address, name, run.control))
+        return found
 
     def buffers(self) -> set[str]:
         return {"control_total" if run.control else "total" for run in self.shape.runs}
@@ -149,6 +172,45 @@ class RoundSums:
         if carried is not None:
             carried.add_into(target, element, scales[1:])
         return norms
+
+    def add_chunk(
+        self,
+        element: int,
+        chunk: bytes,
+        blocks: int,
+        norms: int,
+        *,
+        alpha: float,
+        carried: SpooledUpdates | None = None,
+        carried_alphas: Sequence[float] = (),
+    ) -> bool:
+        """add_values of a received chunk's bytes, whole blocks of values within one run,
+        measuring them (their block norms written to the float32s at address `norms`) in one
+        native call, with no tensor made (native.measure_chunk says why); the `carried` ones
+        read by the native loop too. False (and nothing added) where it cannot serve."""
+        if carried is not None and not carried.read:
+            return False
+        run = bisect.bisect_right(self._run_starts, element) - 1
+        start, end, address, name, control = self._addresses[run]
+        count = blocks * BLOCK_ELEMENTS
+        if not address or element + count > end:
+            return False
+        address += 4 * (element - start)
+        if not native.add_measured_chunk(
+            address,
+            chunk,
+            1.0 if control else alpha,
+            write=name in self.aggregate.stale,
+            blocks=blocks,
+            size=BLOCK_ELEMENTS,
+            norms=norms,
+            widened=self.shape.dtype == "bfloat16",
+        ):
+            return False
+        if carried is not None and carried_alphas:
+            scales = [1.0] * len(carried_alphas) if control else carried_alphas
+            carried.add_at(address, count, element, scales)
+        return True
 
     def stacked(
         self, paths: Sequence[Path], scales: Sequence[float]
