@@ -16,8 +16,9 @@ from coordinator.aggregation.receiver import UpdateReceiver, receive_bytes
 from coordinator.aggregation.shape import UpdateShape
 from coordinator.flat_adapter import FlatLayout
 from coordinator.strategies import RoundAggregate
-from shared.payload import PayloadDigest, iter_chunks
+from shared.payload import BLOCK_ELEMENTS, PayloadDigest, iter_chunks
 from shared.quantization import INT8, QuantizedEncoder
+from shared.safetensors_stream import StateEncoder
 from shared.tensor_codec import CONTROL_PREFIX, encode_state
 
 # Several norm blocks (32768 values) per tensor, and tensors that end inside a block.
@@ -36,16 +37,32 @@ def update_shape(wire: str, control: bool) -> UpdateShape:
     return UpdateShape(layout=LAYOUT, dtype=wire, with_control=control)
 
 
-def payload_of(silo: str, wire: str, control: bool) -> bytes:
+def _state(silo: str, control: bool) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(NAMES.index(silo))
     state = {k: torch.randn(s, generator=generator) * 0.01 for k, s in SHAPES.items()}
     if control:
         state |= {
             CONTROL_PREFIX + k: torch.randn(s, generator=generator) for k, s in SHAPES.items()
         }
+    return state
+
+
+def payload_of(silo: str, wire: str, control: bool) -> bytes:
+    state = _state(silo, control)
     if wire == INT8:
         return QuantizedEncoder(state).to_bytes()
     return encode_state({k: v.to(getattr(torch, wire)) for k, v in state.items()})
+
+
+def sender_chunks(silo: str, wire: str, control: bool) -> list[bytes]:
+    """payload_of's bytes as the silo agent cuts them (silo_agent/transfer.py): the header,
+    then chunks of whole norm blocks from the start of each run (two blocks here, where the
+    agent sends as many as 4 MiB hold), a run's last chunk ending with its short block."""
+    dtype = getattr(torch, wire)
+    encoder = StateEncoder({k: v.to(dtype) for k, v in _state(silo, control).items()}, dtype=dtype)
+    return list(
+        encoder.chunks(chunk_bytes=2 * BLOCK_ELEMENTS * encoder.itemsize, block=BLOCK_ELEMENTS)
+    )
 
 
 def new_fold(shape: UpdateShape, rule: AggregationRule | None = None) -> RoundFold:
@@ -72,11 +89,15 @@ class Upload:
         payload: bytes,
         spool: Path,
         announced: PayloadDigest | None = None,
+        cut: list[bytes] | None = None,
     ) -> None:
+        """`cut`: the payload in these chunks (else in CUTS[silo] bytes each)."""
         self.fold, self.silo, self.payload, self.path = fold, silo, payload, spool
         self.fold_lock = FOLD_LOCKS.setdefault(id(fold), threading.Lock())
         self.announced = announced or PayloadDigest.of(payload)
-        self.chunks = len(list(iter_chunks(payload, CUTS[silo])))
+        self._cut = cut or list(iter_chunks(payload, CUTS[silo]))
+        assert b"".join(self._cut) == payload
+        self.chunks = len(self._cut)
         self.live: LiveFold | None = fold.offer(silo, WEIGHTS[silo])
         self._steps = self._stream()
 
@@ -90,7 +111,7 @@ class Upload:
                 live=self.live,
             )
             try:
-                for chunk in iter_chunks(self.payload, CUTS[self.silo]):
+                for chunk in self._cut:
                     receiver.write(chunk)
                     yield
                 received = receiver.finish()

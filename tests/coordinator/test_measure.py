@@ -59,6 +59,9 @@ class Waiting:
     def add_measuring(self, element: int, values: torch.Tensor) -> torch.Tensor | None:
         return None
 
+    def add_chunk(self, element: int, chunk: bytes, blocks: int, norms: int) -> bool:
+        return False
+
 
 def _measure(
     data: bytes, shape: UpdateShape, cuts: list[int], sink: Waiting | None = None
