@@ -97,7 +97,8 @@ def _take_team() -> int:
     """How many threads a chunk's loop may run on: all of torch's where no other loop holds
     them (the caller then holds them until it calls _give_team), else 0, the calling thread
     alone. Which threads add or measure a block changes none of its bits. Two plain calls, not
-    a context manager: they come with every chunk received (see add_measured_at)."""
+    a context manager: they come with every chunk received (see add_measured_at;
+    measure_chunk and add_measured_chunk write their steps out)."""
     return torch.get_num_threads() if _team.acquire(blocking=False) else 0
 
 
