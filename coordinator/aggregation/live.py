@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import torch
 
@@ -28,6 +28,8 @@ from coordinator.aggregation.sums import RoundSums
 from shared.payload import BLOCK_ELEMENTS
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -141,63 +143,59 @@ class LiveFold:
         """Whole blocks of a received chunk's bytes, added and measured by one native call
         (RoundSums.add_chunk), their norms written at address `norms`; False if nothing was
         added, and then no more values are wanted (not adding, or this live fold ended). As
-        with add_measuring, values then refused end this live fold. (The steps of _add,
-        written out: each call in a chunk's path costs microseconds, native.measure_chunk.)"""
+        with add_measuring, values then refused end this live fold."""
         if not self._adding:
             return False
-        with self._lock:
-            if self._revoked:
-                return False
-            if element != self.folded:  # the receiver measures in order: never happens
-                raise RuntimeError(f"live fold at element {element}, expected {self.folded}")
-            self._touched = True
-            started = time.perf_counter()
-            try:
-                added = self._sums.add_chunk(
-                    element,
-                    chunk,
-                    blocks,
-                    norms,
-                    alpha=self.weight,
-                    carried=self._spools,
-                    carried_alphas=self._carried_alphas,
-                )
-            except OSError as exc:
-                self._give_up(exc)
-                return False
-            finally:
-                self.seconds += time.perf_counter() - started
-            if added:
-                self.folded += blocks * BLOCK_ELEMENTS
-            else:  # (sums the native loops cannot add into: no run's are)
-                self._give_up(OSError("the native loops cannot add into this round's sums"))
+
+        def add() -> bool:
+            added = self._sums.add_chunk(
+                element,
+                chunk,
+                blocks,
+                norms,
+                alpha=self.weight,
+                carried=self._spools,
+                carried_alphas=self._carried_alphas,
+            )
+            if not added:  # (no sums of a round are out of the loops' reach)
+                raise OSError("the native loops cannot add into this round's sums")
             return added
 
+        return bool(self._locked(element, blocks * BLOCK_ELEMENTS, add))
+
     def _add(self, element: int, values: torch.Tensor, *, measuring: bool) -> torch.Tensor | None:
+        return self._locked(
+            element,
+            values.numel(),
+            lambda: self._sums.add_values(
+                element,
+                values,
+                alpha=self.weight,
+                measuring=measuring,
+                carried=self._spools,
+                carried_alphas=self._carried_alphas,
+            ),
+        )
+
+    def _locked(self, element: int, count: int, add: Callable[[], _T]) -> _T | None:
+        """`add` the `count` elements from `element` on, unless revoked: its result; None if
+        revoked, or if a spool could not be read (this live fold then ends)."""
         with self._lock:
             if self._revoked:
                 return None
             if element != self.folded:  # the receiver measures in order: never happens
                 raise RuntimeError(f"live fold at element {element}, expected {self.folded}")
             self._touched = True
-            count = values.numel()
             started = time.perf_counter()
             try:
-                norms = self._sums.add_values(
-                    element,
-                    values,
-                    alpha=self.weight,
-                    measuring=measuring,
-                    carried=self._spools,
-                    carried_alphas=self._carried_alphas,
-                )
+                result = add()
             except OSError as exc:
                 self._give_up(exc)
                 return None
             finally:
                 self.seconds += time.perf_counter() - started
             self.folded += count
-            return norms
+            return result
 
     def _give_up(self, exc: OSError) -> None:
         """A spool could not be read (under the lock): add nothing more; what was added is
