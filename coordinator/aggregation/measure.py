@@ -4,7 +4,9 @@ The norm is summed over fixed blocks of BLOCK_ELEMENTS values, counted from the 
 run (the adapter, the control variate), each block reduced on its own and the blocks' squares
 added exactly (math.fsum): the same update measures the same, bit for bit, however the sender
 cut its chunks. A sender that cuts on block boundaries (ours does) is measured in place, a few
-complete blocks per call; only a block split across two chunks is pieced together.
+complete blocks per call; only a block split across two chunks is pieced together. Where the
+native loops serve, a chunk of whole blocks within one run (all but a run's last, as ours cut
+them) is measured, and folded live, by one call on its bytes, no tensor made of it.
 The block norms vouch for the values as well (no value exceeds its block's norm), so a chunk
 costs one pass; only a block whose norm is large or not finite is checked value by value.
 A float32 update is measured by the native loops (native.py) where they serve, in its live
