@@ -276,7 +276,7 @@ def failing_spool_reads(patch: pytest.MonkeyPatch, fails: Callable[[list[int]], 
     read's first element is recorded, and the read raises EIO where `fails(reads)` says so.
     Returns the record."""
     reads: list[int] = []
-    mapped, read = SpoolView.values, native.add_read_at
+    mapped, read, fused = SpoolView.values, native.add_read, native.add_measured_read_chunk
 
     def check(start: int) -> None:
         reads.append(start)
@@ -287,10 +287,15 @@ def failing_spool_reads(patch: pytest.MonkeyPatch, fails: Callable[[list[int]], 
         check(start)
         return mapped(self, start, count)
 
-    def failing_read(total: int, count: int, spools: Any, element: int, *a: Any, **k: Any) -> bool:
+    def failing_read(total: torch.Tensor, spools: Any, element: int, *a: Any, **k: Any) -> bool:
         check(element)
-        return read(total, count, spools, element, *a, **k)
+        return read(total, spools, element, *a, **k)
+
+    def failing_fused(*args: Any, element: int, **kwargs: Any) -> bool:
+        check(element)
+        return fused(*args, element=element, **kwargs)
 
     patch.setattr(SpoolView, "values", failing_mapped)
-    patch.setattr(native, "add_read_at", failing_read)  # (add_read calls it too)
+    patch.setattr(native, "add_read", failing_read)
+    patch.setattr(native, "add_measured_read_chunk", failing_fused)
     return reads

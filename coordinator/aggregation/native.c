@@ -164,18 +164,55 @@ static int read_fully(int fd, char *into, size_t count, int64_t offset) {
     return 0;
 }
 
+/* s += a * values (s = a * values if `write`), values the `n` values at byte `offset` of `fd`,
+ * read into `buffer`: float32 ones (`widened` 0) added with one rounding, as ATen's add_ (and
+ * written as its mul); bfloat16 ones (`widened` 1) widened and added with two, product then
+ * sum, as the coordinator's compiled widening kernels do (native.py checks both). Returns 0
+ * or an errno, as read_fully. */
+static inline __attribute__((always_inline)) int add_file(float *restrict s, float *buffer,
+                                                          int fd, int64_t offset, int64_t n,
+                                                          float a, int write, int widened) {
+    size_t itemsize = widened ? sizeof(uint16_t) : sizeof(float);
+    int status = buffer ? read_fully(fd, (char *)buffer, (size_t)n * itemsize, offset) : ENOMEM;
+    if (status) return status;
+    const float *restrict v = buffer;
+    const uint16_t *restrict h = (const uint16_t *)buffer;
+    if (write) {
+        if (widened) {
+#pragma omp simd
+            for (int64_t i = 0; i < n; i++) s[i] = widen(h[i]) * a;
+        } else {
+#pragma omp simd
+            for (int64_t i = 0; i < n; i++) s[i] = a * v[i];
+        }
+    } else if (widened) {
+#pragma omp simd
+        for (int64_t i = 0; i < n; i++) s[i] = s[i] + widen(h[i]) * a;
+    } else {
+#pragma omp simd
+        for (int64_t i = 0; i < n; i++) s[i] = fmaf(a, v[i], s[i]);
+    }
+    return 0;
+}
+
+/* A file that could not be read: the first one recorded (its index + 1 and errno), and every
+ * thread told to stop. */
+static void failed_read(int *failed, int *index, int *code, int j, int status) {
+#pragma omp critical(add_read_failed)
+    if (!*index) *index = j + 1, *code = status;
+#pragma omp atomic write
+    *failed = 1;
+}
+
 /* sum += alphas[j] * values_j for each file j in turn, values_j the `count` values at byte
- * `offset` of file fds[j]; with `write`, the first is written instead (sum = alphas[0] *
- * values_0). float32 values (`widened` 0) are added with one rounding, as ATen's add_ (and
- * written as its mul); bfloat16 ones (`widened` 1) are widened and added with two, product
- * then sum, as the coordinator's compiled widening kernels do (native.py checks both).
- * Returns 0, or j + 1 for a file that could not be read in full (*error: its errno, ENODATA
- * if it ends early); the sum then holds part of the additions. */
+ * `offset` of file fds[j] (as add_file adds them); with `write`, the first is written instead
+ * (sum = alphas[0] * values_0). Returns 0, or j + 1 for a file that could not be read in full
+ * (*error: its errno, ENODATA if it ends early); the sum then holds part of the additions. */
 CLONES int add_read(float *restrict sum, const int *restrict fds, int64_t offset,
                     const float *restrict alphas, int k, int write, int widened, int64_t count,
                     int threads, int *restrict error) {
     int failed = 0, index = 0, code = 0;
-    size_t itemsize = widened ? sizeof(uint16_t) : sizeof(float);
+    int64_t itemsize = widened ? sizeof(uint16_t) : sizeof(float);
     int64_t tiles = (count + TILE - 1) / TILE, claimed = 0, front = 0, back = 0;
 #pragma omp parallel num_threads(threads)
     {
@@ -186,35 +223,55 @@ CLONES int add_read(float *restrict sum, const int *restrict fds, int64_t offset
             stop = failed;
             if (stop) continue;
             int64_t start = tile * TILE, n = count - start < TILE ? count - start : TILE;
-            float *restrict s = sum + start;
             for (int j = 0; j < k; j++) {
-                int status = buffer ? read_fully(fds[j], (char *)buffer, (size_t)n * itemsize,
-                                                 offset + start * (int64_t)itemsize)
-                                    : ENOMEM;
+                int status = add_file(sum + start, buffer, fds[j], offset + start * itemsize, n,
+                                      alphas[j], j == 0 && write, widened);
                 if (status) {
-#pragma omp critical(add_read_failed)
-                    if (!index) index = j + 1, code = status;
-#pragma omp atomic write
-                    failed = 1;
+                    failed_read(&failed, &index, &code, j, status);
                     break;
                 }
-                const float *restrict v = buffer;
-                const uint16_t *restrict h = (const uint16_t *)buffer;
-                float a = alphas[j];
-                if (j == 0 && write) {
-                    if (widened) {
-#pragma omp simd
-                        for (int64_t i = 0; i < n; i++) s[i] = widen(h[i]) * a;
-                    } else {
-#pragma omp simd
-                        for (int64_t i = 0; i < n; i++) s[i] = a * v[i];
-                    }
-                } else if (widened) {
-#pragma omp simd
-                    for (int64_t i = 0; i < n; i++) s[i] = s[i] + widen(h[i]) * a;
-                } else {
-#pragma omp simd
-                    for (int64_t i = 0; i < n; i++) s[i] = fmaf(a, v[i], s[i]);
+            }
+        }
+        free(buffer);
+    }
+    *error = code;
+    return index;
+}
+
+/* add_measured, then add_read of the k files (never written) into each block of the sum as
+ * soon as it is added, while it is in the core's cache: the updates a live fold carries,
+ * added along with a chunk it has just received. Each value gets the same operations, in the
+ * same order, as add_measured and then add_read give it; the norms are add_measured's. */
+CLONES int add_measured_read(float *restrict sum, const void *restrict values, float alpha,
+                             int write, int64_t blocks, int64_t size, float *restrict norms,
+                             int widened, const int *restrict fds, int64_t offset,
+                             const float *restrict alphas, int k, int threads,
+                             int *restrict error) {
+    int failed = 0, index = 0, code = 0;
+    int64_t itemsize = widened ? sizeof(uint16_t) : sizeof(float);
+    int64_t claimed = 0, front = 0, back = 0;
+#pragma omp parallel num_threads(threads)
+    {
+        float *buffer = aligned_alloc(64, size * sizeof(float));
+        for (int64_t b; (b = next_block(&claimed, &front, &back, blocks)) >= 0;) {
+            float *s = sum + b * size;
+            const char *at = (const char *)values + b * size * itemsize;
+            if (widened)
+                norms[b] = write ? block(s, at, alpha, size, WRITE, 1)
+                                 : block(s, at, alpha, size, ADD, 1);
+            else
+                norms[b] = write ? block(s, at, alpha, size, WRITE, 0)
+                                 : block(s, at, alpha, size, ADD, 0);
+            int stop;
+#pragma omp atomic read
+            stop = failed;
+            if (stop) continue;
+            for (int j = 0; j < k; j++) {
+                int status = add_file(s, buffer, fds[j], offset + b * size * itemsize, size,
+                                      alphas[j], 0, widened);
+                if (status) {
+                    failed_read(&failed, &index, &code, j, status);
+                    break;
                 }
             }
         }

@@ -268,37 +268,31 @@ def add_read(
     (kernels.py checks that before it uses this). False (and nothing added) where the caller's
     kernels must serve; OSError, naming the file, if one cannot be read in full (the sums then
     hold part of the additions)."""
-    if not _contiguous_float32(total):
-        return False
-    return add_read_at(
-        total.data_ptr(), total.numel(), spools, element, alphas, write=write, dtype=dtype
-    )
-
-
-def add_read_at(
-    total: int,
-    count: int,
-    spools: Sequence[tuple[int, Path]],
-    element: int,
-    alphas: Sequence[float],
-    *,
-    write: bool = False,
-    dtype: str = "float32",
-) -> bool:
-    """add_read into the `count` float32 values at address `total` (a stretch of a sum the
-    caller holds)."""
     lib = library()
-    if lib is None or dtype not in ("float32", "bfloat16") or len(spools) != len(alphas):
+    if (
+        lib is None
+        or dtype not in ("float32", "bfloat16")
+        or not _contiguous_float32(total)
+        or len(spools) != len(alphas)
+    ):
         return False
     fds, widened = [fd for fd, _ in spools], dtype == "bfloat16"
     offset = element * (2 if widened else 4)
-    failed, code = _call_read(lib, total, count, fds, offset, alphas, write=write, widened=widened)
+    failed, code = _call_read(
+        lib, total.data_ptr(), total.numel(), fds, offset, alphas, write=write, widened=widened
+    )
+    _raise_unread(spools, failed, code)
+    return True
+
+
+def _raise_unread(spools: Sequence[tuple[int, Path]], failed: int, code: int) -> None:
+    """OSError naming the spool that a loop could not read (`failed`: its index + 1; 0 if all
+    were read)."""
     if failed:
         path = spools[failed - 1][1]
         if code == errno.ENODATA:
             raise OSError(code, f"spooled update {path} is truncated")
         raise OSError(code, f"spooled update {path} could not be read: {os.strerror(code)}")
-    return True
 
 
 def measure_chunk(chunk: bytes, blocks: int, size: int, norms: int, *, widened: bool) -> bool:
@@ -340,6 +334,36 @@ def add_measured_chunk(
         lib.add_measured(total, chunk, alpha, write, blocks, size, norms, threads or 1, widened)
     finally:
         _give_team(threads)
+    return True
+
+
+def add_measured_read_chunk(
+    total: int, chunk: bytes, alpha: float, *, write: bool, blocks: int, size: int, norms: int,
+    widened: bool, spools: Sequence[tuple[int, Path]], element: int, alphas: Sequence[float],
+) -> bool:  # fmt: skip
+    """add_measured_chunk, then add_read of the spooled updates (their values from data element
+    `element`) into each block of the stretch as soon as the chunk's values are in it, in one
+    call: the updates a live fold carries, added while the block is in the core's cache rather
+    than read back from memory (this machine's cache beyond the core's own holds nothing of a
+    4 MiB stretch, docs/benchmarks.md). The same operations in the same order per value as the
+    two calls, so the same bits. False (nothing added) where the loops cannot serve; OSError,
+    naming the file, if a spool cannot be read in full (the sums then hold part of it all)."""
+    lib = library()
+    if lib is None or len(chunk) != blocks * size * (2 if widened else 4):
+        return False
+    fds = (ctypes.c_int * len(spools))(*(fd for fd, _ in spools))
+    factors = (ctypes.c_float * len(alphas))(*alphas)
+    error = ctypes.c_int(0)
+    offset = element * (2 if widened else 4)
+    threads = _take_team()
+    try:
+        failed = lib.add_measured_read(
+            total, chunk, alpha, write, blocks, size, norms, widened,
+            fds, offset, factors, len(spools), threads or 1, ctypes.byref(error),
+        )  # fmt: skip
+    finally:
+        _give_team(threads)
+    _raise_unread(spools, failed, error.value)
     return True
 
 

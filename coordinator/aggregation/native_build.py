@@ -62,6 +62,11 @@ def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.add_measured.restype = None
     lib.add_read.argtypes = [pointer, pointer, size, pointer, flag, flag, flag, size, flag, pointer]
     lib.add_read.restype = flag
+    lib.add_measured_read.argtypes = [
+        *(pointer, pointer, f32, flag, size, size, pointer, flag),
+        *(pointer, size, pointer, flag, flag, pointer),
+    ]
+    lib.add_measured_read.restype = flag
     lib.add_summed.argtypes = [pointer, pointer, f32, size, flag, pointer]
     lib.add_summed.restype = ctypes.c_double
     return lib

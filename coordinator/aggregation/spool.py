@@ -207,18 +207,12 @@ class SpooledUpdates(_Closing):
             view.release(element, count)
 
     @property
-    def read(self) -> bool:
-        """Whether the native loop reads them from their files (`add_at` serves; none count)."""
-        return bool(self._files) or not self.paths
-
-    def add_at(self, total: int, count: int, element: int, alphas: Sequence[float]) -> None:
-        """add_into the `count` float32 values at address `total` (where `read`: a stretch of
-        a sum the caller holds)."""
-        if not self.paths:
-            return
-        spools = [(f.fileno(), p) for f, p in zip(self._files, self.paths, strict=True)]
-        if not native.add_read_at(total, count, spools, element, alphas, dtype=self._dtype):
-            raise RuntimeError("spooled updates the native loop does not read")
+    def read(self) -> list[tuple[int, Path]] | None:
+        """Each file's descriptor and path, where the native loop reads them (none where there
+        are none); None where they are mapped."""
+        if self._files or not self.paths:
+            return [(f.fileno(), p) for f, p in zip(self._files, self.paths, strict=True)]
+        return None
 
     def close(self) -> None:
         self._opened.close()

@@ -185,32 +185,30 @@ class RoundSums:
         carried_alphas: Sequence[float] = (),
     ) -> bool:
         """add_values of a received chunk's bytes, whole blocks of values within one run,
-        measuring them (their block norms written to the float32s at address `norms`) in one
-        native call, with no tensor made (native.measure_chunk says why); the `carried` ones
-        read by the native loop too. False (and nothing added) where it cannot serve."""
-        if carried is not None and not carried.read:
+        measuring them (their block norms written to the float32s at address `norms`), and
+        the `carried` ones read into each block right after, all in one native call with no
+        tensor made (native.measure_chunk, native.add_measured_read_chunk say why). False (and
+        nothing added) where it cannot serve."""
+        spools = carried.read if carried is not None else []
+        if spools is None:
             return False
         run = bisect.bisect_right(self._run_starts, element) - 1
         start, end, address, name, control = self._addresses[run]
-        count = blocks * BLOCK_ELEMENTS
-        if not address or element + count > end:
+        if not address or element + blocks * BLOCK_ELEMENTS > end:
             return False
         address += 4 * (element - start)
-        if not native.add_measured_chunk(
-            address,
-            chunk,
-            1.0 if control else alpha,
-            write=name in self.aggregate.stale,
-            blocks=blocks,
-            size=BLOCK_ELEMENTS,
-            norms=norms,
-            widened=self.shape.dtype == "bfloat16",
-        ):
-            return False
-        if carried is not None and carried_alphas:
-            scales = [1.0] * len(carried_alphas) if control else carried_alphas
-            carried.add_at(address, count, element, scales)
-        return True
+        alpha, write = 1.0 if control else alpha, name in self.aggregate.stale
+        widened = self.shape.dtype == "bfloat16"
+        if not spools:
+            return native.add_measured_chunk(
+                address, chunk, alpha, write=write, blocks=blocks, size=BLOCK_ELEMENTS,
+                norms=norms, widened=widened,
+            )  # fmt: skip
+        return native.add_measured_read_chunk(
+            address, chunk, alpha, write=write, blocks=blocks, size=BLOCK_ELEMENTS, norms=norms,
+            widened=widened, spools=spools, element=element,
+            alphas=[1.0] * len(spools) if control else carried_alphas,
+        )  # fmt: skip
 
     def stacked(
         self, paths: Sequence[Path], scales: Sequence[float]

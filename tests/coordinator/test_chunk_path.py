@@ -33,8 +33,9 @@ from tests.coordinator.live_uploads import (
     sender_chunks,
     update_shape,
 )
+from tests.helpers import failing_spool_reads
 
-CHUNK_CALLS = ("measure_chunk", "add_measured_chunk", "add_read_at")
+CHUNK_CALLS = ("measure_chunk", "add_measured_chunk", "add_measured_read_chunk")
 
 
 def _served(wire: str) -> bool:
@@ -161,7 +162,8 @@ def test_the_senders_chunks_fold_live_as_the_spooled_fold_bit_for_bit(
     wire: str, control: bool, arrival: str, calls: Counter[str], tmp_path: Path
 ) -> None:
     """In order, every update is folded live from its chunks' bytes; reversed, the last two
-    are measured as they arrive and carried, read from their spools, by the first."""
+    are measured as they arrive and carried by the first, read from their spools into each
+    block in the call that adds the first's chunk."""
     shape = update_shape(wire, control)
     fold = new_fold(shape)
     order = NAMES[::-1] if arrival == "reversed" else NAMES
@@ -181,11 +183,11 @@ def test_the_senders_chunks_fold_live_as_the_spooled_fold_bit_for_bit(
     if not _served(wire):
         assert not made
         return
-    assert made["add_measured_chunk"] > 0
+    assert made["add_measured_chunk"] + made["add_measured_read_chunk"] > 0
     if arrival == "in order":
-        assert made["measure_chunk"] == made["add_read_at"] == 0
-    if arrival == "reversed":
-        assert made["measure_chunk"] > 0 and made["add_read_at"] > 0
+        assert made["measure_chunk"] == made["add_measured_read_chunk"] == 0
+    if arrival == "reversed":  # the first in the order carries the two others in each call
+        assert made["measure_chunk"] > 0 and made["add_measured_read_chunk"] > 0
         assert fold.folded_live == 1 and fold.folded_carried == 2 and fold.rebuilds == 0
 
 
@@ -210,3 +212,56 @@ def test_a_live_fold_the_loops_cannot_add_for_ends_and_its_update_folds_later(
     assert "cannot add into this round's sums" in caplog.text
     first = uploads[0].live
     assert first is not None and first.folded == 0 and fold.folded_live == 0
+
+
+def test_a_carried_spool_cut_short_is_named_and_the_chunk_still_measured(tmp_path: Path) -> None:
+    if native.library() is None:
+        pytest.skip("the native loops are not built on this machine")
+    values = _values(2 * BLOCK_ELEMENTS, torch.float32)
+    chunk = values.numpy().tobytes()
+    whole, short = tmp_path / "whole.bin", tmp_path / "short.bin"
+    whole.write_bytes(_values(4 * BLOCK_ELEMENTS, torch.float32).numpy().tobytes())
+    short.write_bytes(whole.read_bytes()[: 5 * BLOCK_ELEMENTS])  # 1.25 blocks of values
+    total, norms = torch.zeros(2 * BLOCK_ELEMENTS), (ctypes.c_float * 2)()
+    with whole.open("rb") as first, short.open("rb") as second:
+        spools = [(first.fileno(), whole), (second.fileno(), short)]
+        with pytest.raises(OSError, match=f"spooled update {short} is truncated"):
+            native.add_measured_read_chunk(
+                total.data_ptr(), chunk, 1.0, write=True, blocks=2, size=BLOCK_ELEMENTS,
+                norms=ctypes.addressof(norms), widened=False, spools=spools, element=0,
+                alphas=[1.0, 1.0],
+            )  # fmt: skip
+    expected = native.block_norms(values, 2)
+    assert expected is not None and list(norms) == expected.tolist()
+
+
+@pytest.mark.parametrize("wire", ["float32", "bfloat16"])
+def test_a_carried_spool_failing_in_the_chunks_call_ends_the_live_fold_not_the_upload(
+    wire: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """b and c wait; a, cut as the agent cuts it, streams in live and carries them until a
+    read of their spools fails (a failing disk, injected): a is accepted all the same, and
+    the sums rebuilt to exactly the three."""
+    shape = update_shape(wire, False)
+    fold = new_fold(shape)
+
+    def upload(silo: str) -> Upload:
+        cut = sender_chunks(silo, wire, False)
+        return Upload(fold, silo, payload_of(silo, wire, False), tmp_path / silo, cut=cut)
+
+    for silo in ("silo-b", "silo-c"):
+        interleave([upload(silo)])
+    carrier = upload("silo-a")
+    steps = iter(carrier)
+    next(steps), next(steps)  # the header, and one chunk folded live with b and c
+    assert carrier.live is not None and len(carrier.live.carried) == 2
+    with monkeypatch.context() as patched:
+        failed = failing_spool_reads(patched, lambda reads: len(reads) > 0)
+        next(steps)
+    for _ in steps:
+        pass
+    fold.finish()
+    assert_same_sums(fold.aggregate, reference(shape, NAMES, tmp_path))
+    if _served(wire):  # (else the chunks took the path through tensors, failing alike)
+        assert failed == [2 * BLOCK_ELEMENTS]
+    assert fold.rebuilds == 1 and fold.folded_live == 0 and fold.folded_carried == 0
