@@ -148,8 +148,8 @@ CLONES void add_measured(float *restrict sum, const void *restrict values, float
 /* Values each thread reads from a file at a time into its buffer (256 KiB): whole stretches of
  * the sum, the files one after another, each stretch in the core's cache until they are added.
  * The stretches are taken as add_measured takes its blocks (the calling thread's from the last
- * one down): updates carried along by a live fold are added into the stretch of the sum it has
- * just written, mostly by the thread that wrote each part of it. */
+ * one down). Updates carried along by a live fold are read by add_measured_read instead, a
+ * block at a time, into the block of the sum it has just added. */
 #define TILE 65536
 
 /* Read `count` bytes at `offset` of `fd` into `into`: 0, or an errno (ENODATA: the file ends). */
