@@ -81,6 +81,19 @@ static inline __attribute__((always_inline)) float block(
     return sqrtf(squares);
 }
 
+/* block() adding (or, with `write`, writing) `values` into `sum`, its four kinds each compiled
+ * with its own constants. */
+static inline __attribute__((always_inline)) float add_block(float *restrict sum,
+                                                             const void *restrict values,
+                                                             float alpha, int64_t count,
+                                                             int write, int widened) {
+    if (widened)
+        return write ? block(sum, values, alpha, count, WRITE, 1)
+                     : block(sum, values, alpha, count, ADD, 1);
+    return write ? block(sum, values, alpha, count, WRITE, 0)
+                 : block(sum, values, alpha, count, ADD, 0);
+}
+
 /* The next block for the calling thread to take, or -1 when all `blocks` are taken: the thread
  * that called the loop (the team's first) takes them from the last one down, the others from
  * the first one up, until they meet. */
@@ -134,14 +147,8 @@ CLONES void add_measured(float *restrict sum, const void *restrict values, float
     int64_t claimed = 0, front = 0, back = 0;
 #pragma omp parallel num_threads(threads)
     for (int64_t b; (b = next_block(&claimed, &front, &back, blocks)) >= 0;) {
-        float *s = sum + b * size;
         const char *at = (const char *)values + b * size * itemsize;
-        if (widened)
-            norms[b] = write ? block(s, at, alpha, size, WRITE, 1)
-                             : block(s, at, alpha, size, ADD, 1);
-        else
-            norms[b] = write ? block(s, at, alpha, size, WRITE, 0)
-                             : block(s, at, alpha, size, ADD, 0);
+        norms[b] = add_block(sum + b * size, at, alpha, size, write, widened);
     }
 }
 
@@ -256,12 +263,7 @@ CLONES int add_measured_read(float *restrict sum, const void *restrict values, f
         for (int64_t b; (b = next_block(&claimed, &front, &back, blocks)) >= 0;) {
             float *s = sum + b * size;
             const char *at = (const char *)values + b * size * itemsize;
-            if (widened)
-                norms[b] = write ? block(s, at, alpha, size, WRITE, 1)
-                                 : block(s, at, alpha, size, ADD, 1);
-            else
-                norms[b] = write ? block(s, at, alpha, size, WRITE, 0)
-                                 : block(s, at, alpha, size, ADD, 0);
+            norms[b] = add_block(s, at, alpha, size, write, widened);
             int stop;
 #pragma omp atomic read
             stop = failed;
