@@ -105,20 +105,6 @@ def add_measured(
     return norms
 
 
-def add_measured_at(
-    total: torch.Tensor, at: int, values: torch.Tensor, alpha: float, *, write: bool
-) -> torch.Tensor:
-    """add_measured into total[at : at + len(values)]: where the native loop serves, with no
-    view of that stretch made (native.add_measured_at: the call of every chunk folded live)."""
-    if values.dtype == torch.float32 or (values.dtype == torch.bfloat16 and native_bfloat16()):
-        measured = native.add_measured_at(
-            total, at, values, alpha, write=write, size=BLOCK_ELEMENTS
-        )
-        if measured is not None:
-            return measured
-    return add_measured(total[at : at + values.numel()], values, alpha, write=write)
-
-
 def _widened_norms(values: torch.Tensor) -> torch.Tensor:
     """The L2 norm of each block of BLOCK_ELEMENTS values, widened in the loop."""
     blocks = values.float().view(-1, BLOCK_ELEMENTS)

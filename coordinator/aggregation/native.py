@@ -115,14 +115,13 @@ def _add_tensors(
     *,
     write: bool,
     size: int,
-    at: int = 0,
 ) -> torch.Tensor:
     blocks = values.numel() // size
     norms = torch.empty(blocks, dtype=torch.float32)
     threads = _take_team()
     try:
         lib.add_measured(
-            total.data_ptr() + 4 * at,
+            total.data_ptr(),
             values.data_ptr(),
             alpha,
             write,
@@ -228,28 +227,6 @@ def add_measured(
     ):
         return None
     return _add_tensors(lib, total, values, alpha, write=write, size=size)
-
-
-def add_measured_at(
-    total: torch.Tensor, at: int, values: torch.Tensor, alpha: float, *, write: bool, size: int
-) -> torch.Tensor | None:
-    """add_measured into total[at : at + len(values)], with no view of that stretch made: the
-    call a live fold makes for each chunk, where every step in Python costs several times what
-    it costs in a tight loop, the chunk having just streamed through the core's caches (on an
-    Intel Xeon of 1 MiB L2, ad hoc: the Python between a chunk's arrival and this loop took
-    165-183 us a chunk with the view and the layers that made it, 120-122 without; the view
-    alone 31 us under cProfile, 2 in a tight loop)."""
-    lib = library()
-    if (
-        lib is None
-        or total.dtype != torch.float32
-        or not total.is_contiguous()
-        or not _measurable(values)
-        or not 0 <= at <= total.numel() - values.numel()
-        or values.numel() % size
-    ):
-        return None
-    return _add_tensors(lib, total, values, alpha, write=write, size=size, at=at)
 
 
 def add_read(

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from coordinator.aggregation import native
-from coordinator.aggregation.kernels import add_measured, add_measured_at, add_scaled
+from coordinator.aggregation.kernels import add_measured, add_scaled
 from coordinator.aggregation.shape import UpdateShape
 from coordinator.aggregation.spool import PAGE, SpooledUpdates, SpoolView
 from coordinator.strategies import RoundAggregate
@@ -134,17 +134,12 @@ class RoundSums:
         whether it is to be written rather than added to (no fold has written it yet this
         round: its earlier round's values are stale), and the scales of the updates (their
         alphas; control values are added as they are)."""
-        total, at, write, control = self._where(element)
-        scales = [1.0] * len(alphas) if control else list(alphas)
-        return total[at : at + count], write, scales
-
-    def _where(self, element: int) -> tuple[torch.Tensor, int, bool, bool]:
-        """The sum data element `element` adds up in, its offset there, whether that sum is to
-        be written rather than added to (see _target), and whether it is a control value."""
         run = self.shape.run_at(element)
         name = "control_total" if run.control else "total"
         at = run.target + element - run.start
-        return getattr(self.aggregate, name), at, name in self.aggregate.stale, run.control
+        target = getattr(self.aggregate, name)[at : at + count]
+        scales = [1.0] * len(alphas) if run.control else list(alphas)
+        return target, name in self.aggregate.stale, scales
 
     def add_values(
         self,
@@ -160,9 +155,6 @@ class RoundSums:
         adapter values times `alpha`, control values as they are; then the same elements of
         the `carried` spooled updates, each times its alpha, while that stretch is in the
         cache. `measuring` (whole blocks): return each block's norm of `values` as well."""
-        if measuring and not carried_alphas:  # a live fold carrying none: no slice made
-            total, at, write, control = self._where(element)
-            return add_measured_at(total, at, values, 1.0 if control else alpha, write=write)
         target, write, scales = self._target(element, values.numel(), [alpha, *carried_alphas])
         norms = None
         if measuring:
@@ -194,7 +186,7 @@ class RoundSums:
             return False
         run = bisect.bisect_right(self._run_starts, element) - 1
         start, end, address, name, control = self._addresses[run]
-        if not address or element + blocks * BLOCK_ELEMENTS > end:
+        if not address or not start <= element <= end - blocks * BLOCK_ELEMENTS:
             return False
         address += 4 * (element - start)
         alpha, write = 1.0 if control else alpha, name in self.aggregate.stale

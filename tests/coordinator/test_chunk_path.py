@@ -19,6 +19,7 @@ import torch
 from coordinator.aggregation import kernels, native
 from coordinator.aggregation.measure import UpdateStatistics
 from coordinator.aggregation.shape import UpdateShape
+from coordinator.aggregation.sums import RoundSums
 from shared.errors import UpdateRejected
 from shared.payload import BLOCK_ELEMENTS
 from tests.coordinator.live_uploads import (
@@ -112,6 +113,18 @@ def test_a_chunk_that_is_not_its_whole_blocks_is_not_read() -> None:
         norms=ctypes.addressof(norms), widened=True,  # 16-bit values would be half as many
     )  # fmt: skip
     assert list(norms) == [-1.0] * 3 and not total.any()
+
+
+@pytest.mark.parametrize("element", [LAYOUT.numel - BLOCK_ELEMENTS, LAYOUT.numel, -1])
+def test_a_chunk_past_the_end_of_its_run_adds_nothing(element: int) -> None:
+    """(The receiver never offers one: its chunks lie within one run.)"""
+    fold = new_fold(UpdateShape(layout=LAYOUT, dtype="float32"))
+    before = fold.aggregate.total.clone()
+    chunk = torch.ones(2 * BLOCK_ELEMENTS).numpy().tobytes()
+    norms = (ctypes.c_float * 2)()
+    sums = RoundSums(aggregate=fold.aggregate, shape=UpdateShape(layout=LAYOUT, dtype="float32"))
+    assert not sums.add_chunk(element, chunk, 2, ctypes.addressof(norms), alpha=1.0)
+    assert torch.equal(fold.aggregate.total, before)
 
 
 @pytest.mark.parametrize("wire", ["float32", "bfloat16", "float16"])

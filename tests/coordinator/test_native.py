@@ -4,7 +4,6 @@ where they cannot be built or do not."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import shutil
@@ -72,37 +71,6 @@ def test_the_fused_add_equals_aten_bit_for_bit_with_the_same_norms(
     assert alone is not None and torch.equal(alone, norms)
     exact = torch.linalg.vector_norm(values.double().view(3, size), dim=1).float()
     assert torch.allclose(norms, exact, rtol=1e-5, atol=0.0)
-
-
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("write", [False, True])
-def test_adding_at_an_offset_is_adding_into_that_slice(dtype: str, write: bool) -> None:
-    """What a live fold adds at an offset of the sums (no view made) is, bit for bit, what the
-    same add into that slice gives, with the same norms, and not one value beside it moves;
-    ATen's ops serve the same where the loops do not."""
-    values = _values(2 * BLOCK_ELEMENTS, seed=7).to(getattr(torch, dtype))
-    start, at = _values(5 * BLOCK_ELEMENTS + 3, seed=8), BLOCK_ELEMENTS + 3
-    expected = start.clone()
-    expected_norms = kernels.add_measured(
-        expected[at : at + values.numel()], values, 0.37, write=write
-    )
-    for loops in (True, False):
-        got = start.clone()
-        with contextlib.nullcontext() if loops else native.unavailable():
-            norms = kernels.add_measured_at(got, at, values, 0.37, write=write)
-        assert torch.equal(got, expected), loops
-        if loops:  # the same loop measured both
-            assert torch.equal(norms, expected_norms)
-        else:  # ATen's reduction: the same to float32 rounding
-            assert torch.allclose(norms, expected_norms, rtol=1e-5, atol=0.0)
-
-
-@pytest.mark.parametrize("at", [-1, 3 * BLOCK_ELEMENTS + 1, 10 * BLOCK_ELEMENTS])
-def test_an_offset_past_the_sums_adds_nothing_natively(at: int) -> None:
-    total = torch.zeros(5 * BLOCK_ELEMENTS)
-    values = torch.ones(2 * BLOCK_ELEMENTS)
-    assert native.add_measured_at(total, at, values, 1.0, write=False, size=BLOCK_ELEMENTS) is None
-    assert not total.any()
 
 
 @pytest.mark.parametrize("size", [BLOCK_ELEMENTS, 4_099, 1])
