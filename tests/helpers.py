@@ -276,7 +276,7 @@ def failing_spool_reads(patch: pytest.MonkeyPatch, fails: Callable[[list[int]], 
     read's first element is recorded, and the read raises EIO where `fails(reads)` says so.
     Returns the record."""
     reads: list[int] = []
-    mapped, read, fused = SpoolView.values, native.add_read, native.add_measured_read_chunk
+    mapped, read, fused = SpoolView.values, native.add_read, native.add_measured_chunk
 
     def check(start: int) -> None:
         reads.append(start)
@@ -291,11 +291,12 @@ def failing_spool_reads(patch: pytest.MonkeyPatch, fails: Callable[[list[int]], 
         check(element)
         return read(total, spools, element, *a, **k)
 
-    def failing_fused(*args: Any, element: int, **kwargs: Any) -> bool:
-        check(element)
-        return fused(*args, element=element, **kwargs)
+    def failing_fused(*args: Any, spools: Any = (), element: int = 0, **kwargs: Any) -> bool:
+        if spools:  # (a chunk alone reads no spool)
+            check(element)
+        return fused(*args, spools=spools, element=element, **kwargs)
 
     patch.setattr(SpoolView, "values", failing_mapped)
     patch.setattr(native, "add_read", failing_read)
-    patch.setattr(native, "add_measured_read_chunk", failing_fused)
+    patch.setattr(native, "add_measured_chunk", failing_fused)
     return reads

@@ -176,7 +176,7 @@ class UpdateStatistics:
             self._in_place = self._measured_natively() and native.library() is not None
         if not self._in_place:
             return False
-        first = self._firsts[self._run] + (self.element - run.start) // BLOCK_ELEMENTS
+        first = self._block()
         norms = self._norms_at + 4 * first
         sink = self._sink
         if (sink is None or not sink.add_chunk(self.element, chunk, blocks, norms)) and (

@@ -130,32 +130,10 @@ CLONES void block_norms(const void *restrict values, int64_t blocks, int64_t siz
     }
 }
 
-/* sum = added(sum, values) (or sum = alpha * values if `write`), with block_norms of values:
- * float32 values, or bfloat16 ones if `widened`. The values are a chunk the calling thread has
- * just received and checked, in its core's cache (its last blocks in the core's own), and
- * another core fetches them from there slower than from memory where the cores are far apart:
- * so the blocks are not shared out in halves but taken as each thread is ready, the caller's
- * from the last one down and the others' from the first one up, and the caller's thread adds
- * more of them when the others are slower (measured over 150M values in 4 MiB chunks, ad hoc:
- * 17.2 against 20.5 ms for halves in this machine's faster memory phase, where a core-to-core
- * round trip takes 420-590 ns; 17.0 against 16.8 in the slower, at 120-310 ns; 17.6 and 17.3
- * taking both from the first block up). Which thread adds a block changes no bit of it. */
-CLONES void add_measured(float *restrict sum, const void *restrict values, float alpha,
-                         int write, int64_t blocks, int64_t size, float *restrict norms,
-                         int threads, int widened) {
-    size_t itemsize = widened ? sizeof(uint16_t) : sizeof(float);
-    int64_t claimed = 0, front = 0, back = 0;
-#pragma omp parallel num_threads(threads)
-    for (int64_t b; (b = next_block(&claimed, &front, &back, blocks)) >= 0;) {
-        const char *at = (const char *)values + b * size * itemsize;
-        norms[b] = add_block(sum + b * size, at, alpha, size, write, widened);
-    }
-}
-
 /* Values each thread reads from a file at a time into its buffer (256 KiB): whole stretches of
  * the sum, the files one after another, each stretch in the core's cache until they are added.
  * The stretches are taken as add_measured takes its blocks (the calling thread's from the last
- * one down). Updates carried along by a live fold are read by add_measured_read instead, a
+ * one down). Updates carried along by a live fold are read by add_measured instead, a
  * block at a time, into the block of the sum it has just added. */
 #define TILE 65536
 
@@ -245,21 +223,31 @@ CLONES int add_read(float *restrict sum, const int *restrict fds, int64_t offset
     return index;
 }
 
-/* add_measured, then add_read of the k files (never written) into each block of the sum as
- * soon as it is added, while it is in the core's cache: the updates a live fold carries,
- * added along with a chunk it has just received. Each value gets the same operations, in the
- * same order, as add_measured and then add_read give it; the norms are add_measured's. */
-CLONES int add_measured_read(float *restrict sum, const void *restrict values, float alpha,
-                             int write, int64_t blocks, int64_t size, float *restrict norms,
-                             int widened, const int *restrict fds, int64_t offset,
-                             const float *restrict alphas, int k, int threads,
-                             int *restrict error) {
+/* sum = added(sum, values) (or sum = alpha * values if `write`), with block_norms of values:
+ * float32 values, or bfloat16 ones if `widened`. The values are a chunk the calling thread has
+ * just received and checked, in its core's cache (its last blocks in the core's own), and another
+ * core fetches them from there slower than from memory where the cores are far apart: so the
+ * blocks are not shared out in halves but taken as each thread is ready, the caller's from the
+ * last one down and the others' from the first one up, and the caller's thread adds more of them
+ * when the others are slower (measured over 150M values in 4 MiB chunks, ad hoc: 17.2 against 20.5
+ * ms for halves in this machine's faster memory phase, where a core-to-core round trip takes
+ * 420-590 ns; 17.0 against 16.8 in the slower, at 120-310 ns; 17.6 and 17.3 taking both from the
+ * first block up). Which thread adds a block changes no bit of it. Then, into each block as soon
+ * as it is added, while it is in the core's cache, the values of k files (none for a chunk alone),
+ * as add_read adds them (never written): the updates a live fold carries, added along with the
+ * chunk it has just received, each value with the same operations in the same order as the two
+ * loops one after the other. Returns 0, or j + 1 for a file that could not be read in full
+ * (*error: its errno), as add_read. */
+CLONES int add_measured(float *restrict sum, const void *restrict values, float alpha,
+                        int write, int64_t blocks, int64_t size, float *restrict norms,
+                        int threads, int widened, const int *restrict fds, int64_t offset,
+                        const float *restrict alphas, int k, int *restrict error) {
     int failed = 0, index = 0, code = 0;
     int64_t itemsize = widened ? sizeof(uint16_t) : sizeof(float);
     int64_t claimed = 0, front = 0, back = 0;
 #pragma omp parallel num_threads(threads)
     {
-        float *buffer = aligned_alloc(64, size * sizeof(float));
+        float *buffer = k ? aligned_alloc(64, size * sizeof(float)) : NULL;
         for (int64_t b; (b = next_block(&claimed, &front, &back, blocks)) >= 0;) {
             float *s = sum + b * size;
             const char *at = (const char *)values + b * size * itemsize;
@@ -279,7 +267,7 @@ CLONES int add_measured_read(float *restrict sum, const void *restrict values, f
         }
         free(buffer);
     }
-    *error = code;
+    if (error) *error = code;
     return index;
 }
 

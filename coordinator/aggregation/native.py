@@ -130,6 +130,7 @@ def _add_tensors(
             norms.data_ptr(),
             threads or 1,
             values.dtype == torch.bfloat16,
+            *(None, 0, None, 0, None),  # no spooled updates
         )
     finally:
         _give_team(threads)
@@ -298,33 +299,19 @@ def measure_chunk(chunk: bytes, blocks: int, size: int, norms: int, *, widened: 
 
 def add_measured_chunk(
     total: int, chunk: bytes, alpha: float, *, write: bool, blocks: int, size: int, norms: int,
-    widened: bool,
+    widened: bool, spools: Sequence[tuple[int, Path]] = (), element: int = 0,
+    alphas: Sequence[float] = (),
 ) -> bool:  # fmt: skip
     """add_measured of a received chunk's values (as measure_chunk reads and measures them)
     into the float32 values at address `total`, `blocks * size` of them, a stretch of a sum the
-    caller holds. False (and nothing added) where the loops cannot serve."""
-    lib = library()
-    if lib is None or len(chunk) != blocks * size * (2 if widened else 4):
-        return False
-    threads = _take_team()
-    try:
-        lib.add_measured(total, chunk, alpha, write, blocks, size, norms, threads or 1, widened)
-    finally:
-        _give_team(threads)
-    return True
-
-
-def add_measured_read_chunk(
-    total: int, chunk: bytes, alpha: float, *, write: bool, blocks: int, size: int, norms: int,
-    widened: bool, spools: Sequence[tuple[int, Path]], element: int, alphas: Sequence[float],
-) -> bool:  # fmt: skip
-    """add_measured_chunk, then add_read of the spooled updates (their values from data element
-    `element`) into each block of the stretch as soon as the chunk's values are in it, in one
-    call: the updates a live fold carries, added while the block is in the core's cache rather
-    than read back from memory (this machine's cache beyond the core's own holds nothing of a
-    4 MiB stretch, docs/benchmarks.md). The same operations in the same order per value as the
-    two calls, so the same bits. False (nothing added) where the loops cannot serve; OSError,
-    naming the file, if a spool cannot be read in full (the sums then hold part of it all)."""
+    caller holds; then, into each block as soon as the chunk's values are in it, the spooled
+    updates (their values from data element `element`, times `alphas`), as add_read adds them:
+    the updates a live fold carries, added while the block is in the core's cache rather than
+    read back from memory (this machine's cache beyond the core's own holds nothing of a 4 MiB
+    stretch, docs/benchmarks.md). The same operations in the same order per value as the two
+    loops one after the other, so the same bits. False (nothing added) where the loops cannot
+    serve; OSError, naming the file, if a spool cannot be read in full (the sums then hold part
+    of it all)."""
     lib = library()
     if lib is None or len(chunk) != blocks * size * (2 if widened else 4):
         return False
@@ -334,9 +321,9 @@ def add_measured_read_chunk(
     offset = element * (2 if widened else 4)
     threads = _take_team()
     try:
-        failed = lib.add_measured_read(
-            total, chunk, alpha, write, blocks, size, norms, widened,
-            fds, offset, factors, len(spools), threads or 1, ctypes.byref(error),
+        failed = lib.add_measured(
+            total, chunk, alpha, write, blocks, size, norms, threads or 1, widened,
+            fds, offset, factors, len(spools), ctypes.byref(error),
         )  # fmt: skip
     finally:
         _give_team(threads)

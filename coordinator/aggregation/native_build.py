@@ -58,15 +58,13 @@ def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     pointer, size, f32, flag = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
     lib.block_norms.argtypes = [pointer, size, size, pointer, flag, flag]
     lib.block_norms.restype = None
-    lib.add_measured.argtypes = [pointer, pointer, f32, flag, size, size, pointer, flag, flag]
-    lib.add_measured.restype = None
+    lib.add_measured.argtypes = [
+        *(pointer, pointer, f32, flag, size, size, pointer, flag, flag),
+        *(pointer, size, pointer, flag, pointer),
+    ]
+    lib.add_measured.restype = flag
     lib.add_read.argtypes = [pointer, pointer, size, pointer, flag, flag, flag, size, flag, pointer]
     lib.add_read.restype = flag
-    lib.add_measured_read.argtypes = [
-        *(pointer, pointer, f32, flag, size, size, pointer, flag),
-        *(pointer, size, pointer, flag, flag, pointer),
-    ]
-    lib.add_measured_read.restype = flag
     lib.add_summed.argtypes = [pointer, pointer, f32, size, flag, pointer]
     lib.add_summed.restype = ctypes.c_double
     return lib
@@ -84,8 +82,9 @@ def check(lib: ctypes.CDLL) -> None:
         norms = torch.empty(values.numel() // size)
         blocks, at = values.numel() // size, total.data_ptr()
         lib.add_measured(
-            at, values.data_ptr(), alpha, write, blocks, size, norms.data_ptr(), threads, 0
-        )
+            at, values.data_ptr(), alpha, write, blocks, size, norms.data_ptr(), threads, 0,
+            None, 0, None, 0, None,
+        )  # fmt: skip
         return norms
 
     values, start = torch.randn(2, 3 * size, generator=generator) * 10

@@ -132,12 +132,13 @@ class UpdateShape:
         }
 
     @functools.cached_property
-    def _run_starts(self) -> list[int]:
+    def run_starts(self) -> list[int]:
+        """Each run's first data element, in order (for bisect)."""
         return [r.start for r in self.runs]
 
     def run_at(self, element: int) -> Run:
         """The run holding data element `element` (asked for every chunk folded live)."""
-        return self.runs[bisect.bisect_right(self._run_starts, element) - 1]
+        return self.runs[bisect.bisect_right(self.run_starts, element) - 1]
 
     def name_at(self, element: int) -> str:
         starts = [e.start for e in self.entries]

@@ -71,10 +71,6 @@ class RoundSums:
         return max(0, self.mapped_most // max(carried, 1) - self.stretch)
 
     @functools.cached_property
-    def _run_starts(self) -> list[int]:
-        return [run.start for run in self.shape.runs]
-
-    @functools.cached_property
     def _addresses(self) -> list[tuple[int, int, int, str, bool]]:
         """Per run: its first and past-the-last data element, the address its values add up
         at (0 where the sum is not a float32 buffer the native loops can add into), that sum's
@@ -179,26 +175,20 @@ class RoundSums:
         """add_values of a received chunk's bytes, whole blocks of values within one run,
         measuring them (their block norms written to the float32s at address `norms`), and
         the `carried` ones read into each block right after, all in one native call with no
-        tensor made (native.measure_chunk, native.add_measured_read_chunk say why). False (and
+        tensor made (native.measure_chunk, native.add_measured_chunk say why). False (and
         nothing added) where it cannot serve."""
         spools = carried.read if carried is not None else []
         if spools is None:
             return False
-        run = bisect.bisect_right(self._run_starts, element) - 1
+        run = bisect.bisect_right(self.shape.run_starts, element) - 1
         start, end, address, name, control = self._addresses[run]
         if not address or not start <= element <= end - blocks * BLOCK_ELEMENTS:
             return False
         address += 4 * (element - start)
         alpha, write = 1.0 if control else alpha, name in self.aggregate.stale
-        widened = self.shape.dtype == "bfloat16"
-        if not spools:
-            return native.add_measured_chunk(
-                address, chunk, alpha, write=write, blocks=blocks, size=BLOCK_ELEMENTS,
-                norms=norms, widened=widened,
-            )  # fmt: skip
-        return native.add_measured_read_chunk(
+        return native.add_measured_chunk(
             address, chunk, alpha, write=write, blocks=blocks, size=BLOCK_ELEMENTS, norms=norms,
-            widened=widened, spools=spools, element=element,
+            widened=self.shape.dtype == "bfloat16", spools=spools, element=element,
             alphas=[1.0] * len(spools) if control else carried_alphas,
         )  # fmt: skip
 
