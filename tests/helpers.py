@@ -287,9 +287,9 @@ def failing_spool_reads(patch: pytest.MonkeyPatch, fails: Callable[[list[int]], 
         check(start)
         return mapped(self, start, count)
 
-    def failing_read(total: torch.Tensor, spools: Any, element: int, *a: Any, **k: Any) -> bool:
+    def failing_read(total: torch.Tensor, spools: Any, element: int, *args: Any, **kw: Any) -> bool:
         check(element)
-        return read(total, spools, element, *a, **k)
+        return read(total, spools, element, *args, **kw)
 
     def failing_fused(*args: Any, spools: Any = (), element: int = 0, **kwargs: Any) -> bool:
         if spools:  # (a chunk alone reads no spool)

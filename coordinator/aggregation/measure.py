@@ -163,14 +163,11 @@ class UpdateStatistics:
     def _chunk(self, chunk: bytes) -> bool:
         """Measure a whole chunk of whole blocks within one run (as our senders cut them) in
         one native call on its bytes, adding it in that call if the sink takes it (no tensor
-        made, and the steps written out: native.measure_chunk says why); False (nothing
-        measured) for any other chunk, or where the native loops do not serve its dtype."""
+        made: native.measure_chunk says why); False (nothing measured) for any other chunk, or
+        where the native loops do not serve its dtype."""
         count, odd = divmod(len(chunk), self._itemsize)
         blocks, short = divmod(count, BLOCK_ELEMENTS)
-        if odd or short or not blocks or self._run >= len(self._runs):
-            return False
-        run = self._runs[self._run]
-        if self.element + count > run.start + run.count:
+        if odd or short or not blocks or self._run >= len(self._runs) or count > self._room():
             return False
         if self._in_place is None:  # decided at the first chunk: see _measured_natively
             self._in_place = self._measured_natively() and native.library() is not None
@@ -186,7 +183,7 @@ class UpdateStatistics:
         if not _trusted(self._norms[first : first + blocks]):
             self._check_values(torch.frombuffer(chunk, dtype=self._dtype))
         self.element += count
-        if self.element == run.start + run.count:
+        if self._room() == 0:
             self._run += 1
         return True
 

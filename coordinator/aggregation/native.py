@@ -107,36 +107,6 @@ def _give_team(threads: int) -> None:
         _team.release()
 
 
-def _add_tensors(
-    lib: ctypes.CDLL,
-    total: torch.Tensor,
-    values: torch.Tensor,
-    alpha: float,
-    *,
-    write: bool,
-    size: int,
-) -> torch.Tensor:
-    blocks = values.numel() // size
-    norms = torch.empty(blocks, dtype=torch.float32)
-    threads = _take_team()
-    try:
-        lib.add_measured(
-            total.data_ptr(),
-            values.data_ptr(),
-            alpha,
-            write,
-            blocks,
-            size,
-            norms.data_ptr(),
-            threads or 1,
-            values.dtype == torch.bfloat16,
-            *(None, 0, None, 0, None),  # no spooled updates
-        )
-    finally:
-        _give_team(threads)
-    return norms
-
-
 def _call_read(
     lib: ctypes.CDLL,
     total: int,
@@ -227,7 +197,18 @@ def add_measured(
         or values.numel() % size
     ):
         return None
-    return _add_tensors(lib, total, values, alpha, write=write, size=size)
+    blocks = values.numel() // size
+    norms = torch.empty(blocks, dtype=torch.float32)
+    threads = _take_team()
+    try:
+        lib.add_measured(
+            total.data_ptr(), values.data_ptr(), alpha, write, blocks, size, norms.data_ptr(),
+            threads or 1, values.dtype == torch.bfloat16,
+            *(None, 0, None, 0, None),  # no spooled updates
+        )  # fmt: skip
+    finally:
+        _give_team(threads)
+    return norms
 
 
 def add_read(
