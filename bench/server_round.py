@@ -33,6 +33,7 @@ from typing import IO
 
 import torch
 
+from coordinator.aggregation import native
 from coordinator.aggregation.fold import AggregationRule, Arrival, RoundFold
 from coordinator.aggregation.live import LiveFold
 from coordinator.aggregation.measure import UpdateStatistics
@@ -138,9 +139,10 @@ HEADER = (
 
 def arriving(chunks: list[bytes]) -> Iterator[bytes]:
     """Each chunk as the receiver gets it: copied into a fresh bytes object, as `message.data`
-    hands it on, and CRC-checked by one thread, as the receiver checks a chunk before measuring
-    it (transport: done while the caller's clock is stopped, before each is yielded)."""
-    check = PayloadCheck()
+    hands it on, and CRC-checked by one thread with the receiver's check, as the receiver checks
+    a chunk before measuring it (transport: done while the caller's clock is stopped, before
+    each is yielded)."""
+    check = PayloadCheck(crc32=native.crc32)
     for chunk in chunks:
         fresh = bytes(chunk)
         check.update(fresh)

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from coordinator.aggregation import native
 from coordinator.federation import Federation
 from coordinator.guard import Context, refuse
 from coordinator.identity import IdentityBook
@@ -128,7 +129,7 @@ class AdminService(pb_grpc.AdminServicer):
                 run_id=run_id,
                 round=round_index,
                 adapter_config_json=self._adapter_config_json,
-                adapter=PayloadDigest.of(payload).to_header(),
+                adapter=PayloadDigest.of(payload, native.crc32).to_header(),
             )
         )
         for chunk in iter_chunks(payload):

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from coordinator.aggregation import native
 from coordinator.aggregation.fold import RoundFold
 from coordinator.checkpoint import CheckpointFull
 from shared.bounded import printable
@@ -105,7 +106,8 @@ class OpenRound:
         fold: RoundFold | None,
         deadline_s: float,
     ) -> OpenRound:
-        check, messages = PayloadCheck(), []  # once per round, shared by every download
+        # once per round, shared by every download
+        check, messages = PayloadCheck(crc32=native.crc32), []
         for chunk in encode_download(download):  # each chunk let go once serialised
             check.update(chunk)
             messages.append(pb.PayloadChunk(data=chunk).SerializeToString())

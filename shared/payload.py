@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from shared.errors import PayloadError
@@ -18,6 +18,10 @@ CHUNK_BYTES = 4 * 1024 * 1024 - 64 * 1024
 # block has to be pieced together from two chunks.
 BLOCK_ELEMENTS = 1 << 15
 
+# zlib.crc32's signature: (bytes, CRC-32 of the bytes before) -> CRC-32 of them all. The
+# coordinator passes a faster one of the same values (coordinator/aggregation/native.py).
+Crc32 = Callable[[bytes | memoryview, int], int]
+
 
 @dataclass(frozen=True)
 class PayloadDigest:
@@ -30,8 +34,8 @@ class PayloadDigest:
     sha256: str = ""
 
     @classmethod
-    def of(cls, payload: bytes) -> PayloadDigest:
-        return cls(total_bytes=len(payload), crc32=zlib.crc32(payload))
+    def of(cls, payload: bytes, crc32: Crc32 = zlib.crc32) -> PayloadDigest:
+        return cls(total_bytes=len(payload), crc32=crc32(payload, 0))
 
     @classmethod
     def from_header(cls, header: pb.PayloadHeader) -> PayloadDigest:
@@ -48,15 +52,17 @@ class PayloadDigest:
 
 
 class PayloadCheck:
-    """The running check of the bytes that pass: CRC-32, and SHA-256 only when `sha256`."""
+    """The running check of the bytes that pass: CRC-32 (by `crc32`), and SHA-256 only when
+    `sha256`."""
 
-    def __init__(self, *, sha256: bool = False) -> None:
+    def __init__(self, *, sha256: bool = False, crc32: Crc32 = zlib.crc32) -> None:
+        self._crc32 = crc32
         self.crc32 = 0
         self.received = 0
         self._sha256 = hashlib.sha256() if sha256 else None
 
     def update(self, chunk: bytes | memoryview) -> None:
-        self.crc32 = zlib.crc32(chunk, self.crc32)
+        self.crc32 = self._crc32(chunk, self.crc32)
         self.received += len(chunk)
         if self._sha256 is not None:
             self._sha256.update(chunk)

@@ -1,7 +1,7 @@
-"""Building the native fold loops (native.c) for this machine: once per source, compiler,
-flags and platform, with the system's C compiler, cached under ~/.cache/fedmllm (or
-$XDG_CACHE_HOME/fedmllm); and checking them against ATen once loaded. native.py loads what
-this builds, and uses it only once checked."""
+"""Building the native fold loops (native.c) and payload check (crc32.c) for this machine:
+once per source, compiler, flags and platform, with the system's C compiler, cached under
+~/.cache/fedmllm (or $XDG_CACHE_HOME/fedmllm); and checking them against ATen (the check
+against zlib) once loaded. native.py loads what this builds, and uses it only once checked."""
 
 from __future__ import annotations
 
@@ -10,16 +10,18 @@ import ctypes
 import hashlib
 import os
 import platform
+import random
 import shutil
 import subprocess
 import tempfile
+import zlib
 from pathlib import Path
 
 import torch
 
 from shared.cache import cache_dir
 
-SOURCE = Path(__file__).with_name("native.c")
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("native.c", "crc32.c"))
 FLAGS = ("-O3", "-std=c11", "-ffp-contract=off", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared")
 
 
@@ -32,7 +34,15 @@ def build() -> Path:
         [compiler, "--version"], capture_output=True, text=True, timeout=60, check=True
     ).stdout
     key = hashlib.sha256(
-        "\0".join([SOURCE.read_text(), compiler, version, *FLAGS, platform.machine()]).encode()
+        "\0".join(
+            [
+                *(source.read_text() for source in SOURCES),
+                compiler,
+                version,
+                *FLAGS,
+                platform.machine(),
+            ]
+        ).encode()
     ).hexdigest()[:16]
     target = cache_dir() / f"native-{key}.so"
     if target.exists():
@@ -41,14 +51,14 @@ def build() -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent) as work:
         built = Path(work) / target.name
         result = subprocess.run(
-            [compiler, *FLAGS, str(SOURCE), "-o", str(built), "-lm"],
+            [compiler, *FLAGS, *map(str, SOURCES), "-o", str(built), "-lm"],
             capture_output=True,
             text=True,
             timeout=300,
         )
         if result.returncode != 0:
             last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-            raise OSError(f"{compiler} failed on {SOURCE.name}: {last}")
+            raise OSError(f"{compiler} failed on {' and '.join(s.name for s in SOURCES)}: {last}")
         os.replace(built, target)  # atomic: a process beside this one loads a whole file
     return target
 
@@ -67,6 +77,10 @@ def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.add_read.restype = flag
     lib.add_summed.argtypes = [pointer, pointer, f32, size, flag, pointer]
     lib.add_summed.restype = ctypes.c_double
+    lib.crc32_update.argtypes = [ctypes.c_uint32, pointer, size]
+    lib.crc32_update.restype = ctypes.c_uint32
+    lib.crc32_folds.argtypes = []
+    lib.crc32_folds.restype = flag
     return lib
 
 
@@ -134,3 +148,19 @@ def check(lib: ctypes.CDLL) -> None:
                 raise ValueError(f"it could not read a spooled file: {os.strerror(error.value)}")
             if not torch.equal(got, expected):
                 raise ValueError("its additions from spooled files differ from ATen's add_")
+
+
+def crc32_folds(lib: ctypes.CDLL) -> bool:
+    """Whether `lib`'s CRC-32 folds on this processor (else zlib's serves); ValueError if it
+    folds but differs from zlib.crc32 somewhere among every length of its loops and tail, from
+    any start and any register."""
+    if not lib.crc32_folds():
+        return False
+    generator = random.Random(0)
+    data = generator.randbytes(4096 + 83)
+    for length in (*range(0, 200), 4096 + 64, 4096 + 80):
+        start, before = generator.randrange(16), generator.getrandbits(32)
+        piece = data[start : start + length]
+        if lib.crc32_update(before, piece, len(piece)) != zlib.crc32(piece, before):
+            raise ValueError(f"its CRC-32 of {length} bytes differs from zlib's on this machine")
+    return True

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from coordinator.aggregation import native
 from coordinator.aggregation.decoder import CodeDecoder
 from coordinator.aggregation.live import LiveFold
 from coordinator.aggregation.measure import UpdateStatistics
@@ -112,7 +113,9 @@ class UpdateReceiver:
         self._spool = spool
         self._path = path
         # the announced check; a SHA-256 is computed only for a sender that announced one
-        self._check = PayloadCheck(sha256=announced.crc32 is None and bool(announced.sha256))
+        self._check = PayloadCheck(
+            sha256=announced.crc32 is None and bool(announced.sha256), crc32=native.crc32
+        )
         self._head = bytearray()  # the 8-byte length and the JSON header, until complete
         self._data_start = -1  # payload offset of the data section, once the header is read
         self._live = live
@@ -216,7 +219,7 @@ def receive_bytes(payload: bytes, *, shape: UpdateShape, path: Path) -> Received
     upload path does, chunk by chunk."""
     with path.open("xb") as spool:
         receiver = UpdateReceiver(
-            shape=shape, announced=PayloadDigest.of(payload), spool=spool, path=path
+            shape=shape, announced=PayloadDigest.of(payload, native.crc32), spool=spool, path=path
         )
         for chunk in iter_chunks(payload):
             receiver.write(chunk)

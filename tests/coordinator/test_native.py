@@ -275,11 +275,11 @@ def test_loops_that_would_not_add_as_aten_does_are_not_used(
 ) -> None:
     """Built from a source that rounds twice (a product, then a sum), as a compiler or a
     machine without fused multiply-add might: the check at load refuses it."""
-    text = native_build.SOURCE.read_text()
+    text = native_build.SOURCES[0].read_text()
     assert fused in text
     source = tmp_path / "native.c"
     source.write_text(text.replace(fused, twice))
-    monkeypatch.setattr(native_build, "SOURCE", source)
+    monkeypatch.setattr(native_build, "SOURCES", (source, *native_build.SOURCES[1:]))
     with caplog.at_level(logging.WARNING):
         assert native._load() is None
     assert f"not used: {why}" in caplog.text
