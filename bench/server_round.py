@@ -14,8 +14,11 @@ The floor: one `add_` per update of float32 values already in memory, then the s
 floor (FedAvg: one `add_`; FedAdam: `torch._fused_adam_`, one pass over x, m, v, and the sum).
 
 Chunks are cut as a silo cuts them; each is copied into a fresh bytes object, as
-`message.data` hands it to the receiver, and CRC-checked, as the receiver does before
-measuring it (both untimed: transport, bench/transport.py). Spooling is transport too:
+`message.data` hands it to the receiver (untimed: transport, bench/transport.py), and CRC-checked
+with the receiver's own check as the receiver checks it: before it is folded live, in the pass
+that measures it if it is measured on arrival (native.check_chunk). The check is transport too:
+the seconds it took (PayloadCheck.seconds, timed inside that pass for the CRC's share) are taken
+off ours, and every update's CRC-32 is verified against its bytes'. Spooling is transport too:
 each update has a spool file of its own, written (and synced, as an upload that took seconds
 on the network would leave it) before the wire's cases, untimed.
 """
@@ -26,6 +29,7 @@ import os
 import random
 import statistics
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +46,7 @@ from coordinator.aggregation.shape import UpdateShape
 from coordinator.flat_adapter import FlatLayout
 from coordinator.global_model import GlobalModel
 from coordinator.run_state import RunSpec
-from shared.payload import BLOCK_ELEMENTS, CHUNK_BYTES, PayloadCheck
+from shared.payload import BLOCK_ELEMENTS, CHUNK_BYTES, PayloadCheck, PayloadDigest
 from shared.safetensors_stream import StateEncoder
 
 ORDERS = ("fold's", "shuffled", "reversed")
@@ -139,12 +143,17 @@ HEADER = (
 
 def arriving(chunks: list[bytes]) -> Iterator[bytes]:
     """Each chunk as the receiver gets it: copied into a fresh bytes object, as `message.data`
-    hands it on, and CRC-checked by one thread with the receiver's check, as the receiver checks
-    a chunk before measuring it (transport: done while the caller's clock is stopped, before
-    each is yielded)."""
-    check = PayloadCheck(crc32=native.crc32)
+    hands it on (transport: done while the caller's clock is stopped, before each is
+    yielded)."""
     for chunk in chunks:
-        fresh = bytes(chunk)
+        yield bytes(chunk)
+
+
+def checked(chunks: list[bytes]) -> Iterator[bytes]:
+    """`arriving`, each chunk CRC-checked by the receiver's check before it is yielded (as
+    the receiver checks a chunk it adds rather than measures; untimed)."""
+    check = PayloadCheck(crc32=native.crc32)
+    for fresh in arriving(chunks):
         check.update(fresh)
         yield fresh
 
@@ -159,6 +168,10 @@ class RoundBench:
         _, *self.chunks = encoder.chunks(chunk_bytes=CHUNK_BYTES, block=BLOCK_ELEMENTS)
         self.work = work
         self.nbytes = encoder.total_bytes
+        crc32 = 0  # of the data chunks, by zlib: what the receiver's check must have seen
+        for chunk in self.chunks:
+            crc32 = zlib.crc32(chunk, crc32)
+        self.digest = PayloadDigest(sum(map(len, self.chunks)), crc32=crc32)
 
     def spool(self, index: int) -> Path:
         """Where the update of the `index`-th silo is spooled (one file per silo, shared by
@@ -180,14 +193,16 @@ class RoundBench:
     ) -> tuple[UpdateStatistics, float]:
         """Measure one update as its chunks arrive (folding it live if `live` is granted)."""
         statistics_ = UpdateStatistics(self.shape, sink=live)
+        check = PayloadCheck(crc32=native.crc32)
         spent = 0.0
         for fresh in arriving(self.chunks):
             started = time.perf_counter()
             if live is not None:
                 live.resume(statistics_.element, spool, path)
-            statistics_.consume(fresh)
+            statistics_.consume(fresh, check)
             spent += time.perf_counter() - started
-        return statistics_, spent
+        check.verify(self.digest)
+        return statistics_, spent - check.seconds
 
     def ours(self, model: GlobalModel, case: Case) -> tuple[float, float]:
         """(seconds of the round's server work, seconds of it spent as updates arrived)."""
@@ -237,12 +252,12 @@ class Floor:
 
     def received(self, chunks: list[bytes], strategy: str, updates: int) -> float:
         """The same, each update added chunk by chunk from fresh buffers as they arrive (each
-        chunk as `arriving` hands it on, as the coordinator's round gets it): the floor of
+        chunk as `checked` hands it on, as the coordinator's round gets it): the floor of
         adding what the network delivers."""
         spent = 0.0
         for _ in range(updates):
             at = 0
-            for fresh in arriving(chunks):
+            for fresh in checked(chunks):
                 started = time.perf_counter()
                 values = torch.frombuffer(fresh, dtype=torch.float32)
                 self.total[at : at + values.numel()].add_(values)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -59,13 +60,31 @@ class PayloadCheck:
         self._crc32 = crc32
         self.crc32 = 0
         self.received = 0
+        self.seconds = 0.0  # spent checking: transport, told apart from the work on the bytes
         self._sha256 = hashlib.sha256() if sha256 else None
 
     def update(self, chunk: bytes | memoryview) -> None:
+        started = time.perf_counter()
         self.crc32 = self._crc32(chunk, self.crc32)
         self.received += len(chunk)
         if self._sha256 is not None:
             self._sha256.update(chunk)
+        self.seconds += time.perf_counter() - started
+
+    @property
+    def crc_only(self) -> bool:
+        """Whether the CRC-32 is the whole check (bytes may then be checked elsewhere, in the
+        pass that reads them for something else: `checked`)."""
+        return self._sha256 is None
+
+    def checked(self, crc32: int, nbytes: int, seconds: float) -> None:
+        """Record `nbytes` more bytes checked elsewhere, the CRC-32 carried on from this
+        check's (so far) to `crc32` in `seconds`. CRC-only checks only."""
+        if self._sha256 is not None:
+            raise ValueError("a SHA-256 check must see the bytes (update)")
+        self.crc32 = crc32
+        self.received += nbytes
+        self.seconds += seconds
 
     def verify(self, announced: PayloadDigest) -> None:
         """PayloadError unless the bytes seen match the announced size and check."""

@@ -139,6 +139,11 @@ class LiveFold:
         then refused make the fold abandon this live fold, and the sums are rebuilt."""
         return self._add(element, values, measuring=True) if self._adding else None
 
+    @property
+    def adding(self) -> bool:
+        """Whether it takes values now (add_chunk may still take none: it may be revoked)."""
+        return self._adding
+
     def add_chunk(self, element: int, chunk: bytes, blocks: int, norms: int) -> bool:
         """Whole blocks of a received chunk's bytes, added and measured by one native call
         (RoundSums.add_chunk), their norms written at address `norms`; False if nothing was

@@ -31,7 +31,7 @@ from coordinator.aggregation import native
 from coordinator.aggregation.kernels import native_bfloat16, widened_norms
 from coordinator.aggregation.shape import UpdateShape
 from shared.errors import PayloadError, UpdateRejected
-from shared.payload import BLOCK_ELEMENTS
+from shared.payload import BLOCK_ELEMENTS, PayloadCheck
 
 # No LoRA delta comes near this; far below it, float32 running sums cannot overflow.
 MAX_ABS_VALUE = 1e6
@@ -58,6 +58,10 @@ class Sink(Protocol):
         """Take whole blocks of values (16-bit, or float32 where the native loops serve)
         before they are checked, returning each block's norm from the same pass; None if it
         took nothing (check, then `add`)."""
+
+    @property
+    def adding(self) -> bool:
+        """Whether it takes values now (add_chunk may still take none: the fold may end it)."""
 
     def add_chunk(self, element: int, chunk: bytes, blocks: int, norms: int) -> bool:
         """Take whole blocks of a chunk's bytes (where the native loops serve their dtype)
@@ -115,10 +119,26 @@ class UpdateStatistics:
         run = self._runs[self._run]
         return run.start + run.count - self.element
 
-    def consume(self, data: bytes | memoryview) -> None:
-        """Measure the next bytes of the data section."""
-        if type(data) is bytes and not self._pending and self._chunk(data):
-            return
+    def consume(self, data: bytes | memoryview, check: PayloadCheck | None = None) -> None:
+        """Measure the next bytes of the data section, passing them through the payload's
+        `check` (if given) first, or, for a chunk measured on arrival, in the same pass
+        (native.check_chunk: the chunk is then fetched from memory once)."""
+        if type(data) is bytes and not self._pending and (blocks := self._whole_blocks(data)):
+            live = self._sink is not None and self._sink.adding
+            if (
+                check is not None
+                and check.crc_only
+                and not live
+                and self._checked_chunk(data, blocks, check)
+            ):
+                return
+            if check is not None:
+                check.update(data)
+                check = None
+            if self._chunk(data, blocks):
+                return
+        if check is not None:
+            check.update(data)
         view = memoryview(data)
         size = self._itemsize
         while len(view):
@@ -160,32 +180,56 @@ class UpdateStatistics:
         if self._room() == 0:
             self._run += 1
 
-    def _chunk(self, chunk: bytes) -> bool:
-        """Measure a whole chunk of whole blocks within one run (as our senders cut them) in
-        one native call on its bytes, adding it in that call if the sink takes it (no tensor
-        made: native.measure_chunk says why); False (nothing measured) for any other chunk, or
-        where the native loops do not serve its dtype."""
+    def _whole_blocks(self, chunk: bytes) -> int:
+        """The blocks of a chunk of whole blocks within one run (as our senders cut them),
+        where the native loops serve its dtype: measured on its bytes, no tensor made of it
+        (native.measure_chunk says why); 0 for any other chunk."""
         count, odd = divmod(len(chunk), self._itemsize)
         blocks, short = divmod(count, BLOCK_ELEMENTS)
-        if odd or short or not blocks or self._run >= len(self._runs) or count > self._room():
-            return False
+        if odd or short or self._run >= len(self._runs) or count > self._room():
+            return 0
         if self._in_place is None:  # decided at the first chunk: see _measured_natively
             self._in_place = self._measured_natively() and native.library() is not None
-        if not self._in_place:
-            return False
-        first = self._block()
+        return blocks if self._in_place else 0
+
+    def _chunk(self, chunk: bytes, blocks: int) -> bool:
+        """Measure a chunk of whole blocks in one native call, adding it in that call if the
+        sink takes it; False (nothing measured) where the loops do not serve."""
+        first, sink = self._block(), self._sink
         norms = self._norms_at + 4 * first
-        sink = self._sink
         if (sink is None or not sink.add_chunk(self.element, chunk, blocks, norms)) and (
             not native.measure_chunk(chunk, blocks, BLOCK_ELEMENTS, norms, widened=self._widened)
         ):
             return False
+        self._measured(chunk, first, blocks)
+        return True
+
+    def _checked_chunk(self, chunk: bytes, blocks: int, check: PayloadCheck) -> bool:
+        """Check and measure a chunk of whole blocks in one pass (native.check_chunk); False
+        (nothing checked or measured) where the loops or their CRC-32 do not serve."""
+        first = self._block()
+        checked = native.check_chunk(
+            chunk,
+            blocks,
+            BLOCK_ELEMENTS,
+            self._norms_at + 4 * first,
+            widened=self._widened,
+            crc=check.crc32,
+        )
+        if checked is None:
+            return False
+        check.checked(checked[0], len(chunk), checked[1])
+        self._measured(chunk, first, blocks)
+        return True
+
+    def _measured(self, chunk: bytes, first: int, blocks: int) -> None:
+        """After a chunk's norms are written from block `first` on: refuse a bad value (the
+        norms vouch for the rest), and move on."""
         if not _trusted(self._norms[first : first + blocks]):
             self._check_values(torch.frombuffer(chunk, dtype=self._dtype))
-        self.element += count
+        self.element += blocks * BLOCK_ELEMENTS
         if self._room() == 0:
             self._run += 1
-        return True
 
     def _measured_natively(self) -> bool:
         """Whether the native loops measure values not folded live (bfloat16 ones only where

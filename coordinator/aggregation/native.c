@@ -20,6 +20,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #define LANES 64
@@ -54,6 +55,13 @@ static inline __attribute__((always_inline)) float added(float sum, float v, flo
     return widened ? sum + v * alpha : fmaf(alpha, v, sum);
 }
 
+/* A block's norm from its lanes: summed in order. */
+static inline float lanes_norm(const float *lanes) {
+    float squares = 0.0f;
+    for (int j = 0; j < LANES; j++) squares += lanes[j];
+    return sqrtf(squares);
+}
+
 /* The block's norm; with ADD, sum[i] = added(sum[i], values[i]); with WRITE, sum[i] = alpha *
  * values[i]. */
 static inline __attribute__((always_inline)) float block(
@@ -76,9 +84,7 @@ static inline __attribute__((always_inline)) float block(
         if (mode == WRITE) sum[i] = alpha * v;
         lanes[i - whole] += v * v;
     }
-    float squares = 0.0f;
-    for (int j = 0; j < LANES; j++) squares += lanes[j];
-    return sqrtf(squares);
+    return lanes_norm(lanes);
 }
 
 /* block() adding (or, with `write`, writing) `values` into `sum`, its four kinds each compiled
@@ -128,6 +134,70 @@ CLONES void block_norms(const void *restrict values, int64_t blocks, int64_t siz
         norms[b] = widened ? block(0, at, 0.0f, size, MEASURE, 1)
                            : block(0, at, 0.0f, size, MEASURE, 0);
     }
+}
+
+/* Values the payload check and the measuring take at a time in check_norms (16 KiB of float32
+ * ones): the check brings them into the core's first-level cache and the squares are taken
+ * there. A multiple of LANES. */
+#define CHECKED 4096
+
+uint32_t crc32_update(uint32_t crc, const void *data, int64_t n); /* crc32.c */
+
+static int64_t nanoseconds(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
+}
+
+/* One block of check_norms: its norm, its bytes carried through *crc first, CHECKED values
+ * at a time (*spent: plus the nanoseconds that took). */
+static inline __attribute__((always_inline)) float checked_block(const char *restrict at,
+                                                                 int64_t size, int widened,
+                                                                 uint32_t *restrict crc,
+                                                                 int64_t *restrict spent) {
+    size_t itemsize = widened ? sizeof(uint16_t) : sizeof(float);
+    float lanes[LANES] = {0};
+    int64_t whole = size - size % LANES;
+    for (int64_t from = 0; from < size; from += CHECKED) {
+        int64_t to = size - from < CHECKED ? size : from + CHECKED;
+        int64_t started = nanoseconds();
+        *crc = crc32_update(*crc, at + from * itemsize, (to - from) * (int64_t)itemsize);
+        *spent += nanoseconds() - started;
+        for (int64_t i = from; i < (to < whole ? to : whole); i += LANES) {
+#pragma omp simd
+            for (int j = 0; j < LANES; j++) {
+                float v = value_at(at, i + j, widened);
+                lanes[j] += v * v;
+            }
+        }
+        for (int64_t i = whole > from ? whole : from; i < to; i++) {
+            float v = value_at(at, i, widened);
+            lanes[i - whole] += v * v;
+        }
+    }
+    return lanes_norm(lanes);
+}
+
+/* block_norms, on the calling thread, of values the payload check has not seen yet: each
+ * CHECKED values are carried through the CRC-32 (*crc, the register before and after, as
+ * zlib's crc32 carries it) and then squared into their block's lanes while in the core's first
+ * cache, so that a received chunk is fetched from memory once, not once to check and again to
+ * measure. The lanes take every value in the same order as block's, so the norms are
+ * block_norms' bit for bit. *checking: the nanoseconds spent in the CRC (the check's share of
+ * the pass; the rest is the measuring). */
+CLONES void check_norms(const void *restrict values, int64_t blocks, int64_t size,
+                        float *restrict norms, int widened, uint32_t *restrict crc,
+                        int64_t *restrict checking) {
+    size_t itemsize = widened ? sizeof(uint16_t) : sizeof(float);
+    uint32_t register_ = *crc;
+    int64_t spent = 0;
+    for (int64_t b = 0; b < blocks; b++) {
+        const char *at = (const char *)values + b * size * itemsize;
+        norms[b] = widened ? checked_block(at, size, 1, &register_, &spent)
+                           : checked_block(at, size, 0, &register_, &spent);
+    }
+    *crc = register_;
+    *checking = spent;
 }
 
 /* Values each thread reads from a file at a time into its buffer (256 KiB): whole stretches of

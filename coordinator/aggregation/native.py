@@ -292,6 +292,24 @@ def measure_chunk(chunk: bytes, blocks: int, size: int, norms: int, *, widened: 
     return True
 
 
+def check_chunk(
+    chunk: bytes, blocks: int, size: int, norms: int, *, widened: bool, crc: int
+) -> tuple[int, float] | None:
+    """measure_chunk of a received chunk the payload check has not seen, in the same pass as
+    its CRC-32 (`crc`: the register of the bytes before), on the calling thread: the chunk is
+    fetched from memory once, not once to check and again to measure. (the register after,
+    seconds spent in the CRC), or None (nothing checked or measured) where the loops or their
+    CRC-32 cannot serve."""
+    lib = library()
+    if lib is None or not lib.folds_crc32 or len(chunk) != blocks * size * (2 if widened else 4):
+        return None
+    register, checking = ctypes.c_uint32(crc), ctypes.c_int64(0)
+    lib.check_norms(
+        chunk, blocks, size, norms, widened, ctypes.byref(register), ctypes.byref(checking)
+    )
+    return register.value, checking.value * 1e-9
+
+
 def add_measured_chunk(
     total: int, chunk: bytes, alpha: float, *, write: bool, blocks: int, size: int, norms: int,
     widened: bool, spools: Sequence[tuple[int, Path]] = (), element: int = 0,

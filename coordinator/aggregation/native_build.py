@@ -77,6 +77,8 @@ def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.add_read.restype = flag
     lib.add_summed.argtypes = [pointer, pointer, f32, size, flag, pointer]
     lib.add_summed.restype = ctypes.c_double
+    lib.check_norms.argtypes = [pointer, size, size, pointer, flag, pointer, pointer]
+    lib.check_norms.restype = None
     lib.crc32_update.argtypes = [ctypes.c_uint32, pointer, size]
     lib.crc32_update.restype = ctypes.c_uint32
     lib.crc32_folds.argtypes = []

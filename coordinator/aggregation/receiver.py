@@ -141,11 +141,12 @@ class UpdateReceiver:
             raise PayloadError(
                 f"payload longer than announced: more than {self._announced.total_bytes} bytes"
             )
-        self._check.update(chunk)
         self.received += len(chunk)
         if self._data_start >= 0 and self._decoder is None:
-            self._take(chunk)  # all data: measured from the bytes as they are (consume)
+            # all data: checked and measured from the bytes as they are (consume)
+            self._take(chunk, check=self._check)
             return
+        self._check.update(chunk)
         view = memoryview(chunk)
         if self._data_start < 0:
             view = self._read_header(view)
@@ -155,11 +156,13 @@ class UpdateReceiver:
         elif len(view):
             self._take(view)
 
-    def _take(self, data: bytes | memoryview) -> None:
-        """Measure, fold live if granted, and spool the next values of the data section."""
+    def _take(self, data: bytes | memoryview, check: PayloadCheck | None = None) -> None:
+        """Measure, fold live if granted, and spool the next values of the data section
+        (passing them through the payload's `check` if given: in the measuring pass where
+        that serves)."""
         if self._live is not None:
             self._live.resume(self.statistics.element, self._spool, self._path)
-        self.statistics.consume(data)
+        self.statistics.consume(data, check)
         self._spool.write(data)
 
     def _read_header(self, view: memoryview) -> memoryview:
