@@ -1,7 +1,9 @@
 """The floor of a transfer: a gRPC server and client that only move bytes, with the
 coordinator's mutual TLS, channel and server options and chunk messages. An upload is read and
 dropped; a download is served from a payload held in memory. Checked, both ends also take the
-CRC-32 of what passes (the floor of any transfer that verifies one).
+CRC-32 of what passes (the floor of any transfer that verifies one), each with its own side's
+check: the server with the coordinator's (coordinator/aggregation/native.py), the client with
+zlib's, as the silo agent does.
 
     python -m bench.bare_stream --certs DIR --port-file FILE   (serves until killed)
 """
@@ -18,6 +20,7 @@ from typing import Any
 
 import grpc
 
+from coordinator.aggregation import native
 from shared.grpc_options import SERVER_OPTIONS
 from shared.tls import TlsFiles, server_credentials
 from shared.wire.v1 import federation_pb2 as pb
@@ -48,7 +51,7 @@ class BareStream:
             received += len(data)
             if pending is not None:
                 crc32 = await pending
-            pending = loop.run_in_executor(None, zlib.crc32, data, crc32)
+            pending = loop.run_in_executor(None, native.crc32, data, crc32)
         if pending is not None:
             crc32 = await pending
         return pb.UploadReceipt(bytes_received=received, task_id=f"{crc32:08x}")

@@ -9,6 +9,8 @@ native loops serve, a chunk of whole blocks within one run (all but a run's last
 them) is measured, and folded live, by one call on its bytes, no tensor made of it.
 The block norms vouch for the values as well (no value exceeds its block's norm), so a chunk
 costs one pass; only a block whose norm is large or not finite is checked value by value.
+Such a chunk measured on arrival (not folded live) is CRC-checked in that same pass where the
+loops' CRC-32 serves (native.check_chunk), so it is fetched from memory once.
 A float32 update is measured by the native loops (native.py) where they serve, in its live
 fold's pass or alone, the same bits either way; by ATen's norm where they do not. So is a
 bfloat16 update where the native loops serve bfloat16 (kernels.native_bfloat16). Elsewhere a

@@ -16,7 +16,9 @@ where that check fails, or with FEDMLLM_COMPILE=0, the callers run ATen's two pa
 widening loops for bfloat16): the same sums, bit for bit, but block norms that may differ from the
 native ones in the last bits, and with them the scale of an update a clipping rule shrinks. A run
 is bit-reproducible on a machine that keeps to one of the two, as every machine does unless its
-compiler comes or goes between a crash and the restart.
+compiler comes or goes between a crash and the restart. The same library carries the payload
+check's CRC-32 (crc32.c: `crc32`, and `check_chunk`, which checks a chunk in the pass that
+measures it), used where the processor folds CRCs and the check against zlib passed.
 """
 
 from __future__ import annotations
