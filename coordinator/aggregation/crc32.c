@@ -72,11 +72,8 @@ __attribute__((target("pclmul,sse4.1"))) static uint32_t folded(uint32_t crc,
 int crc32_folds(void) {
     return __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1");
 }
+#define FOLDS 1
 #else
-static uint32_t folded(uint32_t crc, const unsigned char *p, size_t n) {
-    return bitwise(crc, p, n);
-}
-
 int crc32_folds(void) { return 0; }
 #endif
 
@@ -86,10 +83,12 @@ uint32_t crc32_update(uint32_t crc, const void *data, int64_t n) {
     const unsigned char *p = data;
     size_t count = n > 0 ? (size_t)n : 0;
     crc = ~crc;
+#ifdef FOLDS
     if (count >= 64 && crc32_folds()) {
         size_t whole = count & ~(size_t)15;
         crc = folded(crc, p, whole);
         p += whole, count -= whole;
     }
+#endif
     return ~bitwise(crc, p, count);
 }
