@@ -63,8 +63,8 @@ def build() -> Path:
     return target
 
 
-def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
-    """`lib` with its loops' argument and result types set."""
+def bind(lib: ctypes.CDLL) -> None:
+    """Set the argument and result types of `lib`'s loops."""
     pointer, size, f32, flag = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
     lib.block_norms.argtypes = [pointer, size, size, pointer, flag, flag]
     lib.block_norms.restype = None
@@ -83,7 +83,6 @@ def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.crc32_update.restype = ctypes.c_uint32
     lib.crc32_folds.argtypes = []
     lib.crc32_folds.restype = flag
-    return lib
 
 
 def check(lib: ctypes.CDLL) -> None:
@@ -155,7 +154,8 @@ def check(lib: ctypes.CDLL) -> None:
 def crc32_folds(lib: ctypes.CDLL) -> bool:
     """Whether `lib`'s CRC-32 folds on this processor (else zlib's serves); ValueError if it
     folds but differs from zlib.crc32 somewhere among every length of its loops and tail, from
-    any start and any register."""
+    any start and any register, or if checking and measuring in one pass (check_norms) gives
+    other norms than measuring alone (block_norms) or another register than zlib's."""
     if not lib.crc32_folds():
         return False
     generator = random.Random(0)
@@ -165,4 +165,14 @@ def crc32_folds(lib: ctypes.CDLL) -> bool:
         piece = data[start : start + length]
         if lib.crc32_update(before, piece, len(piece)) != zlib.crc32(piece, before):
             raise ValueError(f"its CRC-32 of {length} bytes differs from zlib's on this machine")
+    size = 3 * 4096 + 37  # several check tiles, and a tail
+    values = torch.randn(2 * size, generator=torch.Generator().manual_seed(1)).numpy().tobytes()
+    alone, both = (ctypes.c_float * 2)(), (ctypes.c_float * 2)()
+    register, spent = ctypes.c_uint32(7), ctypes.c_int64(0)
+    lib.block_norms(values, 2, size, ctypes.addressof(alone), 1, 0)
+    lib.check_norms(
+        values, 2, size, ctypes.addressof(both), 0, ctypes.byref(register), ctypes.byref(spent)
+    )
+    if bytes(both) != bytes(alone) or register.value != zlib.crc32(values, 7):
+        raise ValueError("its checking and measuring in one pass differ from the two apart")
     return True

@@ -80,26 +80,51 @@ def test_views_and_processes_without_the_loops_take_zlib() -> None:
 
 
 @pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler on this machine")
-def test_a_crc32_that_differs_from_zlibs_is_not_used_and_the_loops_still_are(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("source", "right", "wrong", "why"),
+    [
+        (
+            1,
+            "#define K1 0x154442bd4LL",
+            "#define K1 0x154442bd5LL",
+            "its CRC-32 of 128 bytes differs from zlib's",
+        ),
+        (
+            0,
+            "int64_t to = size - from < CHECKED ? size : from + CHECKED;",
+            "int64_t to = size - from < CHECKED ? size : from + CHECKED - 1;",
+            "its checking and measuring in one pass differ from the two apart",
+        ),
+    ],
+)
+def test_a_payload_check_that_differs_is_not_used_and_the_loops_still_are(
+    source: int,
+    right: str,
+    wrong: str,
+    why: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Built with a wrong folding constant (as a compiler or processor that multiplied
-    differently might): the check at load turns the CRC off, with a warning naming why, and
-    keeps the fold loops."""
+    differently might), or a check-and-measure pass that skips a value per tile: the check at
+    load turns the CRC (and that pass) off, with a warning naming why, and keeps the fold
+    loops."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    native_c, crc32_c = native_build.SOURCES
-    text = crc32_c.read_text()
-    assert "#define K1 0x154442bd4LL" in text
-    broken = tmp_path / "crc32.c"
-    broken.write_text(text.replace("#define K1 0x154442bd4LL", "#define K1 0x154442bd5LL"))
-    monkeypatch.setattr(native_build, "SOURCES", (native_c, broken))
+    sources = list(native_build.SOURCES)
+    text = sources[source].read_text()
+    assert right in text
+    broken = tmp_path / sources[source].name
+    broken.write_text(text.replace(right, wrong))
+    sources[source] = broken
+    monkeypatch.setattr(native_build, "SOURCES", tuple(sources))
     with caplog.at_level(logging.WARNING):
         lib = native._load()
     assert lib is not None  # the loops serve
     if not lib.crc32_folds():
         pytest.skip("this processor does not fold CRCs (zlib serves)")
     assert not lib.folds_crc32
-    assert "native CRC-32 not used: its CRC-32 of 128 bytes differs from zlib's" in caplog.text
+    assert f"native CRC-32 not used: {why}" in caplog.text
 
 
 def test_the_receiver_refuses_a_payload_whose_crc32_does_not_match(tmp_path: Path) -> None:
