@@ -92,3 +92,30 @@ uint32_t crc32_update(uint32_t crc, const void *data, int64_t n) {
 #endif
     return ~bitwise(crc, p, count);
 }
+
+/* a * b modulo P, both bit-reflected as the register is (bit 31 the x^0 term). */
+static uint32_t multiply(uint32_t a, uint32_t b) {
+    uint32_t product = 0;
+    for (uint32_t term = 1u << 31; term; term >>= 1) {
+        if (a & term) product ^= b;
+        b = (b >> 1) ^ (POLYNOMIAL & (0u - (b & 1u))); /* b * x: an x^32 term is P's rest */
+    }
+    return product;
+}
+
+/* x^(8n) mod P, bit-reflected: what a register is multiplied by as `n` zero bytes pass. */
+uint32_t crc32_shift(int64_t n) {
+    uint32_t power = 1u << 31, square = 1u << 30; /* x^0, and x^(2^i) for the i-th bit of 8n */
+    for (uint64_t exponent = (uint64_t)n * 8; exponent; exponent >>= 1) {
+        if (exponent & 1) power = multiply(power, square);
+        square = multiply(square, square);
+    }
+    return power;
+}
+
+/* The CRC-32 of bytes A then B, as zlib's crc32 gives it, from A's (`before`) and B's taken
+ * from 0 (`after`), `shift` = crc32_shift(the length of B): the register is linear in the
+ * bytes and the register it starts from, and the inversions before and after cancel out. */
+uint32_t crc32_combine(uint32_t before, uint32_t after, uint32_t shift) {
+    return multiply(before, shift) ^ after;
+}

@@ -25,7 +25,7 @@ import torch
 
 from coordinator.aggregation.spool import SpooledUpdates
 from coordinator.aggregation.sums import RoundSums
-from shared.payload import BLOCK_ELEMENTS
+from shared.payload import BLOCK_ELEMENTS, PayloadCheck
 
 log = logging.getLogger(__name__)
 
@@ -144,11 +144,15 @@ class LiveFold:
         """Whether it takes values now (add_chunk may still take none: it may be revoked)."""
         return self._adding
 
-    def add_chunk(self, element: int, chunk: bytes, blocks: int, norms: int) -> bool:
+    def add_chunk(
+        self, element: int, chunk: bytes, blocks: int, norms: int, check: PayloadCheck | None
+    ) -> bool:
         """Whole blocks of a received chunk's bytes, added and measured by one native call
-        (RoundSums.add_chunk), their norms written at address `norms`; False if nothing was
-        added, and then no more values are wanted (not adding, or this live fold ended). As
-        with add_measuring, values then refused end this live fold."""
+        (RoundSums.add_chunk), their norms written at address `norms`, and passed through the
+        payload's `check` in that call if given; False if nothing was added, and then no more
+        values are wanted (not adding, or this live fold ended). As with add_measuring, values
+        then refused end this live fold; so does a carried spool that cannot be read (the
+        check then has the chunk all the same)."""
         if not self._adding:
             return False
 
@@ -161,6 +165,7 @@ class LiveFold:
                 alpha=self.weight,
                 carried=self._spools,
                 carried_alphas=self._carried_alphas,
+                check=check,
             )
             if not added:  # (no sums of a round are out of the loops' reach)
                 raise OSError("the native loops cannot add into this round's sums")

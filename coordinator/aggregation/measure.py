@@ -9,8 +9,9 @@ native loops serve, a chunk of whole blocks within one run (all but a run's last
 them) is measured, and folded live, by one call on its bytes, no tensor made of it.
 The block norms vouch for the values as well (no value exceeds its block's norm), so a chunk
 costs one pass; only a block whose norm is large or not finite is checked value by value.
-Such a chunk measured on arrival (not folded live) is CRC-checked in that same pass where the
-loops' CRC-32 serves (native.check_chunk), so it is fetched from memory once.
+Such a chunk is CRC-checked in that same pass where the loops' CRC-32 serves, whether it is
+measured on arrival (native.check_chunk) or folded live (native.add_measured_chunk), so it is
+fetched from memory once.
 A float32 update is measured by the native loops (native.py) where they serve, in its live
 fold's pass or alone, the same bits either way; by ATen's norm where they do not. So is a
 bfloat16 update where the native loops serve bfloat16 (kernels.native_bfloat16). Elsewhere a
@@ -65,11 +66,14 @@ class Sink(Protocol):
     def adding(self) -> bool:
         """Whether it takes values now (add_chunk may still take none: the fold may end it)."""
 
-    def add_chunk(self, element: int, chunk: bytes, blocks: int, norms: int) -> bool:
+    def add_chunk(
+        self, element: int, chunk: bytes, blocks: int, norms: int, check: PayloadCheck | None
+    ) -> bool:
         """Take whole blocks of a chunk's bytes (where the native loops serve their dtype)
         before they are checked, writing each block's norm to the float32s at address `norms`
-        from the same pass; False if it took nothing and wants none of these values (measure
-        and check them; `add` them not)."""
+        from the same pass, and passing the bytes through the payload's CRC-only `check` in it
+        if given (where native.crc_folds()); False if it took nothing and wants none of these
+        values (measure and check them; `add` them not)."""
 
 
 class UpdateStatistics:
@@ -123,22 +127,12 @@ class UpdateStatistics:
 
     def consume(self, data: bytes | memoryview, check: PayloadCheck | None = None) -> None:
         """Measure the next bytes of the data section, passing them through the payload's
-        `check` (if given) first, or, for a chunk measured on arrival, in the same pass
-        (native.check_chunk: the chunk is then fetched from memory once)."""
+        `check` (if given): a chunk of whole blocks (as our senders cut them) in the native
+        pass that measures it, or adds it to the live fold, where the loops' CRC-32 serves it
+        (the chunk is then fetched from memory once); any other bytes first."""
         if type(data) is bytes and not self._pending and (blocks := self._whole_blocks(data)):
-            live = self._sink is not None and self._sink.adding
-            if (
-                check is not None
-                and check.crc_only
-                and not live
-                and self._checked_chunk(data, blocks, check)
-            ):
-                return
-            if check is not None:
-                check.update(data)
-                check = None
-            if self._chunk(data, blocks):
-                return
+            self._chunk(data, blocks, check)
+            return
         if check is not None:
             check.update(data)
         view = memoryview(data)
@@ -194,35 +188,36 @@ class UpdateStatistics:
             self._in_place = self._measured_natively() and native.library() is not None
         return blocks if self._in_place else 0
 
-    def _chunk(self, chunk: bytes, blocks: int) -> bool:
-        """Measure a chunk of whole blocks in one native call, adding it in that call if the
-        sink takes it; False (nothing measured) where the loops do not serve."""
+    def _chunk(self, chunk: bytes, blocks: int, check: PayloadCheck | None) -> None:
+        """Check (if `check`), measure and, if the sink takes it, add a chunk of whole blocks,
+        all in one native call where the loops' CRC-32 serves a CRC-only check; else checked
+        first, then measured (and added) in one call."""
         first, sink = self._block(), self._sink
         norms = self._norms_at + 4 * first
-        if (sink is None or not sink.add_chunk(self.element, chunk, blocks, norms)) and (
-            not native.measure_chunk(chunk, blocks, BLOCK_ELEMENTS, norms, widened=self._widened)
-        ):
-            return False
-        self._measured(chunk, first, blocks)
-        return True
-
-    def _checked_chunk(self, chunk: bytes, blocks: int, check: PayloadCheck) -> bool:
-        """Check and measure a chunk of whole blocks in one pass (native.check_chunk); False
-        (nothing checked or measured) where the loops or their CRC-32 do not serve."""
-        first = self._block()
-        checked = native.check_chunk(
-            chunk,
-            blocks,
-            BLOCK_ELEMENTS,
-            self._norms_at + 4 * first,
-            widened=self._widened,
-            crc=check.crc32,
-        )
-        if checked is None:
-            return False
-        check.checked(checked[0], len(chunk), checked[1])
-        self._measured(chunk, first, blocks)
-        return True
+        if check is not None and not (check.crc_only and native.crc_folds()):
+            check.update(chunk)
+            check = None
+        if sink is not None and sink.adding:
+            seen = check.received if check is not None else 0
+            added = sink.add_chunk(self.element, chunk, blocks, norms, check)
+            if check is not None and check.received != seen:
+                check = None  # checked in the add's pass (even where the live fold then ended)
+            if added:
+                self._measured(chunk, first, blocks)
+                return
+        if check is not None:
+            checked = native.check_chunk(
+                chunk, blocks, BLOCK_ELEMENTS, norms, widened=self._widened, crc=check.crc32
+            )
+            if checked is not None:
+                check.checked(checked[0], len(chunk), checked[1])
+                self._measured(chunk, first, blocks)
+                return
+            check.update(chunk)
+        if native.measure_chunk(chunk, blocks, BLOCK_ELEMENTS, norms, widened=self._widened):
+            self._measured(chunk, first, blocks)
+        else:  # (not where _whole_blocks counts blocks: the loops serve there)
+            self._measure(memoryview(chunk), blocks=blocks)
 
     def _measured(self, chunk: bytes, first: int, blocks: int) -> None:
         """After a chunk's norms are written from block `first` on: refuse a bad value (the

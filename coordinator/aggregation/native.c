@@ -62,42 +62,76 @@ static inline float lanes_norm(const float *lanes) {
     return sqrtf(squares);
 }
 
+/* Values the payload check takes at a time where a loop checks what it reads (16 KiB of
+ * float32 ones): the check brings them into the core's first-level cache, and they are added
+ * and squared there. A multiple of LANES. */
+#define CHECKED 4096
+
+uint32_t crc32_update(uint32_t crc, const void *data, int64_t n); /* crc32.c */
+uint32_t crc32_shift(int64_t n);
+uint32_t crc32_combine(uint32_t before, uint32_t after, uint32_t shift);
+
+static int64_t nanoseconds(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
+}
+
 /* The block's norm; with ADD, sum[i] = added(sum[i], values[i]); with WRITE, sum[i] = alpha *
- * values[i]. */
+ * values[i]. With a `crc` (the register before and after, as zlib's crc32 carries it), the
+ * block's bytes pass through the CRC-32 first, CHECKED values at a time, each piece then added
+ * and squared while in the core's first cache (*spent: plus the nanoseconds the CRC took).
+ * Every value goes to the same lane in the same order either way: the same bits. */
 static inline __attribute__((always_inline)) float block(
     float *restrict sum, const void *restrict values, float alpha, int64_t count, int mode,
-    int widened) {
+    int widened, uint32_t *restrict crc, int64_t *restrict spent) {
+    size_t itemsize = widened ? sizeof(uint16_t) : sizeof(float);
     float lanes[LANES] = {0};
-    int64_t whole = count - count % LANES;
-    for (int64_t i = 0; i < whole; i += LANES) {
-#pragma omp simd
-        for (int j = 0; j < LANES; j++) {
-            float v = value_at(values, i + j, widened);
-            if (mode == ADD) sum[i + j] = added(sum[i + j], v, alpha, widened);
-            if (mode == WRITE) sum[i + j] = alpha * v;
-            lanes[j] += v * v;
+    int64_t whole = count - count % LANES, piece = crc ? CHECKED : count;
+    for (int64_t from = 0; from < count; from += piece) {
+        int64_t to = count - from < piece ? count : from + piece;
+        if (crc) {
+            int64_t started = nanoseconds();
+            *crc = crc32_update(*crc, (const char *)values + from * itemsize,
+                                (to - from) * (int64_t)itemsize);
+            *spent += nanoseconds() - started;
         }
-    }
-    for (int64_t i = whole; i < count; i++) {
-        float v = value_at(values, i, widened);
-        if (mode == ADD) sum[i] = added(sum[i], v, alpha, widened);
-        if (mode == WRITE) sum[i] = alpha * v;
-        lanes[i - whole] += v * v;
+        for (int64_t i = from; i < (to < whole ? to : whole); i += LANES) {
+#pragma omp simd
+            for (int j = 0; j < LANES; j++) {
+                float v = value_at(values, i + j, widened);
+                if (mode == ADD) sum[i + j] = added(sum[i + j], v, alpha, widened);
+                if (mode == WRITE) sum[i + j] = alpha * v;
+                lanes[j] += v * v;
+            }
+        }
+        for (int64_t i = whole > from ? whole : from; i < to; i++) {
+            float v = value_at(values, i, widened);
+            if (mode == ADD) sum[i] = added(sum[i], v, alpha, widened);
+            if (mode == WRITE) sum[i] = alpha * v;
+            lanes[i - whole] += v * v;
+        }
     }
     return lanes_norm(lanes);
 }
 
-/* block() adding (or, with `write`, writing) `values` into `sum`, its four kinds each compiled
- * with its own constants. */
-static inline __attribute__((always_inline)) float add_block(float *restrict sum,
-                                                             const void *restrict values,
-                                                             float alpha, int64_t count,
-                                                             int write, int widened) {
+/* block() adding (or, with `write`, writing) `values` into `sum`, checking them first if `crc`,
+ * its eight kinds each compiled with its own constants. */
+static inline __attribute__((always_inline)) float add_block(
+    float *restrict sum, const void *restrict values, float alpha, int64_t count, int write,
+    int widened, uint32_t *restrict crc, int64_t *restrict spent) {
+    if (crc) {
+        if (widened)
+            return write ? block(sum, values, alpha, count, WRITE, 1, crc, spent)
+                         : block(sum, values, alpha, count, ADD, 1, crc, spent);
+        return write ? block(sum, values, alpha, count, WRITE, 0, crc, spent)
+                     : block(sum, values, alpha, count, ADD, 0, crc, spent);
+    }
     if (widened)
-        return write ? block(sum, values, alpha, count, WRITE, 1)
-                     : block(sum, values, alpha, count, ADD, 1);
-    return write ? block(sum, values, alpha, count, WRITE, 0)
-                 : block(sum, values, alpha, count, ADD, 0);
+        return write ? block(sum, values, alpha, count, WRITE, 1, 0, 0)
+                     : block(sum, values, alpha, count, ADD, 1, 0, 0);
+    return write ? block(sum, values, alpha, count, WRITE, 0, 0, 0)
+                 : block(sum, values, alpha, count, ADD, 0, 0, 0);
 }
 
 /* The next block for the calling thread to take, or -1 when all `blocks` are taken: the thread
@@ -131,51 +165,9 @@ CLONES void block_norms(const void *restrict values, int64_t blocks, int64_t siz
 #pragma omp parallel num_threads(threads)
     for (int64_t b; (b = next_block(&claimed, &front, &back, blocks)) >= 0;) {
         const char *at = (const char *)values + b * size * itemsize;
-        norms[b] = widened ? block(0, at, 0.0f, size, MEASURE, 1)
-                           : block(0, at, 0.0f, size, MEASURE, 0);
+        norms[b] = widened ? block(0, at, 0.0f, size, MEASURE, 1, 0, 0)
+                           : block(0, at, 0.0f, size, MEASURE, 0, 0, 0);
     }
-}
-
-/* Values the payload check and the measuring take at a time in check_norms (16 KiB of float32
- * ones): the check brings them into the core's first-level cache and the squares are taken
- * there. A multiple of LANES. */
-#define CHECKED 4096
-
-uint32_t crc32_update(uint32_t crc, const void *data, int64_t n); /* crc32.c */
-
-static int64_t nanoseconds(void) {
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
-}
-
-/* One block of check_norms: its norm, its bytes carried through *crc first, CHECKED values
- * at a time (*spent: plus the nanoseconds that took). */
-static inline __attribute__((always_inline)) float checked_block(const char *restrict at,
-                                                                 int64_t size, int widened,
-                                                                 uint32_t *restrict crc,
-                                                                 int64_t *restrict spent) {
-    size_t itemsize = widened ? sizeof(uint16_t) : sizeof(float);
-    float lanes[LANES] = {0};
-    int64_t whole = size - size % LANES;
-    for (int64_t from = 0; from < size; from += CHECKED) {
-        int64_t to = size - from < CHECKED ? size : from + CHECKED;
-        int64_t started = nanoseconds();
-        *crc = crc32_update(*crc, at + from * itemsize, (to - from) * (int64_t)itemsize);
-        *spent += nanoseconds() - started;
-        for (int64_t i = from; i < (to < whole ? to : whole); i += LANES) {
-#pragma omp simd
-            for (int j = 0; j < LANES; j++) {
-                float v = value_at(at, i + j, widened);
-                lanes[j] += v * v;
-            }
-        }
-        for (int64_t i = whole > from ? whole : from; i < to; i++) {
-            float v = value_at(at, i, widened);
-            lanes[i - whole] += v * v;
-        }
-    }
-    return lanes_norm(lanes);
 }
 
 /* block_norms, on the calling thread, of values the payload check has not seen yet: each
@@ -193,8 +185,8 @@ CLONES void check_norms(const void *restrict values, int64_t blocks, int64_t siz
     int64_t spent = 0;
     for (int64_t b = 0; b < blocks; b++) {
         const char *at = (const char *)values + b * size * itemsize;
-        norms[b] = widened ? checked_block(at, size, 1, &register_, &spent)
-                           : checked_block(at, size, 0, &register_, &spent);
+        norms[b] = widened ? block(0, at, 0.0f, size, MEASURE, 1, &register_, &spent)
+                           : block(0, at, 0.0f, size, MEASURE, 0, &register_, &spent);
     }
     *crc = register_;
     *checking = spent;
@@ -295,33 +287,43 @@ CLONES int add_read(float *restrict sum, const int *restrict fds, int64_t offset
 
 /* sum = added(sum, values) (or sum = alpha * values if `write`), with block_norms of values:
  * float32 values, or bfloat16 ones if `widened`. The values are a chunk the calling thread has
- * just received and checked, in its core's cache (its last blocks in the core's own), and another
- * core fetches them from there slower than from memory where the cores are far apart: so the
- * blocks are not shared out in halves but taken as each thread is ready, the caller's from the
- * last one down and the others' from the first one up, and the caller's thread adds more of them
- * when the others are slower (measured over 150M values in 4 MiB chunks, ad hoc: 17.2 against 20.5
- * ms for halves in this machine's faster memory phase, where a core-to-core round trip takes
- * 420-590 ns; 17.0 against 16.8 in the slower, at 120-310 ns; 17.6 and 17.3 taking both from the
- * first block up). Which thread adds a block changes no bit of it. Then, into each block as soon
- * as it is added, while it is in the core's cache, the values of k files (none for a chunk alone),
- * as add_read adds them (never written): the updates a live fold carries, added along with the
+ * just received, the last of it in its core's cache, and another core fetches them from there
+ * slower than from memory where the cores are far apart: so the blocks are not shared out in
+ * halves but taken as each thread is ready, the caller's from the last one down and the others'
+ * from the first one up, and the caller's thread adds more of them when the others are slower
+ * (measured over 150M values in 4 MiB chunks, ad hoc: 17.2 against 20.5 ms for halves in this
+ * machine's faster memory phase, where a core-to-core round trip takes 420-590 ns; 17.0 against
+ * 16.8 in the slower, at 120-310 ns; 17.6 and 17.3 taking both from the first block up). Which
+ * thread adds a block changes no bit of it. With a `crc` (the register before and after, as
+ * zlib's crc32 carries it), the chunk is checked in the same pass: each block's CRC-32 from 0 as
+ * block() takes it, then the blocks' carried on in order (crc32_combine), so the chunk is
+ * fetched from memory once and checked on every thread (*checking: the nanoseconds the CRC took,
+ * summed over the threads and divided by their number). Then, into each block as soon as it is
+ * added, while it is in the core's cache, the values of k files (none for a chunk alone), as
+ * add_read adds them (never written): the updates a live fold carries, added along with the
  * chunk it has just received, each value with the same operations in the same order as the two
  * loops one after the other. Returns 0, or j + 1 for a file that could not be read in full
- * (*error: its errno), as add_read. */
+ * (*error: its errno), as add_read; -1 (*error ENOMEM) with nothing done if there is no memory
+ * for the blocks' registers. */
 CLONES int add_measured(float *restrict sum, const void *restrict values, float alpha,
                         int write, int64_t blocks, int64_t size, float *restrict norms,
                         int threads, int widened, const int *restrict fds, int64_t offset,
-                        const float *restrict alphas, int k, int *restrict error) {
-    int failed = 0, index = 0, code = 0;
+                        const float *restrict alphas, int k, int *restrict error,
+                        uint32_t *restrict crc, int64_t *restrict checking) {
+    int failed = 0, index = 0, code = 0, team = 1;
     int64_t itemsize = widened ? sizeof(uint16_t) : sizeof(float);
-    int64_t claimed = 0, front = 0, back = 0;
-#pragma omp parallel num_threads(threads)
+    int64_t claimed = 0, front = 0, back = 0, spent = 0;
+    uint32_t *parts = crc ? calloc((size_t)blocks + 1, sizeof *parts) : NULL;
+    if (crc && !parts) return -ENOMEM;
+#pragma omp parallel num_threads(threads) reduction(+ : spent)
     {
         float *buffer = k ? aligned_alloc(64, size * sizeof(float)) : NULL;
+        if (omp_get_thread_num() == 0) team = omp_get_num_threads();
         for (int64_t b; (b = next_block(&claimed, &front, &back, blocks)) >= 0;) {
             float *s = sum + b * size;
             const char *at = (const char *)values + b * size * itemsize;
-            norms[b] = add_block(s, at, alpha, size, write, widened);
+            norms[b] = add_block(s, at, alpha, size, write, widened, parts ? parts + b : NULL,
+                                 &spent);
             int stop;
 #pragma omp atomic read
             stop = failed;
@@ -336,6 +338,13 @@ CLONES int add_measured(float *restrict sum, const void *restrict values, float 
             }
         }
         free(buffer);
+    }
+    if (parts) { /* each block's CRC-32 taken from 0: carried on from the register before */
+        uint32_t shift = crc32_shift(size * itemsize), register_ = *crc;
+        for (int64_t b = 0; b < blocks; b++) register_ = crc32_combine(register_, parts[b], shift);
+        *crc = register_;
+        *checking = spent / team;
+        free(parts);
     }
     if (error) *error = code;
     return index;

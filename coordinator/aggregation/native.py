@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from coordinator.aggregation.native_build import bind, build, check, crc32_folds
+from shared.payload import PayloadCheck
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +221,7 @@ def add_measured(
         lib.add_measured(
             total.data_ptr(), values.data_ptr(), alpha, write, blocks, size, norms.data_ptr(),
             threads or 1, values.dtype == torch.bfloat16,
-            *(None, 0, None, 0, None),  # no spooled updates
+            *(None, 0, None, 0, None, None, None),  # no spooled updates, no check
         )  # fmt: skip
     finally:
         _give_team(threads)
@@ -315,7 +316,7 @@ def check_chunk(
 def add_measured_chunk(
     total: int, chunk: bytes, alpha: float, *, write: bool, blocks: int, size: int, norms: int,
     widened: bool, spools: Sequence[tuple[int, Path]] = (), element: int = 0,
-    alphas: Sequence[float] = (),
+    alphas: Sequence[float] = (), check: PayloadCheck | None = None,
 ) -> bool:  # fmt: skip
     """add_measured of a received chunk's values (as measure_chunk reads and measures them)
     into the float32 values at address `total`, `blocks * size` of them, a stretch of a sum the
@@ -324,26 +325,46 @@ def add_measured_chunk(
     the updates a live fold carries, added while the block is in the core's cache rather than
     read back from memory (this machine's cache beyond the core's own holds nothing of a 4 MiB
     stretch, docs/benchmarks.md). The same operations in the same order per value as the two
-    loops one after the other, so the same bits. False (nothing added) where the loops cannot
-    serve; OSError, naming the file, if a spool cannot be read in full (the sums then hold part
-    of it all)."""
+    loops one after the other, so the same bits. With a `check` (a CRC-32 one, where
+    `crc_folds()`), the chunk passes through it in the same pass, on every thread the loop runs
+    on, so that it is fetched from memory once rather than once to check and again to add
+    (docs/benchmarks.md); the check then has the chunk even if a spool cannot be read. False
+    (nothing added or checked) where the loops cannot serve; OSError, naming the file, if a
+    spool cannot be read in full (the sums then hold part of it all)."""
     lib = library()
     if lib is None or len(chunk) != blocks * size * (2 if widened else 4):
+        return False
+    if check is not None and not lib.folds_crc32:
         return False
     fds = (ctypes.c_int * len(spools))(*(fd for fd, _ in spools))
     factors = (ctypes.c_float * len(alphas))(*alphas)
     error = ctypes.c_int(0)
     offset = element * (2 if widened else 4)
+    register = None if check is None else ctypes.c_uint32(check.crc32)
+    checking = ctypes.c_int64(0)
     threads = _take_team()
     try:
         failed = lib.add_measured(
             total, chunk, alpha, write, blocks, size, norms, threads or 1, widened,
             fds, offset, factors, len(spools), ctypes.byref(error),
+            None if register is None else ctypes.byref(register), ctypes.byref(checking),
         )  # fmt: skip
     finally:
         _give_team(threads)
+    if failed < 0:
+        raise MemoryError("no memory for the payload check's registers of a chunk's blocks")
+    if check is not None and register is not None:
+        check.checked(register.value, len(chunk), checking.value * 1e-9)
     _raise_unread(spools, failed, error.value)
     return True
+
+
+def crc_folds() -> bool:
+    """Whether the loops serve and their CRC-32 folds here (checked against zlib at load): a
+    chunk may then be checked in the pass that measures it (check_chunk) or adds it
+    (add_measured_chunk)."""
+    lib = library()
+    return lib is not None and lib.folds_crc32
 
 
 def crc32(data: bytes | memoryview, value: int = 0) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import itertools
 import os
 import platform
 import random
@@ -70,7 +71,7 @@ def bind(lib: ctypes.CDLL) -> None:
     lib.block_norms.restype = None
     lib.add_measured.argtypes = [
         *(pointer, pointer, f32, flag, size, size, pointer, flag, flag),
-        *(pointer, size, pointer, flag, pointer),
+        *(pointer, size, pointer, flag, pointer, pointer, pointer),
     ]
     lib.add_measured.restype = flag
     lib.add_read.argtypes = [pointer, pointer, size, pointer, flag, flag, flag, size, flag, pointer]
@@ -83,6 +84,10 @@ def bind(lib: ctypes.CDLL) -> None:
     lib.crc32_update.restype = ctypes.c_uint32
     lib.crc32_folds.argtypes = []
     lib.crc32_folds.restype = flag
+    lib.crc32_shift.argtypes = [size]
+    lib.crc32_shift.restype = ctypes.c_uint32
+    lib.crc32_combine.argtypes = [ctypes.c_uint32] * 3
+    lib.crc32_combine.restype = ctypes.c_uint32
 
 
 def check(lib: ctypes.CDLL) -> None:
@@ -98,7 +103,7 @@ def check(lib: ctypes.CDLL) -> None:
         blocks, at = values.numel() // size, total.data_ptr()
         lib.add_measured(
             at, values.data_ptr(), alpha, write, blocks, size, norms.data_ptr(), threads, 0,
-            None, 0, None, 0, None,
+            None, 0, None, 0, None, None, None,
         )  # fmt: skip
         return norms
 
@@ -175,4 +180,30 @@ def crc32_folds(lib: ctypes.CDLL) -> bool:
     )
     if bytes(both) != bytes(alone) or register.value != zlib.crc32(values, 7):
         raise ValueError("its checking and measuring in one pass differ from the two apart")
+    _check_checked_adds(lib, values, size)
     return True
+
+
+def _check_checked_adds(lib: ctypes.CDLL, values: bytes, size: int) -> None:
+    """ValueError unless adding (or writing) and measuring with the check in the same pass,
+    on one thread and on torch's, leaves the same sums and norms, bit for bit, as without it,
+    and zlib's register (the blocks' CRCs carried on in order)."""
+    pointer = lambda buffer: ctypes.addressof(buffer)  # noqa: E731
+    for write, widened, threads in itertools.product((0, 1), (0, 1), {1, torch.get_num_threads()}):
+        blocks = 4 if widened else 2  # all of `values`: 16-bit ones, or float32 ones
+        got = [((ctypes.c_float * (blocks * size))(), (ctypes.c_float * blocks)()) for _ in "ab"]
+        register, spent = ctypes.c_uint32(11), ctypes.c_int64(0)
+        for (total, norms), checked in zip(got, (False, True), strict=True):
+            ctypes.memmove(total, values, len(values))
+            lib.add_measured(
+                pointer(total), values, 0.3, write, blocks, size, pointer(norms),
+                threads, widened, None, 0, None, 0, None,
+                ctypes.byref(register) if checked else None, ctypes.byref(spent),
+            )  # fmt: skip
+        (plain, plain_norms), (fused, fused_norms) = got
+        if (
+            bytes(fused) != bytes(plain)
+            or bytes(fused_norms) != bytes(plain_norms)
+            or register.value != zlib.crc32(values, 11)
+        ):
+            raise ValueError("its checking and adding in one pass differ from the two apart")

@@ -22,7 +22,7 @@ from coordinator.aggregation.kernels import add_measured, add_scaled
 from coordinator.aggregation.shape import UpdateShape
 from coordinator.aggregation.spool import PAGE, SpooledUpdates, SpoolView
 from coordinator.strategies import RoundAggregate
-from shared.payload import BLOCK_ELEMENTS, CHUNK_BYTES
+from shared.payload import BLOCK_ELEMENTS, CHUNK_BYTES, PayloadCheck
 
 # Elements folded per call. (Where spools are mapped: float16 ones, or any the native loop
 # does not read; spool.py.) The pages of a spool just written are mapped on first touch by
@@ -171,12 +171,14 @@ class RoundSums:
         alpha: float,
         carried: SpooledUpdates | None = None,
         carried_alphas: Sequence[float] = (),
+        check: PayloadCheck | None = None,
     ) -> bool:
         """add_values of a received chunk's bytes, whole blocks of values within one run,
-        measuring them (their block norms written to the float32s at address `norms`), and
-        the `carried` ones read into each block right after, all in one native call with no
-        tensor made (native.measure_chunk, native.add_measured_chunk say why). False (and
-        nothing added) where it cannot serve."""
+        measuring them (their block norms written to the float32s at address `norms`) and
+        passing them through the payload's `check` if given, and the `carried` ones read into
+        each block right after, all in one native call with no tensor made
+        (native.measure_chunk, native.add_measured_chunk say why). False (and nothing added or
+        checked) where it cannot serve."""
         spools = carried.read if carried is not None else []
         if spools is None:
             return False
@@ -189,7 +191,7 @@ class RoundSums:
         return native.add_measured_chunk(
             address, chunk, alpha, write=write, blocks=blocks, size=BLOCK_ELEMENTS, norms=norms,
             widened=self.shape.dtype == "bfloat16", spools=spools, element=element,
-            alphas=[1.0] * len(spools) if control else carried_alphas,
+            alphas=[1.0] * len(spools) if control else carried_alphas, check=check,
         )  # fmt: skip
 
     def stacked(

@@ -58,6 +58,8 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
             counted[name] += 1
             if kwargs.get("spools"):  # add_measured_chunk carrying spooled updates
                 counted["carrying"] += 1
+            if kwargs.get("check") is not None:  # add_measured_chunk checking the chunk too
+                counted["checking"] += 1
             return originals[name](*args, **kwargs)
 
         return spy
@@ -199,8 +201,9 @@ def test_the_senders_chunks_fold_live_as_the_spooled_fold_bit_for_bit(
         assert not made
         return
     assert made["add_measured_chunk"] > 0
-    if arrival == "in order":
+    if arrival == "in order":  # each checked in the pass that adds it, where the CRC folds
         assert made["measure_chunk"] == made["check_chunk"] == made["carrying"] == 0
+        assert made["checking"] == (made["add_measured_chunk"] if native.crc_folds() else 0)
     if arrival == "reversed":  # the first in the order carries the two others in each call
         # measured on arrival in the pass that checks them, where the CRC-32 is folded
         lib = native.library()

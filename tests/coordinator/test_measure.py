@@ -15,7 +15,7 @@ from coordinator.aggregation.measure import MAX_ABS_VALUE, TRUSTED_NORM, UpdateS
 from coordinator.aggregation.shape import UpdateShape
 from coordinator.flat_adapter import FlatLayout
 from shared.errors import UpdateRejected
-from shared.payload import BLOCK_ELEMENTS
+from shared.payload import BLOCK_ELEMENTS, PayloadCheck
 from shared.safetensors_stream import StateEncoder
 from shared.tensor_codec import CONTROL_PREFIX
 
@@ -59,7 +59,9 @@ class Waiting:
     def add_measuring(self, element: int, values: torch.Tensor) -> torch.Tensor | None:
         return None
 
-    def add_chunk(self, element: int, chunk: bytes, blocks: int, norms: int) -> bool:
+    def add_chunk(
+        self, element: int, chunk: bytes, blocks: int, norms: int, check: PayloadCheck | None
+    ) -> bool:
         return False
 
 

@@ -115,7 +115,7 @@ def test_a_block_adds_and_measures_the_same_on_any_number_of_threads(dtype: str)
         lib.block_norms(values.data_ptr(), 7, BLOCK_ELEMENTS, norms.data_ptr(), threads, widened)
         lib.add_measured(
             total.data_ptr(), values.data_ptr(), 0.37, 0, 7, BLOCK_ELEMENTS,
-            measured.data_ptr(), threads, widened, None, 0, None, 0, None,
+            measured.data_ptr(), threads, widened, None, 0, None, 0, None, None, None,
         )  # fmt: skip
         assert torch.equal(norms, measured)
         results.append((norms, total))

@@ -91,9 +91,15 @@ def test_views_and_processes_without_the_loops_take_zlib() -> None:
         ),
         (
             0,
-            "int64_t to = size - from < CHECKED ? size : from + CHECKED;",
-            "int64_t to = size - from < CHECKED ? size : from + CHECKED - 1;",
+            "(to - from) * (int64_t)itemsize);",
+            "(to - from - 1) * (int64_t)itemsize);",
             "its checking and measuring in one pass differ from the two apart",
+        ),
+        (
+            0,
+            "crc32_shift(size * itemsize)",
+            "crc32_shift(size * itemsize - 1)",
+            "its checking and adding in one pass differ from the two apart",
         ),
     ],
 )
@@ -107,8 +113,9 @@ def test_a_payload_check_that_differs_is_not_used_and_the_loops_still_are(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Built with a wrong folding constant (as a compiler or processor that multiplied
-    differently might), or a check-and-measure pass that skips a value per tile: the check at
-    load turns the CRC (and that pass) off, with a warning naming why, and keeps the fold
+    differently might), a check-and-measure pass that skips a byte per tile, or a
+    check-and-add pass that carries its blocks' CRCs on by the wrong length: the check at
+    load turns the CRC (and those passes) off, with a warning naming why, and keeps the fold
     loops."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     sources = list(native_build.SOURCES)
