@@ -15,10 +15,11 @@ floor (FedAvg: one `add_`; FedAdam: `torch._fused_adam_`, one pass over x, m, v,
 
 Chunks are cut as a silo cuts them; each is copied into a fresh bytes object, as
 `message.data` hands it to the receiver (untimed: transport, bench/transport.py), and CRC-checked
-with the receiver's own check as the receiver checks it: before it is folded live, in the pass
-that measures it if it is measured on arrival (native.check_chunk). The check is transport too:
-the seconds it took (PayloadCheck.seconds, timed inside that pass for the CRC's share) are taken
-off ours, and every update's CRC-32 is verified against its bytes'. Spooling is transport too:
+with the receiver's own check as the receiver checks it: in the pass that folds it live
+(native.add_measured_chunk) or measures it on arrival (native.check_chunk). The check is
+transport too: the seconds it took (PayloadCheck.seconds: inside those passes the CRC's share,
+timed around each call of it, and divided by the threads that ran it where several did) are
+taken off ours, and every update's CRC-32 is verified against its bytes'. Spooling is transport too:
 each update has a spool file of its own, written (and synced, as an upload that took seconds
 on the network would leave it) before the wire's cases, untimed.
 """
@@ -150,8 +151,8 @@ def arriving(chunks: list[bytes]) -> Iterator[bytes]:
 
 
 def checked(chunks: list[bytes]) -> Iterator[bytes]:
-    """`arriving`, each chunk CRC-checked by the receiver's check before it is yielded (as
-    the receiver checks a chunk it adds rather than measures; untimed)."""
+    """`arriving`, each chunk CRC-checked by the receiver's check before it is yielded (as a
+    receiver that checks, then adds, would; untimed)."""
     check = PayloadCheck(crc32=native.crc32)
     for fresh in arriving(chunks):
         check.update(fresh)

@@ -17,8 +17,9 @@ widening loops for bfloat16): the same sums, bit for bit, but block norms that m
 native ones in the last bits, and with them the scale of an update a clipping rule shrinks. A run
 is bit-reproducible on a machine that keeps to one of the two, as every machine does unless its
 compiler comes or goes between a crash and the restart. The same library carries the payload
-check's CRC-32 (crc32.c: `crc32`, and `check_chunk`, which checks a chunk in the pass that
-measures it), used where the processor folds CRCs and the check against zlib passed.
+check's CRC-32 (crc32.c: `crc32`; `check_chunk` checks a chunk in the pass that measures it,
+`add_measured_chunk` in the pass that folds it live), used where the processor folds CRCs and
+the check against zlib passed.
 """
 
 from __future__ import annotations
