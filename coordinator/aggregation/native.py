@@ -341,20 +341,20 @@ def add_measured_chunk(
     factors = (ctypes.c_float * len(alphas))(*alphas)
     error = ctypes.c_int(0)
     offset = element * (2 if widened else 4)
-    register = None if check is None else ctypes.c_uint32(check.crc32)
+    register = ctypes.c_uint32(0 if check is None else check.crc32)
     checking = ctypes.c_int64(0)
     threads = _take_team()
     try:
         failed = lib.add_measured(
             total, chunk, alpha, write, blocks, size, norms, threads or 1, widened,
             fds, offset, factors, len(spools), ctypes.byref(error),
-            None if register is None else ctypes.byref(register), ctypes.byref(checking),
+            None if check is None else ctypes.byref(register), ctypes.byref(checking),
         )  # fmt: skip
     finally:
         _give_team(threads)
     if failed < 0:
         raise MemoryError("no memory for the payload check's registers of a chunk's blocks")
-    if check is not None and register is not None:
+    if check is not None:
         check.checked(register.value, len(chunk), checking.value * 1e-9)
     _raise_unread(spools, failed, error.value)
     return True

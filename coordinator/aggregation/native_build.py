@@ -160,7 +160,9 @@ def crc32_folds(lib: ctypes.CDLL) -> bool:
     """Whether `lib`'s CRC-32 folds on this processor (else zlib's serves); ValueError if it
     folds but differs from zlib.crc32 somewhere among every length of its loops and tail, from
     any start and any register, or if checking and measuring in one pass (check_norms) gives
-    other norms than measuring alone (block_norms) or another register than zlib's."""
+    other norms than measuring alone (block_norms) or another register than zlib's, or
+    checking and adding in one pass (add_measured with a register) other sums, norms or
+    register than adding alone and zlib."""
     if not lib.crc32_folds():
         return False
     generator = random.Random(0)
