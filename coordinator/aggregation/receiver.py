@@ -158,8 +158,8 @@ class UpdateReceiver:
 
     def _take(self, data: bytes | memoryview, check: PayloadCheck | None = None) -> None:
         """Measure, fold live if granted, and spool the next values of the data section
-        (passing them through the payload's `check` if given: in the measuring pass where
-        that serves)."""
+        (passing them through the payload's `check` if given: in the native pass that measures
+        or folds them, where that serves)."""
         if self._live is not None:
             self._live.resume(self.statistics.element, self._spool, self._path)
         self.statistics.consume(data, check)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from coordinator.aggregation import kernels, native
 from coordinator.aggregation.fold import AggregationRule, Arrival, RoundFold
 from coordinator.aggregation.live import LiveFold
 from coordinator.aggregation.receiver import UpdateReceiver, receive_bytes
@@ -28,6 +29,13 @@ NAMES = ["silo-a", "silo-b", "silo-c"]
 FOLD_LOCKS: dict[int, threading.Lock] = {}
 WEIGHTS = {"silo-a": 3.0, "silo-b": 11.0, "silo-c": 7.0}
 CUTS = {"silo-a": 65_537, "silo-b": 100_003, "silo-c": 33_333}  # chunk bytes, as senders cut
+
+
+def checked_in_pass(wire: str = "float32") -> bool:
+    """Whether whole-block chunks of `wire` values are CRC-checked in the native pass that
+    measures or folds them here (the loops serve the dtype, and their CRC-32 folds)."""
+    served = wire == "float32" or kernels.native_bfloat16()
+    return native.crc_folds() and served
 
 
 def update_shape(wire: str, control: bool) -> UpdateShape:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from coordinator.aggregation import kernels, native
+from coordinator.aggregation import native
 from coordinator.aggregation.live import Carried, LiveFold
 from coordinator.aggregation.measure import UpdateStatistics
 from coordinator.aggregation.sums import RoundSums
@@ -25,6 +25,7 @@ from tests.coordinator.live_uploads import (
     NAMES,
     Upload,
     assert_same_sums,
+    checked_in_pass,
     interleave,
     new_fold,
     payload_of,
@@ -32,12 +33,6 @@ from tests.coordinator.live_uploads import (
     sender_chunks,
     update_shape,
 )
-
-
-def _folds(wire: str = "float32") -> bool:
-    """Whether live chunks of `wire` values are checked in their adding pass here."""
-    served = wire == "float32" or kernels.native_bfloat16()
-    return native.crc_folds() and served
 
 
 def _values(count: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
@@ -70,7 +65,7 @@ def test_a_chunk_checked_in_its_adding_pass_adds_measures_and_checks_as_apart(
     """On all of torch's threads, or on the caller's alone (another upload's loop holds the
     others), with and without spooled updates carried into each block."""
     widened = dtype == torch.bfloat16
-    if not _folds("bfloat16" if widened else "float32"):
+    if not checked_in_pass("bfloat16" if widened else "float32"):
         pytest.skip("the native loops or their CRC-32 do not serve here")
     blocks, size = 3, BLOCK_ELEMENTS + 37  # several check tiles, and a short last one
     chunk = _values(blocks * size, dtype, seed=1).view(torch.uint8).numpy().tobytes()
@@ -110,7 +105,7 @@ def test_a_carried_spool_cut_short_in_the_adding_pass_leaves_the_chunk_checked(
 ) -> None:
     """The spool's read fails inside the pass: the chunk is checked all the same (every block
     is still added and checked), and the file named."""
-    if not _folds():
+    if not checked_in_pass():
         pytest.skip("the native loops or their CRC-32 do not serve here")
     chunk = _values(2 * BLOCK_ELEMENTS, torch.float32, seed=3).numpy().tobytes()
     short = tmp_path / "short.bin"
@@ -132,7 +127,7 @@ def test_a_live_fold_ended_by_a_spool_cut_short_checks_each_chunk_once(tmp_path:
     """b waits, accepted, and its spool is then cut short (a disk that lost its end); a
     streams in live and carries b until that read fails: the live fold ends, and a's every
     byte is checked exactly once, its norm as measured alone."""
-    if not _folds():
+    if not checked_in_pass():
         pytest.skip("the native loops or their CRC-32 do not serve here")
     shape = update_shape("float32", False)
     _, *b_chunks = sender_chunks("silo-b", "float32", False)
@@ -172,7 +167,7 @@ def test_a_flipped_bit_in_a_chunk_folded_live_is_refused_and_the_sums_rebuilt(
         calls["checking" if check is not None else "apart"] += 1
         return fused(*args, check=check, **kwargs)
 
-    _folds(wire)  # the loops' checks run before counting
+    checked_in_pass(wire)  # the loops' checks run before counting
     monkeypatch.setattr(native, "add_measured_chunk", counting)
     shape = update_shape(wire, False)
     fold = new_fold(shape)
@@ -185,7 +180,7 @@ def test_a_flipped_bit_in_a_chunk_folded_live_is_refused_and_the_sums_rebuilt(
     upload = Upload(fold, "silo-a", b"".join(cut), tmp_path / "silo-a", announced, cut=cut)
     with pytest.raises(PayloadError, match="payload check failed"):
         interleave([upload])
-    assert upload.live is not None and calls["checking" if _folds(wire) else "apart"] == 2
+    assert upload.live is not None and calls["checking" if checked_in_pass(wire) else "apart"] == 2
     for silo in NAMES[1:]:
         cut = sender_chunks(silo, wire, False)
         interleave([Upload(fold, silo, payload_of(silo, wire, False), tmp_path / silo, cut=cut)])

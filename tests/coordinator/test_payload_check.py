@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from coordinator.aggregation import kernels, native, native_build
+from coordinator.aggregation import native, native_build
 from coordinator.aggregation.measure import UpdateStatistics
 from coordinator.aggregation.receiver import UpdateReceiver
 from coordinator.aggregation.shape import UpdateShape
@@ -26,7 +26,12 @@ from coordinator.flat_adapter import FlatLayout
 from shared.errors import PayloadError, UpdateRejected
 from shared.payload import BLOCK_ELEMENTS, PayloadCheck, PayloadDigest, iter_chunks
 from shared.safetensors_stream import StateEncoder
-from tests.coordinator.live_uploads import payload_of, sender_chunks, update_shape
+from tests.coordinator.live_uploads import (
+    checked_in_pass,
+    payload_of,
+    sender_chunks,
+    update_shape,
+)
 
 HAS_COMPILER = shutil.which("cc") is not None or shutil.which("gcc") is not None
 LENGTHS = [*range(0, 300), 1023, 1024, 1025, 4096 + 48, 65536 + 15, (1 << 20) + 13]
@@ -154,13 +159,6 @@ def test_the_receiver_refuses_a_payload_whose_crc32_does_not_match(tmp_path: Pat
             receiver.finish()
 
 
-def _folds(wire: str = "float32") -> bool:
-    """Whether chunks of `wire` values are checked in their measuring pass here."""
-    lib = native.library()
-    served = wire == "float32" or kernels.native_bfloat16()
-    return lib is not None and lib.folds_crc32 and served
-
-
 @pytest.mark.parametrize("widened", [False, True])
 @pytest.mark.parametrize("size", [BLOCK_ELEMENTS, 4096 + 63, 37])
 def test_a_chunk_checked_in_its_measuring_pass_has_zlibs_crc32_and_the_same_norms(
@@ -168,7 +166,7 @@ def test_a_chunk_checked_in_its_measuring_pass_has_zlibs_crc32_and_the_same_norm
 ) -> None:
     """Blocks of several check tiles with a short last one, and blocks shorter than a lane
     row: each block's norm is block_norms' bit for bit, the register carried on as zlib's."""
-    if not _folds():
+    if not checked_in_pass():
         pytest.skip("the native loops or their CRC-32 do not serve here")
     dtype = torch.bfloat16 if widened else torch.float32
     generator = torch.Generator().manual_seed(size)
@@ -197,7 +195,7 @@ def test_the_senders_chunks_are_checked_in_the_pass_that_measures_them(
 ) -> None:
     """Every byte of the data section checked once, in order, the whole-block chunks in
     their measuring pass: the same CRC-32 and the same norm as checking, then measuring."""
-    _folds(wire)  # the loops' checks run before counting
+    checked_in_pass(wire)  # the loops' checks run before counting
     calls: list[int] = []
     check_chunk = native.check_chunk
     monkeypatch.setattr(
@@ -214,7 +212,7 @@ def test_the_senders_chunks_are_checked_in_the_pass_that_measures_them(
     assert check.crc32 == zlib.crc32(data) and check.received == len(data)
     assert together.norm == apart.norm and together.complete()
     whole = sum(1 for c in chunks if len(c) == 2 * BLOCK_ELEMENTS * shape.itemsize)
-    assert len(calls) == (whole if _folds(wire) else 0) and whole >= 2
+    assert len(calls) == (whole if checked_in_pass(wire) else 0) and whole >= 2
 
 
 def test_a_sha256_check_sees_every_byte_and_measuring_is_unchanged() -> None:
